@@ -1,0 +1,46 @@
+"""attnscope: attention-augmented image classifiers you can train, measure and explain.
+
+The heavy names (anything that needs torch) are imported on first use, so that
+``attnscope --version`` and ``--help`` answer at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from attnscope._version import __version__
+from attnscope.errors import AttnscopeError, CheckpointError, ConfigError, DataError
+
+_LAZY = {
+    "AttentionTap": "attnscope.layers.tap",
+    "capture_attention": "attnscope.layers.tap",
+    "create_attn": "attnscope.layers.registry",
+    "list_attn": "attnscope.layers.registry",
+}
+
+__all__ = [
+    "__version__",
+    "AttnscopeError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:
+    from attnscope.layers.registry import create_attn, list_attn
+    from attnscope.layers.tap import AttentionTap, capture_attention
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,24 @@
+"""The one error hierarchy of attnscope.
+
+Every error the library raises on purpose derives from :class:`AttnscopeError`, so
+a caller (the CLI above all) can tell a user's mistake from a bug. Messages name
+the file, the row or the option at fault and say what would fix it.
+"""
+
+from __future__ import annotations
+
+
+class AttnscopeError(Exception):
+    """Base class of every error attnscope raises on purpose."""
+
+
+class ConfigError(AttnscopeError, ValueError):
+    """An option, name or combination of settings is not valid."""
+
+
+class DataError(AttnscopeError):
+    """Input data (a file, a row, an image) cannot be used as it is."""
+
+
+class CheckpointError(AttnscopeError):
+    """A checkpoint or weight file is missing, corrupt or does not fit the model."""

@@ -1,0 +1,58 @@
+"""Squeeze-and-Excitation (Hu et al. 2018).
+
+Global average pooling squeezes each channel to one number; a bottleneck MLP
+(reduce by ``rd_ratio``, activate, expand) and a gate turn those numbers into one
+weight per channel, which rescales the input. In a ResNet block it sits after
+the last batch norm of the residual branch, before the addition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnscope.layers._utils import LayerSpec, check_positive, make_activation, make_divisible
+from attnscope.layers.tap import AttentionTap
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-Excitation (Hu 2018): one learned gate per channel.
+
+    ``x * gate(fc2(act(fc1(mean_hw(x)))))``.
+
+    Args:
+        channels: input and output channels.
+        rd_ratio: reduction ratio of the bottleneck (paper: 1/16).
+        rd_channels: bottleneck width; overrides ``rd_ratio`` when given.
+        rd_divisor: the bottleneck width is rounded to a multiple of this.
+        act_layer: activation inside the bottleneck (name, class, module or function).
+        gate_layer: the gate (``"sigmoid"``, ``"hard_sigmoid"``, ...).
+
+    The gate (B, C) goes through ``self.tap``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 8,
+        act_layer: LayerSpec = "relu",
+        gate_layer: LayerSpec = "sigmoid",
+    ) -> None:
+        super().__init__()
+        check_positive("channels", channels)
+        if rd_channels is None:
+            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+        check_positive("rd_channels", rd_channels)
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=True)
+        self.act = make_activation(act_layer, "act_layer")
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=True)
+        self.gate = make_activation(gate_layer, "gate_layer")
+        self.tap = AttentionTap()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = x.mean(dim=(2, 3), keepdim=True)
+        weights = self.gate(self.fc2(self.act(self.fc1(squeezed))))
+        weights = self.tap(weights.flatten(1))
+        return x * weights[:, :, None, None]
