@@ -7,7 +7,7 @@ from attnscope.layers._utils import make_divisible
 from attnscope.layers.cbam import CBAM, ChannelGate, SpatialGate
 from attnscope.layers.global_attention import GlobalSelfAttention, position_encoding_2d
 from attnscope.layers.grid import GridAttention
-from attnscope.layers.local_attention import LocalSelfAttention, local_attention
+from attnscope.layers.local_attention import LocalSelfAttention, neighbourhood_attention
 from attnscope.layers.registry import attn_class, create_attn, describe_attn, list_attn
 from attnscope.layers.se import SqueezeExcite
 from attnscope.layers.tap import AttentionTap, capture_attention, find_taps
@@ -27,7 +27,7 @@ __all__ = [
     "describe_attn",
     "find_taps",
     "list_attn",
-    "local_attention",
+    "neighbourhood_attention",
     "make_divisible",
     "position_encoding_2d",
 ]

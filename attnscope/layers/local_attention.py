@@ -8,7 +8,7 @@ Neighbours outside the image are left out of the softmax, not attended as zeros.
 
 Memory. The textbook implementation unfolds keys and values to
 (B, C, k*k, H, W) each, and autograd keeps both for the backward pass: k*k
-times the memory of the feature map, twice. :func:`local_attention` instead
+times the memory of the feature map, twice. :func:`neighbourhood_attention` instead
 loops over the k*k offsets and reads each neighbour as a shifted *view* of the
 zero-padded keys and values, so what autograd keeps is the queries, the padded
 keys and values, and the (B, heads, k*k, H, W) attention weights: about
@@ -41,7 +41,7 @@ def neighbourhood_mask(height: int, width: int, kernel_size: int, device: torch.
     return mask.reshape(kernel_size * kernel_size, height, width)
 
 
-def local_attention(
+def neighbourhood_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -175,7 +175,7 @@ class LocalSelfAttention(nn.Module):
         query, key, value = (
             t.reshape(batch, self.heads, self.head_dim, height, width) for t in self.qkv(x).chunk(3, dim=1)
         )
-        output, attention = local_attention(
+        output, attention = neighbourhood_attention(
             query * self.scale, key, value, self.rel_rows, self.rel_cols, self.kernel_size
         )
         if self.tap.observed:
