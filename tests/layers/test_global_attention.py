@@ -5,6 +5,7 @@ from torch.nn import functional as F
 from attnscope import ConfigError, capture_attention
 from attnscope.layers import GlobalSelfAttention, position_encoding_2d
 from attnscope.layers.global_attention import attention_received
+from attnscope.profiling import saved_tensor_bytes
 
 
 def explicit(layer: GlobalSelfAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +56,15 @@ def test_gradients_reach_every_parameter_once_gamma_moves():
     layer(x).pow(2).sum().backward()
     for name, parameter in layer.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_autograd_keeps_no_positions_by_positions_matrix():
+    """The fused attention kernel keeps O(N) per head for backward, the math path O(N^2)."""
+    batch, channels, heads, size = 2, 32, 4, 24
+    layer = GlobalSelfAttention(channels, heads=heads)
+    _, saved = saved_tensor_bytes(lambda: layer(torch.randn(batch, channels, size, size)))
+    attention_matrix = batch * heads * (size * size) ** 2 * 4
+    assert saved < attention_matrix / 4
 
 
 def test_chunked_received_attention_equals_one_pass():

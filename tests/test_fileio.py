@@ -1,0 +1,26 @@
+import pytest
+
+from attnscope import fileio
+from attnscope.fileio import atomic_write
+
+
+def test_writes_text_and_bytes_and_creates_folders(tmp_path):
+    target = atomic_write(tmp_path / "a" / "b.json", '{"x": 1}')
+    assert target.read_text() == '{"x": 1}'
+    atomic_write(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "results.jsonl"
+    target.write_text("old")
+
+    def fail(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
