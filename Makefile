@@ -25,7 +25,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	@echo "attnscope demo: training is not built yet; running the attention-layer tour and benchmark."
 	$(VENV)/bin/attnscope layers
-	$(PY) benchmarks/layers.py --quick
+	$(PY) benchmarks/layers.py --quick --out runs/demo/layers.jsonl > /dev/null
+	@echo
+	$(PY) benchmarks/table.py runs/demo/layers.jsonl
+	@echo "(JSON records: runs/demo/layers.jsonl)"
 
 bench: $(STAMP)
 	$(PY) benchmarks/layers.py
