@@ -1,0 +1,184 @@
+"""Loading backbone weights: torchvision's files, or a local .pth / .safetensors file.
+
+Models keep torchvision's parameter names, so a torchvision state dict loads as it
+is. What a file cannot provide is handled by rule, and reported:
+
+- the first convolution adapts to ``in_chans`` (grayscale sums the RGB filters);
+- the classifier, and every attention module (a module that owns a tap), may be
+  missing or differently shaped: they keep their initialisation;
+- any other missing or mis-shaped tensor is an error that names it;
+- tensors of the file the model does not use (VGG's dense layers, say) are listed.
+
+``torch.load`` is only ever called with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attnscope.errors import CheckpointError
+from attnscope.layers.tap import find_taps
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+MAX_LISTED = 8
+
+
+@dataclass
+class LoadReport:
+    """What a load did with each tensor, by the model's key (``unused``: by the file's key)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    kept_initialised: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.source}: loaded {len(self.loaded)} tensors, adapted {_listing(self.adapted)}, "
+            f"kept initialised {_listing(self.kept_initialised)}, unused from the file {_listing(self.unused)}"
+        )
+
+
+def _listing(keys: list[str]) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:MAX_LISTED])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > MAX_LISTED else ''})"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.safetensors`` or torch (``.pth``/``.pt``) file.
+
+    A checkpoint that wraps the weights (``{"state_dict": ...}``) is unwrapped, and
+    the ``module.`` prefix of DataParallel/DDP checkpoints is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weight file; pass the path of a .pth or .safetensors state dict")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any reader failure is the file's problem
+        raise CheckpointError(
+            f"{path}: cannot be read as a weights-only state dict ({type(error).__name__}: {error}); "
+            "save it with torch.save(model.state_dict(), path) or safetensors"
+        ) from error
+    return _unwrap(state, path)
+
+
+def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(state, dict):
+        for key in WRAPPER_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no state dict (a mapping of names to tensors)")
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: entries {not_tensors[:MAX_LISTED]} are not tensors; is it a state dict?")
+    if all(key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return state
+
+
+def fetch_published(url: str, model_name: str) -> dict[str, torch.Tensor]:
+    """Download (or read from torch.hub's cache) a published file, its hash checked."""
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise CheckpointError(
+            f"cannot fetch the published weights of {model_name} from {url} ({error}). Without a network, "
+            f"download that file elsewhere and pass pretrained='/path/to/{url.rsplit('/', 1)[-1]}', "
+            f"or put it in {cache}"
+        ) from error
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a (out, in, k, k) filter bank to ``in_chans`` inputs.
+
+    One channel sums the filters over the file's inputs (a gray image then gives
+    the response the RGB filters give to a gray RGB image); more channels repeat
+    them cyclically, scaled so the response to a constant input keeps its size.
+    """
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = math.ceil(in_chans / weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def fresh_prefixes(model: nn.Module) -> list[str]:
+    """Model-key prefixes that may keep their initialisation: classifiers and attention modules."""
+    config = model.default_cfg
+    prefixes = [owner + "." for owner in find_taps(model) if owner != "tap"]
+    prefixes += [prefix + config.classifier + "." for prefix in config.pretrained_prefixes if config.classifier]
+    return prefixes
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy ``state`` into ``model`` by the rules of this module; raise naming every misfit."""
+    config = model.default_cfg
+    target = model.state_dict()
+    fresh = fresh_prefixes(model)
+    report = LoadReport(source)
+    merged = dict(target)
+    used: set[str] = set()
+    problems: list[str] = []
+    for key, current in target.items():
+        prefix = next((p for p in config.pretrained_prefixes if key.startswith(p)), None)
+        is_fresh = prefix is None or any(key.startswith(p) for p in fresh)
+        source_key = key if prefix is None else key[len(prefix) :]
+        value = state.get(source_key)
+        if value is not None:
+            used.add(source_key)
+        if value is not None and value.shape == current.shape:
+            merged[key] = value.to(current.dtype)
+            report.loaded.append(key)
+        elif value is not None and source_key == f"{config.first_conv}.weight" and value.dim() == 4:
+            merged[key] = adapt_first_conv(value, current.shape[1]).to(current.dtype)
+            if merged[key].shape != current.shape:
+                problems.append(f"'{source_key}' has shape {tuple(value.shape)}, the model's {tuple(current.shape)}")
+            report.adapted.append(key)
+        elif is_fresh or key.endswith("num_batches_tracked"):
+            report.kept_initialised.append(key)
+        elif value is None:
+            problems.append(f"'{source_key}' is missing")
+        else:
+            problems.append(f"'{source_key}' has shape {tuple(value.shape)}, the model's {tuple(current.shape)}")
+    if problems:
+        more = f" and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise CheckpointError(
+            f"{source} does not fit {config.name}: {'; '.join(problems[:MAX_LISTED])}{more}. "
+            f"The file must hold {config.name}'s backbone in torchvision's parameter names."
+        )
+    report.unused = sorted(set(state) - used)
+    model.load_state_dict(merged)
+    log.info("%s", report.summary())
+    return report
+
+
+def load_pretrained(model: nn.Module, pretrained: bool | str | Path) -> LoadReport:
+    """Load published weights (``True``) or a local file (a path) into ``model``."""
+    config = model.default_cfg
+    if pretrained is True:
+        if not config.url:
+            raise CheckpointError(
+                f"{config.name} has no published weights; pass pretrained='/path/to/state_dict.pth' instead"
+            )
+        return apply_state_dict(model, fetch_published(config.url, config.name), config.url)
+    return apply_state_dict(model, read_state_dict(pretrained), str(pretrained))
