@@ -21,10 +21,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Until the training verb exists, the demo runs the most complete path there is:
-# every attention layer built, run forward and backward, its map captured, timed.
+# every attention layer and model listed; every layer run forward and backward, timed.
 demo: $(STAMP)
 	@echo "attnscope demo: training is not built yet; running the attention-layer tour and benchmark."
 	$(VENV)/bin/attnscope layers
+	$(VENV)/bin/attnscope models
 	$(PY) benchmarks/layers.py --quick --out runs/demo/layers.jsonl > /dev/null
 	@echo
 	$(PY) benchmarks/table.py runs/demo/layers.jsonl

@@ -17,6 +17,8 @@ _LAZY = {
     "capture_attention": "attnscope.layers.tap",
     "create_attn": "attnscope.layers.registry",
     "list_attn": "attnscope.layers.registry",
+    "create_model": "attnscope.models",
+    "list_models": "attnscope.models",
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
 if TYPE_CHECKING:
     from attnscope.layers.registry import create_attn, list_attn
     from attnscope.layers.tap import AttentionTap, capture_attention
+    from attnscope.models import create_model, list_models
 
 
 def __getattr__(name: str) -> Any:

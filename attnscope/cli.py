@@ -30,6 +30,19 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from attnscope.models import list_models, model_summary
+
+    rows = [model_summary(name, num_classes=args.num_classes) for name in list_models()]
+    print(f"{'model':<18} {'params':>8} {'input':>11} {'taps':>4}  {'weights':<20} paper")
+    for row in rows:
+        size = "x".join(str(n) for n in row["input_size"])
+        print(f"{row['model']:<18} {row['params'] / 1e6:>7.2f}M {size:>11} {row['attention_taps']:>4}  "
+              f"{row['pretrained']:<20} {row['paper']}")
+    print(f"(parameters with a {args.num_classes}-class head)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnscope",
@@ -42,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     layers = verbs.add_parser("layers", help="list the attention layers create_attn knows")
     layers.add_argument("--options", action="store_true", help="also list each layer's options")
     layers.set_defaults(run=_cmd_layers)
+
+    models = verbs.add_parser("models", help="list the models create_model knows, with sizes")
+    models.add_argument("--num-classes", type=int, default=2, help="classifier width to count (default: 2)")
+    models.set_defaults(run=_cmd_models)
     return parser
 
 

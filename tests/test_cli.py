@@ -38,3 +38,13 @@ def test_a_library_error_is_one_line_without_traceback(monkeypatch, capsys):
     assert cli.main(["layers"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err == "attnscope: error: option --foo: bad value; use 1 or 2\n"
+
+
+def test_models_lists_every_model_with_its_size(capsys):
+    assert cli.main(["models", "--num-classes", "1000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert sorted(rows) == attnscope.list_models()
+    assert rows["resnet50"][1] == "25.56M" and rows["resnet50"][2] == "3x224x224"
+    assert rows["attn_vgg16_bn"][3] == "2"  # two attention taps: pool3 and pool4
+    assert lines[-1] == "(parameters with a 1000-class head)"

@@ -5,7 +5,7 @@ Importing this package registers every model.
 
 from attnscope.models import agcnn, resnet, vgg  # noqa: F401  (importing registers the models)
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import create_model, list_models, model_entry, register_model
+from attnscope.models.registry import create_model, list_models, model_entry, model_summary, register_model
 from attnscope.models.weights import LoadReport, load_pretrained, read_state_dict
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "model_entry",
+    "model_summary",
     "read_state_dict",
     "register_model",
 ]

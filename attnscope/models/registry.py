@@ -87,3 +87,25 @@ def create_model(
     if pretrained is not False:
         load_pretrained(model, pretrained)
     return model
+
+
+def model_summary(name: str, num_classes: int = 1000) -> dict[str, object]:
+    """Name, paper, parameter count, input size, attention taps and weight source of a model.
+
+    The model is built on the meta device: the count is exact and nothing is allocated.
+    """
+    import torch
+
+    entry = model_entry(name)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes)
+    config = model.default_cfg
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "num_classes": num_classes,
+        "input_size": list(config.input_size),
+        "attention_taps": len(config.attention_taps),
+        "pretrained": "torchvision ImageNet" if config.url else "none",
+        "paper": entry.config.paper,
+    }

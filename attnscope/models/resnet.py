@@ -263,7 +263,9 @@ def _register(name: str, architecture: str, attn: str | None = None, grid: bool 
         first_conv="conv1",
         classifier="fc",
         cam_target_layer="layer4",
-        url=RESNET_URLS.get(architecture, ""),
+        # Local attention replaces every 3x3 conv: a ResNet file would fill only the stem,
+        # the 1x1 convs and the norms, so no published file is offered (a path still loads).
+        url="" if attn == LOCAL else RESNET_URLS.get(architecture, ""),
     )
     fixed_attn = attn
 

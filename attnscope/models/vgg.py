@@ -139,39 +139,25 @@ class AttnVGG(AttnClassifier):
         return torch.cat([global_vector, vector3, vector4], dim=1), pool5
 
 
-@register_model(ModelConfig("vgg16_bn", VGG_PAPER, first_conv="features.0", classifier="classifier",
-                            cam_target_layer=last_relu(VGG16_LAYOUT), url=VGG16_BN_URL))
-def vgg16_bn(num_classes: int, in_chans: int, dropout: float = 0.0) -> VGG:
-    return VGG(VGG16_LAYOUT, num_classes, in_chans, dropout)
+def _register(name: str, layout: Layout, paper: str, attention: bool, url: str = "",
+              input_size: tuple[int, int, int] = (3, 224, 224)) -> None:
+    """Register one VGG: a layout, with or without grid attention, and its config."""
+    config = ModelConfig(name, paper, input_size=input_size, first_conv="features.0", classifier="classifier",
+                         cam_target_layer=last_relu(layout), url=url)
+    if attention:
+        def build(num_classes: int, in_chans: int, normalize: Normalize = "softmax", dropout: float = 0.0,
+                  attention: bool = True, attn_channels: int | None = None) -> AttnClassifier:
+            return AttnVGG(layout, num_classes, in_chans, normalize, dropout, attention, attn_channels)
+    else:
+        def build(num_classes: int, in_chans: int, dropout: float = 0.0) -> AttnClassifier:
+            return VGG(layout, num_classes, in_chans, dropout)
+
+    build.__name__ = build.__qualname__ = name
+    register_model(config)(build)
 
 
-@register_model(ModelConfig("attn_vgg16_bn", ATTN_VGG_PAPER, first_conv="features.0", classifier="classifier",
-                            cam_target_layer=last_relu(VGG16_LAYOUT), url=VGG16_BN_URL))
-def attn_vgg16_bn(
-    num_classes: int,
-    in_chans: int,
-    normalize: Normalize = "softmax",
-    dropout: float = 0.0,
-    attention: bool = True,
-    attn_channels: int | None = None,
-) -> AttnVGG:
-    return AttnVGG(VGG16_LAYOUT, num_classes, in_chans, normalize, dropout, attention, attn_channels)
-
-
-@register_model(ModelConfig("vgg_tiny", "small VGG for CPUs and tests", input_size=(3, 64, 64),
-                            first_conv="features.0", classifier="classifier", cam_target_layer=last_relu(TINY_LAYOUT)))
-def vgg_tiny(num_classes: int, in_chans: int, dropout: float = 0.0) -> VGG:
-    return VGG(TINY_LAYOUT, num_classes, in_chans, dropout)
-
-
-@register_model(ModelConfig("attn_vgg_tiny", "small attention VGG for CPUs and tests", input_size=(3, 64, 64),
-                            first_conv="features.0", classifier="classifier", cam_target_layer=last_relu(TINY_LAYOUT)))
-def attn_vgg_tiny(
-    num_classes: int,
-    in_chans: int,
-    normalize: Normalize = "softmax",
-    dropout: float = 0.0,
-    attention: bool = True,
-    attn_channels: int | None = None,
-) -> AttnVGG:
-    return AttnVGG(TINY_LAYOUT, num_classes, in_chans, normalize, dropout, attention, attn_channels)
+_register("vgg16_bn", VGG16_LAYOUT, VGG_PAPER, attention=False, url=VGG16_BN_URL)
+_register("attn_vgg16_bn", VGG16_LAYOUT, ATTN_VGG_PAPER, attention=True, url=VGG16_BN_URL)
+_register("vgg_tiny", TINY_LAYOUT, "small VGG for CPUs and tests", attention=False, input_size=(3, 64, 64))
+_register("attn_vgg_tiny", TINY_LAYOUT, "small attention VGG for CPUs and tests", attention=True,
+          input_size=(3, 64, 64))

@@ -112,9 +112,11 @@ def fetch_published(url: str, model_name: str) -> dict[str, torch.Tensor]:
 def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Adapt a (out, in, k, k) filter bank to ``in_chans`` inputs.
 
-    One channel sums the filters over the file's inputs (a gray image then gives
-    the response the RGB filters give to a gray RGB image); more channels repeat
-    them cyclically, scaled so the response to a constant input keeps its size.
+    One channel sums the filters over the file's inputs: a gray image then gives
+    exactly the response the RGB filters give to the same image in RGB. More
+    channels repeat the filters cyclically, scaled by ``in/in_chans`` (timm's
+    convention); the response to a constant input is kept exactly when
+    ``in_chans`` is a multiple of the file's inputs, approximately otherwise.
     """
     if in_chans == 1:
         return weight.sum(dim=1, keepdim=True)

@@ -1,0 +1,25 @@
+"""The parameter table script covers every model and states the seed's dense-layer point."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import attnscope
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "params.py"
+
+
+def test_one_record_per_model_plus_the_dense_vgg():
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True)
+    rows = {row["model"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert set(rows) == set(attnscope.list_models()) | {"vgg16_bn_dense"}
+    assert rows["vgg16_bn_dense"]["params"] == 138_365_992  # torchvision's vgg16_bn
+    assert rows["vgg16_bn_dense"]["ratio_to_vgg16_bn"] > 9
+    assert rows["se_resnet50"]["ratio_to_resnet50"] == round(28_088_024 / 25_557_032, 3)
+
+
+def test_markdown_table_has_a_row_per_record():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--markdown"], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| model |") and len(lines) == 2 + len(attnscope.list_models()) + 1

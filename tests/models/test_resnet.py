@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from attnscope import ConfigError, capture_attention
+from attnscope.layers import LocalSelfAttention
+from attnscope.models import create_model
+from attnscope.models.resnet import Bottleneck
+
+
+def params(name: str, **options) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(name, num_classes=1000, **options).parameters())
+
+
+def test_backbones_have_torchvision_parameter_counts():
+    assert params("resnet18") == 11_689_512
+    assert params("resnet34") == 21_797_672
+    assert params("resnet50") == 25_557_032
+
+
+def test_attention_costs_match_the_papers():
+    resnet50 = params("resnet50")
+    assert params("se_resnet50") / resnet50 == pytest.approx(28.09 / 25.56, rel=0.005)  # Hu et al., r=16
+    assert params("cbam_resnet50") / resnet50 == pytest.approx(28.09 / 25.56, rel=0.005)  # Woo et al.
+    assert params("local_resnet50") < resnet50
+    assert params("local_resnet50") == pytest.approx(18.0e6, rel=0.01)  # Ramachandran et al.
+    assert params("local_resnet26") == pytest.approx(10.3e6, rel=0.01)
+
+
+def test_block_attention_sits_after_the_last_norm_before_the_addition():
+    model = create_model("se_resnet50").eval()
+    block: Bottleneck = model.layer2[1]
+    seen = {}
+    block.bn3.register_forward_hook(lambda m, i, o: seen.__setitem__("bn3", o.clone()))
+    block.attn.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", (i[0].clone(), o.clone())))
+    x = torch.randn(1, 512, 8, 8)
+    with torch.no_grad():
+        out = block(x)
+    attn_in, attn_out = seen["attn"]
+    torch.testing.assert_close(attn_in, seen["bn3"])
+    torch.testing.assert_close(out, torch.relu(attn_out + x))
+
+
+def test_local_attention_replaces_every_3x3_conv_but_keeps_the_stem():
+    model = create_model("local_resnet26")
+    assert isinstance(model.conv1, nn.Conv2d) and model.conv1.kernel_size == (7, 7)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 8
+    for block in blocks:
+        assert isinstance(block.conv2, LocalSelfAttention) and block.conv2.kernel_size == 7
+        assert all(m.kernel_size == (1, 1) for m in block.modules() if isinstance(m, nn.Conv2d))
+    basic = create_model("resnet_tiny", attn="local", local_kernel=3, local_heads=2)
+    assert isinstance(basic.layer1[0].conv1, LocalSelfAttention) and isinstance(basic.layer1[0].conv2, LocalSelfAttention)
+
+
+def test_global_attention_blocks_start_as_the_identity():
+    plain = create_model("resnet18").eval()
+    with_global = create_model("resnet18", global_attn=True).eval()
+    assert list(with_global.global_attn) == ["layer3", "layer4"]
+    missing, unexpected = with_global.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("global_attn.") for key in missing)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), capture_attention(with_global) as maps:
+        torch.testing.assert_close(with_global(x), plain(x))
+    assert set(maps) == {"global_attn.layer3", "global_attn.layer4"}
+    assert list(create_model("resnet_tiny", global_attn=[2]).global_attn) == ["layer2"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"attn": "grid"}, "attn_resnet"), ({"attn": "global"}, "global_attn"), ({"global_attn": [5]}, "1 to 4")],
+)
+def test_bad_attention_options_are_named(options, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("resnet_tiny", **options)
+
+
+def test_grid_attention_resnet_concatenates_stage4_with_the_gated_stages():
+    model = create_model("attn_resnet_tiny", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), capture_attention(model) as maps:
+        logits = model(x)
+        _, stage2, stage3, stage4 = model.forward_stages(x)
+    vector = torch.cat([stage4.mean(dim=(2, 3)), (maps["attn_layer2"] * stage2).sum(dim=(2, 3)),
+                        (maps["attn_layer3"] * stage3).sum(dim=(2, 3))], dim=1)
+    torch.testing.assert_close(logits, model.fc(vector))
+
+
+def test_se_and_cbam_variants_are_the_backbone_with_attention():
+    assert create_model("cbam_resnet18").layer3[1].attn.__class__.__name__ == "CBAM"
+    assert create_model("resnet18", attn="se").layer1[0].attn is not None
+    assert create_model("resnet18").layer1[0].attn is None
