@@ -1,0 +1,192 @@
+"""The manifest: the one table every source produces, and the rows it could not take.
+
+A manifest holds, per row, an image (a file path, or an index into an in-memory
+uint8 array), a label (an int, or a multi-hot vector), and optionally a mask, a
+group (patient id) and a split. Rows a source or the decoder cannot use are kept
+as :class:`BadRow` records, so that nothing is silently dropped: by default they
+stop the run with one message listing every one of them; with ``skip_bad`` they
+are left out and written to ``bad_rows.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from attnscope.errors import DataError
+from attnscope.fileio import atomic_write
+
+SPLITS = ("train", "val", "test")
+MAX_LISTED_BAD_ROWS = 50
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One row that cannot be used: where it came from and why."""
+
+    source: str
+    row: int | None
+    id: str
+    reason: str
+
+    def describe(self) -> str:
+        where = f"{self.source} row {self.row}" if self.row is not None else self.source
+        return f"{where} ({self.id}): {self.reason}"
+
+
+class BadRowsError(DataError):
+    """Rows that cannot be used, listed one per line."""
+
+    def __init__(self, rows: Sequence[BadRow], hint: str = "fix or remove them, or pass skip_bad=True (--skip-bad)"):
+        self.rows = list(rows)
+        listed = "\n  ".join(row.describe() for row in self.rows[:MAX_LISTED_BAD_ROWS])
+        more = f"\n  ... and {len(self.rows) - MAX_LISTED_BAD_ROWS} more" if len(self.rows) > MAX_LISTED_BAD_ROWS else ""
+        super().__init__(f"{len(self.rows)} bad row(s); {hint}:\n  {listed}{more}")
+
+
+@dataclass
+class Manifest:
+    """Rows of images with labels; ``paths`` or ``images`` says where the pixels are.
+
+    ``labels``: (N,) int64 class indices, or (N, K) float32 multi-hot vectors.
+    ``paths``: image files (file-backed), or ``images``: uint8 (N, H, W[, C]) (array-backed).
+    ``mask_paths`` / ``masks``: the same for ground-truth masks (optional).
+    ``ids``: what a user calls each row (image id, file name, index), for messages.
+    ``rows``: the row of the source file each entry came from, for messages.
+    ``rejected``: rows left out so far, with their reasons.
+    """
+
+    source: str
+    ids: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    paths: list[str] | None = None
+    images: np.ndarray | None = None
+    mask_paths: list[str | None] | None = None
+    masks: np.ndarray | None = None
+    groups: list[str] | None = None
+    splits: list[str] | None = None
+    rows: list[int] | None = None
+    rejected: list[BadRow] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("labels", "paths", "images", "mask_paths", "masks", "groups", "splits", "rows"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise DataError(f"{self.source}: manifest column {name!r} has {len(value)} entries for {n} rows")
+        if (self.paths is None) == (self.images is None):
+            raise DataError(f"{self.source}: a manifest needs image paths or an image array, exactly one")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_masks(self) -> bool:
+        return self.mask_paths is not None or self.masks is not None
+
+    def row_of(self, index: int) -> int | None:
+        return None if self.rows is None else self.rows[index]
+
+    def bad_row(self, index: int, reason: str) -> BadRow:
+        """A BadRow for entry ``index`` of this manifest."""
+        return BadRow(self.source, self.row_of(index), self.ids[index], reason)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Manifest:
+        """The manifest restricted to ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+
+        def pick(values):
+            if values is None:
+                return None
+            if isinstance(values, np.ndarray):
+                return values[idx]
+            return [values[i] for i in idx]
+
+        return replace(self, ids=pick(self.ids), labels=pick(self.labels), paths=pick(self.paths),
+                       images=pick(self.images), mask_paths=pick(self.mask_paths), masks=pick(self.masks),
+                       groups=pick(self.groups), splits=pick(self.splits), rows=pick(self.rows),
+                       rejected=list(self.rejected))
+
+    def without(self, bad: dict[int, str]) -> Manifest:
+        """The manifest without the entries in ``bad`` (index -> reason), which join ``rejected``."""
+        keep = [i for i in range(len(self)) if i not in bad]
+        kept = self.subset(keep)
+        kept.rejected = list(self.rejected) + [self.bad_row(i, reason) for i, reason in sorted(bad.items())]
+        return kept
+
+    def class_counts(self) -> np.ndarray:
+        """Rows per class (positives per class when multi-label)."""
+        if self.multilabel:
+            return self.labels.sum(axis=0).astype(np.int64)
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def fingerprint(self) -> str:
+        """A hash of what the images are: paths, sizes and mtimes of files, or the array's bytes."""
+        digest = hashlib.sha256()
+        if self.paths is not None:
+            for path in self.paths:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        else:
+            digest.update(str(self.images.shape).encode())
+            digest.update(np.ascontiguousarray(self.images).data)
+        if self.mask_paths is not None:
+            for path in self.mask_paths:
+                stat = os.stat(path) if path else None
+                digest.update(f"{path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+        elif self.masks is not None:
+            digest.update(np.ascontiguousarray(self.masks).data)
+        return digest.hexdigest()
+
+    def label_text(self, index: int) -> str:
+        """The label of entry ``index`` as the class names (joined by '|' when multi-label)."""
+        if self.multilabel:
+            return "|".join(c for c, on in zip(self.classes, self.labels[index]) if on)
+        return self.classes[int(self.labels[index])]
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the rows (id, path, label, class, group, split) as a CSV, atomically."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "path", "label", "class", "group", "split"])
+        for i in range(len(self)):
+            label = "|".join(str(int(v)) for v in self.labels[i]) if self.multilabel else int(self.labels[i])
+            writer.writerow([self.ids[i], self.paths[i] if self.paths else f"#{i}", label, self.label_text(i),
+                             self.groups[i] if self.groups else "", self.splits[i] if self.splits else ""])
+        return atomic_write(path, buffer.getvalue())
+
+
+def write_bad_rows(rows: Sequence[BadRow], path: str | Path) -> Path:
+    """Write bad rows (source, row, id, reason) as a CSV, atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", "row", "id", "reason"])
+    for row in rows:
+        writer.writerow([row.source, "" if row.row is None else row.row, row.id, row.reason])
+    return atomic_write(path, buffer.getvalue())
+
+
+def check_bad_rows(manifest: Manifest, skip_bad: bool) -> Manifest:
+    """Stop on rejected rows unless ``skip_bad``; an empty manifest always stops."""
+    if manifest.rejected and not skip_bad:
+        raise BadRowsError(manifest.rejected)
+    if len(manifest) == 0:
+        detail = f"; all {len(manifest.rejected)} rows were bad" if manifest.rejected else ""
+        raise DataError(f"{manifest.source}: no usable rows{detail}")
+    return manifest

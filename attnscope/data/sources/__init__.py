@@ -1,0 +1,6 @@
+"""Sources: each turns what a user has on disk (or a generator) into a Manifest."""
+
+from attnscope.data.sources.arrays import FASHION_MNIST_DIR, from_idx, from_medmnist, read_idx
+from attnscope.data.sources.files import IMAGE_EXTENSIONS, from_csv, from_folder
+
+__all__ = ["FASHION_MNIST_DIR", "IMAGE_EXTENSIONS", "from_csv", "from_folder", "from_idx", "from_medmnist", "read_idx"]
