@@ -1,0 +1,242 @@
+"""The decode cache: every image of a manifest decoded once into a memory-mapped uint8 array.
+
+A cache is a folder ``<cache_dir>/<key>/`` holding ``images.npy`` (N, S, S, C),
+``masks.npy`` (N, S, S) when the manifest has masks, and ``meta.json``. The key
+hashes the manifest's files (paths, sizes, mtimes), the size, the mode and the
+pixel limit, so a changed file makes a new cache. The folder is built under a
+temporary name and renamed into place, so a reader never sees half a cache;
+``meta.json`` records the rows that failed to decode and a checksum of sampled
+blocks, so a truncated or overwritten cache is detected and rebuilt.
+
+Array-backed manifests (IDX, MedMNIST, generated sets) are already in memory:
+they are converted in memory and not written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES, decode_image, resize_and_crop
+from attnscope.data.manifest import Manifest
+from attnscope.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CHUNK = 64
+SAMPLED_BLOCKS = 64
+BLOCK_BYTES = 65536
+
+
+@dataclass
+class DecodedSet:
+    """Decoded pixels for a manifest: ``images[index[i]]`` is row ``i`` of ``manifest``.
+
+    ``images``: uint8 (M, S, S, C), memory-mapped for file-backed manifests;
+    ``masks``: uint8 (M, S, S) of 0/1, or None. ``manifest`` holds the rows that
+    decoded; those that did not are in ``manifest.rejected``.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    index: np.ndarray
+    manifest: Manifest
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, rows: np.ndarray) -> DecodedSet:
+        """The set restricted to manifest rows ``rows`` (the pixels stay where they are)."""
+        return DecodedSet(self.images, self.masks, self.index[rows], self.manifest.subset(rows))
+
+
+def cache_key(manifest: Manifest, size: int, mode: str, pixel_limit: int) -> str:
+    text = f"v{CACHE_VERSION}|{manifest.fingerprint()}|{size}|{mode}|{pixel_limit}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def sampled_checksum(path: Path) -> int:
+    """CRC32 of up to 64 evenly spaced 64 KiB blocks: cheap, and catches truncation and overwrites."""
+    size = path.stat().st_size
+    step = max(BLOCK_BYTES, size // SAMPLED_BLOCKS)
+    crc = 0
+    with open(path, "rb") as handle:
+        for offset in range(0, size, step):
+            handle.seek(offset)
+            crc = zlib.crc32(handle.read(BLOCK_BYTES), crc)
+    return crc
+
+
+def _channels(mode: str) -> int:
+    return 3 if mode == "RGB" else 1
+
+
+def _decode_chunk(images_path: str, masks_path: str | None, jobs: list[tuple[int, str, str | None]], size: int,
+                  mode: str, pixel_limit: int) -> list[tuple[int, str]]:
+    """Decode ``jobs`` (position, image, mask) into the open cache files; return the failures."""
+    images = np.load(images_path, mmap_mode="r+")
+    masks = np.load(masks_path, mmap_mode="r+") if masks_path else None
+    failures = []
+    for position, image_path, mask_path in jobs:
+        try:
+            images[position] = decode_image(image_path, size, mode, pixel_limit).reshape(size, size, -1)
+            if masks is not None:
+                if mask_path is None:
+                    raise DataError("no mask for this row")
+                masks[position] = decode_image(mask_path, size, pixel_limit=pixel_limit, mask=True)
+        except DataError as error:
+            failures.append((position, str(error)))
+    images.flush()
+    if masks is not None:
+        masks.flush()
+    return failures
+
+
+def _valid(folder: Path, count: int, size: int, mode: str, has_masks: bool) -> dict | None:
+    """The cache's metadata if the folder holds a complete, intact cache; None otherwise."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        if images.shape != (count, size, size, _channels(mode)) or meta.get("count") != count:
+            return None
+        if meta["images_crc"] != sampled_checksum(folder / "images.npy"):
+            return None
+        if has_masks:
+            masks = np.load(folder / "masks.npy", mmap_mode="r")
+            if masks.shape != (count, size, size) or meta["masks_crc"] != sampled_checksum(folder / "masks.npy"):
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def build_cache(manifest: Manifest, folder: Path, size: int, mode: str, pixel_limit: int, workers: int,
+                progress: bool) -> dict:
+    """Decode every image of ``manifest`` into ``folder`` (built aside, then renamed into place)."""
+    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    count = len(manifest)
+    images_path = temporary / "images.npy"
+    np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8,
+                              shape=(count, size, size, _channels(mode))).flush()
+    masks_path = None
+    if manifest.has_masks:
+        masks_path = temporary / "masks.npy"
+        np.lib.format.open_memmap(masks_path, mode="w+", dtype=np.uint8, shape=(count, size, size)).flush()
+    mask_paths = manifest.mask_paths or [None] * count
+    jobs = [(i, manifest.paths[i], mask_paths[i]) for i in range(count)]
+    chunks = [jobs[start:start + CHUNK] for start in range(0, count, CHUNK)]
+    arguments = (str(images_path), str(masks_path) if masks_path else None)
+    failures: list[tuple[int, str]] = []
+    bar = tqdm(total=count, desc=f"decoding {count} images", unit="img", disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            for chunk in chunks:
+                failures += _decode_chunk(*arguments, chunk, size, mode, pixel_limit)
+                bar.update(len(chunk))
+        else:
+            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(_decode_chunk, *arguments, chunk, size, mode, pixel_limit): len(chunk)
+                           for chunk in chunks}
+                for future in as_completed(futures):
+                    failures += future.result()
+                    bar.update(futures[future])
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    meta = {
+        "version": CACHE_VERSION, "count": count, "size": size, "mode": mode, "source": manifest.source,
+        "failed": {str(position): reason for position, reason in sorted(failures)},
+        "images_crc": sampled_checksum(images_path),
+        "masks_crc": sampled_checksum(masks_path) if masks_path else None,
+    }
+    (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    for path in temporary.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        os.replace(temporary, folder)
+    except OSError:  # another process put an intact cache there first
+        shutil.rmtree(temporary, ignore_errors=True)
+        if _valid(folder, count, size, mode, manifest.has_masks) is None:
+            raise
+    return meta
+
+
+def _array_images(manifest: Manifest, size: int, mode: str) -> np.ndarray:
+    """In-memory images converted to (N, size, size, C) in ``mode``."""
+    images = manifest.images
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 3 and mode == "L":
+        weights = np.array([299, 587, 114], dtype=np.uint32)
+        images = ((images.astype(np.uint32) * weights).sum(axis=-1, keepdims=True) // 1000).astype(np.uint8)
+    elif images.shape[-1] == 1 and mode == "RGB":
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1:3] != (size, size):
+        pil_mode = "RGB" if mode == "RGB" else "L"
+        images = np.stack([
+            np.asarray(resize_and_crop(Image.fromarray(image.squeeze(-1) if pil_mode == "L" else image, pil_mode),
+                                       size, Image.Resampling.BILINEAR)).reshape(size, size, -1)
+            for image in images
+        ])
+    return np.ascontiguousarray(images)
+
+
+def _array_masks(manifest: Manifest, size: int) -> np.ndarray | None:
+    if manifest.masks is None:
+        return None
+    if manifest.masks.shape[1:] == (size, size):
+        return manifest.masks
+    return np.stack([np.asarray(resize_and_crop(Image.fromarray(m * 255), size, Image.Resampling.NEAREST)) > 127
+                     for m in manifest.masks]).astype(np.uint8)
+
+
+def load_images(manifest: Manifest, size: int, mode: str = "RGB", cache_dir: str | Path | None = None,
+                workers: int | None = None, pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+                progress: bool = True) -> DecodedSet:
+    """Decoded pixels of ``manifest`` at ``size`` x ``size``, from the cache when it is intact.
+
+    Rows that fail to decode are moved to the returned manifest's ``rejected``.
+    """
+    if mode not in MODES:
+        raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
+    if manifest.images is not None:
+        return DecodedSet(_array_images(manifest, size, mode), _array_masks(manifest, size),
+                          np.arange(len(manifest)), manifest)
+    if cache_dir is None:
+        raise DataError(f"{manifest.source}: image files need a cache_dir (--cache-dir) to decode into")
+    folder = Path(cache_dir) / cache_key(manifest, size, mode, pixel_limit)
+    meta = _valid(folder, len(manifest), size, mode, manifest.has_masks)
+    if meta is None:
+        if folder.exists():
+            log.warning("cache %s is incomplete or corrupt; rebuilding it", folder)
+        workers = workers or min(os.cpu_count() or 1, 8)
+        meta = build_cache(manifest, folder, size, mode, pixel_limit, workers, progress)
+    else:
+        log.info("reusing the decode cache %s", folder)
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    masks = np.load(folder / "masks.npy", mmap_mode="r") if manifest.has_masks else None
+    failed = {int(position): reason for position, reason in meta["failed"].items()}
+    kept = manifest.without(failed)
+    index = np.array([i for i in range(len(manifest)) if i not in failed], dtype=np.int64)
+    return DecodedSet(images, masks, index, kept)

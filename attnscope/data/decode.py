@@ -1,0 +1,96 @@
+"""Decoding one image file to a square uint8 array of the cache size.
+
+EXIF orientation is applied; grayscale, RGBA, CMYK, palette and 16-bit images
+become the requested mode (RGB or L); JPEGs are decoded at a reduced scale when
+the target is much smaller (``Image.draft``); then the shorter side is resized to
+the target and the centre cropped. Every failure is a DataError naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from attnscope.errors import DataError
+
+MODES = ("RGB", "L")
+DEFAULT_PIXEL_LIMIT = 100_000_000  # 10,000 x 10,000; whole-slide images need a higher limit, set on purpose
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert any Pillow mode to RGB or L; 16-bit data is scaled to 8 bits, alpha is composited on black."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        flat = np.asarray(image, dtype=np.float64)
+        low, high = float(flat.min()), float(flat.max())
+        scaled = (flat - low) / (high - low) * 255 if high > low else np.zeros_like(flat)
+        image = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image if image.mode == mode else image.convert(mode)
+
+
+def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and crop the centre ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new_size != image.size:
+        reducing_gap = 2.0 if resample != Image.Resampling.NEAREST else None
+        image = image.resize(new_size, resample=resample, reducing_gap=reducing_gap)
+    left = (new_size[0] - size) // 2
+    top = (new_size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def decode_image(path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+                 mask: bool = False) -> np.ndarray:
+    """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L.
+
+    ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
+    values above 127 become 1 and the rest 0.
+    """
+    if mode not in MODES:
+        raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            pixels = image.size[0] * image.size[1]
+            if pixels > pixel_limit:
+                raise DataError(f"{path}: {image.size[0]} x {image.size[1]} pixels is above the limit of "
+                                f"{pixel_limit:,} (a decompression bomb?); raise pixel_limit if the file is trusted")
+            target_mode = "L" if mask else mode
+            if image.format == "JPEG" and not mask:
+                shorter = min(image.size)
+                if shorter > 2 * size:
+                    ratio = size / shorter
+                    image.draft(target_mode, (math.ceil(image.size[0] * ratio), math.ceil(image.size[1] * ratio)))
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            image = _to_mode(image, target_mode)
+            resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+            array = np.asarray(resize_and_crop(image, size, resample), dtype=np.uint8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{path}: too many pixels to decode safely ({error})") from error
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: file not found") from error
+    except UnidentifiedImageError as error:
+        raise DataError(f"{path}: not an image Pillow can read (corrupt, or not an image)") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{path}: truncated or corrupt image ({error})") from error
+    return (array > 127).astype(np.uint8) if mask else array

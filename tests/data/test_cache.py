@@ -1,0 +1,99 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from attnscope import DataError
+from attnscope.data.cache import load_images
+from attnscope.data.decode import decode_image
+from attnscope.data.manifest import BadRowsError, Manifest, check_bad_rows
+from attnscope.data.sources import from_csv
+from tests.data.conftest import write_image
+
+
+def test_cache_holds_exactly_what_decoding_gives_and_is_reused(lesion_folder, tmp_path, caplog):
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    first = load_images(manifest, 16, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert first.images.shape == (12, 16, 16, 3) and isinstance(first.images, np.memmap)
+    for i in (0, 7, 11):
+        np.testing.assert_array_equal(first.images[first.index[i]], decode_image(manifest.paths[i], 16))
+    caplog.set_level("INFO", logger="attnscope.data.cache")
+    second = load_images(manifest, 16, cache_dir=tmp_path / "cache", progress=False)
+    assert "reusing the decode cache" in caplog.text
+    np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # no temporary folder left behind
+
+
+def test_a_changed_file_makes_a_new_cache(lesion_folder, tmp_path):
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    before = load_images(manifest, 16, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    write_image(lesion_folder / "train" / "ISIC_0004.jpg", seed=99)
+    os.utime(lesion_folder / "train" / "ISIC_0004.jpg", ns=(1, 1))
+    after = load_images(from_csv(lesion_folder / "marking.csv", lesion_folder / "train"), 16,
+                        cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.array_equal(after.images[4], before.images[4])
+    np.testing.assert_array_equal(after.images[5], before.images[5])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "meta"])
+def test_a_corrupt_cache_is_detected_and_rebuilt(lesion_folder, tmp_path, damage, caplog):
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    good = np.asarray(load_images(manifest, 16, cache_dir=tmp_path / "c", workers=1, progress=False).images).copy()
+    folder = next((tmp_path / "c").iterdir())
+    data = folder / "images.npy"
+    if damage == "truncate":
+        data.write_bytes(data.read_bytes()[:-100])
+    elif damage == "overwrite":
+        raw = bytearray(data.read_bytes())
+        raw[200:260] = bytes(60)
+        raw[-50:] = bytes(50)
+        data.write_bytes(bytes(raw))
+    else:
+        (folder / "meta.json").write_text("{")
+    rebuilt = load_images(manifest, 16, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert "rebuilding" in caplog.text
+    np.testing.assert_array_equal(np.asarray(rebuilt.images), good)
+
+
+def test_rows_that_fail_to_decode_are_rejected_with_their_reason(lesion_folder, tmp_path):
+    (lesion_folder / "train" / "ISIC_0002.jpg").write_bytes(b"garbage")
+    path = lesion_folder / "train" / "ISIC_0005.jpg"
+    path.write_bytes(path.read_bytes()[:200])
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    decoded = load_images(manifest, 16, cache_dir=tmp_path / "c", workers=2, progress=False)
+    assert len(decoded) == 10 and decoded.index.tolist() == [0, 1, 3, 4, 6, 7, 8, 9, 10, 11]
+    assert [(b.row, b.id) for b in decoded.manifest.rejected] == [(4, "ISIC_0002"), (7, "ISIC_0005")]
+    with pytest.raises(BadRowsError, match="2 bad row"):
+        check_bad_rows(decoded.manifest, skip_bad=False)
+    again = load_images(manifest, 16, cache_dir=tmp_path / "c", progress=False)  # the failures are remembered
+    assert [b.id for b in again.manifest.rejected] == ["ISIC_0002", "ISIC_0005"]
+    meta = json.loads((next((tmp_path / "c").iterdir()) / "meta.json").read_text())
+    assert "not an image Pillow can read" in meta["failed"]["2"]
+
+
+def test_masks_are_cached_beside_the_images(lesion_folder, tmp_path):
+    rows = ["image_id,target,mask"]
+    for i in range(3):
+        mask = np.zeros((30, 40), dtype=np.uint8)
+        mask[5:25, 10:30] = 255
+        from PIL import Image
+        Image.fromarray(mask).save(lesion_folder / f"m{i}.png")
+        rows.append(f"ISIC_{i:04d},0,m{i}.png")
+    (lesion_folder / "masks.csv").write_text("\n".join(rows) + "\n")
+    manifest = from_csv(lesion_folder / "masks.csv", lesion_folder / "train", mask_column="mask",
+                        mask_root=lesion_folder)
+    decoded = load_images(manifest, 30, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert decoded.masks.shape == (3, 30, 30) and set(np.unique(decoded.masks)) == {0, 1}
+
+
+def test_arrays_are_converted_in_memory():
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 10, 10, 3), dtype=np.uint8)
+    manifest = Manifest("arrays", ["a", "b", "c", "d"], np.zeros(4, dtype=np.int64), ["x"], images=rgb)
+    gray = load_images(manifest, 10, "L")
+    expected = (rgb.astype(np.uint32) @ np.array([299, 587, 114])) // 1000
+    np.testing.assert_array_equal(gray.images[..., 0], expected)
+    assert load_images(manifest, 20, "RGB").images.shape == (4, 20, 20, 3)
+    with pytest.raises(DataError, match="need a cache_dir"):
+        load_images(Manifest("files", ["a"], np.zeros(1, dtype=np.int64), ["x"], paths=["a.jpg"]), 8)

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnscope import DataError
+from attnscope.data.decode import decode_image
+from tests.data.conftest import write_image
+
+
+def test_shorter_side_resized_then_centre_cropped(tmp_path):
+    array = np.zeros((40, 80, 3), dtype=np.uint8)
+    array[:, 16:40] = 255  # halved to columns 8-20, the crop's left half (crop: columns 10-30)
+    array[:, 40:64] = 128  # halved to columns 20-32, the crop's right half
+    Image.fromarray(array).save(tmp_path / "wide.png")
+    decoded = decode_image(tmp_path / "wide.png", 20)
+    assert decoded.shape == (20, 20, 3)
+    assert decoded[:, :9].min() == 255 and decoded[:, 11:].max() == 128 and decoded[:, 11:].min() == 128
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    array = np.zeros((20, 40, 3), dtype=np.uint8)
+    array[:, :20] = 255  # left half white
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    decoded = decode_image(tmp_path / "rotated.jpg", 20, mode="L")
+    # displayed upright, the white half is on top
+    assert decoded[:8].mean() > 200 and decoded[12:].mean() < 50
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P"])
+def test_any_mode_becomes_rgb_or_l(tmp_path, mode):
+    path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    (base.convert(mode) if mode != "P" else base.quantize(8)).save(path)
+    assert decode_image(path, 8, "RGB").shape == (8, 8, 3)
+    assert decode_image(path, 8, "L").shape == (8, 8)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    wide = np.array([[0, 257 * 100], [65535, 257 * 200]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "xray.png")
+    assert decode_image(tmp_path / "xray.png", 2, "L").tolist() == [[0, 100], [255, 200]]
+
+
+def test_transparent_pixels_become_black(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[:2, :, 3] = 255  # top half opaque, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    decoded = decode_image(tmp_path / "alpha.png", 4, "L")
+    assert decoded[:2].min() == 200 and decoded[2:].max() == 0
+
+
+def test_large_jpegs_are_drafted_and_agree_with_a_full_decode(tmp_path):
+    write_image(tmp_path / "big.jpg", size=(512, 512), quality=95)
+    drafted = decode_image(tmp_path / "big.jpg", 64).astype(float)
+    with Image.open(tmp_path / "big.jpg") as image:
+        full = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR, reducing_gap=2.0), float)
+    assert np.abs(drafted - full).mean() < 12  # same picture, a cheaper decode
+
+
+def test_masks_are_binary_and_resized_by_nearest(tmp_path):
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[10:30, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    decoded = decode_image(tmp_path / "mask.png", 20, mask=True)
+    assert set(np.unique(decoded)) == {0, 1} and decoded.sum() == 100
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not an image Pillow can read"), (b"plain text, not an image", "not an image Pillow can read")],
+)
+def test_unreadable_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        decode_image(path, 8)
+    assert str(path) in str(error.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    path = write_image(tmp_path / "t.jpg", size=(64, 64))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        decode_image(path, 8)
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path):
+    path = write_image(tmp_path / "big.png", size=(300, 300), mode="L")
+    with pytest.raises(DataError, match=r"300 x 300 pixels is above the limit of 10,000"):
+        decode_image(path, 8, pixel_limit=10_000)
