@@ -1,0 +1,109 @@
+"""Batches of decoded uint8 images, gathered from the cache, prefetched in a thread.
+
+The images are already decoded, so a batch is a gather from a (memory-mapped)
+array: no worker processes and no per-item Python work. The order of an epoch
+is a permutation seeded by (seed, epoch), the same on every machine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from attnscope.data.cache import DecodedSet
+
+PREFETCH = 2
+
+
+class BatchLoader:
+    """Iterate ``rows`` of a decoded set in batches of uint8 tensors.
+
+    ``rows`` index ``decoded.manifest`` and may repeat (oversampling). Each batch
+    is a dict: ``image`` uint8 (B, C, H, W), ``label`` int64 (B,) or float32 (B, K),
+    ``row`` int64 (B,) and, when there are masks, ``mask`` uint8 (B, 1, H, W).
+    """
+
+    def __init__(self, decoded: DecodedSet, rows: np.ndarray, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, device: str | torch.device = "cpu") -> None:
+        self.decoded = decoded
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.device = torch.device(device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration follows."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.rows), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def order(self) -> np.ndarray:
+        """The rows of the current epoch, in order."""
+        if not self.shuffle:
+            return self.rows
+        return self.rows[np.random.default_rng((self.seed, self.epoch)).permutation(len(self.rows))]
+
+    def _gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        positions = self.decoded.index[rows]
+        unique, inverse = np.unique(positions, return_inverse=True)  # sorted reads suit a memory map
+        images = np.asarray(self.decoded.images[unique])[inverse]
+        labels = self.decoded.manifest.labels[rows]
+        batch = {
+            "image": torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(),
+            "label": torch.from_numpy(np.ascontiguousarray(labels)),
+            "row": torch.from_numpy(rows.copy()),
+        }
+        if self.decoded.masks is not None:
+            masks = np.asarray(self.decoded.masks[unique])[inverse]
+            batch["mask"] = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
+        if self.device.type == "cuda":
+            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        elif self.device.type != "cpu":
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.order()
+        stops = range(0, len(order), self.batch_size)
+        batches = [order[start:start + self.batch_size] for start in stops]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        buffer: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for rows in batches:
+                    if stop.is_set():
+                        return
+                    buffer.put(self._gather(rows))
+                buffer.put(None)
+            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+                buffer.put(error)
+
+        worker = threading.Thread(target=produce, daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = buffer.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full buffer
+                try:
+                    buffer.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.01)

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from attnscope import ConfigError
+from attnscope.data.augment import AugmentConfig, BatchTransform, build_augmentation, dataset_mean_std
+
+
+def square_batch(batch=8, size=32):
+    """Images whose bright square is their mask: any geometric transform must move both alike."""
+    masks = torch.zeros(batch, 1, size, size, dtype=torch.uint8)
+    for i in range(batch):
+        top, left = 3 + i, 5 + 2 * i % 10
+        masks[i, :, top:top + 10, left:left + 14] = 1
+    images = (masks.repeat(1, 3, 1, 1) * 255).to(torch.uint8)
+    return images, masks
+
+
+@pytest.mark.parametrize("config", [AugmentConfig(rotation=30, p=1.0), AugmentConfig(rot90=True, rotation=0),
+                                    AugmentConfig(crop_scale=(0.5, 0.8), rotation=0, hflip=False, vflip=False)])
+def test_masks_follow_the_geometric_transforms(config):
+    torch.manual_seed(0)
+    images, masks = square_batch()
+    transform = BatchTransform(config, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 32, 3, with_masks=True)
+    out, out_masks = transform(images, masks, train=True)
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}  # still a mask: nearest, not blurred
+    bright = out[:, :1] > 0.5
+    agreement = (bright == out_masks.bool()).float().mean().item()
+    assert agreement > 0.97
+    assert not torch.equal(out_masks, masks.float())  # something did move
+
+
+def test_evaluation_is_deterministic_and_only_normalises():
+    images, masks = square_batch()
+    transform = BatchTransform(AugmentConfig(rotation=45, color_jitter=0.4, rot90=True), (0.5, 0.5, 0.5),
+                               (0.25, 0.25, 0.25), 32, 3, with_masks=True)
+    first, first_masks = transform(images, masks, train=False)
+    second, _ = transform(images, masks, train=False)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, (images.float() / 255 - 0.5) / 0.25)
+    assert torch.equal(first_masks, masks.float())
+
+
+def test_training_randomness_follows_the_torch_seed():
+    images, _ = square_batch()
+    transform = BatchTransform(AugmentConfig(rotation=20, p=1.0), (0.0,) * 3, (1.0,) * 3, 32, 3)
+    torch.manual_seed(5)
+    first, _ = transform(images, train=True)
+    torch.manual_seed(5)
+    second, _ = transform(images, train=True)
+    assert torch.equal(first, second)
+
+
+def test_grayscale_colour_jitter_touches_brightness_and_contrast_only():
+    augmentation = build_augmentation(AugmentConfig(color_jitter=0.3, rotation=0, hflip=False, vflip=False), 16, 1, False)
+    out = augmentation(torch.rand(4, 1, 16, 16))
+    assert out.shape == (4, 1, 16, 16)
+    assert build_augmentation(AugmentConfig(rotation=0, hflip=False, vflip=False), 16, 3, False) is None
+
+
+def test_bad_augment_options_are_named():
+    with pytest.raises(ConfigError, match=r"crop_scale=\(0.9, 0.5\)"):
+        build_augmentation(AugmentConfig(crop_scale=(0.9, 0.5)), 16, 3, False)
+    with pytest.raises(ConfigError, match="mean/std have 3/3 values for 1 channel"):
+        BatchTransform(AugmentConfig(), (0.5,) * 3, (0.5,) * 3, 16, 1)
+
+
+def test_dataset_statistics_match_numpy_on_a_subset():
+    images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    index = np.array([3, 1, 40, 7, 7])
+    mean, std = dataset_mean_std(images, index, chunk=2)
+    chosen = images[index].astype(np.float64) / 255
+    np.testing.assert_allclose(mean, chosen.mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(std, chosen.std(axis=(0, 1, 2)))

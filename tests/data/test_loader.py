@@ -1,0 +1,50 @@
+import numpy as np
+import torch
+
+from attnscope.data.cache import DecodedSet
+from attnscope.data.loader import BatchLoader
+from attnscope.data.manifest import Manifest
+
+
+def decoded_set(count=10, with_masks=True):
+    images = np.arange(count, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), dtype=np.uint8)
+    masks = (images[..., 0] % 2).astype(np.uint8) if with_masks else None
+    manifest = Manifest("test", [str(i) for i in range(count)], np.arange(count) % 3, ["a", "b", "c"], images=images)
+    return DecodedSet(images, masks, np.arange(count), manifest)
+
+
+def test_batches_carry_images_labels_rows_and_masks_in_step():
+    loader = BatchLoader(decoded_set(), np.arange(10), batch_size=4)
+    batches = list(loader)
+    assert [len(b["row"]) for b in batches] == [4, 4, 2] and len(loader) == 3
+    for batch in batches:
+        assert batch["image"].shape[1:] == (3, 4, 4) and batch["image"].dtype == torch.uint8
+        torch.testing.assert_close(batch["image"][:, 0, 0, 0].long(), batch["row"])
+        torch.testing.assert_close(batch["label"], batch["row"] % 3)
+        torch.testing.assert_close(batch["mask"][:, 0, 0, 0].long(), batch["row"] % 2)
+
+
+def test_shuffling_is_a_seeded_permutation_per_epoch_and_repeats_are_kept():
+    rows = np.array([0, 1, 2, 3, 4, 5, 5, 5])  # row 5 oversampled
+    loader = BatchLoader(decoded_set(), rows, batch_size=3, shuffle=True, seed=7)
+    first = torch.cat([b["row"] for b in loader]).tolist()
+    again = torch.cat([b["row"] for b in loader]).tolist()
+    loader.set_epoch(1)
+    second = torch.cat([b["row"] for b in loader]).tolist()
+    assert sorted(first) == sorted(rows.tolist()) and first == again and first != second
+
+
+def test_drop_last_and_an_index_into_a_larger_cache():
+    decoded = decoded_set(10)
+    decoded = DecodedSet(decoded.images, decoded.masks, np.array([9, 8, 7]), decoded.manifest.subset([9, 8, 7]))
+    loader = BatchLoader(decoded, np.arange(3), batch_size=2, drop_last=True)
+    (batch,) = list(loader)
+    assert batch["image"][:, 0, 0, 0].tolist() == [9, 8]
+
+
+def test_an_abandoned_iteration_stops_its_thread():
+    loader = BatchLoader(decoded_set(10, with_masks=False), np.arange(10), batch_size=1)
+    iterator = iter(loader)
+    next(iterator)
+    iterator.close()
+    assert "mask" not in next(iter(loader))
