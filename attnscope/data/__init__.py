@@ -2,3 +2,12 @@
 
 Nothing here imports models or training code.
 """
+
+from attnscope.data.augment import AugmentConfig, BatchTransform
+from attnscope.data.cache import DecodedSet, load_images
+from attnscope.data.loader import BatchLoader
+from attnscope.data.manifest import BadRow, BadRowsError, Manifest
+from attnscope.data.module import SOURCES, DataConfig, DataModule, load_source
+
+__all__ = ["AugmentConfig", "BadRow", "BadRowsError", "BatchLoader", "BatchTransform", "DataConfig", "DataModule",
+           "DecodedSet", "Manifest", "SOURCES", "load_images", "load_source"]

@@ -1,0 +1,218 @@
+"""One object that turns a data config into loaders: source -> manifest -> cache -> splits -> loaders.
+
+``DataModule(config).setup()`` reads the source, decodes (or reuses) the cache,
+stops on bad rows unless ``skip_bad``, splits, balances the training rows,
+computes normalisation statistics; then ``train_loader()``, ``val_loader()`` and
+``test_loader()`` yield uint8 batches and ``transform`` augments and normalises
+them on the device. ``write(run_dir)`` records the split, the bad rows and a
+summary, so a run can be reproduced. The training engine wraps this object; it
+depends on nothing of training.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, BatchTransform, dataset_mean_std
+from attnscope.data.balance import class_weights, oversample, undersample
+from attnscope.data.cache import DecodedSet, load_images
+from attnscope.data.decode import DEFAULT_PIXEL_LIMIT
+from attnscope.data.loader import BatchLoader
+from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
+from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
+from attnscope.data.splits import assign_splits, check_splits
+from attnscope.errors import ConfigError
+from attnscope.fileio import atomic_write
+
+
+def cluttered_idx(directory: str | None = None, split: str = "train", canvas: int = 84, clutter: int = 6,
+                  clutter_size: int = 10, count: int | None = None, seed: int = 0) -> Manifest:
+    """Cluttered canvases of IDX items (Fashion-MNIST by default)."""
+    return cluttered(from_idx(directory, split), canvas, clutter, clutter_size, count, seed)
+
+
+SOURCES = {
+    "csv": from_csv,
+    "folder": from_folder,
+    "medmnist": from_medmnist,
+    "idx": from_idx,
+    "synthetic_lesions": synthetic_lesions,
+    "cluttered": cluttered_idx,
+}
+
+
+def load_source(name: str, **options: Any) -> Manifest:
+    """The manifest of source ``name``; unknown names and options are refused with the valid ones."""
+    function = SOURCES.get(name)
+    if function is None:
+        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
+    accepted = list(inspect.signature(function).parameters)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"data source {name!r} has no option(s) {unknown}; its options are: {', '.join(accepted)}")
+    return function(**options)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnscope"
+
+
+@dataclass
+class DataConfig:
+    """Everything that decides which pixels and labels training sees."""
+
+    source: str = "synthetic_lesions"
+    source_options: dict = field(default_factory=dict)
+    image_size: int = 64
+    mode: str = "RGB"
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    undersample: dict | None = None
+    oversample: dict | None = None
+    class_weights: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    normalize: str = "dataset"
+    cache_dir: str | None = None
+    workers: int | None = None
+    skip_bad: bool = False
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataConfig:
+        """A config from plain values (a YAML file, the CLI); unknown keys are refused by name."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"data config has no option(s) {unknown}; its options are: {', '.join(sorted(known))}")
+        values = dict(values)
+        if isinstance(values.get("augment"), dict):
+            augment_known = set(AugmentConfig.__dataclass_fields__)
+            bad = sorted(set(values["augment"]) - augment_known)
+            if bad:
+                raise ConfigError(f"augment has no option(s) {bad}; its options are: {', '.join(sorted(augment_known))}")
+            values["augment"] = AugmentConfig(**values["augment"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DataModule:
+    """Source to loaders for one config; see the module docstring."""
+
+    def __init__(self, config: DataConfig) -> None:
+        if config.normalize not in ("dataset", "imagenet"):
+            raise ConfigError(f"normalize={config.normalize!r}: use 'dataset' or 'imagenet'")
+        if config.batch_size < 1:
+            raise ConfigError(f"batch_size={config.batch_size} must be at least 1")
+        self.config = config
+        self.decoded: DecodedSet | None = None
+        self.splits: np.ndarray | None = None
+        self.train_rows: np.ndarray | None = None
+        self.mean: tuple[float, ...] = ()
+        self.std: tuple[float, ...] = ()
+        self.weights: np.ndarray | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._require().manifest
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.config.mode == "RGB" else 1
+
+    def _require(self) -> DecodedSet:
+        if self.decoded is None:
+            raise ConfigError("DataModule.setup() must run before its loaders are used")
+        return self.decoded
+
+    def setup(self) -> DataModule:
+        config = self.config
+        manifest = load_source(config.source, **config.source_options)
+        decoded = load_images(manifest, config.image_size, config.mode, config.cache_dir or default_cache_dir(),
+                              config.workers, config.pixel_limit, config.progress)
+        check_bad_rows(decoded.manifest, config.skip_bad)
+        splits = assign_splits(decoded.manifest, config.val_fraction, config.test_fraction, config.seed)
+        check_splits(decoded.manifest, splits)
+        labels, classes = decoded.manifest.labels, decoded.manifest.classes
+        train_rows = np.flatnonzero(splits == "train")
+        if config.undersample:
+            train_rows = undersample(labels, train_rows, config.undersample, classes, seed=config.seed)
+        if config.oversample:
+            train_rows = oversample(labels, train_rows, config.oversample, classes)
+        if config.normalize == "imagenet":
+            self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else (
+                (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+        else:
+            self.mean, self.std = dataset_mean_std(decoded.images, decoded.index[np.unique(train_rows)])
+        if config.class_weights:
+            self.weights = class_weights(labels, train_rows, decoded.manifest.num_classes)
+        self.decoded, self.splits, self.train_rows = decoded, splits, train_rows
+        return self
+
+    def rows(self, split: str) -> np.ndarray:
+        """Manifest rows of ``split`` (for 'train': after balancing, repeats included)."""
+        self._require()
+        if split == "train":
+            return self.train_rows
+        return np.flatnonzero(self.splits == split)
+
+    def loader(self, split: str, device: str = "cpu") -> BatchLoader:
+        train = split == "train"
+        size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
+        return BatchLoader(self._require(), self.rows(split), size, shuffle=train, seed=self.config.seed,
+                           drop_last=False, device=device)
+
+    def train_loader(self, device: str = "cpu") -> BatchLoader:
+        return self.loader("train", device)
+
+    def val_loader(self, device: str = "cpu") -> BatchLoader:
+        return self.loader("val", device)
+
+    def test_loader(self, device: str = "cpu") -> BatchLoader:
+        return self.loader("test", device)
+
+    def transform(self) -> BatchTransform:
+        """The batch transform (augmentation for training, normalisation always) for this data."""
+        return BatchTransform(self.config.augment, self.mean, self.std, self.config.image_size, self.channels,
+                              with_masks=self._require().masks is not None)
+
+    def summary(self) -> dict:
+        """Classes, counts per split, statistics and the config: what a run records."""
+        manifest = self.manifest
+        counts = {}
+        for split in ("train", "val", "test"):
+            rows = self.rows(split)
+            labels = manifest.labels[rows]
+            per_class = labels.sum(axis=0) if manifest.multilabel else np.bincount(labels, minlength=manifest.num_classes)
+            counts[split] = {"rows": int(len(rows)), "per_class": [int(c) for c in per_class]}
+        return {
+            "source": manifest.source, "classes": manifest.classes, "multilabel": manifest.multilabel,
+            "rows": len(manifest), "rejected": len(manifest.rejected), "counts": counts,
+            "mean": list(self.mean), "std": list(self.std),
+            "class_weights": None if self.weights is None else [float(w) for w in self.weights],
+            "config": self.config.to_dict(),
+        }
+
+    def write(self, run_dir: str | Path) -> dict[str, Path]:
+        """Write ``split.csv``, ``data.json`` and, when rows were left out, ``bad_rows.csv``."""
+        run_dir = Path(run_dir)
+        manifest = self.manifest
+        with_splits = manifest.subset(np.arange(len(manifest)))
+        with_splits.splits = [str(s) for s in self.splits]
+        written = {"split": with_splits.write_csv(run_dir / "split.csv"),
+                   "data": atomic_write(run_dir / "data.json", json.dumps(self.summary(), indent=2, default=str))}
+        if manifest.rejected:
+            written["bad_rows"] = write_bad_rows(manifest.rejected, run_dir / "bad_rows.csv")
+        return written
