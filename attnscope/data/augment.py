@@ -1,8 +1,11 @@
 """Batch augmentation on the training device (kornia), then normalisation.
 
 Batches arrive as uint8 (B, C, H, W). In training, the configured random
-transforms run on the whole batch on its device; masks follow the geometric ones
-(nearest-neighbour). In evaluation nothing random happens: the output is a
+transforms run on the whole batch on its device. Rotation, flips, quarter turns
+and the resized crop are all affine, so they are composed into one warp per
+image (kornia's containers warp once per transform: measured 2.5x slower here),
+and images that only flip or turn skip the warp altogether; masks take the same
+maps with nearest-neighbour sampling, so they stay aligned by construction. In evaluation nothing random happens: the output is a
 deterministic function of the input. Normalisation uses ImageNet's statistics or
 the training set's own (computed once and recorded).
 """
@@ -11,10 +14,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import math
+
 import kornia.augmentation as K
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
 
@@ -44,60 +50,174 @@ class AugmentConfig:
         return asdict(self)
 
 
-def build_augmentation(config: AugmentConfig, size: int, channels: int, with_masks: bool) -> nn.Module | None:
-    """The kornia pipeline for ``config``; None when every transform is off."""
+def check_config(config: AugmentConfig) -> None:
     if not 0 <= config.p <= 1:
         raise ConfigError(f"augment p={config.p} must lie in [0, 1]")
-    steps: list[nn.Module] = []
     if config.crop_scale is not None:
         low, high = config.crop_scale
         if not 0 < low <= high <= 1:
             raise ConfigError(f"augment crop_scale={config.crop_scale} must satisfy 0 < low <= high <= 1")
-        steps.append(K.RandomResizedCrop((size, size), scale=(low, high), p=1.0))
-    if config.hflip:
-        steps.append(K.RandomHorizontalFlip(p=config.p))
-    if config.vflip:
-        steps.append(K.RandomVerticalFlip(p=config.p))
-    if config.rot90:
-        steps.append(K.RandomRotation90(times=(0, 3), p=1.0))
+    if config.rotation < 0 or config.color_jitter < 0:
+        raise ConfigError("augment rotation and color_jitter must be >= 0")
+
+
+def sample_geometry(batch: int, config: AugmentConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random geometry per image: rotation angle, flips, quarter turns and crop (scale, offset).
+
+    Drawn from torch's global generator, so ``torch.manual_seed`` reproduces them.
+    """
+    def chance() -> torch.Tensor:
+        return torch.rand(batch, device=device) < config.p
+
+    angle = torch.zeros(batch, device=device)
     if config.rotation:
-        steps.append(K.RandomRotation(degrees=config.rotation, p=config.p))
-    if config.color_jitter:
-        strength = config.color_jitter
-        if channels == 3:
-            steps.append(K.ColorJitter(strength, strength, strength, strength / 4, p=config.p))
-        else:
-            steps.append(K.ColorJitter(strength, strength, 0.0, 0.0, p=config.p))
-    if not steps:
-        return None
-    return K.AugmentationSequential(*steps, data_keys=["input", "mask"] if with_masks else ["input"])
+        angle = torch.where(chance(), (torch.rand(batch, device=device) * 2 - 1) * config.rotation, angle)
+    geometry = {
+        "angle": angle,
+        "hflip": chance() if config.hflip else torch.zeros(batch, dtype=torch.bool, device=device),
+        "vflip": chance() if config.vflip else torch.zeros(batch, dtype=torch.bool, device=device),
+        "turns": torch.randint(0, 4, (batch,), device=device) if config.rot90 else torch.zeros(
+            batch, dtype=torch.long, device=device),
+        "scale": torch.ones(batch, 2, device=device),
+        "offset": torch.zeros(batch, 2, device=device),
+    }
+    if config.crop_scale is not None:
+        low, high = config.crop_scale
+        area = low + (high - low) * torch.rand(batch, device=device)
+        log_ratio = (torch.rand(batch, device=device) * 2 - 1) * math.log(4 / 3)
+        ratio = torch.exp(log_ratio)
+        scale = torch.stack([torch.sqrt(area * ratio), torch.sqrt(area / ratio)], dim=1).clamp(max=1.0)
+        geometry["scale"] = scale
+        geometry["offset"] = (torch.rand(batch, 2, device=device) * 2 - 1) * (1 - scale)
+    return geometry
+
+
+def sampling_matrices(geometry: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 2, 3) maps from output to input coordinates (normalised, [-1, 1]) for ``affine_grid``.
+
+    The output is the input cropped, then flipped, turned and rotated; sampling
+    composes the inverse maps in reverse: crop . turns . flips . rotation.
+    """
+    angle = torch.deg2rad(geometry["angle"])
+    batch = angle.shape[0]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+
+    def matrix(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    rotation = matrix([[cos, -sin, zero], [sin, cos, zero], [zero, zero, one]])
+    flips = matrix([[torch.where(geometry["hflip"], -one, one), zero, zero],
+                    [zero, torch.where(geometry["vflip"], -one, one), zero], [zero, zero, one]])
+    quarter = geometry["turns"].to(cos.dtype) * (math.pi / 2)
+    qc, qs = torch.round(torch.cos(quarter)), torch.round(torch.sin(quarter))
+    turns = matrix([[qc, -qs, zero], [qs, qc, zero], [zero, zero, one]])
+    scale, offset = geometry["scale"], geometry["offset"]
+    crop = matrix([[scale[:, 0], zero, offset[:, 0]], [zero, scale[:, 1], offset[:, 1]], [zero, zero, one]])
+    return (crop @ turns @ flips @ rotation)[:, :2].reshape(batch, 2, 3)
+
+
+def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, ..., align_corners=False)`` by broadcasting: (B, H, W, 2).
+
+    affine_grid multiplies a (H*W, 3) grid by each matrix, a batched matmul of
+    inner size 3 that is slow on CPUs; two broadcast multiply-adds per
+    coordinate give the same grid about ten times faster (measured).
+    """
+    xs = ((torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1).view(1, 1, 1, width)
+    ys = ((torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1).view(1, 1, height, 1)
+    a = theta[:, :, :, None, None]
+    return (a[:, :, 0] * xs + a[:, :, 1] * ys + a[:, :, 2]).permute(0, 2, 3, 1)
+
+
+def _exact(images: torch.Tensor, geometry: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Flips and quarter turns of ``rows`` by index operations: exact, and cheap on uint8.
+
+    The input is not modified; it is copied once, and only when a row changes.
+    """
+    out = images
+    for name, dims in (("hflip", (-1,)), ("vflip", (-2,))):
+        chosen = rows[geometry[name][rows]]
+        if len(chosen):
+            out = out.clone() if out is images else out
+            out[chosen] = out[chosen].flip(dims)
+    for turns in (1, 2, 3):
+        chosen = rows[geometry["turns"][rows] == turns]
+        if len(chosen):
+            out = out.clone() if out is images else out
+            # torch.rot90 turns counter-clockwise; the sampling map of k turns is its inverse
+            out[chosen] = torch.rot90(out[chosen], -turns, dims=(-2, -1))
+    return out
+
+
+def apply_geometry(images: torch.Tensor, masks: torch.Tensor | None, geometry: dict[str, torch.Tensor],
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (B, C, H, W) and masks (B, 1, H, W) -> float, with the sampled geometry.
+
+    Images that only flip or turn get exact index operations, on uint8; the others
+    get one affine warp (bilinear for images, nearest for masks). Each group is
+    converted to float on its own and written into one output, so no float
+    tensor is gathered or scattered.
+    """
+    warp = (geometry["angle"] != 0) | (geometry["scale"] != 1).any(dim=1) | (geometry["offset"] != 0).any(dim=1)
+    rows = torch.arange(images.shape[0], device=images.device)
+    exact, warped = rows[~warp], rows[warp]
+    grid = None
+    if len(warped):
+        theta = sampling_matrices({k: v[warped] for k, v in geometry.items()}).to(torch.float32)
+        grid = sampling_grid(theta, images.shape[-2], images.shape[-1])
+
+    exact_geometry = {k: v[exact] for k, v in geometry.items()}
+    exact_rows = torch.arange(len(exact), device=images.device)
+
+    def transform(batch: torch.Tensor, mode: str) -> torch.Tensor:
+        out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
+        if len(exact):
+            out.index_copy_(0, exact, _exact(batch[exact], exact_geometry, exact_rows).float())
+        if grid is not None:
+            out.index_copy_(0, warped, F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros",
+                                                     align_corners=False))
+        return out
+
+    return transform(images, "bilinear"), (transform(masks, "nearest") if masks is not None else None)
 
 
 class BatchTransform(nn.Module):
-    """uint8 batch -> float, augmented (training only) and normalised; masks follow the geometry."""
+    """uint8 batch -> float, augmented (training only) and normalised; masks follow the geometry.
+
+    Geometry (rotation, flips, quarter turns, resized crop) is one affine warp per
+    image, only for images that rotate or crop; colour jitter is kornia's.
+    """
 
     def __init__(self, config: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...], size: int,
                  channels: int, with_masks: bool = False) -> None:
         super().__init__()
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"mean/std have {len(mean)}/{len(std)} values for {channels} channel(s)")
+        check_config(config)
         self.config = config
         self.with_masks = with_masks
-        self.augmentation = build_augmentation(config, size, channels, with_masks)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.jitter = None
+        if config.color_jitter:
+            strength = config.color_jitter
+            colour = (strength, strength / 4) if channels == 3 else (0.0, 0.0)
+            self.jitter = K.ColorJitter(strength, strength, colour[0], colour[1], p=config.p)
+        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # x_normalised = x_uint8 * scale + shift, one fused pass
+        self.register_buffer("scale", 1.0 / (255.0 * std_tensor), persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_tensor,
+                             persistent=False)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None,
                 train: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = images.float().div_(255.0)
-        m = masks.float() if masks is not None else None
-        if train and self.augmentation is not None:
-            if self.with_masks and m is not None:
-                x, m = self.augmentation(x, m)
-            else:
-                x = self.augmentation(x)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x, (m.round() if m is not None else None)
+        scale, shift = self.scale.to(images.device), self.shift.to(images.device)
+        if not train:
+            return images.float().mul_(scale).add_(shift), (masks.float() if masks is not None else None)
+        geometry = sample_geometry(images.shape[0], self.config, images.device)
+        x, m = apply_geometry(images, masks, geometry)
+        if self.jitter is not None:
+            x = self.jitter(x / 255.0) * 255.0
+        return x.mul_(scale).add_(shift), m
 
 
 def dataset_mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attnscope import ConfigError
-from attnscope.data.augment import AugmentConfig, BatchTransform, build_augmentation, dataset_mean_std
+from attnscope.data.augment import AugmentConfig, BatchTransform, dataset_mean_std
 
 
 def square_batch(batch=8, size=32):
@@ -52,15 +52,26 @@ def test_training_randomness_follows_the_torch_seed():
 
 
 def test_grayscale_colour_jitter_touches_brightness_and_contrast_only():
-    augmentation = build_augmentation(AugmentConfig(color_jitter=0.3, rotation=0, hflip=False, vflip=False), 16, 1, False)
-    out = augmentation(torch.rand(4, 1, 16, 16))
-    assert out.shape == (4, 1, 16, 16)
-    assert build_augmentation(AugmentConfig(rotation=0, hflip=False, vflip=False), 16, 3, False) is None
+    transform = BatchTransform(AugmentConfig(color_jitter=0.3, rotation=0, hflip=False, vflip=False, p=1.0),
+                               (0.0,), (1.0,), 16, 1)
+    images = torch.full((4, 1, 16, 16), 100, dtype=torch.uint8)
+    out, _ = transform(images, train=True)
+    assert out.shape == (4, 1, 16, 16) and not torch.allclose(out, images.float() / 255)
+
+
+def test_flips_and_quarter_turns_are_exact():
+    torch.manual_seed(0)
+    images = torch.arange(2 * 16, dtype=torch.uint8).view(2, 1, 4, 4).repeat(4, 1, 1, 1)
+    transform = BatchTransform(AugmentConfig(rotation=0, rot90=True, p=1.0), (0.0,), (1.0 / 255,), 4, 1)
+    out, _ = transform(images, train=True)
+    variants = {tuple(torch.rot90(img, k, (-2, -1)).flatten().tolist())
+                for img in images[:2].float() for k in range(4)}
+    assert {tuple(o.flatten().tolist()) for o in out} <= variants  # each output a turn of an input, no blur
 
 
 def test_bad_augment_options_are_named():
     with pytest.raises(ConfigError, match=r"crop_scale=\(0.9, 0.5\)"):
-        build_augmentation(AugmentConfig(crop_scale=(0.9, 0.5)), 16, 3, False)
+        BatchTransform(AugmentConfig(crop_scale=(0.9, 0.5)), (0.5,) * 3, (0.5,) * 3, 16, 3)
     with pytest.raises(ConfigError, match="mean/std have 3/3 values for 1 channel"):
         BatchTransform(AugmentConfig(), (0.5,) * 3, (0.5,) * 3, 16, 1)
 
@@ -72,3 +83,12 @@ def test_dataset_statistics_match_numpy_on_a_subset():
     chosen = images[index].astype(np.float64) / 255
     np.testing.assert_allclose(mean, chosen.mean(axis=(0, 1, 2)))
     np.testing.assert_allclose(std, chosen.std(axis=(0, 1, 2)))
+
+
+def test_the_broadcast_grid_equals_affine_grid():
+    from torch.nn import functional as F
+
+    from attnscope.data.augment import sampling_grid
+
+    theta = torch.randn(5, 2, 3)
+    torch.testing.assert_close(sampling_grid(theta, 7, 9), F.affine_grid(theta, [5, 1, 7, 9], align_corners=False))

@@ -39,11 +39,20 @@ def test_drop_last_and_an_index_into_a_larger_cache():
     decoded = DecodedSet(decoded.images, decoded.masks, np.array([9, 8, 7]), decoded.manifest.subset([9, 8, 7]))
     loader = BatchLoader(decoded, np.arange(3), batch_size=2, drop_last=True)
     (batch,) = list(loader)
-    assert batch["image"][:, 0, 0, 0].tolist() == [9, 8]
+    assert batch["image"][:, 0, 0, 0].tolist() == [8, 9]  # within a batch, rows come in cache order
+    assert batch["row"].tolist() == [1, 0] and batch["label"].tolist() == [8 % 3, 9 % 3]
+
+
+def test_prefetching_gives_the_same_batches():
+    plain = BatchLoader(decoded_set(), np.arange(10), batch_size=3, shuffle=True, seed=2)
+    threaded = BatchLoader(decoded_set(), np.arange(10), batch_size=3, shuffle=True, seed=2, prefetch=True)
+    assert not plain.prefetch and threaded.prefetch
+    for a, b in zip(plain, threaded, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_an_abandoned_iteration_stops_its_thread():
-    loader = BatchLoader(decoded_set(10, with_masks=False), np.arange(10), batch_size=1)
+    loader = BatchLoader(decoded_set(10, with_masks=False), np.arange(10), batch_size=1, prefetch=True)
     iterator = iter(loader)
     next(iterator)
     iterator.close()

@@ -1,0 +1,141 @@
+"""Images per second to a normalised, augmented 224 batch: a seed-style pipeline against attnscope's.
+
+    python benchmarks/data_pipeline.py               # 2,000 JPEGs of 512x512, written to a temporary folder
+    python benchmarks/data_pipeline.py --count 500
+
+(a) seed-style: per item in ``__getitem__``, decode the full JPEG, convert, resize
+    the shorter side to 256, random-crop 224, rotate and flip with Pillow, make a
+    tensor and normalise; a default DataLoader (no workers), and the same with 2.
+(b) attnscope cold: the first epoch, which builds the decode cache (JPEG draft
+    decoding, worker processes), then the batch augmentation (rotation, flips)
+    and normalisation; warm: a later epoch from the cache (median of 3).
+
+Prints one JSON object with every rate and the ratios to (a) without workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnscope.data import AugmentConfig, BatchLoader, BatchTransform, load_images  # noqa: E402
+from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from attnscope.data.sources import from_csv  # noqa: E402
+from attnscope.data.sources.synthetic import render_lesion  # noqa: E402
+
+SIZE = 224
+BATCH = 32
+
+
+def write_jpegs(folder: Path, count: int, size: int = 512, seed: int = 0) -> Path:
+    """``count`` distinct 512x512 dermoscopy-like JPEGs and a marking.csv (a few lesions, shifted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bases = [render_lesion(np.random.default_rng((seed, i)), rng.normal(1, 1), size)[0] for i in range(24)]
+    rows = ["image_id,target"]
+    for index in range(count):
+        shift = rng.integers(-60, 60, 2)
+        image = np.roll(bases[index % len(bases)], tuple(shift), axis=(0, 1))
+        Image.fromarray(image).save(folder / f"IMG_{index:05d}.jpg", quality=90)
+        rows.append(f"IMG_{index:05d},{index % 2}")
+    (folder / "marking.csv").write_text("\n".join(rows) + "\n")
+    return folder / "marking.csv"
+
+
+class SeedStyleDataset(torch.utils.data.Dataset):
+    """What the reference code does: all the work per item, on full-size decodes."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray) -> None:
+        self.paths, self.labels = paths, labels
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng(index)
+        image = Image.open(self.paths[index]).convert("RGB")
+        width, height = image.size
+        scale = 256 / min(width, height)
+        image = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+        left, top = rng.integers(0, image.size[0] - SIZE + 1), rng.integers(0, image.size[1] - SIZE + 1)
+        image = image.crop((left, top, left + SIZE, top + SIZE)).rotate(rng.uniform(-10, 10),
+                                                                          Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return (tensor - self.mean) / self.std, int(self.labels[index])
+
+
+def seed_style_rate(paths: list[str], labels: np.ndarray, workers: int) -> float:
+    loader = torch.utils.data.DataLoader(SeedStyleDataset(paths, labels), batch_size=BATCH, shuffle=True,
+                                         num_workers=workers)
+    start = time.perf_counter()
+    seen = sum(len(images) for images, _ in loader)
+    return seen / (time.perf_counter() - start)
+
+
+def attnscope_epoch(manifest, cache_dir: Path, transform: BatchTransform, workers: int) -> float:
+    """Images per second of one epoch: (cached or fresh) decode, gather, augment, normalise."""
+    start = time.perf_counter()
+    decoded = load_images(manifest, SIZE, "RGB", cache_dir, workers=workers, progress=False)
+    seen = 0
+    for batch in BatchLoader(decoded, np.arange(len(decoded)), BATCH, shuffle=True):
+        images, _ = transform(batch["image"], train=True)
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workdir", type=Path, help="where the JPEGs and the cache go (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as temporary:
+        folder = Path(temporary)
+        print(f"writing {args.count} JPEGs of 512x512 ...", file=sys.stderr, flush=True)
+        manifest = from_csv(write_jpegs(folder / "images", args.count))
+        transform = BatchTransform(AugmentConfig(rotation=10, hflip=True, vflip=True), IMAGENET_MEAN, IMAGENET_STD,
+                                   SIZE, 3)
+        print("seed-style pipeline ...", file=sys.stderr, flush=True)
+        seed_rate = seed_style_rate(manifest.paths, manifest.labels, workers=0)
+        seed_rate_workers = seed_style_rate(manifest.paths, manifest.labels, workers=args.workers)
+        print("attnscope cold and warm ...", file=sys.stderr, flush=True)
+        cold = attnscope_epoch(manifest, folder / "cache", transform, args.workers)
+        warm = statistics.median(attnscope_epoch(manifest, folder / "cache", transform, args.workers)
+                                 for _ in range(3))
+    record = {
+        "benchmark": "data_pipeline", "images": args.count, "source_size": 512, "batch_size": BATCH,
+        "output_size": SIZE, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "seed_style_img_per_s": round(seed_rate, 1),
+        f"seed_style_{args.workers}_workers_img_per_s": round(seed_rate_workers, 1),
+        "attnscope_cold_img_per_s": round(cold, 1), "attnscope_warm_img_per_s": round(warm, 1),
+        "cold_vs_seed_style": round(cold / seed_rate, 2), "warm_vs_seed_style": round(warm / seed_rate, 2),
+        "cold_vs_seed_style_with_workers": round(cold / seed_rate_workers, 2),
+        "warm_vs_seed_style_with_workers": round(warm / seed_rate_workers, 2),
+        "goals": {"warm_10x": warm >= 10 * seed_rate, "cold_2x": cold >= 2 * seed_rate},
+    }
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
