@@ -1,0 +1,22 @@
+"""The data-pipeline benchmark runs end to end on a few images and reports consistent figures."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipeline.py"
+
+
+def test_reports_rates_and_ratios_that_agree(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["images"] == 40 and record["output_size"] == 224
+    for key in ("seed_style_img_per_s", "attnscope_cold_img_per_s", "attnscope_warm_img_per_s"):
+        assert record[key] > 0
+    ratio = record["attnscope_warm_img_per_s"] / record["seed_style_img_per_s"]
+    assert abs(record["warm_vs_seed_style"] - ratio) <= 0.01  # the record's rates are rounded
+    assert record["goals"]["cold_2x"] == (record["attnscope_cold_img_per_s"] >= 2 * record["seed_style_img_per_s"])
+    assert list(tmp_path.iterdir()) == []  # the JPEGs and the cache were cleaned up
