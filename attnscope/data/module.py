@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, f
 from attnscope.data.splits import assign_splits, check_splits
 from attnscope.errors import ConfigError
 from attnscope.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def cluttered_idx(directory: str | None = None, split: str = "train", canvas: int = 84, clutter: int = 6,
@@ -143,6 +146,9 @@ class DataModule:
         decoded = load_images(manifest, config.image_size, config.mode, config.cache_dir or default_cache_dir(),
                               config.workers, config.pixel_limit, config.progress)
         check_bad_rows(decoded.manifest, config.skip_bad)
+        if decoded.manifest.rejected:
+            log.warning("%s: left out %d bad row(s) (skip_bad); write(run_dir) lists them in bad_rows.csv",
+                        decoded.manifest.source, len(decoded.manifest.rejected))
         splits = assign_splits(decoded.manifest, config.val_fraction, config.test_fraction, config.seed)
         check_splits(decoded.manifest, splits)
         labels, classes = decoded.manifest.labels, decoded.manifest.classes

@@ -30,7 +30,7 @@ def test_synthetic_lesions_end_to_end(tmp_path):
     assert abs(normalised.mean().item()) < 0.5  # dataset statistics centre the data
 
 
-def test_kaggle_layout_with_bad_rows_lists_them_or_writes_them(lesion_folder, tmp_path):
+def test_kaggle_layout_with_bad_rows_lists_them_or_writes_them(lesion_folder, tmp_path, caplog):
     (lesion_folder / "train" / "ISIC_0003.jpg").write_bytes(b"not a jpeg")
     with open(lesion_folder / "marking.csv", "a") as handle:
         handle.write("ISIC_0404,1,P99\n")
@@ -45,7 +45,9 @@ def test_kaggle_layout_with_bad_rows_lists_them_or_writes_them(lesion_folder, tm
     assert "row 5 (ISIC_0003)" in str(error.value) and "not an image Pillow can read" in str(error.value)
 
     config.skip_bad = True
-    data = DataModule(config).setup()
+    with caplog.at_level("WARNING", logger="attnscope.data.module"):
+        data = DataModule(config).setup()
+    assert "left out 2 bad row(s)" in caplog.text
     written = data.write(tmp_path / "run")
     bad = list(csv.DictReader(open(written["bad_rows"])))
     assert sorted(row["id"] for row in bad) == ["ISIC_0003", "ISIC_0404"]
