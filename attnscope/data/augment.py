@@ -130,24 +130,21 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (a[:, :, 0] * xs + a[:, :, 1] * ys + a[:, :, 2]).permute(0, 2, 3, 1)
 
 
-def _exact(images: torch.Tensor, geometry: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Flips and quarter turns of ``rows`` by index operations: exact, and cheap on uint8.
+def _exact(images: torch.Tensor, geometry: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Flips and quarter turns by index operations, in place: exact, and cheap on uint8.
 
-    The input is not modified; it is copied once, and only when a row changes.
+    ``images`` must be the caller's own copy (a gathered subset is).
     """
-    out = images
     for name, dims in (("hflip", (-1,)), ("vflip", (-2,))):
-        chosen = rows[geometry[name][rows]]
-        if len(chosen):
-            out = out.clone() if out is images else out
-            out[chosen] = out[chosen].flip(dims)
+        chosen = geometry[name]
+        if chosen.any():
+            images[chosen] = images[chosen].flip(dims)
     for turns in (1, 2, 3):
-        chosen = rows[geometry["turns"][rows] == turns]
-        if len(chosen):
-            out = out.clone() if out is images else out
+        chosen = geometry["turns"] == turns
+        if chosen.any():
             # torch.rot90 turns counter-clockwise; the sampling map of k turns is its inverse
-            out[chosen] = torch.rot90(out[chosen], -turns, dims=(-2, -1))
-    return out
+            images[chosen] = torch.rot90(images[chosen], -turns, dims=(-2, -1))
+    return images
 
 
 def apply_geometry(images: torch.Tensor, masks: torch.Tensor | None, geometry: dict[str, torch.Tensor],
@@ -168,12 +165,11 @@ def apply_geometry(images: torch.Tensor, masks: torch.Tensor | None, geometry: d
         grid = sampling_grid(theta, images.shape[-2], images.shape[-1])
 
     exact_geometry = {k: v[exact] for k, v in geometry.items()}
-    exact_rows = torch.arange(len(exact), device=images.device)
 
     def transform(batch: torch.Tensor, mode: str) -> torch.Tensor:
         out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
         if len(exact):
-            out.index_copy_(0, exact, _exact(batch[exact], exact_geometry, exact_rows).float())
+            out.index_copy_(0, exact, _exact(batch[exact], exact_geometry).float())
         if grid is not None:
             out.index_copy_(0, warped, F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros",
                                                      align_corners=False))

@@ -58,10 +58,6 @@ class DecodedSet:
     def __len__(self) -> int:
         return len(self.index)
 
-    def subset(self, rows: np.ndarray) -> DecodedSet:
-        """The set restricted to manifest rows ``rows`` (the pixels stay where they are)."""
-        return DecodedSet(self.images, self.masks, self.index[rows], self.manifest.subset(rows))
-
 
 def cache_key(manifest: Manifest, size: int, mode: str, pixel_limit: int) -> str:
     text = f"v{CACHE_VERSION}|{manifest.fingerprint()}|{size}|{mode}|{pixel_limit}"

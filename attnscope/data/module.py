@@ -15,7 +15,7 @@ import inspect
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +215,7 @@ class DataModule:
         """Write ``split.csv``, ``data.json`` and, when rows were left out, ``bad_rows.csv``."""
         run_dir = Path(run_dir)
         manifest = self.manifest
-        with_splits = manifest.subset(np.arange(len(manifest)))
-        with_splits.splits = [str(s) for s in self.splits]
+        with_splits = replace(manifest, splits=[str(s) for s in self.splits])
         written = {"split": with_splits.write_csv(run_dir / "split.csv"),
                    "data": atomic_write(run_dir / "data.json", json.dumps(self.summary(), indent=2, default=str))}
         if manifest.rejected:

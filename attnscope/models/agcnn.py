@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import create_model, model_entry, register_model
+from attnscope.models.registry import create_model, register_model
 
 Stage = Literal["global", "local", "fusion"]
 STAGES = ("global", "local", "fusion")
@@ -177,7 +177,6 @@ AGCNN_PAPER = "Guan et al. 2018, Diagnose like a Radiologist (AG-CNN)"
 def _register(name: str, default_backbone: str) -> None:
     def build(num_classes: int, in_chans: int, backbone: str = default_backbone, tau: float = 0.7,
               stage: Stage = "fusion", backbone_options: dict | None = None) -> AGCNN:
-        model_entry(backbone)  # an unknown backbone is refused with the known names
         return AGCNN(backbone, num_classes, in_chans, tau, stage, backbone_options)
 
     build.__name__ = build.__qualname__ = name

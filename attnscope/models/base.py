@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class ModelConfig:
     cam_target_layer: str = ""
     url: str = ""
     pretrained_prefixes: tuple[str, ...] = ("",)
-    attention_taps: tuple[str, ...] = field(default=())
+    attention_taps: tuple[str, ...] = ()
 
     def for_input(self, in_chans: int) -> ModelConfig:
         """The config for ``in_chans`` input channels: grayscale takes the mean of the RGB statistics."""
@@ -43,7 +44,7 @@ class ModelConfig:
                        std=(std,) * in_chans)
 
 
-class AttnClassifier(nn.Module):
+class AttnClassifier(nn.Module, metaclass=ABCMeta):
     """Base of the classifiers: ``forward(x) = classifier(dropout(embedding(x)))``.
 
     Subclasses implement :meth:`forward_embedding`, returning the vector the
@@ -60,9 +61,9 @@ class AttnClassifier(nn.Module):
         """The registered config, completed from this instance's options (AG-CNN takes its backbone's)."""
         return config
 
+    @abstractmethod
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding (B, num_features), last feature map (B, C, h, w))."""
-        raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last spatial feature map (B, C, h, w)."""

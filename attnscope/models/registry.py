@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
 from attnscope.errors import ConfigError
 from attnscope.layers._utils import check_positive
 from attnscope.layers.tap import find_taps
@@ -94,8 +96,6 @@ def model_summary(name: str, num_classes: int = 1000) -> dict[str, object]:
 
     The model is built on the meta device: the count is exact and nothing is allocated.
     """
-    import torch
-
     entry = model_entry(name)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes)
