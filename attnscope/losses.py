@@ -1,0 +1,163 @@
+"""Losses on logits: focal loss, and attention supervision against lesion masks.
+
+The focal loss (Lin 2017) is written with log-sigmoid / log-softmax only, so it
+stays exact at extreme logits (the seed computed BCE on ``sigmoid(logits)`` and
+lost everything beyond |logit| ~ 17 in float32). With ``gamma=0`` and no
+``alpha`` it is exactly binary cross-entropy / cross-entropy.
+
+Attention supervision (AttnMel's lesion regularisation) compares captured
+attention maps with ground-truth masks: a soft Dice loss, or the share of the
+map's mass that falls outside the mask ("energy outside").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attnscope.errors import ConfigError
+
+TASKS = ("binary", "multiclass", "multilabel")
+REDUCTIONS = ("mean", "sum", "none")
+SUPERVISION_KINDS = ("dice", "energy")
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class FocalLoss(nn.Module):
+    """Focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` on logits.
+
+    ``task``: "binary" (logits (B,) or (B, 1), targets 0/1), "multiclass"
+    (logits (B, C), integer targets (B,)) or "multilabel" (logits (B, C),
+    multi-hot targets (B, C)). ``alpha``: None (no weighting); a scalar, the
+    weight of the positive class (binary, multi-label; negatives get 1 - alpha)
+    or of every class (multi-class); or a per-class tensor (multi-class: weight of
+    the true class; multi-label: positive weight per label).
+    """
+
+    def __init__(self, alpha: float | torch.Tensor | None = 0.25, gamma: float = 2.0, task: str = "binary",
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"focal loss task={task!r}: use one of {TASKS}")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"focal loss reduction={reduction!r}: use one of {REDUCTIONS}")
+        if gamma < 0:
+            raise ConfigError(f"focal loss gamma={gamma} must be >= 0")
+        self.task, self.gamma, self.reduction = task, float(gamma), reduction
+        if alpha is not None and not isinstance(alpha, torch.Tensor):
+            alpha = torch.tensor(float(alpha))
+        if alpha is not None and task == "binary" and alpha.numel() != 1:
+            raise ConfigError("binary focal loss takes a scalar alpha (the positive class's weight)")
+        self.register_buffer("alpha", None if alpha is None else alpha.float(), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.task == "multiclass":
+            return _reduce(self._multiclass(logits, target.long()), self.reduction)
+        if self.task == "binary":
+            logits = logits.reshape(-1)
+            target = target.reshape(-1)
+        return _reduce(self._sigmoid(logits, target.to(logits.dtype)), self.reduction)
+
+    def _sigmoid(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # log p_t and log(1 - p_t) from log-sigmoid: exact for any logit
+        log_p = F.logsigmoid(logits)
+        log_not_p = F.logsigmoid(-logits)
+        log_p_t = target * log_p + (1 - target) * log_not_p
+        loss = -log_p_t
+        if self.gamma:
+            log_not_p_t = target * log_not_p + (1 - target) * log_p
+            loss = loss * torch.exp(self.gamma * log_not_p_t)
+        if self.alpha is not None:
+            alpha = self.alpha.to(logits.device)
+            loss = loss * (target * alpha + (1 - target) * (1 - alpha))
+        return loss
+
+    def _multiclass(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p_t = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -log_p_t
+        if self.gamma:
+            # 1 - p_t, computed as -expm1(log p_t) to keep precision when p_t is near 1
+            loss = loss * (-torch.expm1(log_p_t)).clamp_min(0).pow(self.gamma)
+        if self.alpha is not None:
+            alpha = self.alpha.to(logits.device)
+            loss = loss * (alpha[target] if alpha.numel() > 1 else alpha)
+        return loss
+
+
+def spatial_map(name: str, attention: torch.Tensor) -> torch.Tensor:
+    """A captured map as (B, 1, H, W): heads are averaged; channel maps are refused."""
+    if attention.dim() != 4:
+        raise ConfigError(f"attention map {name!r} has shape {tuple(attention.shape)}; mask supervision needs a "
+                          "spatial map (B, 1 or heads, H, W), not a channel gate")
+    return attention.float().mean(dim=1, keepdim=True)
+
+
+def mask_to(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (B, 1, H, W) 0/1 mask as the fraction of each cell of a ``size`` grid that it covers."""
+    return F.adaptive_avg_pool2d(mask.float(), size)
+
+
+def dice_loss(attention: torch.Tensor, mask: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per image between a map scaled to peak 1 and a mask of the same size.
+
+    Scaling by the per-image maximum makes softmax maps (which sum to 1) and
+    sigmoid maps comparable with a 0/1 mask.
+    """
+    flat = attention.flatten(1)
+    flat = flat / flat.amax(dim=1, keepdim=True).clamp_min(1e-12)
+    target = mask.flatten(1)
+    overlap = (flat * target).sum(1)
+    return 1 - (2 * overlap + eps) / (flat.sum(1) + target.sum(1) + eps)
+
+
+def energy_outside(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of each map's (non-negative) mass outside the mask, in [0, 1]."""
+    flat = attention.flatten(1).clamp_min(0)
+    outside = (flat * (1 - mask.flatten(1))).sum(1)
+    return outside / flat.sum(1).clamp_min(1e-12)
+
+
+class AttentionMaskLoss(nn.Module):
+    """Weighted sum over taps of a map-vs-mask loss (AttnMel-lesion).
+
+    ``weights`` maps a captured map name to its weight (AttnMel: 0.001 for
+    ``pool3``, 0.01 for ``pool4``). The mask is reduced to each map's grid by
+    area, so every map is compared at its own resolution. Images whose mask is
+    empty carry no localisation target and are left out of the mean.
+    """
+
+    def __init__(self, weights: Mapping[str, float], kind: str = "dice") -> None:
+        super().__init__()
+        if kind not in SUPERVISION_KINDS:
+            raise ConfigError(f"supervision kind={kind!r}: use one of {SUPERVISION_KINDS}")
+        if not weights:
+            raise ConfigError("supervision needs at least one tap weight, e.g. {'pool3': 0.001, 'pool4': 0.01}")
+        self.weights = dict(weights)
+        self.kind = kind
+
+    def forward(self, maps: Mapping[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        missing = sorted(set(self.weights) - set(maps))
+        if missing:
+            raise ConfigError(f"supervision names tap(s) {missing} the model does not have; "
+                              f"its taps are: {sorted(maps)}")
+        has_lesion = masks.flatten(1).amax(1) > 0
+        total = masks.new_zeros((), dtype=torch.float32)
+        if not bool(has_lesion.any()):
+            return total
+        for name, weight in self.weights.items():
+            attention = spatial_map(name, maps[name])[has_lesion]
+            target = mask_to(masks[has_lesion], attention.shape[-2:])
+            per_image = dice_loss(attention, target) if self.kind == "dice" else energy_outside(attention, target)
+            total = total + weight * per_image.mean()
+        return total

@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from attnscope.errors import ConfigError
+from attnscope.losses import AttentionMaskLoss, FocalLoss, dice_loss, energy_outside
+
+
+def test_focal_gamma0_no_alpha_is_bce_exactly():
+    logits = torch.randn(64) * 5
+    target = torch.randint(0, 2, (64,)).float()
+    ours = FocalLoss(alpha=None, gamma=0, task="binary")(logits, target)
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(logits, target), rtol=0, atol=1e-7)
+
+
+def test_focal_gamma0_no_alpha_is_cross_entropy_exactly():
+    logits = torch.randn(32, 5) * 4
+    target = torch.randint(0, 5, (32,))
+    ours = FocalLoss(alpha=None, gamma=0, task="multiclass")(logits, target)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, target), rtol=0, atol=1e-6)
+
+
+def test_focal_gamma0_multilabel_is_bce_per_label():
+    logits = torch.randn(16, 4) * 3
+    target = torch.randint(0, 2, (16, 4)).float()
+    ours = FocalLoss(alpha=None, gamma=0, task="multilabel", reduction="none")(logits, target)
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+
+
+def reference_binary_focal(logits, target, alpha, gamma):
+    """The textbook formula in float64, where sigmoid is still exact enough."""
+    p = torch.sigmoid(logits.double())
+    p_t = target * p + (1 - target) * (1 - p)
+    alpha_t = target * alpha + (1 - target) * (1 - alpha)
+    return -(alpha_t * (1 - p_t) ** gamma * torch.log(p_t))
+
+
+def test_focal_binary_matches_formula():
+    logits = torch.randn(50) * 3
+    target = torch.randint(0, 2, (50,)).float()
+    ours = FocalLoss(alpha=0.25, gamma=2.0, reduction="none")(logits, target)
+    torch.testing.assert_close(ours.double(), reference_binary_focal(logits, target.double(), 0.25, 2.0),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_focal_extreme_logits_are_exact_and_finite():
+    logits = torch.tensor([50.0, -50.0, 50.0, -50.0], requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    loss = FocalLoss(alpha=None, gamma=0, reduction="none")(logits, target)
+    # right answers cost exp(-50) (not 0 from a rounded sigmoid); wrong ones cost 50 (not inf)
+    torch.testing.assert_close(loss, torch.tensor([math.exp(-50), math.exp(-50), 50.0, 50.0]), rtol=1e-6, atol=0)
+    focal = FocalLoss(alpha=0.25, gamma=2.0, reduction="none")(logits, target)
+    assert torch.isfinite(focal).all()
+    torch.testing.assert_close(focal[2:], torch.tensor([0.75 * 50.0, 0.25 * 50.0]))
+    focal.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    # a wrong answer at logit 50 pushes with gradient ~ alpha_t (d/dx of alpha_t * x)
+    torch.testing.assert_close(logits.grad[2], torch.tensor(0.75), rtol=1e-4, atol=0)
+
+
+def test_focal_multiclass_per_class_alpha_and_gamma():
+    logits = torch.randn(20, 3)
+    target = torch.randint(0, 3, (20,))
+    alpha = torch.tensor([0.2, 0.3, 0.5])
+    ours = FocalLoss(alpha=alpha, gamma=1.5, task="multiclass", reduction="none")(logits, target)
+    p_t = torch.softmax(logits.double(), 1).gather(1, target[:, None]).squeeze(1)
+    expected = -alpha.double()[target] * (1 - p_t) ** 1.5 * torch.log(p_t)
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_focal_down_weights_easy_examples():
+    easy = FocalLoss(alpha=None, gamma=2.0)(torch.tensor([4.0]), torch.tensor([1.0]))
+    plain = FocalLoss(alpha=None, gamma=0.0)(torch.tensor([4.0]), torch.tensor([1.0]))
+    assert easy < plain * 0.001
+
+
+def test_focal_refuses_bad_options():
+    with pytest.raises(ConfigError, match="task"):
+        FocalLoss(task="regression")
+    with pytest.raises(ConfigError, match="gamma"):
+        FocalLoss(gamma=-1)
+    with pytest.raises(ConfigError, match="scalar alpha"):
+        FocalLoss(alpha=torch.tensor([0.1, 0.9]), task="binary")
+
+
+def square_mask(size=16, start=4, stop=12):
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., start:stop, start:stop] = 1
+    return mask
+
+
+def softmax_map_at(size, row, col, sharpness=4.0):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    score = -sharpness * ((yy - row) ** 2 + (xx - col) ** 2).float() / size
+    return torch.softmax(score.flatten(), 0).view(1, 1, size, size)
+
+
+def test_supervision_losses_fall_as_the_map_moves_into_the_mask():
+    mask = square_mask()
+    for kind, function in (("dice", dice_loss), ("energy", energy_outside)):
+        values = [function(softmax_map_at(16, p, p), mask).item() for p in (0, 3, 6, 8)]
+        assert values == sorted(values, reverse=True), (kind, values)
+        assert values[0] - values[-1] > 0.2
+
+
+def test_energy_outside_is_the_mass_outside():
+    attention = torch.zeros(1, 1, 4, 4)
+    attention[0, 0, 0, 0] = 0.25  # outside
+    attention[0, 0, 2, 2] = 0.75  # inside
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1:3, 1:3] = 1
+    torch.testing.assert_close(energy_outside(attention, mask), torch.tensor([0.25]))
+
+
+def test_attention_mask_loss_weights_taps_resizes_and_skips_empty_masks():
+    mask = square_mask(16).repeat(2, 1, 1, 1)
+    mask[1] = 0  # no lesion: left out
+    maps = {"pool3": softmax_map_at(8, 0, 0).repeat(2, 1, 1, 1),
+            "pool4": softmax_map_at(4, 2, 2).repeat(2, 1, 1, 1)}
+    loss = AttentionMaskLoss({"pool3": 0.001, "pool4": 0.01}, kind="energy")(maps, mask)
+    small = torch.nn.functional.adaptive_avg_pool2d(mask[:1], (8, 8))
+    smaller = torch.nn.functional.adaptive_avg_pool2d(mask[:1], (4, 4))
+    expected = 0.001 * energy_outside(maps["pool3"][:1], small) + 0.01 * energy_outside(maps["pool4"][:1], smaller)
+    torch.testing.assert_close(loss, expected.squeeze())
+
+
+def test_attention_mask_loss_gives_gradient_to_the_map():
+    score = torch.zeros(1, 1, 8, 8, requires_grad=True)
+    maps = {"gate": torch.softmax(score.flatten(1), 1).view(1, 1, 8, 8)}
+    mask = square_mask(16)
+    AttentionMaskLoss({"gate": 1.0}, kind="dice")(maps, mask).backward()
+    inside = score.grad[0, 0, 2:6, 2:6]
+    assert (inside < 0).all()  # descending the loss raises the scores inside the mask
+
+
+def test_attention_mask_loss_refuses_unknown_taps_and_channel_maps():
+    loss = AttentionMaskLoss({"pool9": 1.0})
+    with pytest.raises(ConfigError, match="pool9.*pool3"):
+        loss({"pool3": torch.rand(1, 1, 4, 4)}, square_mask())
+    with pytest.raises(ConfigError, match="channel gate"):
+        AttentionMaskLoss({"se": 1.0})({"se": torch.rand(1, 16)}, square_mask())
+    with pytest.raises(ConfigError, match="kind"):
+        AttentionMaskLoss({"a": 1.0}, kind="l2")
