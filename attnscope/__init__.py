@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from attnscope._version import __version__
-from attnscope.errors import AttnscopeError, CheckpointError, ConfigError, DataError
+from attnscope.errors import AttnscopeError, CheckpointError, ConfigError, DataError, TrainingError
 
 _LAZY = {
     "AttentionTap": "attnscope.layers.tap",
@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "TrainingError",
     *_LAZY,
 ]
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from attnscope._version import __version__
-from attnscope.errors import AttnscopeError
+from attnscope.errors import AttnscopeError, ConfigError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -43,6 +45,139 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace) -> list[str]:
+    """--set values, then each explicit flag as a dotted setting: flags override the file."""
+    settings = list(args.set or [])
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            settings.append(f"{key}={value}")
+    for option in args.model_option or []:
+        settings.append(f"model.options.{option}")
+    for option in args.data_option or []:
+        settings.append(f"data.source_options.{option}")
+    if args.skip_bad:
+        settings.append("data.skip_bad=true")
+    if args.no_progress:
+        settings += ["trainer.progress=false", "data.progress=false"]
+    return settings
+
+
+TRAIN_FLAGS = {
+    "model": "model.name", "data": "data.source", "image_size": "data.image_size", "batch_size": "data.batch_size",
+    "cache_dir": "data.cache_dir", "epochs": "trainer.epochs", "lr": "optim.lr", "optimizer": "optim.name",
+    "schedule": "schedule.name", "loss": "loss.name", "precision": "trainer.precision",
+    "accelerator": "trainer.accelerator", "devices": "trainer.devices", "num_nodes": "trainer.num_nodes",
+    "strategy": "trainer.strategy", "seed": "trainer.seed", "run_dir": "run_dir",
+}
+
+
+def _print_best(result) -> None:
+    best = result.best
+    if best:
+        metrics = best.get("metrics", {})
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("val/auc", "val/accuracy", "val/sensitivity_youden",
+                                                              "val/specificity_youden") if k in metrics)
+        print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
+    print(f"run directory: {result.run_dir}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from attnscope.engine.config import load_config
+    from attnscope.engine.train import resume_config, train
+    _quiet_lightning(args.verbose)
+
+    if args.resume:
+        if args.config or _train_settings(args):
+            raise ConfigError("--resume continues a run exactly as configured; drop the other options "
+                              f"(its config is {args.resume}/config.yaml)")
+        result = train(resume_config(args.resume), resume=True)
+    else:
+        result = train(load_config(args.config, _train_settings(args)))
+    if result.is_global_zero:
+        _print_best(result)
+    return 0
+
+
+def _print_metrics(result: dict) -> None:
+    metrics = result["metrics"]
+    names = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sensitivity_youden",
+             "specificity_youden")
+    print(f"{result['data']} ({metrics['rows']} images, {result['kind']}):")
+    for name in names:
+        if name in metrics:
+            print(f"  {name:<20} {metrics[name]:.4f}")
+    if isinstance(metrics.get("threshold"), float):
+        print(f"  {'threshold (val)':<20} {metrics['threshold']:.4f}")
+    print(f"metrics and plots: {result['out']}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from attnscope.engine.config import apply_settings
+    from attnscope.engine.inference import evaluate
+
+    options = apply_settings({}, args.data_option or []) if args.data_option else None
+    if options and not args.data:
+        raise ConfigError("--data-option needs --data SOURCE")
+    result = evaluate(args.run, args.out, args.data, options, args.split, args.weights,
+                      progress=not args.no_progress, skip_bad=args.skip_bad)
+    _print_metrics(result)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from attnscope.engine.inference import images_from_csv, predict
+
+    images = list(args.images)
+    if args.csv:
+        images += images_from_csv(args.csv, args.column, args.image_root)
+    out = args.out or f"{args.run}/predictions.csv"
+    result = predict(args.run, images, out, args.weights, args.skip_bad, progress=not args.no_progress)
+    print(f"{result['rows']} predictions: {result['out']}")
+    if result["skipped"]:
+        print(f"{result['skipped']} image(s) left out (--skip-bad): {result['bad_rows']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from attnscope.engine.config import load_config
+    from attnscope.engine.inference import evaluation_rows, load_run
+    from attnscope.engine.inference import evaluate as evaluate_run
+    from attnscope.engine.train import train
+    from attnscope.explain.overlay import write_run_attention_grid
+
+    _quiet_lightning(args.verbose)
+
+    started = time.perf_counter()
+    settings = [f"run_dir={args.out}"] + (["trainer.progress=false", "data.progress=false"] if args.no_progress else [])
+    if args.epochs:
+        settings.append(f"trainer.epochs={args.epochs}")
+    config = load_config("demo", settings)
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and (run_dir / "config.yaml").exists():
+        shutil.rmtree(run_dir)  # the demo's folder is the demo's own: start it afresh
+    print(f"attnscope demo: {config.model.name} on {config.data.source} "
+          f"({config.data.source_options.get('count')} images, {config.data.image_size} px), "
+          f"{config.trainer.epochs} epochs")
+    result = train(config)
+    _print_best(result)
+    evaluation = evaluate_run(run_dir, progress=not args.no_progress)
+    _print_metrics(evaluation)
+    run = load_run(run_dir)
+    grid = write_run_attention_grid(run, evaluation_rows(run, progress=False), 8, run_dir / "attention.png")
+    print(f"attention overlays (input | pool3 | pool4): {grid}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {run_dir}")
+    return 0
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable or invalid rows (listed in bad_rows.csv) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnscope",
@@ -50,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"attnscope {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
     layers = verbs.add_parser("layers", help="list the attention layers create_attn knows")
@@ -59,21 +195,113 @@ def build_parser() -> argparse.ArgumentParser:
     models = verbs.add_parser("models", help="list the models create_model knows, with sizes")
     models.add_argument("--num-classes", type=int, default=2, help="classifier width to count (default: 2)")
     models.set_defaults(run=_cmd_models)
+
+    train = verbs.add_parser("train", help="train a model into a run directory",
+                             description="Options come from --config (a YAML file or a shipped name: "
+                                         "demo), then --set, then the flags; later ones win.")
+    train.add_argument("--config", help="YAML run config, or the name of a shipped one")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any config value by its dotted key, e.g. --set optim.lr=0.01 (repeatable)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last finished epoch")
+    train.add_argument("--model", help="registered model name (attnscope models)")
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model builder option")
+    train.add_argument("--data", metavar="SOURCE", help="data source: csv, folder, idx, medmnist, "
+                                                        "synthetic_lesions, cluttered")
+    train.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                       help="source option, e.g. --data-option csv_path=train.csv (repeatable)")
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--cache-dir")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    train.add_argument("--schedule", choices=["none", "step", "cosine", "onecycle"])
+    train.add_argument("--loss", choices=["focal", "ce"])
+    train.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ... (Lightning's names)")
+    train.add_argument("--accelerator", help="cpu, gpu, auto")
+    train.add_argument("--devices", help="how many devices (or 'auto')")
+    train.add_argument("--num-nodes", type=int)
+    train.add_argument("--strategy", help="auto, ddp, ... (Lightning's names)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--run-dir", help="where the run goes (default runs/<model>-<time>)")
+    _add_data_flags(train)
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = verbs.add_parser("evaluate", help="metrics and plots of a run on its test split or other data")
+    evaluate.add_argument("run", metavar="RUN")
+    evaluate.add_argument("--data", metavar="SOURCE", help="evaluate on every row of this source instead")
+    evaluate.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
+    evaluate.add_argument("--out", help="output folder (default RUN/evaluation)")
+    _add_data_flags(evaluate)
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = verbs.add_parser("predict", help="per-class probabilities of images as a CSV")
+    predict.add_argument("run", metavar="RUN")
+    predict.add_argument("images", nargs="*", metavar="IMAGE")
+    predict.add_argument("--csv", help="a CSV listing the images")
+    predict.add_argument("--column", default="path", help="the CSV's image column (default: path)")
+    predict.add_argument("--image-root", help="folder the CSV's names are relative to (default: the CSV's)")
+    predict.add_argument("--weights", default="best")
+    predict.add_argument("--out", help="output CSV (default RUN/predictions.csv)")
+    _add_data_flags(predict)
+    predict.set_defaults(run=_cmd_predict)
+
+    demo = verbs.add_parser("demo", help="train, evaluate and draw attention on built-in synthetic lesions")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")
+    demo.add_argument("--epochs", type=int, help="override the demo's epochs")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(run=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     if args.verb is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return args.run(args)
     except AttnscopeError as error:
+        if args.debug:
+            raise
         print(f"attnscope: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("attnscope: interrupted", file=sys.stderr)
+        return 130
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines written through tqdm, so they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging(verbose: int) -> None:
+    """attnscope's INFO lines (the per-epoch summary) are shown; other libraries' only when -v."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    logging.getLogger("attnscope").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def _quiet_lightning(verbose: int) -> None:
+    """Lightning announces devices and tips at INFO through its own handler, set on import: keep
+    that for -v. Call after the engine (and so Lightning) is imported."""
+    if verbose:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -22,3 +22,7 @@ class DataError(AttnscopeError):
 
 class CheckpointError(AttnscopeError):
     """A checkpoint or weight file is missing, corrupt or does not fit the model."""
+
+
+class TrainingError(AttnscopeError):
+    """Training cannot go on as configured (for example the loss became NaN or infinite)."""

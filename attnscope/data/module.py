@@ -174,11 +174,14 @@ class DataModule:
             return self.train_rows
         return np.flatnonzero(self.splits == split)
 
-    def loader(self, split: str, device: str = "cpu") -> BatchLoader:
+    def loader(self, split: str, device: str = "cpu", rank: int = 0, world_size: int = 1,
+               prefetch: bool | None = None) -> BatchLoader:
+        """Batches of ``split``; with ``world_size`` > 1, this process's share (training shares are even)."""
         train = split == "train"
         size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
         return BatchLoader(self._require(), self.rows(split), size, shuffle=train, seed=self.config.seed,
-                           drop_last=False, device=device)
+                           drop_last=False, device=device, prefetch=prefetch, rank=rank, world_size=world_size,
+                           even=train)
 
     def train_loader(self, device: str = "cpu") -> BatchLoader:
         return self.loader("train", device)

@@ -57,3 +57,35 @@ def test_an_abandoned_iteration_stops_its_thread():
     next(iterator)
     iterator.close()
     assert "mask" not in next(iter(loader))
+
+
+def shards(rows, world_size, even, epoch=3):
+    loaders = [BatchLoader(decoded_set(), rows, batch_size=2, shuffle=True, seed=1, rank=rank,
+                           world_size=world_size, even=even) for rank in range(world_size)]
+    for loader in loaders:
+        loader.set_epoch(epoch)
+    return loaders, [torch.cat([b["row"] for b in loader]).tolist() for loader in loaders]
+
+
+def test_processes_share_one_epoch_order_without_overlap():
+    rows = np.arange(9)
+    whole = BatchLoader(decoded_set(), rows, batch_size=2, shuffle=True, seed=1)
+    whole.set_epoch(3)
+    loaders, parts = shards(rows, 2, even=False)
+    assert sorted(parts[0] + parts[1]) == list(range(9))  # every row once, nothing added
+    assert set(parts[0]) == set(whole.order()[0::2].tolist())  # batches are sorted inside, not across
+    assert [len(p) for p in parts] == [5, 4] and [len(loader.sampler) for loader in loaders] == [5, 4]
+
+
+def test_even_shards_wrap_around_so_every_process_has_as_many_batches():
+    loaders, parts = shards(np.arange(9), 2, even=True)
+    assert [len(p) for p in parts] == [5, 5] and len(loaders[0]) == len(loaders[1]) == 3
+    assert set(parts[0]) | set(parts[1]) == set(range(9))
+
+
+def test_lightning_finds_set_epoch_on_the_sampler():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    loader = BatchLoader(decoded_set(), np.arange(10), batch_size=4, shuffle=True)
+    _set_sampler_epoch(loader, 5)
+    assert loader.sampler.epoch == 5

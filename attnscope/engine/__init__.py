@@ -1,0 +1,1 @@
+"""The training engine: run config, task (a LightningModule), metrics, run directory, inference."""

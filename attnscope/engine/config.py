@@ -1,0 +1,229 @@
+"""The run config: one tree of plain values that decides everything a run does.
+
+It is read from YAML (a file, or a config shipped with the package by name),
+overridden by dotted ``key=value`` settings (what CLI flags turn into), checked
+(unknown keys are refused with the known ones), and written back resolved into
+the run directory, so ``config.yaml`` alone reproduces the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.resources
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnscope.data.module import DataConfig
+from attnscope.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+LOSSES = ("focal", "ce")
+
+
+@dataclass
+class ModelSection:
+    """Which registered model, with which builder options and initial weights."""
+
+    name: str = "attn_vgg_tiny"
+    options: dict = field(default_factory=dict)
+    pretrained: bool | str = False
+
+
+@dataclass
+class LossSection:
+    """``focal`` (Lin 2017) or ``ce`` (cross-entropy; BCE for binary and multi-label)."""
+
+    name: str = "focal"
+    alpha: float | list[float] | None = 0.25
+    gamma: float = 2.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class SupervisionSection:
+    """Attention-mask supervision; off while ``weights`` is empty (e.g. {pool3: 0.001, pool4: 0.01})."""
+
+    kind: str = "dice"
+    weights: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimSection:
+    """Adam (the seed: lr 1e-4) or SGD with Nesterov momentum (AttnMel: 0.01, 0.9, wd 1e-4)."""
+
+    name: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+
+
+@dataclass
+class ScheduleSection:
+    """Learning-rate schedule: ``step`` (x gamma every step_size epochs), ``cosine`` with linear
+    warm-up, ``onecycle``, or ``none``."""
+
+    name: str = "none"
+    step_size: int = 10
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    pct_start: float = 0.3
+
+
+@dataclass
+class TrainerSection:
+    """How the loop runs: length, devices, precision, speed options, what is kept as best."""
+
+    epochs: int = 10
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    monitor: str = "val/auc"
+    mode: str = "max"
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; ``run_dir`` None picks ``runs/<model>-<time>``."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossSection = field(default_factory=LossSection)
+    supervision: SupervisionSection = field(default_factory=SupervisionSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    run_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        """A checked config from plain values; a missing key keeps its default."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a run config is a mapping of sections, got {type(values).__name__}")
+        _refuse_unknown("run config", values, cls)
+        sections: dict[str, Any] = {}
+        for name, kind in (("model", ModelSection), ("loss", LossSection), ("supervision", SupervisionSection),
+                           ("optim", OptimSection), ("schedule", ScheduleSection), ("trainer", TrainerSection)):
+            section = values.get(name) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {section!r}")
+            _refuse_unknown(f"config section {name!r}", section, kind)
+            sections[name] = kind(**section)
+        sections["data"] = DataConfig.from_dict(values.get("data") or {})
+        config = cls(**sections, run_dir=values.get("run_dir"))
+        config.check()
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Refuse values no run could use, naming the option."""
+        choices = (("optim.name", self.optim.name, OPTIMIZERS), ("schedule.name", self.schedule.name, SCHEDULES),
+                   ("loss.name", self.loss.name, LOSSES), ("trainer.mode", self.trainer.mode, ("max", "min")))
+        for key, value, allowed in choices:
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
+        for key, value in (("trainer.epochs", self.trainer.epochs), ("optim.lr", self.optim.lr)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{key}={value!r} must be a positive number")
+        if self.trainer.ema_decay is not None and not 0 < self.trainer.ema_decay < 1:
+            raise ConfigError(f"trainer.ema_decay={self.trainer.ema_decay} must lie strictly between 0 and 1")
+        if not 0 <= self.loss.label_smoothing < 1:
+            raise ConfigError(f"loss.label_smoothing={self.loss.label_smoothing} must lie in [0, 1)")
+
+
+def _refuse_unknown(where: str, values: dict, kind: type) -> None:
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where} has no option(s) {unknown}; its options are: {', '.join(sorted(known))}")
+
+
+def named_configs() -> list[str]:
+    """Configs shipped with the package (``attnscope train --config NAME``)."""
+    folder = importlib.resources.files("attnscope") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(name_or_path: str | Path) -> dict:
+    """The raw mapping of a YAML file, or of a shipped config when no such file exists."""
+    path = Path(name_or_path)
+    if path.is_file():
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    elif str(name_or_path) in named_configs():
+        resource = importlib.resources.files("attnscope") / "configs" / f"{name_or_path}.yaml"
+        text, source = resource.read_text(encoding="utf-8"), f"shipped config {name_or_path!r}"
+    else:
+        raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a shipped config; "
+                          f"shipped configs: {', '.join(named_configs())}")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML ({error})") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a run config is a mapping of sections (model:, data:, ...)")
+    return values
+
+
+def parse_setting(setting: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); the value is read as YAML."""
+    key, sep, text = setting.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"setting {setting!r} must look like section.option=value (e.g. optim.lr=0.01)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"setting {setting!r}: the value is not valid YAML ({error})") from error
+    return key.strip().split("."), value
+
+
+def apply_settings(values: dict, settings: list[str]) -> dict:
+    """A copy of ``values`` with each dotted setting applied in order (later ones win)."""
+    result = copy.deepcopy(values)
+    for setting in settings:
+        path, value = parse_setting(setting)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"setting {setting!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_config(config: str | Path | None = None, settings: list[str] | None = None) -> RunConfig:
+    """The run config from a file or shipped name (or the defaults), with ``settings`` applied."""
+    values = read_config_file(config) if config is not None else {}
+    return RunConfig.from_dict(apply_settings(values, settings or []))
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (tuples become lists, so it reads back the same)."""
+    return yaml.safe_dump(_plain(config.to_dict()), sort_keys=False)
+
+
+def _plain(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {k: _plain(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [_plain(v) for v in values]
+    return values

@@ -1,0 +1,111 @@
+"""ROC, precision-recall and confusion plots of an evaluation, as PNG files (matplotlib, no display).
+
+Curves are one line per class one-vs-rest for multi-class and per label for
+multi-label; the binary ROC marks the validation (Youden) operating point.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
+
+from attnscope.fileio import atomic_write  # noqa: E402
+
+
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """PNG of ``figure``, written atomically; the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return atomic_write(path, buffer.getvalue())
+
+
+def _columns(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str]):
+    """(name, scores, 0/1 targets) per curve: the positive class, each class vs rest, or each label."""
+    if kind == "binary":
+        yield classes[1], probs, labels.long()
+    elif kind == "multiclass":
+        for c, name in enumerate(classes):
+            yield name, probs[:, c], (labels == c).long()
+    else:
+        for c, name in enumerate(classes):
+            yield name, probs[:, c], labels[:, c].long()
+
+
+def _defined(targets: torch.Tensor) -> bool:
+    positives = int(targets.sum())
+    return 0 < positives < len(targets)
+
+
+def _curves(axes, probs, labels, kind, classes, values, what: str, curve) -> None:
+    """One line per column with a defined curve; ``curve(scores, targets)`` -> (x, y)."""
+    for (name, scores, targets), value in zip(_columns(probs, labels, kind, classes), values, strict=False):
+        if _defined(targets):
+            x, y = curve(scores, targets)
+            axes.plot(x.numpy(), y.numpy(), label=f"{name} ({what} {value:.3f})")
+
+
+def roc_figure(probs, labels, kind, classes, summary) -> plt.Figure:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    _curves(axes, probs, labels, kind, classes, summary.get("auc_per_class") or [summary.get("auc")], "AUC",
+            lambda scores, targets: binary_roc(scores, targets)[:2])
+    if kind == "binary" and not math.isnan(summary.get("sensitivity_youden", math.nan)):
+        axes.plot(1 - summary["specificity_youden"], summary["sensitivity_youden"], "o", color="black",
+                  label=f"threshold {summary['threshold']:.3f}")
+    axes.plot([0, 1], [0, 1], ":", color="grey")
+    axes.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def pr_figure(probs, labels, kind, classes, summary) -> plt.Figure:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    _curves(axes, probs, labels, kind, classes, summary.get("ap_per_class") or [summary.get("ap")], "AP",
+            lambda scores, targets: binary_precision_recall_curve(scores, targets)[1::-1])
+    axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1),
+             ylim=(0, 1.01))
+    axes.legend(loc="lower left", fontsize="small")
+    return figure
+
+
+def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure:
+    """Counts with true classes as rows; multi-label shows one 2x2 matrix per label."""
+    if kind == "multilabel":
+        matrices = summary["confusion_per_class"]
+        titles = classes
+        ticks = [["no", "yes"]] * len(classes)
+    else:
+        matrices, titles, ticks = [summary["confusion"]], ["Confusion (threshold 0.5)" if kind == "binary"
+                                                           else "Confusion (arg-max)"], [classes]
+    figure, axes_list = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 0.6, 3.6), squeeze=False)
+    for axes, matrix, title, names in zip(axes_list[0], matrices, titles, ticks, strict=True):
+        values = torch.tensor(matrix, dtype=torch.float64)
+        axes.imshow(values.numpy(), cmap="Blues")
+        top = values.max().item() or 1.0
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                axes.text(j, i, f"{int(values[i, j])}", ha="center", va="center",
+                          color="white" if values[i, j] > top / 2 else "black")
+        axes.set_xticks(range(len(names)), names, rotation=45 if len(names) > 3 else 0, ha="right"
+                        if len(names) > 3 else "center")
+        axes.set_yticks(range(len(names)), names)
+        axes.set(xlabel="predicted", ylabel="true", title=title)
+    return figure
+
+
+def write_evaluation_plots(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str],
+                           summary: dict, out: Path) -> dict[str, Path]:
+    """``roc.png``, ``pr.png`` and ``confusion.png`` in ``out``."""
+    return {
+        "roc": save_figure(roc_figure(probs, labels, kind, classes, summary), out / "roc.png"),
+        "pr": save_figure(pr_figure(probs, labels, kind, classes, summary), out / "pr.png"),
+        "confusion": save_figure(confusion_figure(summary, kind, classes), out / "confusion.png"),
+    }

@@ -1,0 +1,175 @@
+"""The run directory: where a run's files live, and how its weights are written and read.
+
+::
+
+    RUN/
+      config.yaml            resolved config (reproduces the run)
+      split.csv data.json    the manifest with its split, data summary (+ bad_rows.csv)
+      checkpoints/
+        best.safetensors     weights of the best epoch (by trainer.monitor)
+        last.safetensors     weights of the last finished epoch
+        last.ckpt            full training state for --resume (weights, optimiser, schedule, loops)
+      best.json              the best epoch, its metrics and the validation threshold
+      metrics.csv            one row per epoch
+      tensorboard/           TensorBoard events
+      train.log              the log of every session of the run
+
+Every file is written atomically. Weights are safetensors (no pickle: safe to
+share); the training state is torch's format, read back only with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from attnscope.errors import CheckpointError
+from attnscope.fileio import atomic_write
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.checkpoints / "best.safetensors"
+
+    @property
+    def last_weights(self) -> Path:
+        return self.checkpoints / "last.safetensors"
+
+    @property
+    def last_state(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def weights(self, which: str) -> Path:
+        """``best``, ``last``, or a path to a weights file."""
+        if which in ("best", "last"):
+            return self.best_weights if which == "best" else self.last_weights
+        return Path(which)
+
+    def require(self) -> RunPaths:
+        """Self, after checking this is a run directory at all."""
+        if not self.config.is_file():
+            raise CheckpointError(f"{self.root} is not a run directory (no config.yaml); "
+                                  "pass the folder `attnscope train` printed")
+        return self
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """The model's state dict as safetensors, atomically."""
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    return atomic_write(path, save_safetensors(tensors, metadata=metadata or {}))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a missing or damaged file raises CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no weights file; has the run finished an epoch yet?")
+    try:
+        return load_safetensors(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, written through a temporary file and a rename, read weights-only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(Path(path), buffer.getvalue())
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no training state to resume from")
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise CheckpointError(f"{path}: the training state cannot be read ({error}); "
+                                  "resume from a copy, or start a new run") from error
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> Path:
+    """One row per epoch; columns are the union of every epoch's keys, in first-seen order."""
+    columns: list[str] = []
+    for row in history:
+        columns.extend(key for key in row if key not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return atomic_write(path, buffer.getvalue())
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def write_json(path: Path, values: dict) -> Path:
+    """JSON with NaN written as null (strict JSON readers refuse NaN)."""
+    return atomic_write(path, json.dumps(_null_nan(values), indent=2) + "\n")
+
+
+def _null_nan(values: Any) -> Any:
+    if isinstance(values, float) and math.isnan(values):
+        return None
+    if isinstance(values, dict):
+        return {k: _null_nan(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [_null_nan(v) for v in values]
+    return values
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot be read ({error})") from error

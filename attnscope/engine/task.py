@@ -1,0 +1,227 @@
+"""The training task: a LightningModule holding model, loss, metrics and optimisation.
+
+Batches arrive as uint8 and are augmented and normalised on the training
+device (``on_after_batch_transfer``). Every epoch starts from a random state
+derived from (seed, epoch, rank) alone, so an epoch run again after a resume
+draws the same augmentations and dropout masks as the first time: a resumed run
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MeanMetric
+
+from attnscope.data.augment import BatchTransform
+from attnscope.engine.config import RunConfig
+from attnscope.engine.metrics import EpochOutputs, probabilities, scalars, summarize
+from attnscope.errors import ConfigError, TrainingError
+from attnscope.layers.tap import capture_attention
+from attnscope.losses import AttentionMaskLoss, FocalLoss
+
+log = logging.getLogger(__name__)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """One 32-bit seed per (run seed, epoch, process)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loss(config: RunConfig, kind: str, class_weights: torch.Tensor | None) -> nn.Module:
+    """Focal loss or cross-entropy for ``kind``; class weights and label smoothing where they apply."""
+    section = config.loss
+    if section.name == "focal":
+        alpha = section.alpha
+        if class_weights is not None and kind != "binary":
+            alpha = class_weights
+        elif isinstance(alpha, list):
+            alpha = torch.tensor(alpha, dtype=torch.float32)
+        return FocalLoss(alpha=alpha, gamma=section.gamma, task=kind)
+    if kind == "multiclass":
+        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=section.label_smoothing)
+    pos_weight = None
+    if class_weights is not None:
+        # binary: weights are (negative, positive); the positive's relative weight is their ratio
+        pos_weight = (class_weights[1:] / class_weights[0]) if kind == "binary" else class_weights
+    return _SmoothedBCE(pos_weight, section.label_smoothing)
+
+
+class _SmoothedBCE(nn.Module):
+    """BCE-with-logits whose 0/1 targets are pulled towards 1/2 by ``smoothing``."""
+
+    def __init__(self, pos_weight: torch.Tensor | None, smoothing: float) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(logits.dtype).reshape(logits.shape)
+        target = target * (1 - self.smoothing) + 0.5 * self.smoothing
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                              pos_weight=self.pos_weight)
+
+
+class ClassifierTask(L.LightningModule):
+    """Trains ``model`` (logits out) on uint8 batches; records metrics per epoch on train and val."""
+
+    def __init__(self, config: RunConfig, model: nn.Module, transform: BatchTransform, kind: str,
+                 classes: list[str], class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config, self.model, self.transform, self.kind, self.classes = config, model, transform, kind, classes
+        self.criterion = build_loss(config, kind, class_weights)
+        weights = config.supervision.weights
+        self.supervision = AttentionMaskLoss(weights, config.supervision.kind) if weights else None
+        if self.supervision is not None and not transform.with_masks:
+            raise ConfigError("supervision.weights is set but the data have no masks; "
+                              "use a source with masks (csv mask_column, synthetic_lesions, cluttered)")
+        self.ema = None
+        if config.trainer.ema_decay is not None:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.trainer.ema_decay),
+                                     use_buffers=True)
+        self.attention_loss = MeanMetric()
+        self.train_outputs = EpochOutputs()
+        self.val_outputs = EpochOutputs()
+        self.epoch_metrics: dict[str, float] = {}
+        self.val_threshold: float | list[float] | None = None
+        if config.trainer.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def configure_model(self) -> None:
+        if self.config.trainer.compile:
+            self.model.compile()
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        training = self.trainer is not None and self.trainer.training
+        images, masks = self.transform(batch["image"], batch.get("mask"), train=training)
+        if self.config.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch = dict(batch, image=images)
+        if masks is not None:
+            batch["mask"] = masks
+        return batch
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def _targets(self, batch: dict) -> torch.Tensor:
+        return batch["label"].float() if self.kind != "multiclass" else batch["label"]
+
+    def _loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        target = self._targets(batch)
+        if self.kind == "binary":
+            logits = logits.reshape(-1)
+        return self.criterion(logits, target)
+
+    def on_train_epoch_start(self) -> None:
+        seed_all(epoch_seed(self.config.trainer.seed, self.current_epoch, self.global_rank))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.supervision is not None:
+            with capture_attention(self.model) as maps:
+                logits = self.model(batch["image"])
+            loss = self._loss(logits, batch)
+            attention_loss = self.supervision(maps, batch["mask"])
+            self.attention_loss.update(attention_loss.detach())
+            loss = loss + attention_loss
+        else:
+            logits = self.model(batch["image"])
+            loss = self._loss(logits, batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
+                                     f"batch {batch_idx}; lower optim.lr or set trainer.grad_clip")
+        self.train_outputs.update(probabilities(logits.detach(), self.kind), batch["label"], loss)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.eval_model(batch["image"])
+        loss = self._loss(logits, batch)
+        self.val_outputs.update(probabilities(logits, self.kind), batch["label"], loss)
+
+    def _summarize(self, outputs: EpochOutputs, split: str) -> dict[str, float]:
+        probs, targets, loss = outputs.compute()
+        outputs.reset()
+        if len(targets) == 0:
+            return {}
+        summary = summarize(probs, targets, self.kind, self.classes, split=split)
+        if split == "val":
+            self.val_threshold = summary.get("threshold")
+        values = scalars(summary, split, self.classes)
+        values[f"{split}/loss"] = loss
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_outputs.reset()
+            return
+        values = self._summarize(self.val_outputs, "val")
+        self.epoch_metrics.update(values)
+        # already gathered from every process by EpochOutputs: no second reduction
+        self.log_dict({k: v for k, v in values.items() if not math.isnan(v)}, sync_dist=False)
+
+    def finish_train_epoch(self) -> None:
+        """Training metrics of the epoch; the run recorder calls it first thing at the epoch's end
+        (Lightning calls callbacks' ``on_train_epoch_end`` before the module's)."""
+        values = self._summarize(self.train_outputs, "train")
+        if self.supervision is not None:
+            values["train/attention_loss"] = float(self.attention_loss.compute())
+            self.attention_loss.reset()
+        self.epoch_metrics.update(values)
+        self.log_dict({k: v for k, v in values.items() if not math.isnan(v)}, sync_dist=False)
+
+    def configure_optimizers(self):
+        optim, schedule = self.config.optim, self.config.schedule
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if optim.name == "sgd":
+            optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                                        weight_decay=optim.weight_decay)
+        elif optim.name == "adamw":
+            optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+        if schedule.name == "none":
+            return optimizer
+        if schedule.name == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_size, schedule.gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if schedule.name == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total,
+                                                            pct_start=schedule.pct_start)
+        else:
+            steps_per_epoch = total / self.config.trainer.epochs
+            warmup = int(schedule.warmup_epochs * steps_per_epoch)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: warmup_cosine(step, warmup, total, schedule.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Learning-rate factor: linear from 0 over ``warmup`` steps, then cosine down to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,255 @@
+"""``train(config)``: a config in, a finished run directory out.
+
+Lightning runs the loop (devices, DDP, mixed precision, gradient clipping);
+attnscope's pieces are the task, a data module that shards the uint8 loaders
+per process, and :class:`RunRecorder`, which after every epoch writes
+``metrics.csv``, the best and last weights, and the training state. The
+recorder's history travels inside the training state, so after a resume
+``metrics.csv`` and the weights always describe the same epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from attnscope.data.module import DataModule
+from attnscope.engine.config import RunConfig, dump_config, load_config
+from attnscope.engine.metrics import head_size, task_kind
+from attnscope.engine.rundir import (
+    AtomicCheckpointIO,
+    RunPaths,
+    read_json,
+    save_weights,
+    write_json,
+    write_metrics_csv,
+)
+from attnscope.engine.task import ClassifierTask, seed_all
+from attnscope.errors import ConfigError
+from attnscope.fileio import atomic_write
+from attnscope.models import create_model
+
+log = logging.getLogger(__name__)
+
+# Set by the launching process so that DDP's re-launched processes write into the same run.
+RUN_DIR_ENV = "ATTNSCOPE_RUN_DIR"
+
+
+class LoaderModule(L.LightningDataModule):
+    """Lightning's view of a DataModule: loaders built per process, after the launch."""
+
+    def __init__(self, data: DataModule) -> None:
+        super().__init__()
+        self.data = data
+
+    def _loader(self, split: str):
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        on_cpu = trainer is None or trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+        return self.data.loader(split, rank=rank, world_size=world, prefetch=not on_cpu)
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+
+class RunRecorder(Callback):
+    """After each epoch: metrics.csv, best/last weights, best.json, the training state, a log line."""
+
+    def __init__(self, paths: RunPaths, monitor: str, mode: str, model_name: str) -> None:
+        self.paths, self.monitor, self.mode, self.model_name = paths, monitor, mode, model_name
+        self.history: list[dict[str, float]] = []
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self._started = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+        self.best_value, self.best_epoch = state_dict["best_value"], state_dict["best_epoch"]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, task: ClassifierTask) -> None:
+        self._started = time.perf_counter()
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def on_train_epoch_end(self, trainer: L.Trainer, task: ClassifierTask) -> None:
+        task.finish_train_epoch()
+        epoch = trainer.current_epoch
+        row = {"epoch": float(epoch), "seconds": time.perf_counter() - self._started,
+               "lr": float(trainer.optimizers[0].param_groups[0]["lr"]), **dict(sorted(task.epoch_metrics.items()))}
+        task.epoch_metrics = {}
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        value = row.get(self.monitor, math.nan)
+        if self.monitor not in row and epoch == 0:
+            log.warning("trainer.monitor=%r is not among the metrics (%s); keeping the last epoch as best",
+                        self.monitor, ", ".join(sorted(k for k in row if "/" in k)))
+        improved = self._improved(value) or (self.monitor not in row)
+        if improved:
+            self.best_value, self.best_epoch = (None if math.isnan(value) else value), epoch
+        if trainer.is_global_zero:
+            meta = {"model": self.model_name, "epoch": str(epoch)}
+            write_metrics_csv(self.paths.metrics, self.history)
+            save_weights(task.eval_model, self.paths.last_weights, meta)
+            if improved:
+                save_weights(task.eval_model, self.paths.best_weights, meta)
+                write_json(self.paths.best, {"epoch": epoch, "monitor": self.monitor, "value": self.best_value,
+                                             "threshold": task.val_threshold, "metrics": row})
+        # every process takes part (DDP); only global rank 0 writes
+        trainer.save_checkpoint(self.paths.last_state, weights_only=False)
+        if trainer.is_global_zero:
+            log.info(epoch_line(row, trainer.max_epochs, improved))
+
+
+def epoch_line(row: dict[str, float], epochs: int | None, improved: bool) -> str:
+    """``epoch 3/10  train loss 0.41 auc 0.87 | val loss 0.40 auc 0.91  12.3 s *`` (* = new best)."""
+    parts = [f"epoch {int(row['epoch']) + 1}/{epochs}"]
+    for split in ("train", "val"):
+        shown = [f"{name} {row[f'{split}/{name}']:.4f}" for name in ("loss", "auc", "accuracy")
+                 if f"{split}/{name}" in row]
+        if shown:
+            parts.append(f"{split} " + " ".join(shown))
+    parts.append(f"{row['seconds']:.1f} s" + (" *" if improved else ""))
+    return "  ".join(parts)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: dict
+    is_global_zero: bool
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    """The run directory: the config's, the launching process's (DDP), or ``runs/<model>-<time>``."""
+    if config.run_dir:
+        return Path(config.run_dir)
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model.name}-{stamp}"
+
+
+def build_model(config: RunConfig, num_classes: int, multilabel: bool, channels: int) -> torch.nn.Module:
+    kind = task_kind(num_classes, multilabel)
+    return create_model(config.model.name, num_classes=head_size(kind, num_classes), in_chans=channels,
+                        pretrained=config.model.pretrained, **config.model.options)
+
+
+class _RunLog:
+    """Copies attnscope's log records (INFO and up) into RUN/train.log while a run lasts."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        self.loggers = [logging.getLogger("attnscope")]
+        self.levels: list[int] = []
+
+    def __enter__(self) -> _RunLog:
+        for logger in self.loggers:
+            self.levels.append(logger.level)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+            logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level in zip(self.loggers, self.levels, strict=True):
+            logger.removeHandler(self.handler)
+            logger.setLevel(level)
+        self.handler.close()
+
+
+def make_trainer(config: RunConfig, paths: RunPaths, callbacks: list[Callback], steps_per_epoch: int) -> L.Trainer:
+    section = config.trainer
+    if section.progress:
+        callbacks = [*callbacks, TQDMProgressBar(leave=True)]
+    return L.Trainer(
+        default_root_dir=paths.root, max_epochs=section.epochs, accelerator=section.accelerator,
+        devices=section.devices, num_nodes=section.num_nodes, strategy=section.strategy,
+        precision=section.precision, gradient_clip_val=section.grad_clip,
+        logger=TensorBoardLogger(paths.root, name="tensorboard", version=""), callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=section.progress, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+    )
+
+
+def train(config: RunConfig, resume: bool = False) -> TrainResult:
+    """Train ``config`` into its run directory; ``resume`` continues it from ``last.ckpt``."""
+    if config.trainer.threads:
+        torch.set_num_threads(config.trainer.threads)
+    paths = RunPaths(resolve_run_dir(config))
+    config.run_dir = str(paths.root)
+    rank_zero = rank_zero_only.rank == 0
+    if rank_zero and not resume and paths.config.exists() and not os.environ.get(RUN_DIR_ENV):
+        raise ConfigError(f"{paths.root} already holds a run; continue it with --resume {paths.root}, "
+                          "or choose another --run-dir")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if rank_zero and not resume:
+        atomic_write(paths.config, dump_config(config))
+    launched = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches
+    try:
+        return _train(config, paths, resume, rank_zero)
+    finally:
+        if launched is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) -> TrainResult:
+    with _RunLog(paths.log):
+        seed_all(config.trainer.seed)
+        log.info("run %s: %s on %s", paths.root, config.model.name, config.data.source)
+        data = DataModule(config.data).setup()
+        if rank_zero:
+            data.write(paths.root)
+        manifest = data.manifest
+        kind = task_kind(manifest.num_classes, manifest.multilabel)
+        model = build_model(config, manifest.num_classes, manifest.multilabel, data.channels)
+        weights = None if data.weights is None else torch.as_tensor(data.weights, dtype=torch.float32)
+        task = ClassifierTask(config, model, data.transform(), kind, list(manifest.classes), weights)
+        recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
+        steps = -(-len(data.rows("train")) // config.data.batch_size)
+        trainer = make_trainer(config, paths, [recorder], steps)
+        state = paths.last_state if resume and paths.last_state.exists() else None
+        if resume:
+            log.info("resuming %s from %s", paths.root, state or "the start (no epoch had finished)")
+        with warnings.catch_warnings():
+            # the transform is the task's on purpose (it knows train from eval); Lightning's own deprecation
+            for message in (".*on_after_batch_transfer.*", ".*LeafSpec.*"):
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
+        best = read_json(paths.best) if trainer.is_global_zero and paths.best.exists() else {}
+    return TrainResult(paths.root, best, trainer.is_global_zero)
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was started with, to continue it."""
+    paths = RunPaths(Path(run_dir)).require()
+    config = load_config(paths.config)
+    config.run_dir = str(paths.root)
+    return config

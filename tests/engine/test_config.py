@@ -1,0 +1,62 @@
+import pytest
+
+from attnscope.engine.config import RunConfig, apply_settings, dump_config, load_config, named_configs
+from attnscope.errors import ConfigError
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    config = load_config(None, ["data.augment.crop_scale=[0.5, 1.0]", "supervision.weights={pool3: 0.001}"])
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(config))
+    again = load_config(path)
+    assert again.to_dict() == load_config(None, []).to_dict() | {
+        "data": again.data.to_dict(), "supervision": {"kind": "dice", "weights": {"pool3": 0.001}}}
+    assert list(again.data.augment.crop_scale) == [0.5, 1.0]
+
+
+def test_settings_apply_in_order_over_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: 0.5, name: sgd}\ntrainer: {epochs: 3}\n")
+    config = load_config(path, ["optim.lr=0.01", "trainer.epochs=7", "optim.lr=0.02"])
+    assert (config.optim.lr, config.optim.name, config.trainer.epochs) == (0.02, "sgd", 7)
+
+
+def test_settings_do_not_touch_the_input():
+    values = {"optim": {"lr": 1.0}}
+    assert apply_settings(values, ["optim.lr=2"]) == {"optim": {"lr": 2}}
+    assert values == {"optim": {"lr": 1.0}}
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("optim.learning_rate=1", r"optim.*learning_rate.*lr"),
+    ("trainer.epochs=0", r"trainer.epochs=0"),
+    ("optim.name=lbfgs", r"optim.name='lbfgs'.*adam"),
+    ("data.colour=1", r"data config.*colour"),
+    ("modle.name=x", r"run config.*modle"),
+    ("optim.lr", r"section.option=value"),
+    ("trainer.ema_decay=1.5", r"ema_decay"),
+])
+def test_bad_settings_are_refused_by_name(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [setting])
+
+
+def test_shipped_configs_load_and_unknown_names_list_them(tmp_path):
+    assert "demo" in named_configs()
+    demo = load_config("demo")
+    assert demo.model.name == "attn_vgg_tiny" and demo.data.source == "synthetic_lesions"
+    with pytest.raises(ConfigError, match="shipped configs: .*demo"):
+        load_config("no_such_config")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*YAML"):
+        load_config(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listed)
+
+
+def test_from_dict_refuses_a_section_that_is_not_a_mapping():
+    with pytest.raises(ConfigError, match="'optim' must be a mapping"):
+        RunConfig.from_dict({"optim": 3})

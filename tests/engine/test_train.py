@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from attnscope.engine.config import load_config
+from attnscope.engine.inference import evaluation_rows, load_run, predict_loader
+from attnscope.engine.metrics import summarize
+from attnscope.engine.rundir import RunPaths, load_weights, read_json, read_metrics_csv
+from attnscope.engine.train import train
+from attnscope.errors import ConfigError
+
+from .conftest import tiny_settings
+
+
+def test_a_run_directory_holds_everything_a_run_records(trained_run):
+    paths = RunPaths(trained_run)
+    for path in (paths.config, paths.data, paths.root / "split.csv", paths.best_weights, paths.last_weights,
+                 paths.last_state, paths.best, paths.metrics, paths.log):
+        assert path.is_file(), path
+    assert any(paths.tensorboard.glob("events.out.tfevents.*"))
+    history = read_metrics_csv(paths.metrics)
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    for row in history:
+        assert 0 <= row["val/auc"] <= 1 and row["train/loss"] > 0 and row["val/rows"] == 24
+    assert "epoch 3/3" in paths.log.read_text()
+    assert not list(paths.root.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_best_is_the_epoch_with_the_highest_val_auc_and_its_weights_reproduce_it(trained_run):
+    paths = RunPaths(trained_run)
+    history = read_metrics_csv(paths.metrics)
+    best = read_json(paths.best)
+    assert best["epoch"] == max(range(len(history)), key=lambda e: history[e]["val/auc"])
+    run = load_run(trained_run, "best")
+    probs, labels, _ = predict_loader(run, evaluation_rows(run, split="val", progress=False), progress=False)
+    again = summarize(probs, labels, run.kind, run.classes)
+    assert again["auc"] == pytest.approx(best["value"], abs=1e-6)
+    assert again["threshold"] == pytest.approx(best["threshold"], abs=1e-6)
+
+
+def test_last_weights_are_the_trained_model_not_the_initial_one(trained_run):
+    from attnscope.models import create_model
+
+    fresh = create_model("attn_vgg_tiny", num_classes=1).state_dict()
+    last = load_weights(RunPaths(trained_run).last_weights)
+    assert set(last) == set(fresh)
+    assert any(not torch.equal(last[k], fresh[k]) for k in fresh if fresh[k].is_floating_point())
+
+
+def test_an_existing_run_is_not_overwritten(trained_run):
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train(load_config(None, tiny_settings(trained_run)))
+
+
+def test_supervision_pulls_attention_into_the_lesion(tmp_path):
+    settings = tiny_settings(tmp_path / "run", epochs=3) + ["supervision.weights={pool3: 1.0, pool4: 1.0}",
+                                                             "supervision.kind=energy"]
+    train(load_config(None, settings))
+    history = read_metrics_csv(RunPaths(tmp_path / "run").metrics)
+    losses = [row["train/attention_loss"] for row in history]
+    assert all(not math.isnan(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_supervision_without_masks_is_refused():
+    from attnscope.data.augment import AugmentConfig, BatchTransform
+    from attnscope.engine.task import ClassifierTask
+    from attnscope.models import create_model
+
+    config = load_config(None, ["supervision.weights={pool3: 1.0}"])
+    transform = BatchTransform(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, 32, 3, with_masks=False)
+    with pytest.raises(ConfigError, match="data have no masks"):
+        ClassifierTask(config, create_model("attn_vgg_tiny", num_classes=1), transform, "binary", ["a", "b"])
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
+def test_schedules_and_optimizers_run(tmp_path, schedule):
+    settings = tiny_settings(tmp_path / "run", epochs=1) + [f"schedule.name={schedule}", "optim.name=sgd",
+                                                             "optim.lr=0.01", "trainer.ema_decay=0.9",
+                                                             "trainer.grad_clip=1.0", "loss.name=ce"]
+    result = train(load_config(None, settings))
+    assert result.best["epoch"] == 0 and 0 <= result.best["value"] <= 1
