@@ -190,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = verbs.add_parser("layers", help="list the attention layers create_attn knows")
     layers.add_argument("--options", action="store_true", help="also list each layer's options")
-    layers.set_defaults(run=_cmd_layers)
+    layers.set_defaults(handler=_cmd_layers)
 
     models = verbs.add_parser("models", help="list the models create_model knows, with sizes")
     models.add_argument("--num-classes", type=int, default=2, help="classifier width to count (default: 2)")
-    models.set_defaults(run=_cmd_models)
+    models.set_defaults(handler=_cmd_models)
 
     train = verbs.add_parser("train", help="train a model into a run directory",
                              description="Options come from --config (a YAML file or a shipped name: "
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--run-dir", help="where the run goes (default runs/<model>-<time>)")
     _add_data_flags(train)
-    train.set_defaults(run=_cmd_train)
+    train.set_defaults(handler=_cmd_train)
 
     evaluate = verbs.add_parser("evaluate", help="metrics and plots of a run on its test split or other data")
     evaluate.add_argument("run", metavar="RUN")
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
     evaluate.add_argument("--out", help="output folder (default RUN/evaluation)")
     _add_data_flags(evaluate)
-    evaluate.set_defaults(run=_cmd_evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
 
     predict = verbs.add_parser("predict", help="per-class probabilities of images as a CSV")
     predict.add_argument("run", metavar="RUN")
@@ -246,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", default="best")
     predict.add_argument("--out", help="output CSV (default RUN/predictions.csv)")
     _add_data_flags(predict)
-    predict.set_defaults(run=_cmd_predict)
+    predict.set_defaults(handler=_cmd_predict)
 
     demo = verbs.add_parser("demo", help="train, evaluate and draw attention on built-in synthetic lesions")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")
     demo.add_argument("--epochs", type=int, help="override the demo's epochs")
     demo.add_argument("--no-progress", action="store_true")
-    demo.set_defaults(run=_cmd_demo)
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return args.run(args)
+        return args.handler(args)
     except AttnscopeError as error:
         if args.debug:
             raise

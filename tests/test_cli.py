@@ -48,3 +48,136 @@ def test_models_lists_every_model_with_its_size(capsys):
     assert rows["resnet50"][1] == "25.56M" and rows["resnet50"][2] == "3x224x224"
     assert rows["attn_vgg16_bn"][3] == "2"  # two attention taps: pool3 and pool4
     assert lines[-1] == "(parameters with a 1000-class head)"
+
+
+# --- train -> evaluate -> predict, in process, on a tiny generated set ---------------------------------
+
+import csv  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.engine.conftest import TINY  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A run trained through the CLI from a config file plus overriding flags."""
+    folder = tmp_path_factory.mktemp("cli")
+    config = folder / "run.yaml"
+    config.write_text("trainer: {epochs: 1, seed: 3}\noptim: {name: sgd, lr: 0.5}\ndata: {batch_size: 8}\n")
+    run_dir = folder / "run"
+    assert cli.main(["train", "--config", str(config), *TINY, "--epochs", "2", "--set", "trainer.seed=5",
+                     "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_train_writes_the_resolved_config_with_flags_over_the_file(cli_run, capsys):
+    resolved = yaml.safe_load((cli_run / "config.yaml").read_text())
+    assert resolved["trainer"]["epochs"] == 2  # flag over file
+    assert resolved["trainer"]["seed"] == 5  # --set over file
+    assert resolved["optim"] == {"name": "sgd", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
+                                 "nesterov": True}  # --lr over file, the rest from the file and defaults
+    assert resolved["data"]["batch_size"] == 16 and resolved["run_dir"] == str(cli_run)
+
+
+def test_evaluate_writes_metrics_and_plots(cli_run, capsys):
+    assert cli.main(["evaluate", str(cli_run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test split (24 images, binary)" in out and "auc" in out
+    metrics = json.loads((cli_run / "evaluation" / "metrics.json").read_text())
+    assert metrics["metrics"]["rows"] == 24 and 0 <= metrics["metrics"]["auc"] <= 1
+    best = json.loads((cli_run / "best.json").read_text())
+    assert metrics["metrics"]["threshold"] == pytest.approx(best["threshold"])  # chosen on validation
+    for name in ("roc.png", "pr.png", "confusion.png"):
+        with Image.open(cli_run / "evaluation" / name) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_evaluate_on_another_source(cli_run, tmp_path, capsys):
+    out = tmp_path / "other"
+    assert cli.main(["evaluate", str(cli_run), "--data", "synthetic_lesions", "--data-option", "count=40",
+                     "--data-option", "size=32", "--data-option", "seed=9", "--out", str(out),
+                     "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["rows"] == 40
+
+
+def write_images(folder, count, size=40):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_writes_probabilities_per_class(cli_run, tmp_path, capsys):
+    images = write_images(tmp_path, 3)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\nimg_1.png\nimg_2\n")  # a name without its extension is found
+    out = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(cli_run), str(images[0]), "--csv", str(listing), "--out", str(out),
+                     "--no-progress"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    for row in rows:
+        benign, malignant = float(row["prob_benign"]), float(row["prob_malignant"])
+        assert benign + malignant == pytest.approx(1, abs=1e-5)
+        threshold = json.loads((cli_run / "best.json").read_text())["threshold"]
+        assert row["predicted"] == ("malignant" if malignant >= threshold else "benign")
+
+
+def test_predict_matches_the_model_on_the_same_pixels(cli_run, tmp_path):
+    """The CSV's probability is the model's output on the decoded, normalised image."""
+    import torch
+
+    from attnscope.data.decode import decode_image
+    from attnscope.engine.inference import load_run
+
+    (path,) = write_images(tmp_path, 1)
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(cli_run), str(path), "--out", str(out), "--no-progress"]) == 0
+    run = load_run(cli_run)
+    pixels = torch.from_numpy(np.array(decode_image(path, 32))).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = torch.sigmoid(run.model(run.transform(pixels)[0]))[0, 0].item()
+    assert float(next(csv.DictReader(out.open()))["prob_malignant"]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_predict_stops_on_a_bad_image_unless_skip_bad(cli_run, tmp_path, capsys):
+    good = write_images(tmp_path, 1)[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(cli_run), str(good), str(broken), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "--skip-bad" in err and "Traceback" not in err
+    assert cli.main(["predict", str(cli_run), str(good), str(broken), "--out", str(out), "--skip-bad",
+                     "--no-progress"]) == 0
+    assert "1 image(s) left out" in capsys.readouterr().out
+    assert len(list(csv.DictReader(out.open()))) == 1
+    assert "broken.jpg" in (tmp_path / "p.bad_rows.csv").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--set", "optim.lr=-1"], "optim.lr=-1 must be a positive number"),
+    (["train", "--model", "no_such_model", "--data", "synthetic_lesions", "--data-option", "count=20",
+      "--data-option", "size=32", "--epochs", "1", "--no-progress"], "no_such_model"),
+    (["train", "--config", "missing.yaml"], "neither a file nor a shipped config"),
+    (["evaluate", "/nonexistent/run"], "is not a run directory"),
+    (["predict", "/nonexistent/run", "x.png"], "is not a run directory"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ConfigError):
+        cli.main(["--debug", "train", "--set", "optim.lr=-1"])

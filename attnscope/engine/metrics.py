@@ -77,7 +77,7 @@ class EpochOutputs(Metric):
         self.count += len(targets)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        if not self.probs:
+        if isinstance(self.probs, list) and not self.probs:  # after a DDP sync the state is one tensor
             return torch.empty(0), torch.empty(0), math.nan
         return dim_zero_cat(self.probs), dim_zero_cat(self.targets), float(self.loss_sum / self.count.clamp_min(1))
 

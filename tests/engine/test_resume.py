@@ -1,0 +1,54 @@
+"""A run killed by SIGKILL at an arbitrary moment resumes to the very weights of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
+
+from .conftest import TINY, run_cli
+
+EPOCHS = "4"
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_cli("train", *TINY, "--epochs", EPOCHS, "--run-dir", str(whole))
+
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    process = subprocess.Popen([sys.executable, "-m", "attnscope", "train", *TINY, "--epochs", EPOCHS,
+                                "--run-dir", str(killed)], env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = RunPaths(killed).last_state
+    deadline = time.monotonic() + 240
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.15)  # into the next epoch, or wherever the process happens to be
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    finished = len(read_metrics_csv(RunPaths(killed).metrics))
+    assert finished < int(EPOCHS)
+
+    run_cli("train", "--resume", str(killed), "--no-progress", check=False)  # --no-progress is refused ...
+    result = run_cli("train", "--resume", str(killed))  # ... a resume takes the run's own config
+    assert "best epoch" in result.stdout
+
+    expected, resumed = load_weights(RunPaths(whole).last_weights), load_weights(RunPaths(killed).last_weights)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics_csv(RunPaths(killed).metrics)]
+    reference = [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics_csv(RunPaths(whole).metrics)]
+    assert history == reference
+    assert "resuming" in RunPaths(killed).log.read_text()
+
+
+def test_resume_of_something_that_is_not_a_run_says_so(tmp_path):
+    result = run_cli("train", "--resume", str(tmp_path), check=False)
+    assert result.returncode == 1
+    assert f"{tmp_path} is not a run directory" in result.stderr and "Traceback" not in result.stderr
