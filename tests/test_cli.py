@@ -169,6 +169,7 @@ def test_predict_stops_on_a_bad_image_unless_skip_bad(cli_run, tmp_path, capsys)
       "--data-option", "size=32", "--epochs", "1", "--no-progress"], "no_such_model"),
     (["train", "--config", "missing.yaml"], "neither a file nor a shipped config"),
     (["evaluate", "/nonexistent/run"], "is not a run directory"),
+    (["train", "--precision", "fp13", *TINY], "precision='fp13') are refused by Lightning: Precision 'fp13'"),
     (["predict", "/nonexistent/run", "x.png"], "is not a run directory"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
@@ -176,8 +177,46 @@ def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path, monkeypatc
     assert cli.main(argv) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("config.yaml"))  # a failed start leaves no run behind
 
 
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ConfigError):
         cli.main(["--debug", "train", "--set", "optim.lr=-1"])
+
+
+def write_kaggle_layout(folder, count=60, missing=()):
+    """marking.csv (image_id,target,patient_id) and train/<id>.jpg of generated lesions."""
+    from attnscope.data.sources.synthetic import render_lesion
+
+    rows = ["image_id,target,patient_id"]
+    for i in range(count):
+        target = i % 2
+        rng = np.random.default_rng((7, i))
+        image, _ = render_lesion(rng, rng.normal(2.2 * target, 1.0), 48)
+        if i not in missing:
+            (folder / "train").mkdir(exist_ok=True)
+            Image.fromarray(image).save(folder / "train" / f"ISIC_{i:04d}.jpg", quality=90)
+        rows.append(f"ISIC_{i:04d},{target},P{i // 2}")
+    (folder / "marking.csv").write_text("\n".join(rows) + "\n")
+    return folder / "marking.csv"
+
+
+def test_own_data_with_the_melanoma_recipe_and_bad_rows(tmp_path, capsys):
+    marking = write_kaggle_layout(tmp_path, missing=(5,))
+    argv = ["train", "--config", "melanoma", "--data-option", f"csv_path={marking}", "--data-option",
+            f"image_root={tmp_path / 'train'}", "--model", "attn_vgg_tiny", "--image-size", "32", "--epochs", "1",
+            "--set", "data.undersample={benign: 20}", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "stopped")]) == 1
+    err = capsys.readouterr().err
+    assert "ISIC_0005" in err and "row 7" in err and "--skip-bad" in err
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "run"), "--skip-bad"]) == 0
+    assert "ISIC_0005" in (tmp_path / "run" / "bad_rows.csv").read_text()
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["classes"] == ["benign", "malignant"] and data["rows"] == 59
+    assert data["counts"]["train"]["per_class"][0] <= 20  # undersampled as configured
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert "has no test split" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--split", "val", "--no-progress"]) == 0
+    assert "val split" in capsys.readouterr().out

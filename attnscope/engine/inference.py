@@ -113,6 +113,9 @@ def evaluation_rows(run: LoadedRun, source: str | None = None, source_options: d
     if source is None:
         data = DataModule(data_config).setup()
         _check_same_split(data, run.paths)
+        if len(data.rows(split)) == 0:
+            raise DataError(f"{run.paths.root} has no {split} split (data.{split}_fraction is 0); "
+                            "evaluate with --split val, or on other data with --data")
         return data.loader(split)
     manifest = load_source(source, **(source_options or {}))
     _check_classes(manifest, run)

@@ -46,8 +46,11 @@ def build_loss(config: RunConfig, kind: str, class_weights: torch.Tensor | None)
     section = config.loss
     if section.name == "focal":
         alpha = section.alpha
-        if class_weights is not None and kind != "binary":
-            alpha = class_weights
+        if class_weights is not None:
+            # class weights replace alpha; binary focal loss weighs the positive class by alpha and
+            # the negative by 1 - alpha, so the weights become the positive's share of their sum
+            alpha = class_weights[1] / class_weights.sum() if kind == "binary" else class_weights
+            log.info("focal loss: alpha from data.class_weights: %s", alpha.tolist())
         elif isinstance(alpha, list):
             alpha = torch.tensor(alpha, dtype=torch.float32)
         return FocalLoss(alpha=alpha, gamma=section.gamma, task=kind)

@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -187,6 +188,15 @@ def make_trainer(config: RunConfig, paths: RunPaths, callbacks: list[Callback], 
     section = config.trainer
     if section.progress:
         callbacks = [*callbacks, TQDMProgressBar(leave=True)]
+    try:
+        return _trainer(section, paths, callbacks, steps_per_epoch)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        raise ConfigError(f"trainer options (accelerator={section.accelerator!r}, devices={section.devices!r}, "
+                          f"num_nodes={section.num_nodes}, strategy={section.strategy!r}, "
+                          f"precision={section.precision!r}) are refused by Lightning: {error}") from error
+
+
+def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoch: int) -> L.Trainer:
     return L.Trainer(
         default_root_dir=paths.root, max_epochs=section.epochs, accelerator=section.accelerator,
         devices=section.devices, num_nodes=section.num_nodes, strategy=section.strategy,
@@ -209,8 +219,6 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         raise ConfigError(f"{paths.root} already holds a run; continue it with --resume {paths.root}, "
                           "or choose another --run-dir")
     paths.root.mkdir(parents=True, exist_ok=True)
-    if rank_zero and not resume:
-        atomic_write(paths.config, dump_config(config))
     launched = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches
     try:
@@ -225,8 +233,6 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
         seed_all(config.trainer.seed)
         log.info("run %s: %s on %s", paths.root, config.model.name, config.data.source)
         data = DataModule(config.data).setup()
-        if rank_zero:
-            data.write(paths.root)
         manifest = data.manifest
         kind = task_kind(manifest.num_classes, manifest.multilabel)
         model = build_model(config, manifest.num_classes, manifest.multilabel, data.channels)
@@ -235,6 +241,11 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
         recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
         steps = -(-len(data.rows("train")) // config.data.batch_size)
         trainer = make_trainer(config, paths, [recorder], steps)
+        # written once everything is known to work, so a failed start leaves no half run behind
+        if rank_zero:
+            if not resume:
+                atomic_write(paths.config, dump_config(config))
+            data.write(paths.root)
         state = paths.last_state if resume and paths.last_state.exists() else None
         if resume:
             log.info("resuming %s from %s", paths.root, state or "the start (no epoch had finished)")

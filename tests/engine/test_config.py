@@ -60,3 +60,12 @@ def test_shipped_configs_load_and_unknown_names_list_them(tmp_path):
 def test_from_dict_refuses_a_section_that_is_not_a_mapping():
     with pytest.raises(ConfigError, match="'optim' must be a mapping"):
         RunConfig.from_dict({"optim": 3})
+
+
+def test_the_shipped_melanoma_config_is_the_seed_recipe():
+    config = load_config("melanoma", ["data.source_options.csv_path=/data/marking.csv"])
+    assert config.data.source == "csv" and config.data.source_options["csv_path"] == "/data/marking.csv"
+    assert config.data.undersample == {"benign": 6000} and config.data.val_fraction == 0.2
+    assert (config.data.augment.rotation, config.data.augment.hflip, config.data.augment.vflip) == (10, True, True)
+    assert (config.optim.name, config.optim.lr, config.loss.name) == ("adam", 1e-4, "focal")
+    assert config.model.name == "attn_vgg16_bn" and config.data.image_size == 224

@@ -80,3 +80,45 @@ def test_schedules_and_optimizers_run(tmp_path, schedule):
                                                              "trainer.grad_clip=1.0", "loss.name=ce"]
     result = train(load_config(None, settings))
     assert result.best["epoch"] == 0 and 0 <= result.best["value"] <= 1
+
+
+def test_class_weights_become_the_focal_alpha_and_bce_pos_weight():
+    from attnscope.engine.task import build_loss
+
+    weights = torch.tensor([0.5, 1.5])
+    focal = build_loss(load_config(None, []), "binary", weights)
+    assert focal.alpha.item() == pytest.approx(0.75)
+    bce = build_loss(load_config(None, ["loss.name=ce"]), "binary", weights)
+    logits, target = torch.tensor([[0.3], [-1.2]]), torch.tensor([1.0, 0.0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target[:, None],
+                                                                    pos_weight=torch.tensor([3.0]))
+    torch.testing.assert_close(bce(logits, target), expected)
+    multiclass = build_loss(load_config(None, ["loss.name=ce", "loss.label_smoothing=0.1"]), "multiclass",
+                            torch.tensor([1.0, 2.0, 3.0]))
+    logits3, target3 = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(multiclass(logits3, target3), torch.nn.functional.cross_entropy(
+        logits3, target3, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1))
+
+
+def test_warmup_cosine_rises_then_falls_to_the_floor():
+    from attnscope.engine.task import warmup_cosine
+
+    factors = [warmup_cosine(step, 4, 20, 0.1) for step in range(20)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4] == pytest.approx(1.0) and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_each_epoch_and_process_draws_its_own_seed():
+    from attnscope.engine.task import epoch_seed
+
+    seeds = {epoch_seed(0, epoch, rank) for epoch in range(5) for rank in range(2)}
+    assert len(seeds) == 10 and epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)
+
+
+def test_channels_last_and_bf16_mixed_precision_train(tmp_path):
+    settings = tiny_settings(tmp_path / "run", epochs=1) + ["trainer.channels_last=true",
+                                                             "trainer.precision=bf16-mixed"]
+    result = train(load_config(None, settings))
+    assert 0 <= result.best["value"] <= 1
+    assert all(torch.isfinite(t).all() for t in load_weights(RunPaths(tmp_path / "run").last_weights).values())

@@ -1,0 +1,26 @@
+"""The training-step benchmark runs end to end on a tiny model and reports consistent figures."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_epoch.py"
+
+
+def test_reports_steps_epoch_and_ratios_to_the_baseline(tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--model", "attn_vgg_tiny", "--size", "32", "--steps", "2",
+                             "--batch", "8", "--epoch-images", "100", "--variants", "fp32,channels_last",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    fp32, channels_last, summary = lines
+    assert (fp32["variant"], channels_last["variant"]) == ("fp32", "channels_last")
+    assert fp32["train_img_per_s"] == round(8 / fp32["train_step_s"], 2) or abs(
+        fp32["train_img_per_s"] - 8 / fp32["train_step_s"]) < 0.5
+    # 80 training images -> 10 steps, 20 validation images -> 3 steps
+    assert abs(fp32["epoch_s"] - (10 * fp32["train_step_s"] + 3 * fp32["val_step_s"])) < 0.1
+    assert summary["train_speedup"]["fp32"] == 1.0
+    assert abs(summary["train_speedup"]["channels_last"] - fp32["train_step_s"] / channels_last["train_step_s"]) < 0.01
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
