@@ -122,3 +122,16 @@ def test_channels_last_and_bf16_mixed_precision_train(tmp_path):
     result = train(load_config(None, settings))
     assert 0 <= result.best["value"] <= 1
     assert all(torch.isfinite(t).all() for t in load_weights(RunPaths(tmp_path / "run").last_weights).values())
+
+
+def test_with_ema_the_saved_weights_are_the_average_not_the_raw_model(tmp_path):
+    train(load_config(None, tiny_settings(tmp_path / "run", epochs=1) + ["trainer.ema_decay=0.5"]))
+    paths = RunPaths(tmp_path / "run")
+    state = torch.load(paths.last_state, weights_only=True)["state_dict"]
+    saved = load_weights(paths.last_weights)
+    averaged = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    raw = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    assert saved.keys() == averaged.keys() == raw.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, averaged[name]), name
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
