@@ -124,6 +124,11 @@ def test_predict_writes_probabilities_per_class(cli_run, tmp_path, capsys):
                      "--no-progress"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["id"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
+    folder_out = tmp_path / "folder.csv"
+    assert cli.main(["predict", str(cli_run), str(tmp_path), "--out", str(folder_out), "--no-progress"]) == 0
+    from_folder = list(csv.DictReader(folder_out.open()))
+    assert [r["id"] for r in from_folder] == ["img_0.png", "img_1.png", "img_2.png"]
+    assert [r["prob_malignant"] for r in from_folder] == [r["prob_malignant"] for r in rows]
     for row in rows:
         benign, malignant = float(row["prob_benign"]), float(row["prob_malignant"])
         assert benign + malignant == pytest.approx(1, abs=1e-5)

@@ -160,6 +160,21 @@ def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, source: str
     return result
 
 
+def expand_images(images: Sequence[str | Path]) -> list[str]:
+    """Image paths, with each folder replaced by the image files under it (sorted)."""
+    paths: list[str] = []
+    for item in images:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise DataError(f"{item}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(str(p) for p in found)
+        else:
+            paths.append(str(item))
+    return paths
+
+
 def image_manifest(images: Sequence[str | Path], classes: list[str]) -> Manifest:
     """A label-less manifest of image files (labels are zeros) for prediction."""
     paths = [str(Path(p)) for p in images]
@@ -192,11 +207,12 @@ def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str 
 
 def predict(run_dir: str | Path, images: Sequence[str | Path], out: str | Path, weights: str = "best",
             skip_bad: bool = False, progress: bool = True) -> dict:
-    """Per-class probabilities of ``images`` as a CSV (id, path, prob_<class>..., predicted)."""
+    """Per-class probabilities of ``images`` (files, or folders of them) as a CSV
+    (id, path, prob_<class>..., predicted)."""
     run = load_run(run_dir, weights)
     if not images:
         raise DataError("no images given; pass image files or --csv FILE")
-    manifest = image_manifest(images, run.classes)
+    manifest = image_manifest(expand_images(images), run.classes)
     with tempfile.TemporaryDirectory(prefix="attnscope-predict-") as scratch:
         decoded: DecodedSet = load_images(manifest, run.image_size, run.config.data.mode, scratch,
                                           run.config.data.workers, run.config.data.pixel_limit, progress)
