@@ -14,6 +14,7 @@ import torch
 from matplotlib import colormaps
 from torch.nn import functional as F
 
+from attnscope.explain.cam import normalise
 from attnscope.layers.tap import capture_attention
 
 
@@ -26,13 +27,6 @@ def spatial_maps(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[s
         mean = attention.detach().float().mean(dim=1, keepdim=True)
         result[name] = F.interpolate(mean, size=size, mode="bilinear", align_corners=False)[:, 0]
     return result
-
-
-def normalise_per_image(maps: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) scaled to [0, 1] per image; a constant map becomes zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
@@ -67,7 +61,7 @@ def write_attention_grid(images_u8: torch.Tensor, maps: dict[str, torch.Tensor],
     pictures = images_u8.permute(0, 2, 3, 1).float().numpy() / 255.0
     if pictures.shape[-1] == 1:
         pictures = pictures[..., 0]
-    shown = {name: normalise_per_image(values).numpy() for name, values in maps.items()}
+    shown = {name: normalise(values).numpy() for name, values in maps.items()}
     for row in range(rows):
         cells = [pictures[row]] + [overlay(pictures[row], shown[name][row], alpha, cmap) for name in maps]
         for column, cell in enumerate(cells):
