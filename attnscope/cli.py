@@ -139,6 +139,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_scores(summary: dict) -> None:
+    names = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc")
+    shown = [n for n in names if any(n in entry for entry in summary.values())]
+    width = max([len(m) for m in summary] + [6])
+    print(f"{'method':<{width}}  " + "  ".join(f"{n:>13}" for n in shown))
+    for method, entry in summary.items():
+        print(f"{method:<{width}}  " + "  ".join(f"{entry[n]:>13.3f}" if n in entry else f"{'':>13}" for n in shown))
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from attnscope.engine.config import apply_settings
+    from attnscope.explain.explainer import explain_run
+
+    options = apply_settings({}, args.data_option or []) if args.data_option else None
+    if options and not args.data:
+        raise ConfigError("--data-option needs --data SOURCE")
+    out = args.out or f"{args.run}/explain"
+    result = explain_run(args.run, out, args.images, args.method or ["all"], args.data, options, args.split, args.count,
+                         args.weights, args.steps, args.layer, args.skip_bad, progress=not args.no_progress)
+    print(f"{result['images']} image(s), methods: {', '.join(result['methods'])}")
+    _print_scores(result["summary"])
+    masks = "" if result["has_masks"] else " (no masks: faithfulness only)"
+    print(f"overlays, raw maps and scores.csv{masks}: {result['out']}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -247,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="output CSV (default RUN/predictions.csv)")
     _add_data_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
+
+    explain = verbs.add_parser("explain", help="attention maps and CAMs of a run, drawn and scored")
+    explain.add_argument("run", metavar="RUN")
+    explain.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders (default: the split)")
+    explain.add_argument("--method", action="append",
+                         help="attention, gradcam, gradcam++, xgradcam, layercam or all (default; repeatable)")
+    explain.add_argument("--data", metavar="SOURCE", help="explain images of this source (with masks: scored)")
+    explain.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    explain.add_argument("--split", default="test", choices=["train", "val", "test"])
+    explain.add_argument("--count", type=int, default=16, help="images to explain (0: all; default 16)")
+    explain.add_argument("--layer", action="append", help="CAM target layer (default: the model's; repeatable)")
+    explain.add_argument("--steps", type=int, default=16, help="steps of the deletion/insertion curves")
+    explain.add_argument("--weights", default="best")
+    explain.add_argument("--out", help="output folder (default RUN/explain)")
+    _add_data_flags(explain)
+    explain.set_defaults(handler=_cmd_explain)
 
     demo = verbs.add_parser("demo", help="train, evaluate and draw attention on built-in synthetic lesions")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")

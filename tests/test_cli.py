@@ -225,3 +225,37 @@ def test_own_data_with_the_melanoma_recipe_and_bad_rows(tmp_path, capsys):
     assert "has no test split" in capsys.readouterr().err
     assert cli.main(["evaluate", str(tmp_path / "run"), "--split", "val", "--no-progress"]) == 0
     assert "val split" in capsys.readouterr().out
+
+
+def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):
+    out = tmp_path / "explain"
+    assert cli.main(["explain", str(cli_run), "--count", "5", "--out", str(out), "--steps", "4",
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 image(s)" in printed and "pointing_game" in printed
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    methods = {"attention:pool3", "attention:pool4", "gradcam", "gradcam++", "xgradcam", "layercam"}
+    assert {r["method"] for r in rows} == methods and len(rows) == 5 * 6
+    for row in rows:
+        assert row["pointing_game"] in ("0.0", "1.0")  # the test split of generated lesions has masks
+        assert 0 <= float(row["energy"]) <= 1 and 0 <= float(row["jaccard"]) <= 1
+        assert 0 <= float(row["deletion_auc"]) <= 1 and 0 <= float(row["insertion_auc"]) <= 1
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(overlays) == 5
+    raw = np.load(sorted((out / "maps").glob("*.npz"))[0])
+    assert set(raw.files) == {"attention_pool3", "attention_pool4", "gradcam", "gradcampp", "xgradcam", "layercam"}
+    # raw attention keeps its own grid and normalisation: a softmax map over pool-4 (2x2 at 32 px)
+    assert raw["attention_pool4"].shape == (2, 2) and raw["attention_pool4"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert raw["gradcam"].min() >= 0 and raw["gradcam"].shape == (2, 2)  # the CAM layer's own grid
+
+
+def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp_path, capsys):
+    images = write_images(tmp_path, 2)
+    out = tmp_path / "explain"
+    assert cli.main(["explain", str(cli_run), *map(str, images), "--method", "gradcam", "--method", "attention",
+                     "--out", str(out), "--steps", "4", "--no-progress"]) == 0
+    header = (out / "scores.csv").read_text().splitlines()[0]
+    assert header == "id,truth,target,probability,method,deletion_auc,insertion_auc"
+    assert "no masks" in capsys.readouterr().out
+    assert cli.main(["explain", str(cli_run), "--method", "scorecam", "--no-progress"]) == 1
+    assert "unknown explanation method(s) ['scorecam']" in capsys.readouterr().err

@@ -205,21 +205,28 @@ def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str 
     return paths
 
 
+def file_loader(run: LoadedRun, images: Sequence[str | Path], scratch: str | Path, skip_bad: bool = False,
+                progress: bool = True) -> BatchLoader:
+    """Batches of image files (or folders of them) decoded as the run's data were, via ``scratch``."""
+    if not images:
+        raise DataError("no images given; pass image files or folders, or --csv FILE")
+    manifest = image_manifest(expand_images(images), run.classes)
+    decoded: DecodedSet = load_images(manifest, run.image_size, run.config.data.mode, scratch,
+                                      run.config.data.workers, run.config.data.pixel_limit, progress)
+    check_bad_rows(decoded.manifest, skip_bad)
+    batch = run.config.data.eval_batch_size or run.config.data.batch_size
+    return BatchLoader(decoded, np.arange(len(decoded.manifest)), batch)
+
+
 def predict(run_dir: str | Path, images: Sequence[str | Path], out: str | Path, weights: str = "best",
             skip_bad: bool = False, progress: bool = True) -> dict:
     """Per-class probabilities of ``images`` (files, or folders of them) as a CSV
     (id, path, prob_<class>..., predicted)."""
     run = load_run(run_dir, weights)
-    if not images:
-        raise DataError("no images given; pass image files or --csv FILE")
-    manifest = image_manifest(expand_images(images), run.classes)
     with tempfile.TemporaryDirectory(prefix="attnscope-predict-") as scratch:
-        decoded: DecodedSet = load_images(manifest, run.image_size, run.config.data.mode, scratch,
-                                          run.config.data.workers, run.config.data.pixel_limit, progress)
-        check_bad_rows(decoded.manifest, skip_bad)
-        batch = run.config.data.eval_batch_size or run.config.data.batch_size
-        loader = BatchLoader(decoded, np.arange(len(decoded.manifest)), batch)
+        loader = file_loader(run, images, scratch, skip_bad, progress)
         probs, _, rows = predict_loader(run, loader, progress)
+    decoded = loader.decoded
     per_class = class_probabilities(probs, run.kind).numpy()
     names = predicted_names(probs, run)
     kept = decoded.manifest

@@ -18,15 +18,20 @@ from attnscope.explain.cam import normalise
 from attnscope.layers.tap import capture_attention
 
 
+def native_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every spatial map as (B, h, w) at its own resolution, heads averaged; channel maps (B, C) left out."""
+    return {name: attention.detach().float().mean(dim=1) for name, attention in maps.items() if attention.dim() == 4}
+
+
+def upsample(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """(B, h, w) maps resized bilinearly to ``size``."""
+    return {name: F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            for name, values in maps.items()}
+
+
 def spatial_maps(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Every spatial map as (B, H, W) at ``size`` (heads averaged); channel maps (B, C) are left out."""
-    result = {}
-    for name, attention in maps.items():
-        if attention.dim() != 4:
-            continue
-        mean = attention.detach().float().mean(dim=1, keepdim=True)
-        result[name] = F.interpolate(mean, size=size, mode="bilinear", align_corners=False)[:, 0]
-    return result
+    return upsample(native_maps(maps), size)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
@@ -49,19 +54,21 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor) -> dict[str, to
 
 
 def write_attention_grid(images_u8: torch.Tensor, maps: dict[str, torch.Tensor], titles: list[str], path: Path,
-                         alpha: float = 0.4, cmap: str = "jet") -> Path:
-    """A figure with one row per image: the input, then each tap's overlay (the seed's figure)."""
+                         alpha: float = 0.4, cmap: str = "jet", normalise_maps: bool = True) -> Path:
+    """A figure with one row per image: the input, then one overlay per map, titled by its key
+    (the seed's "input | pool-3 attention | pool-4 attention" figure). Maps are (B, H, W); they are
+    min-max scaled per image for display unless ``normalise_maps`` is False (already in [0, 1])."""
     import matplotlib.pyplot as plt
 
     from attnscope.engine.plots import save_figure
 
-    columns = ["input", *[f"{name} attention" for name in maps]]
+    columns = ["input", *maps]
     rows = images_u8.shape[0]
     figure, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows + 0.3), squeeze=False)
     pictures = images_u8.permute(0, 2, 3, 1).float().numpy() / 255.0
     if pictures.shape[-1] == 1:
         pictures = pictures[..., 0]
-    shown = {name: normalise(values).numpy() for name, values in maps.items()}
+    shown = {name: (normalise(values) if normalise_maps else values).numpy() for name, values in maps.items()}
     for row in range(rows):
         cells = [pictures[row]] + [overlay(pictures[row], shown[name][row], alpha, cmap) for name in maps]
         for column, cell in enumerate(cells):
@@ -86,7 +93,7 @@ def write_run_attention_grid(run, loader, count: int, path: Path) -> Path:
     batch = next(iter(loader))
     images_u8 = batch["image"][:count]
     images, _ = run.transform(images_u8)
-    maps = attention_maps(run.model, images)
+    maps = {f"{tap} attention": values for tap, values in attention_maps(run.model, images).items()}
     probs = class_probabilities(probabilities(run.model(images), run.kind), run.kind)
     manifest = loader.decoded.manifest
     titles = []
