@@ -15,7 +15,7 @@ PIP_FLAGS := --disable-pip-version-check -c constraints.txt $(if $(WHEELS),--fin
 # elsewhere a note says how, and the tests that need it are skipped.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench clean fashion-mnist
+.PHONY: test demo bench clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,20 @@ fashion-mnist:
 	  fi; \
 	fi
 
-test: $(STAMP) fashion-mnist
+# The report test opens the HTML in a real browser: Debian's chromium and chromedriver,
+# installed like the data set above (without them that one test is skipped, saying why).
+chromium:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver"; \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium/chromedriver are not installed (sudo apt-get install chromium chromium-driver);" \
+	         "the browser test of the report is skipped"; \
+	  fi; \
+	fi
+
+test: $(STAMP) fashion-mnist chromium
 	$(PY) -m pytest -q
 
 # The main job on built-in data: train a small attention VGG on generated lesions,

@@ -122,6 +122,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.run, args.out, args.data, options, args.split, args.weights,
                       progress=not args.no_progress, skip_bad=args.skip_bad)
     _print_metrics(result)
+    if not args.no_report and args.data is None and args.split == "test":
+        from attnscope.explain.report import write_report
+
+        report = write_report(args.run, weights=args.weights, progress=not args.no_progress, evaluation=result)
+        print(f"report: {report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from attnscope.explain.report import write_report
+
+    report = write_report(args.run, args.out, args.per_group, args.score_images, args.steps, args.weights,
+                          progress=not args.no_progress)
+    print(f"report: {report}")
     return 0
 
 
@@ -173,6 +187,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from attnscope.engine.inference import evaluate as evaluate_run
     from attnscope.engine.train import train
     from attnscope.explain.overlay import write_run_attention_grid
+    from attnscope.explain.report import write_report
 
     _quiet_lightning(args.verbose)
 
@@ -194,6 +209,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run = load_run(run_dir)
     grid = write_run_attention_grid(run, evaluation_rows(run, progress=False), 8, run_dir / "attention.png")
     print(f"attention overlays (input | pool3 | pool4): {grid}")
+    report = write_report(run_dir, progress=not args.no_progress, evaluation=evaluation)
+    print(f"report (metrics, curves, attention vs Grad-CAM scores, gallery): {report}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {run_dir}")
     return 0
 
@@ -260,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
     evaluate.add_argument("--out", help="output folder (default RUN/evaluation)")
+    evaluate.add_argument("--no-report", action="store_true", help="do not write RUN/report.html afterwards")
     _add_data_flags(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
@@ -289,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", help="output folder (default RUN/explain)")
     _add_data_flags(explain)
     explain.set_defaults(handler=_cmd_explain)
+
+    report = verbs.add_parser("report", help="one self-contained HTML page about a run")
+    report.add_argument("run", metavar="RUN")
+    report.add_argument("--out", help="output file (default RUN/report.html)")
+    report.add_argument("--per-group", type=int, default=4, help="gallery images per outcome group (default 4)")
+    report.add_argument("--score-images", type=int, default=32, help="test images scored (default 32)")
+    report.add_argument("--steps", type=int, default=8, help="steps of the deletion/insertion curves")
+    report.add_argument("--weights", default="best")
+    report.add_argument("--no-progress", action="store_true")
+    report.set_defaults(handler=_cmd_report)
 
     demo = verbs.add_parser("demo", help="train, evaluate and draw attention on built-in synthetic lesions")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")

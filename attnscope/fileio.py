@@ -18,6 +18,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str 
     payload = data.encode(encoding) if isinstance(data, str) else data
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        os.chmod(temporary, _mode_for(target))
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -27,3 +29,13 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str 
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def _mode_for(target: Path) -> int:
+    """The existing file's permissions, or 0666 less the process's umask for a new file."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

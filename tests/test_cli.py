@@ -60,7 +60,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.engine.conftest import TINY  # noqa: E402
+from tests.runs import TINY  # noqa: E402
 
 
 @pytest.fixture(scope="module")

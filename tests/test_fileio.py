@@ -24,3 +24,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         atomic_write(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+
+
+def test_new_files_get_the_usual_permissions_and_existing_ones_keep_theirs(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "new.txt", "x")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        atomic_write(path, "y")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -6,7 +6,7 @@ from attnscope.engine.inference import evaluation_rows, load_run, predict_loader
 from attnscope.engine.metrics import summarize
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
 
-from .conftest import TINY, run_cli
+from tests.runs import TINY, run_cli
 
 
 def test_ddp_on_two_cpu_processes_reduces_metrics_across_them(tmp_path):

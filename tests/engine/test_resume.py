@@ -10,7 +10,7 @@ import torch
 
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
 
-from .conftest import TINY, run_cli
+from tests.runs import TINY, run_cli
 
 EPOCHS = "4"
 

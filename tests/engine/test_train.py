@@ -10,7 +10,7 @@ from attnscope.engine.rundir import RunPaths, load_weights, read_json, read_metr
 from attnscope.engine.train import train
 from attnscope.errors import ConfigError
 
-from .conftest import tiny_settings
+from tests.runs import tiny_settings
 
 
 def test_a_run_directory_holds_everything_a_run_records(trained_run):

@@ -1,9 +1,9 @@
+"""Tiny training runs shared by the engine, CLI and explain tests."""
+
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 # A run small enough for a unit test: 160 generated lesions at 32 px, a tiny attention VGG.
 TINY = ["--model", "attn_vgg_tiny", "--data", "synthetic_lesions", "--data-option", "count=160",
@@ -26,14 +26,3 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"attnscope {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """One tiny run trained in-process, shared by the tests that only read it."""
-    from attnscope.engine.config import load_config
-    from attnscope.engine.train import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(load_config(None, tiny_settings(run_dir, epochs=3)))
-    return run_dir

@@ -1,0 +1,69 @@
+"""The HTML report, opened in a real browser: headless Chromium through chromedriver."""
+
+import base64
+import re
+import shutil
+
+import pytest
+
+from attnscope.explain.report import write_report
+
+SECTIONS = ("config", "metrics", "plots", "curves", "scores", "gallery")
+
+
+@pytest.fixture(scope="module")
+def report(trained_run):
+    return write_report(trained_run, per_group=2, score_images=6, steps=4, progress=False)
+
+
+def test_the_report_is_one_self_contained_file(report):
+    page = report.read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in page
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) >= 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    for source in sources:
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("attention:pool3", "attention:pool4", "gradcam", "pointing_game", "deletion_auc"):
+        assert name in page
+    assert "false positive" in page or "false negative" in page or "true positive" in page
+
+
+def browser():
+    """A headless Chromium, or a skip that says what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install .[test])")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Chromium or chromedriver is not installed (apt-get install chromium chromium-driver; "
+                    "make test installs them when it runs as root with apt)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--window-size=1280,2000"):
+        options.add_argument(argument)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_the_report_renders_in_chromium_without_errors(report, tmp_path):
+    driver = browser()
+    try:
+        driver.get(report.resolve().as_uri())
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+        present = driver.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
+        assert list(present) == list(SECTIONS)
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) >= 5
+        for alt, complete, width, height in images:
+            assert complete and width > 0 and height > 0, alt
+        assert driver.execute_script("return document.querySelector('#metrics table').rows.length") > 5
+        screenshot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    finally:
+        driver.quit()
