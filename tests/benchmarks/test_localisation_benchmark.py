@@ -1,0 +1,28 @@
+"""The localisation benchmark runs end to end on a tiny setting and reports every method's scores."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "localisation.py"
+
+
+def test_scores_every_method_and_checks_the_goals(tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--settings", "lesions_supervised",
+                             "--images", "6", "--steps", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    records, summary = lines[:-1], lines[-1]
+    assert {r["method"] for r in records} == {"attention:pool3", "attention:pool4", "gradcam", "gradcam++",
+                                              "xgradcam", "layercam"}
+    for record in records:
+        assert record["setting"] == "lesions_supervised" and record["images"] == 6
+        for name in ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc"):
+            assert 0 <= record[name] <= 1
+    best = max(r["jaccard"] for r in records if r["method"].startswith("attention:"))
+    assert summary["goals"]["supervised_lesions_attention_jaccard"] == best
+    assert summary["goals"]["jaccard_0.7_met"] == (best >= 0.7)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
