@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import append_records, choose  # noqa: E402
 from attnscope.engine.config import load_config  # noqa: E402
 from attnscope.engine.rundir import RunPaths, read_json  # noqa: E402
 from attnscope.engine.train import train  # noqa: E402
@@ -36,16 +38,16 @@ from attnscope.explain.explainer import explain_run  # noqa: E402
 
 def settings_for(name: str, quick: bool) -> list[str]:
     """The run config of one setting, as dotted settings over the defaults."""
-    common = ["model.name=attn_vgg_tiny", "trainer.progress=false", "data.progress=false", "optim.name=adam",
+    shared = ["model.name=attn_vgg_tiny", "trainer.progress=false", "data.progress=false", "optim.name=adam",
               "optim.lr=0.001", "schedule.name=cosine", "schedule.warmup_epochs=1", "trainer.seed=0"]
     if name == "cluttered":
         count = 600 if quick else 12000
-        return common + [
+        return shared + [
             "data.source=cluttered", f"data.source_options={{count: {count}, canvas: 64, clutter: 4, seed: 0}}",
             "data.image_size=64", "data.mode=L", "data.batch_size=64", "data.augment={rotation: 0, hflip: false, vflip: false}",
             "loss.name=ce", f"trainer.epochs={1 if quick else 12}", "trainer.monitor=val/accuracy"]
     count = 300 if quick else 4000
-    lesion = common + [
+    lesion = shared + [
         "data.source=synthetic_lesions", f"data.source_options={{count: {count}, size: 80, seed: 0}}",
         "data.image_size=64", "data.batch_size=32", "model.options={normalize: sigmoid}",
         f"trainer.epochs={1 if quick else 15}"]
@@ -66,10 +68,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
-    chosen = args.settings.split(",")
-    unknown = sorted(set(chosen) - set(SETTINGS))
-    if unknown:
-        parser.error(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    chosen = choose(parser, args.settings, SETTINGS, "setting")
     records = []
     with tempfile.TemporaryDirectory(prefix="attnscope-localisation-") as scratch:
         root = Path(args.workdir or scratch)
@@ -91,10 +90,7 @@ def main() -> None:
                 print(json.dumps(record), flush=True)
     summary = {"summary": "localisation", "quick": args.quick, "goals": goals(records)}
     print(json.dumps(summary), flush=True)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            for record in [*records, summary]:
-                handle.write(json.dumps(record) + "\n")
+    append_records(args.out, [*records, summary])
 
 
 def goals(records: list[dict]) -> dict:

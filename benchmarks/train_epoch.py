@@ -30,10 +30,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from common import append_records, choose  # noqa: E402
 from attnscope.data.module import DataModule  # noqa: E402
 from attnscope.engine.config import load_config  # noqa: E402
 from attnscope.engine.task import ClassifierTask  # noqa: E402
@@ -114,10 +116,7 @@ def main() -> None:
                         help=f"comma-separated, first is the baseline; known: {', '.join(VARIANTS)}")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    variants = choose(parser, args.variants, VARIANTS, "variant")
     records = []
     with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as cache:
         for variant in variants:
@@ -129,10 +128,7 @@ def main() -> None:
                "train_speedup": {r["variant"]: round(baseline["train_step_s"] / r["train_step_s"], 3) for r in records},
                "val_speedup": {r["variant"]: round(baseline["val_step_s"] / r["val_step_s"], 3) for r in records}}
     print(json.dumps(summary), flush=True)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            for record in [*records, summary]:
-                handle.write(json.dumps(record) + "\n")
+    append_records(args.out, [*records, summary])
 
 
 if __name__ == "__main__":
