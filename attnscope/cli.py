@@ -171,7 +171,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigError("--data-option needs --data SOURCE")
     out = args.out or f"{args.run}/explain"
     result = explain_run(args.run, out, args.images, args.method or ["all"], args.data, options, args.split, args.count,
-                         args.weights, args.steps, args.layer, args.skip_bad, progress=not args.no_progress)
+                         args.weights, args.steps, args.layer, args.skip_bad, progress=not args.no_progress,
+                         alpha=args.alpha, cmap=args.cmap)
     print(f"{result['images']} image(s), methods: {', '.join(result['methods'])}")
     _print_scores(result["summary"])
     masks = "" if result["has_masks"] else " (no masks: faithfulness only)"
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--count", type=int, default=16, help="images to explain (0: all; default 16)")
     explain.add_argument("--layer", action="append", help="CAM target layer (default: the model's; repeatable)")
     explain.add_argument("--steps", type=int, default=16, help="steps of the deletion/insertion curves")
+    explain.add_argument("--alpha", type=float, default=0.4, help="heat map weight over the image (seed: 0.4)")
+    explain.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlays (default jet)")
     explain.add_argument("--weights", default="best")
     explain.add_argument("--out", help="output folder (default RUN/explain)")
     _add_data_flags(explain)

@@ -259,3 +259,5 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
     assert "no masks" in capsys.readouterr().out
     assert cli.main(["explain", str(cli_run), "--method", "scorecam", "--no-progress"]) == 1
     assert "unknown explanation method(s) ['scorecam']" in capsys.readouterr().err
+    assert cli.main(["explain", str(cli_run), "--cmap", "nocolours", "--no-progress"]) == 1
+    assert "unknown colour map 'nocolours'" in capsys.readouterr().err

@@ -124,8 +124,17 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
 def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None = None, methods=("all",),
                 source: str | None = None, source_options: dict | None = None, split: str = "test",
                 count: int | None = 16, weights: str = "best", steps: int = 16, cam_layers: list[str] | None = None,
-                skip_bad: bool = False, progress: bool = True) -> dict:
-    """Overlays, raw maps and ``scores.csv`` for ``images`` (or the first ``count`` of a split/source)."""
+                skip_bad: bool = False, progress: bool = True, alpha: float = 0.4, cmap: str = "jet") -> dict:
+    """Overlays, raw maps and ``scores.csv`` for ``images`` (or the first ``count`` of a split/source).
+
+    Overlays blend ``cmap`` (any matplotlib colour map) over the image with weight ``alpha``.
+    """
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha={alpha} must lie in [0, 1] (the heat map's weight over the image)")
+    from matplotlib import colormaps
+
+    if cmap not in colormaps:
+        raise ConfigError(f"unknown colour map {cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)")
     run = load_run(run_dir, weights)
     methods = resolve_methods(list(methods))
     out = Path(out)
@@ -156,7 +165,7 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
                              f"p({run.classes[target]})={float(explanation.probabilities[position]):.2f}")
                     figures.append(write_attention_grid(
                         images_u8[position:position + 1], {k: v[position:position + 1] for k, v in explanation.maps.items()},
-                        [title], out / "overlays" / f"{_safe(identifier)}.png", normalise_maps=False))
+                        [title], out / "overlays" / f"{_safe(identifier)}.png", alpha, cmap, normalise_maps=False))
                     buffer = io.BytesIO()
                     np.savez_compressed(buffer, **{_safe(k): v[position].numpy() for k, v in explanation.raw.items()})
                     atomic_write(out / "maps" / f"{_safe(identifier)}.npz", buffer.getvalue())
