@@ -149,14 +149,22 @@ class ResNet(AttnClassifier):
         local_heads: int = 8,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
+        stem: str = "imagenet",
     ) -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ConfigError(f"stem={stem!r}: use 'imagenet' (7x7/2 conv and max pool, 4x smaller) or "
+                              "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)")
         options = BlockOptions(attn, attn_kwargs, local_kernel, local_heads)
         self.inplanes = width
-        self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+        if stem == "small":
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.stage_channels = []
         for index, blocks in enumerate(layers, start=1):
             stage = self._make_stage(block, width * 2 ** (index - 1), blocks, 1 if index == 1 else 2, options)
@@ -243,6 +251,7 @@ ARCHITECTURES: dict[str, tuple[Block, tuple[int, ...]]] = {
     "resnet_tiny": (BasicBlock, (1, 1, 1, 1)),
 }
 TINY_WIDTH = 16
+STEMS = ("imagenet", "small")
 PAPERS = {
     None: "He et al. 2016, ResNet",
     "se": "Hu et al. 2018, Squeeze-and-Excitation Networks",
@@ -273,17 +282,19 @@ def _register(name: str, architecture: str, attn: str | None = None, grid: bool 
         def build(num_classes: int, in_chans: int, normalize: Normalize = "softmax", attn_channels: int | None = None,
                   attn: str | None = None, attn_kwargs: dict | None = None,
                   global_attn: bool | Sequence[int] = False, dropout: float = 0.0,
-                  zero_init_residual: bool = False) -> ResNet:
+                  zero_init_residual: bool = False, stem: str = "imagenet", width: int = width) -> ResNet:
             return AttnResNet(block, layers, num_classes, in_chans, normalize=normalize, attn_channels=attn_channels,
                               width=width, attn=attn, attn_kwargs=attn_kwargs, global_attn=global_attn,
-                              dropout=dropout, zero_init_residual=zero_init_residual)
+                              dropout=dropout, zero_init_residual=zero_init_residual, stem=stem)
     else:
         def build(num_classes: int, in_chans: int, attn: str | None = fixed_attn, attn_kwargs: dict | None = None,
                   global_attn: bool | Sequence[int] = False, global_heads: int = 8, local_kernel: int = 7,
-                  local_heads: int = 8, dropout: float = 0.0, zero_init_residual: bool = False) -> ResNet:
+                  local_heads: int = 8, dropout: float = 0.0, zero_init_residual: bool = False,
+                  stem: str = "imagenet", width: int = width) -> ResNet:
             return ResNet(block, layers, num_classes, in_chans, width=width, attn=attn, attn_kwargs=attn_kwargs,
                           global_attn=global_attn, global_heads=global_heads, local_kernel=local_kernel,
-                          local_heads=local_heads, dropout=dropout, zero_init_residual=zero_init_residual)
+                          local_heads=local_heads, dropout=dropout, zero_init_residual=zero_init_residual,
+                          stem=stem)
 
     build.__name__ = build.__qualname__ = name
     register_model(config)(build)

@@ -91,3 +91,15 @@ def test_se_and_cbam_variants_are_the_backbone_with_attention():
     assert create_model("cbam_resnet18").layer3[1].attn.__class__.__name__ == "CBAM"
     assert create_model("resnet18", attn="se").layer1[0].attn is not None
     assert create_model("resnet18").layer1[0].attn is None
+
+
+def test_the_small_stem_keeps_28_px_images_at_full_resolution_into_the_first_stage():
+    model = create_model("resnet_tiny", num_classes=10, in_chans=1, stem="small", width=32).eval()
+    stages = model.forward_stages(torch.randn(2, 1, 28, 28))
+    assert [tuple(s.shape[1:]) for s in stages] == [(32, 28, 28), (64, 14, 14), (128, 7, 7), (256, 4, 4)]
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    se = create_model("se_resnet18", num_classes=10, in_chans=1, stem="small", width=16)
+    assert se.conv1.kernel_size == (3, 3) and se(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ConfigError, match="stem='tiny'"):
+        create_model("resnet_tiny", stem="tiny")

@@ -1,0 +1,26 @@
+"""The Fashion-MNIST benchmark runs end to end (one small epoch) on Debian's real data."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
+FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed "
+                    "(apt-get install dataset-fashion-mnist; make test installs it as root)")
+def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--set", "trainer.epochs=1", "--set", "model.options.width=4",
+                             "--set", "data.batch_size=512", "--set", "trainer.precision=32-true",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["test_images"] == 10000 and record["epochs"] == 1
+    assert 0.5 < record["test_accuracy"] < 1  # one epoch of a width-4 net is far from chance
+    assert record["goal_0.94_in_600s"] == (record["test_accuracy"] >= 0.94 and record["wall_s"] <= 600)
+    assert json.loads(out.read_text()) == record
