@@ -159,7 +159,9 @@ class LocalSelfAttention(nn.Module):
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, kernel_size=1, bias=qkv_bias)
         self.rel_rows = nn.Parameter(torch.empty(kernel_size, self.head_dim // 2))
         self.rel_cols = nn.Parameter(torch.empty(kernel_size, self.head_dim // 2))
-        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        # ceil_mode: an odd side gives ceil(n / stride) like a strided conv (the residual's 1x1
+        # downsample), so a 7x7 map becomes 4x4 on both paths of a block
+        self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.tap = AttentionTap()
         self.reset_parameters()
 

@@ -133,3 +133,16 @@ def test_the_map_costs_nothing_without_capture(monkeypatch):
 def test_bad_options_are_named(options, message):
     with pytest.raises(ConfigError, match=message):
         LocalSelfAttention(8, **options)
+
+
+def test_stride_on_an_odd_side_matches_a_strided_convolution():
+    layer = LocalSelfAttention(8, 8, kernel_size=3, heads=2, stride=2)
+    x = torch.randn(1, 8, 7, 7)
+    conv = torch.nn.Conv2d(8, 8, kernel_size=1, stride=2)
+    assert layer(x).shape[-2:] == conv(x).shape[-2:] == (4, 4)
+    # the last row and column average only the pixels that exist
+    unpooled = LocalSelfAttention(8, 8, kernel_size=3, heads=2, stride=1)
+    unpooled.load_state_dict(layer.state_dict())
+    full = unpooled(x)
+    torch.testing.assert_close(layer(x)[..., 3, 3], full[..., 6, 6])
+    torch.testing.assert_close(layer(x)[..., 0, 3], full[..., 0:2, 6].mean(-1))

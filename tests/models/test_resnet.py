@@ -101,5 +101,9 @@ def test_the_small_stem_keeps_28_px_images_at_full_resolution_into_the_first_sta
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     se = create_model("se_resnet18", num_classes=10, in_chans=1, stem="small", width=16)
     assert se.conv1.kernel_size == (3, 3) and se(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    # odd sides (7 -> 4) agree on both paths of a block, also with local attention's pooled stride
+    local = create_model("resnet_tiny", num_classes=10, in_chans=1, stem="small", width=16, attn="local",
+                         local_heads=4)
+    assert local(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(ConfigError, match="stem='tiny'"):
         create_model("resnet_tiny", stem="tiny")
