@@ -261,3 +261,58 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
     assert "unknown explanation method(s) ['scorecam']" in capsys.readouterr().err
     assert cli.main(["explain", str(cli_run), "--cmap", "nocolours", "--no-progress"]) == 1
     assert "unknown colour map 'nocolours'" in capsys.readouterr().err
+
+
+def write_medmnist(path, multilabel, count=90, size=28):
+    """A MedMNIST-style .npz: each class (or label) lights its own corner square."""
+    rng = np.random.default_rng(1)
+    corners = [(2, 2), (2, size - 10), (size - 10, 2)]
+    images = (rng.random((count, size, size)) * 60).astype(np.uint8)
+    if multilabel:
+        labels = (rng.random((count, 3)) < 0.5).astype(np.uint8)
+        labels[labels.sum(1) == 0, 0] = 1
+    else:
+        labels = (np.arange(count) % 3)[:, None]
+    for index in range(count):
+        on = np.flatnonzero(labels[index]) if multilabel else [int(labels[index, 0])]
+        for label in on:
+            top, left = corners[label]
+            images[index, top:top + 8, left:left + 8] = 220
+    thirds = count // 3
+    arrays = {}
+    for name, part in (("train", slice(0, thirds)), ("val", slice(thirds, 2 * thirds)), ("test", slice(2 * thirds, None))):
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = images[part], labels[part]
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("multilabel", [False, True], ids=["multiclass", "multilabel"])
+def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, capsys):
+    data = write_medmnist(tmp_path / "set.npz", multilabel)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "attn_resnet_tiny", "--model-option", "stem=small", "--data", "medmnist",
+                     "--data-option", f"path={data}", "--data-option", "split=all", "--data-option",
+                     "classes=[a, b, c]", "--set", "data.mode=L", "--image-size", "28", "--batch-size", "10",
+                     "--set", "data.augment={rotation: 0, hflip: false, vflip: false}",  # flips would swap corners
+                     "--epochs", "3", "--lr", "0.003", "--run-dir", str(run), "--no-progress"]) == 0
+    assert cli.main(["evaluate", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["metrics"]
+    assert len(metrics["auc_per_class"]) == 3 and metrics["rows"] == 30
+    assert metrics["auc"] > 0.7  # each class lights its own corner: easy to learn
+    if multilabel:
+        assert len(metrics["threshold"]) == 3 and len(metrics["confusion_per_class"]) == 3
+    else:
+        assert np.array(metrics["confusion"]).shape == (3, 3)
+    assert (run / "report.html").stat().st_size > 10_000
+    out = tmp_path / "p.csv"
+    picture = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(picture)
+    assert cli.main(["predict", str(run), str(picture), "--out", str(out), "--no-progress"]) == 0
+    row = next(csv.DictReader(out.open()))
+    probabilities = [float(row[f"prob_{c}"]) for c in "abc"]
+    if not multilabel:
+        assert sum(probabilities) == pytest.approx(1, abs=1e-5)
+    assert cli.main(["explain", str(run), "--count", "3", "--steps", "2", "--out", str(tmp_path / "e"),
+                     "--no-progress"]) == 0
+    assert {r["method"] for r in csv.DictReader((tmp_path / "e" / "scores.csv").open())} >= {
+        "attention:attn_layer2", "attention:attn_layer3", "gradcam"}
