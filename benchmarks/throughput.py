@@ -102,6 +102,27 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def render_table(records: list[dict]) -> str:
+    """Images/s per model and variant, with the ratio to the same model's fp32 in brackets."""
+    rows = [r for r in records if "model" in r]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = ["| model | " + " | ".join(f"{v} train (x) | {v} infer (x)" for v in variants) + " |",
+             "|---|" + "---:|" * (2 * len(variants))]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = {r["variant"]: r for r in rows if r["model"] == name}
+        base = mine["fp32"]
+        cells = []
+        for variant in variants:
+            r = mine.get(variant)
+            if r is None:
+                cells += ["", ""]
+                continue
+            cells += [f"{r['train_img_per_s']:.1f} ({r['train_img_per_s'] / base['train_img_per_s']:.2f})",
+                      f"{r['infer_img_per_s']:.1f} ({r['infer_img_per_s'] / base['infer_img_per_s']:.2f})"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
@@ -112,7 +133,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", help="also append the JSON lines to this file")
+    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
     args = parser.parse_args()
+    if args.table:
+        print(render_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+        return
     from attnscope.models import list_models
 
     models = choose(parser, args.models, list_models(), "model")
