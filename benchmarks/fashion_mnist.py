@@ -36,13 +36,26 @@ from attnscope.engine.train import train  # noqa: E402
 from common import append_records  # noqa: E402
 
 
+def render_table(records: list[dict]) -> str:
+    """One row per run: epochs, test accuracy, wall time, training images per second."""
+    lines = ["| epochs | test accuracy | wall time | training images/s | 0.94 in 10 min |", "|---:|---:|---:|---:|---|"]
+    for r in records:
+        lines.append(f"| {r['epochs']} | {r['test_accuracy']:.4f} | {r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | "
+                     f"{'met' if r['goal_0.94_in_600s'] else 'not met'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="fashion_mnist", help="run config (default: the shipped fashion_mnist)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
     parser.add_argument("--out", help="also append the JSON line to this file")
+    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
     args = parser.parse_args()
+    if args.table:
+        print(render_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+        return
     with tempfile.TemporaryDirectory(prefix="attnscope-fmnist-") as scratch:
         run_dir = Path(args.workdir or scratch) / "run"
         config = load_config(args.config, [*args.set, f"run_dir={run_dir}", "trainer.progress=false",

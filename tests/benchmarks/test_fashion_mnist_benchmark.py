@@ -24,3 +24,6 @@ def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     assert 0.5 < record["test_accuracy"] < 1  # one epoch of a width-4 net is far from chance
     assert record["goal_0.94_in_600s"] == (record["test_accuracy"] >= 0.94 and record["wall_s"] <= 600)
     assert json.loads(out.read_text()) == record
+    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
+    row = table.stdout.strip().splitlines()[-1]
+    assert row.startswith(f"| 1 | {record['test_accuracy']:.4f} |") and row.endswith("| not met |")
