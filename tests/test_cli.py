@@ -316,3 +316,16 @@ def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, caps
                      "--no-progress"]) == 0
     assert {r["method"] for r in csv.DictReader((tmp_path / "e" / "scores.csv").open())} >= {
         "attention:attn_layer2", "attention:attn_layer3", "gradcam"}
+
+
+def test_explain_a_model_without_spatial_attention(tmp_path, capsys):
+    run = tmp_path / "plain"
+    assert cli.main(["train", *TINY, "--model", "resnet_tiny", "--epochs", "1", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["explain", str(run), "--method", "attention", "--method", "gradcam", "--count", "2",
+                     "--no-progress"]) == 1
+    assert "no spatial attention maps to show" in capsys.readouterr().err
+    out = tmp_path / "all"
+    assert cli.main(["explain", str(run), "--count", "2", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert {r["method"] for r in csv.DictReader((out / "scores.csv").open())} == {
+        "gradcam", "gradcam++", "xgradcam", "layercam"}  # "all" shows what there is

@@ -61,8 +61,12 @@ class BatchExplanation:
 
 
 def explain_batch(run: LoadedRun, images_u8: torch.Tensor, methods: list[str],
-                  cam_layers: list[str] | None = None) -> BatchExplanation:
-    """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class."""
+                  cam_layers: list[str] | None = None, require_attention: bool = False) -> BatchExplanation:
+    """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class.
+
+    A model without spatial attention maps (a plain or SE network) has no attention to show:
+    that is an error when ``require_attention`` (the user asked for it by name), else skipped.
+    """
     inputs, _ = run.transform(images_u8)
     with torch.no_grad():
         logits = run.model(inputs)
@@ -73,8 +77,9 @@ def explain_batch(run: LoadedRun, images_u8: torch.Tensor, methods: list[str],
         with torch.no_grad(), capture_attention(run.model, detach=True) as captured:
             run.model(inputs)
         native = native_maps(captured)
-        if not native and methods == ["attention"]:
-            raise ConfigError(f"{run.config.model.name} has no spatial attention taps; use a CAM method")
+        if not native and (require_attention or methods == ["attention"]):
+            raise ConfigError(f"{run.config.model.name} has no spatial attention maps to show; "
+                              "use a CAM method (--method gradcam) or a model with spatial attention")
         for tap, values in upsample(native, tuple(inputs.shape[-2:])).items():
             maps[f"attention:{tap}"], raw[f"attention:{tap}"] = normalise(values), native[tap]
     for method in methods:
@@ -136,6 +141,7 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
     if cmap not in colormaps:
         raise ConfigError(f"unknown colour map {cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)")
     run = load_run(run_dir, weights)
+    explicit_attention = "attention" in methods and "all" not in methods
     methods = resolve_methods(list(methods))
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="attnscope-explain-") as scratch:
@@ -155,7 +161,7 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
                     break
                 images_u8 = batch["image"][:take]
                 masks = batch["mask"][:take] if "mask" in batch else None
-                explanation = explain_batch(run, images_u8, methods, cam_layers)
+                explanation = explain_batch(run, images_u8, methods, cam_layers, explicit_attention)
                 scores = score_batch(run, explanation, masks, steps)
                 for position, row in enumerate(batch["row"][:take].tolist()):
                     identifier = manifest.ids[row]
