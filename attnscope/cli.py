@@ -114,18 +114,21 @@ def _print_metrics(result: dict) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attnscope.engine.config import apply_settings
-    from attnscope.engine.inference import evaluate
+    from attnscope.engine.inference import evaluate, evaluation_rows, load_run
 
     options = apply_settings({}, args.data_option or []) if args.data_option else None
     if options and not args.data:
         raise ConfigError("--data-option needs --data SOURCE")
+    run = load_run(args.run, args.weights)
+    loader = evaluation_rows(run, args.data, options, args.split, not args.no_progress, args.skip_bad)
     result = evaluate(args.run, args.out, args.data, options, args.split, args.weights,
-                      progress=not args.no_progress, skip_bad=args.skip_bad)
+                      progress=not args.no_progress, skip_bad=args.skip_bad, run=run, loader=loader)
     _print_metrics(result)
     if not args.no_report and args.data is None and args.split == "test":
         from attnscope.explain.report import write_report
 
-        report = write_report(args.run, weights=args.weights, progress=not args.no_progress, evaluation=result)
+        report = write_report(args.run, weights=args.weights, progress=not args.no_progress, evaluation=result,
+                              run=run, loader=loader)
         print(f"report: {report}")
     return 0
 
@@ -205,12 +208,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{config.trainer.epochs} epochs")
     result = train(config)
     _print_best(result)
-    evaluation = evaluate_run(run_dir, progress=not args.no_progress)
-    _print_metrics(evaluation)
     run = load_run(run_dir)
-    grid = write_run_attention_grid(run, evaluation_rows(run, progress=False), 8, run_dir / "attention.png")
+    loader = evaluation_rows(run, progress=not args.no_progress)  # the test split, read once for all below
+    evaluation = evaluate_run(run_dir, progress=not args.no_progress, run=run, loader=loader)
+    _print_metrics(evaluation)
+    grid = write_run_attention_grid(run, loader, 8, run_dir / "attention.png")
     print(f"attention overlays (input | pool3 | pool4): {grid}")
-    report = write_report(run_dir, progress=not args.no_progress, evaluation=evaluation)
+    report = write_report(run_dir, progress=not args.no_progress, evaluation=evaluation, run=run, loader=loader)
     print(f"report (metrics, curves, attention vs Grad-CAM scores, gallery): {report}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {run_dir}")
     return 0

@@ -33,7 +33,7 @@ from attnscope.engine.config import load_config  # noqa: E402
 from attnscope.engine.inference import evaluate  # noqa: E402
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv  # noqa: E402
 from attnscope.engine.train import train  # noqa: E402
-from common import append_records  # noqa: E402
+from common import add_result_arguments, append_records, print_table  # noqa: E402
 
 
 def render_table(records: list[dict]) -> str:
@@ -50,11 +50,9 @@ def main() -> None:
     parser.add_argument("--config", default="fashion_mnist", help="run config (default: the shipped fashion_mnist)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--out", help="also append the JSON line to this file")
-    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
+    add_result_arguments(parser)
     args = parser.parse_args()
-    if args.table:
-        print(render_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+    if print_table(args.table, render_table):
         return
     with tempfile.TemporaryDirectory(prefix="attnscope-fmnist-") as scratch:
         run_dir = Path(args.workdir or scratch) / "run"

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_records, choose  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
 from attnscope.engine.config import load_config  # noqa: E402
 from attnscope.engine.rundir import RunPaths, read_json  # noqa: E402
 from attnscope.engine.train import train  # noqa: E402
@@ -69,11 +69,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="test images scored per setting (default 500)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the deletion/insertion curves")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--out", help="also append the JSON lines to this file")
-    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
+    add_result_arguments(parser)
     args = parser.parse_args()
-    if args.table:
-        print(render_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+    if print_table(args.table, render_table):
         return
     chosen = choose(parser, args.settings, SETTINGS, "setting")
     records = []

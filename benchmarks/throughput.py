@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attnscope.models import create_model  # noqa: E402
-from common import append_records, choose  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
 
 MODELS = ("attn_vgg16_bn", "resnet50", "se_resnet50", "cbam_resnet50", "local_resnet26")
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "amp")
@@ -132,11 +132,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--out", help="also append the JSON lines to this file")
-    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
+    add_result_arguments(parser)
     args = parser.parse_args()
-    if args.table:
-        print(render_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+    if print_table(args.table, render_table):
         return
     from attnscope.models import list_models
 

@@ -135,16 +135,18 @@ def _check_classes(manifest: Manifest, run: LoadedRun) -> None:
 
 def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, source: str | None = None,
              source_options: dict | None = None, split: str = "test", weights: str = "best",
-             progress: bool = True, skip_bad: bool = False) -> dict:
+             progress: bool = True, skip_bad: bool = False, run: LoadedRun | None = None,
+             loader: BatchLoader | None = None) -> dict:
     """Metrics of the run on its test split (or another source): ``metrics.json`` and ROC/PR/confusion plots.
 
     Thresholds come from validation (Youden, recorded in best.json), never from
-    the data evaluated.
+    the data evaluated. ``run`` and ``loader`` (from :func:`load_run` and
+    :func:`evaluation_rows`) spare reading them again when the caller has them.
     """
     from attnscope.engine.plots import write_evaluation_plots
 
-    run = load_run(run_dir, weights)
-    loader = evaluation_rows(run, source, source_options, split, progress, skip_bad)
+    run = run or load_run(run_dir, weights)
+    loader = loader or evaluation_rows(run, source, source_options, split, progress, skip_bad)
     probs, labels, rows = predict_loader(run, loader, progress, description="evaluate")
     summary = summarize(probs, labels, run.kind, run.classes, threshold=run.threshold,
                         split=split if source is None else source)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attnscope.data.loader import BatchLoader
 from attnscope.engine.inference import LoadedRun, evaluation_rows, file_loader, load_run
 from attnscope.engine.metrics import class_probabilities, probabilities
 from attnscope.errors import ConfigError
@@ -129,10 +130,12 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
 def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None = None, methods=("all",),
                 source: str | None = None, source_options: dict | None = None, split: str = "test",
                 count: int | None = 16, weights: str = "best", steps: int = 16, cam_layers: list[str] | None = None,
-                skip_bad: bool = False, progress: bool = True, alpha: float = 0.4, cmap: str = "jet") -> dict:
+                skip_bad: bool = False, progress: bool = True, alpha: float = 0.4, cmap: str = "jet",
+                run: LoadedRun | None = None, loader: BatchLoader | None = None) -> dict:
     """Overlays, raw maps and ``scores.csv`` for ``images`` (or the first ``count`` of a split/source).
 
     Overlays blend ``cmap`` (any matplotlib colour map) over the image with weight ``alpha``.
+    ``run`` and ``loader`` (the split's or source's) spare reading them again when the caller has them.
     """
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha={alpha} must lie in [0, 1] (the heat map's weight over the image)")
@@ -140,14 +143,14 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
 
     if cmap not in colormaps:
         raise ConfigError(f"unknown colour map {cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)")
-    run = load_run(run_dir, weights)
+    run = run or load_run(run_dir, weights)
     explicit_attention = "attention" in methods and "all" not in methods
     methods = resolve_methods(list(methods))
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="attnscope-explain-") as scratch:
         if images:
             loader = file_loader(run, images, scratch, skip_bad, progress)
-        else:
+        elif loader is None:
             loader = evaluation_rows(run, source, source_options, split, progress, skip_bad)
         manifest = loader.decoded.manifest
         total = len(loader.sampler) if not count else min(count, len(loader.sampler))

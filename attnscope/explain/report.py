@@ -122,22 +122,26 @@ def gallery_order(run: LoadedRun, probs: torch.Tensor, labels: torch.Tensor, per
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, per_group: int = 4, score_images: int = 32,
-                 steps: int = 8, weights: str = "best", progress: bool = True, evaluation: dict | None = None) -> Path:
+                 steps: int = 8, weights: str = "best", progress: bool = True, evaluation: dict | None = None,
+                 run: LoadedRun | None = None, loader: BatchLoader | None = None) -> Path:
     """``RUN/report.html`` (or ``out``): config, metrics, plots, curves, scores, gallery.
 
     ``evaluation``: the result of :func:`attnscope.engine.inference.evaluate` on the
-    test split when it has just been computed (``attnscope evaluate``); else it is computed.
+    test split when it has just been computed (``attnscope evaluate``); else it is
+    computed. ``run`` and ``loader`` (the test split's) spare reading them again:
+    building the split once more costs seconds (10 s for the demo's generated set).
     """
     paths = RunPaths(Path(run_dir)).require()
     out = Path(out) if out is not None else paths.root / "report.html"
     work = paths.root / "report_files"
+    run = run or load_run(paths.root, weights)
+    loader = loader or evaluation_rows(run, progress=progress)
     if evaluation is None:
-        evaluation = evaluate(paths.root, paths.root / "evaluation", weights=weights, progress=progress)
-    run = load_run(paths.root, weights)
+        evaluation = evaluate(paths.root, paths.root / "evaluation", weights=weights, progress=progress, run=run,
+                              loader=loader)
     curves = training_curves(paths, work / "curves.png")
     scores = explain_run(paths.root, work / "explain", methods=["all"], count=score_images, weights=weights,
-                         steps=steps, progress=progress)
-    loader = evaluation_rows(run, progress=False)
+                         steps=steps, progress=progress, run=run, loader=loader)
     probs, labels, rows = predict_loader(run, loader, progress=False)
     manifest = loader.decoded.manifest
     chosen = gallery_order(run, probs, labels, per_group)

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from matplotlib import colormaps
 from PIL import Image
