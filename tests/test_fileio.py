@@ -39,3 +39,21 @@ def test_new_files_get_the_usual_permissions_and_existing_ones_keep_theirs(tmp_p
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from attnscope.fileio import atomic_directory
+
+    target = tmp_path / "index"
+    with atomic_directory(target) as folder:
+        (folder / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError, match="half way"):
+        with atomic_directory(target) as folder:
+            (folder / "a.txt").write_text("second")
+            raise RuntimeError("half way")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_directory(target) as folder:
+        (folder / "b.txt").write_text("third")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder's files are gone with it
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no staging or set-aside folder left

@@ -183,6 +183,11 @@ class DataModule:
                            drop_last=False, device=device, prefetch=prefetch, rank=rank, world_size=world_size,
                            even=train)
 
+    def ordered_loader(self, split: str) -> BatchLoader:
+        """Every row of ``split`` once, in manifest order, unshuffled: for evaluation and indexing."""
+        size = self.config.eval_batch_size or self.config.batch_size
+        return BatchLoader(self._require(), np.unique(self.rows(split)), size)
+
     def train_loader(self, device: str = "cpu") -> BatchLoader:
         return self.loader("train", device)
 

@@ -116,7 +116,7 @@ def evaluation_rows(run: LoadedRun, source: str | None = None, source_options: d
         if len(data.rows(split)) == 0:
             raise DataError(f"{run.paths.root} has no {split} split (data.{split}_fraction is 0); "
                             "evaluate with --split val, or on other data with --data")
-        return data.loader(split)
+        return data.ordered_loader(split)
     manifest = load_source(source, **(source_options or {}))
     _check_classes(manifest, run)
     decoded = load_images(manifest, data_config.image_size, data_config.mode,

@@ -15,12 +15,7 @@ from matplotlib import colormaps
 from torch.nn import functional as F
 
 from attnscope.explain.cam import normalise
-from attnscope.layers.tap import capture_attention
-
-
-def native_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every spatial map as (B, h, w) at its own resolution, heads averaged; channel maps (B, C) left out."""
-    return {name: attention.detach().float().mean(dim=1) for name, attention in maps.items() if attention.dim() == 4}
+from attnscope.layers.tap import capture_attention, native_maps
 
 
 def upsample(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:

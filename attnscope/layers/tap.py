@@ -101,3 +101,8 @@ def capture_attention(model: nn.Module, *, detach: bool = False) -> Iterator[dic
             handle.remove()
         for tap in observed:
             tap.observers -= 1
+
+
+def native_maps(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every spatial map as (B, h, w) at its own resolution, heads averaged; channel maps (B, C) left out."""
+    return {name: attention.detach().float().mean(dim=1) for name, attention in maps.items() if attention.dim() == 4}

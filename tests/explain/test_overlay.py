@@ -3,7 +3,8 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from attnscope.explain.overlay import native_maps, overlay, spatial_maps, upsample, write_attention_grid
+from attnscope.explain.overlay import overlay, spatial_maps, upsample, write_attention_grid
+from attnscope.layers.tap import native_maps
 from attnscope.models import create_model
 
 
