@@ -113,12 +113,9 @@ def _print_metrics(result: dict) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from attnscope.engine.config import apply_settings
     from attnscope.engine.inference import evaluate, evaluation_rows, load_run
 
-    options = apply_settings({}, args.data_option or []) if args.data_option else None
-    if options and not args.data:
-        raise ConfigError("--data-option needs --data SOURCE")
+    options = _data_options(args)
     run = load_run(args.run, args.weights)
     loader = evaluation_rows(run, args.data, options, args.split, not args.no_progress, args.skip_bad)
     result = evaluate(args.run, args.out, args.data, options, args.split, args.weights,
@@ -166,12 +163,9 @@ def _print_scores(summary: dict) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from attnscope.engine.config import apply_settings
     from attnscope.explain.explainer import explain_run
 
-    options = apply_settings({}, args.data_option or []) if args.data_option else None
-    if options and not args.data:
-        raise ConfigError("--data-option needs --data SOURCE")
+    options = _data_options(args)
     out = args.out or f"{args.run}/explain"
     result = explain_run(args.run, out, args.images, args.method or ["all"], args.data, options, args.split, args.count,
                          args.weights, args.steps, args.layer, args.skip_bad, progress=not args.no_progress,
@@ -180,6 +174,57 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     _print_scores(result["summary"])
     masks = "" if result["has_masks"] else " (no masks: faithfulness only)"
     print(f"overlays, raw maps and scores.csv{masks}: {result['out']}")
+    return 0
+
+
+def _data_options(args: argparse.Namespace) -> dict | None:
+    """--data-option KEY=VALUE pairs as source options (they need --data)."""
+    from attnscope.engine.config import apply_settings
+
+    options = apply_settings({}, args.data_option or []) if args.data_option else None
+    if options and not args.data:
+        raise ConfigError("--data-option needs --data SOURCE")
+    return options
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from attnscope.engine.config import apply_settings
+    from attnscope.retrieval import EmbeddingConfig, build_index
+
+    params = apply_settings({}, args.param) if args.param else None
+    embedding = None
+    if not (args.add and args.stages is None and not args.attention_pooling and args.pca is None and not args.fp16):
+        embedding = EmbeddingConfig(stages=tuple(args.stages.split(",")) if args.stages else (),
+                                    attention_pooling=args.attention_pooling,
+                                    taps=tuple(args.taps.split(",")) if args.taps else (),
+                                    pca_dim=args.pca or 0, dtype="float16" if args.fp16 else "float32")
+    result = build_index(args.run, args.out, args.data, _data_options(args), args.split, args.kind, params, embedding,
+                         fp16=args.fp16, with_thumbnails=not args.no_thumbnails, add=args.add, weights=args.weights,
+                         skip_bad=args.skip_bad, progress=not args.no_progress)
+    verb = "added" if args.add else "indexed"
+    params = "".join(f", {name}={value}" for name, value in result["params"].items())
+    print(f"{verb} {result['added']} images: {result['count']} in {result['out']} "
+          f"({result['kind']}{params}, {result['dim']}-d vectors)")
+    if result["skipped"]:
+        print(f"{result['skipped']} image(s) left out (--skip-bad)")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from attnscope.retrieval import result_rows, search_images, write_results_csv
+    from attnscope.retrieval.page import write_search_page
+
+    index, result = search_images(args.index, args.images, args.k, args.run, args.skip_bad,
+                                  progress=not args.no_progress)
+    lines = result_rows(index, result)
+    for query in result.queries:
+        print(f"{query['id']}:")
+        for line in (line for line in lines if line["query"] == query["id"]):
+            print(f"  {line['rank']:>3}  {line['similarity']:.4f}  {line['label']:<16} {line['id']}")
+    if args.out:
+        print(f"neighbours: {write_results_csv(lines, args.out)}")
+    if args.html:
+        print(f"page: {write_search_page(index, result, args.html, args.index)}")
     return 0
 
 
@@ -324,6 +369,43 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--weights", default="best")
     report.add_argument("--no-progress", action="store_true")
     report.set_defaults(handler=_cmd_report)
+
+    index = verbs.add_parser("index", help="embed a run's images into a similarity index (FAISS)",
+                             description="Embeds the run's training split (or --split, or every row of --data) "
+                                         "with the run's model and saves a searchable index folder.")
+    index.add_argument("run", metavar="RUN")
+    index.add_argument("--out", required=True, metavar="INDEX", help="index folder (replaced whole when written)")
+    index.add_argument("--data", metavar="SOURCE", help="index every row of this source instead of a split")
+    index.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    index.add_argument("--split", default="train", choices=["train", "val", "test"],
+                       help="the run's split to index (default train: the images already diagnosed)")
+    index.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw", "lsh"],
+                       help="flat: exact; ivf, hnsw: approximate, for large galleries; lsh: hashing")
+    index.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="index parameter: ivf nlist, nprobe; hnsw M, ef_search, ef_construction; "
+                            "lsh nbits, rerank (repeatable)")
+    index.add_argument("--stages", help="comma-separated modules whose feature maps are pooled "
+                                        "(default: the model's last feature map, e.g. layer3,layer4 for a ResNet)")
+    index.add_argument("--attention-pooling", action="store_true",
+                       help="also pool each stage under the model's own attention maps")
+    index.add_argument("--taps", help="comma-separated attention taps to pool with (default: every spatial one)")
+    index.add_argument("--pca", type=int, metavar="DIM", help="reduce embeddings to DIM with PCA fitted on the gallery")
+    index.add_argument("--fp16", action="store_true", help="store vectors and the index in float16 (half the memory)")
+    index.add_argument("--no-thumbnails", action="store_true", help="keep no thumbnails (search --html shows none)")
+    index.add_argument("--add", action="store_true", help="add these images to the index at --out")
+    index.add_argument("--weights", default="best")
+    _add_data_flags(index)
+    index.set_defaults(handler=_cmd_index)
+
+    search = verbs.add_parser("search", help="the most similar indexed images of query images")
+    search.add_argument("index", metavar="INDEX")
+    search.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    search.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    search.add_argument("--out", help="also write the neighbours as a CSV")
+    search.add_argument("--html", metavar="PAGE", help="write a page with each query and its neighbours")
+    search.add_argument("--run", help="the run the index was built from, if it moved")
+    _add_data_flags(search)
+    search.set_defaults(handler=_cmd_search)
 
     demo = verbs.add_parser("demo", help="train, evaluate and draw attention on built-in synthetic lesions")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")

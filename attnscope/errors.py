@@ -26,3 +26,7 @@ class CheckpointError(AttnscopeError):
 
 class TrainingError(AttnscopeError):
     """Training cannot go on as configured (for example the loss became NaN or infinite)."""
+
+
+class RetrievalError(AttnscopeError):
+    """A similarity index is missing, damaged, or does not match the model or the queries."""

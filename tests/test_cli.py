@@ -329,3 +329,31 @@ def test_explain_a_model_without_spatial_attention(tmp_path, capsys):
     assert cli.main(["explain", str(run), "--count", "2", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
     assert {r["method"] for r in csv.DictReader((out / "scores.csv").open())} == {
         "gradcam", "gradcam++", "xgradcam", "layercam"}  # "all" shows what there is
+
+
+def test_index_then_search_prints_writes_csv_and_page(cli_run, tmp_path, capsys):
+    index = tmp_path / "gallery"
+    assert cli.main(["index", str(cli_run), "--out", str(index), "--kind", "ivf", "--param", "nlist=2",
+                     "--attention-pooling", "--pca", "16", "--fp16", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"in {index} (ivf, nlist=2, nprobe=16, 16-d vectors)" in printed
+    (tmp_path / "queries").mkdir()
+    images = write_images(tmp_path / "queries", 2)
+    out, page = tmp_path / "neighbours.csv", tmp_path / "neighbours.html"
+    assert cli.main(["search", str(index), *map(str, images), "-k", "3", "--out", str(out), "--html", str(page),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["query"], r["rank"]) for r in rows] == [(f"img_{q}.png", str(k)) for q in range(2) for k in (1, 2, 3)]
+    for query in ("img_0.png", "img_1.png"):
+        similarities = [float(r["similarity"]) for r in rows if r["query"] == query]
+        assert similarities == sorted(similarities, reverse=True) and all(-1 <= s <= 1.0001 for s in similarities)
+        assert f"{query}:" in printed
+    assert all(r["label"] in ("benign", "malignant") for r in rows)
+    assert page.read_text().count("<img") == 2 * (1 + 3)
+
+
+def test_search_with_a_folder_that_is_no_index_is_one_clear_line(tmp_path, capsys):
+    image = write_images(tmp_path, 1)[0]
+    assert cli.main(["search", str(tmp_path), str(image)]) == 1
+    assert "is not an attnscope index (no index.json); build one with attnscope index" in capsys.readouterr().err

@@ -1,0 +1,246 @@
+"""A similarity index over embeddings: FAISS search plus the rows it refers to, on disk as one folder.
+
+Kinds (cosine similarity: embeddings are L2-normalised, so inner product):
+
+- ``flat``: exact search over every vector;
+- ``ivf``: an inverted file of ``nlist`` k-means cells, ``nprobe`` of them searched;
+- ``hnsw``: a navigable small-world graph of ``M`` links, ``ef_search`` candidates;
+- ``lsh``: random-rotation hyperplane hashing to ``nbits`` bits, Hamming ranking (the seed's LSH).
+
+With ``fp16`` the flat, IVF and HNSW indexes keep their vectors as float16
+(scalar quantiser), half the memory. Whatever the kind, the returned neighbours
+are ranked and scored by their exact cosine similarity with the stored vectors;
+LSH first gathers ``rerank`` times more candidates than asked for.
+
+A saved index is a folder: ``index.json`` (kind, sizes, embedding settings, the
+run and the fingerprint of its weights), ``index.faiss``, ``vectors.npy``,
+``rows.csv``, and ``pca.npz`` / ``thumbs.npy`` where there are some. It is
+written whole into a sibling folder, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnscope.errors import ConfigError, RetrievalError
+from attnscope.fileio import atomic_directory
+from attnscope.retrieval.embed import PCA, EmbeddingConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KINDS = ("flat", "ivf", "hnsw", "lsh")
+ROW_FIELDS = ("id", "label", "path", "source")
+DEFAULT_PARAMS = {"flat": {}, "ivf": {"nlist": 0, "nprobe": 16}, "hnsw": {"M": 32, "ef_search": 64,
+                  "ef_construction": 80}, "lsh": {"nbits": 0, "rerank": 10}}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise ConfigError("retrieval needs faiss: pip install faiss-cpu") from error
+    return faiss
+
+
+def resolve_params(kind: str, dim: int, count: int, params: dict | None) -> dict:
+    """The kind's parameters with defaults filled in for this size of gallery; unknown ones refused."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(DEFAULT_PARAMS[kind]))
+    if unknown:
+        raise ConfigError(f"index kind {kind!r} has no parameter(s) {unknown}; its parameters are "
+                          f"{', '.join(DEFAULT_PARAMS[kind]) or 'none'}")
+    resolved = {**DEFAULT_PARAMS[kind], **given}
+    if kind == "ivf" and not resolved["nlist"]:
+        # FAISS's guideline: 4-16 sqrt(N) cells, and at least 39 training points per cell
+        resolved["nlist"] = max(1, min(int(4 * math.sqrt(count)), count // 39))
+    if kind == "lsh" and not resolved["nbits"]:
+        resolved["nbits"] = 4 * dim
+    for name, value in resolved.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"index parameter {name}={value!r} must be a positive integer")
+    return resolved
+
+
+def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
+    """An empty FAISS index of ``kind`` for ``dim``-d vectors (untrained where the kind needs training)."""
+    faiss = _faiss()
+    storage = "SQfp16" if fp16 else "Flat"
+    if kind == "flat":
+        return faiss.index_factory(dim, storage, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivf":
+        index = faiss.index_factory(dim, f"IVF{params['nlist']},{storage}", faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = params["nprobe"]
+        return index
+    if kind == "hnsw":
+        index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""),
+                                    faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+        return index
+    return faiss.IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
+
+
+def _as_float32(vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@dataclass
+class SimilarityIndex:
+    """FAISS index, stored vectors and the rows they come from, plus what made them (``meta``)."""
+
+    kind: str
+    params: dict
+    embedding: EmbeddingConfig
+    meta: dict
+    faiss_index: object
+    vectors: np.ndarray
+    rows: list[dict] = field(default_factory=list)
+    pca: PCA | None = None
+    thumbs: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def create(cls, kind: str, vectors: np.ndarray, rows: list[dict], embedding: EmbeddingConfig, meta: dict,
+               params: dict | None = None, fp16: bool = False, pca: PCA | None = None,
+               thumbs: np.ndarray | None = None) -> SimilarityIndex:
+        """Build an index of ``vectors`` (N, D), training it on them where the kind needs it."""
+        if len(vectors) != len(rows):
+            raise ConfigError(f"{len(vectors)} vectors for {len(rows)} rows")
+        if len(vectors) == 0:
+            raise ConfigError("an index needs at least one vector")
+        params = resolve_params(kind, vectors.shape[1], len(vectors), params)
+        index = build_faiss(kind, vectors.shape[1], params, fp16)
+        data = _as_float32(vectors)
+        if not index.is_trained:
+            if kind == "ivf" and len(data) < params["nlist"]:
+                raise ConfigError(f"ivf with nlist={params['nlist']} needs at least that many vectors to train, "
+                                  f"got {len(data)}; lower nlist or use kind flat")
+            index.train(data)
+        index.add(data)
+        stored = vectors.astype(np.float16 if embedding.dtype == "float16" else np.float32)
+        meta = {**meta, "fp16_index": fp16}
+        return cls(kind, params, embedding, meta, index, stored, list(rows), pca, thumbs)
+
+    def add(self, vectors: np.ndarray, rows: list[dict], thumbs: np.ndarray | None = None) -> None:
+        """Append vectors (already reduced like the gallery's) and their rows; trained quantisers are kept."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise RetrievalError(f"cannot add {vectors.shape[-1]}-d vectors to an index of {self.dim}-d vectors")
+        if (thumbs is None) != (self.thumbs is None):
+            raise RetrievalError("thumbnails must be given for every row or for none (as when the index was built)")
+        self.faiss_index.add(_as_float32(vectors))
+        self.vectors = np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)])
+        self.rows.extend(rows)
+        if thumbs is not None and self.thumbs is not None:
+            self.thumbs = np.concatenate([self.thumbs, thumbs])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions (Q, k), cosine similarities (Q, k)) of each query's nearest rows, best first.
+
+        Fewer than ``k`` rows in the index: the missing places hold position -1 and similarity NaN.
+        """
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise RetrievalError(f"queries are {queries.shape[-1]}-d but the index holds {self.dim}-d vectors: "
+                              "they come from another model or embedding settings")
+        if k < 1:
+            raise ConfigError(f"k={k} must be at least 1")
+        candidates = min(len(self), k * (self.params["rerank"] if self.kind == "lsh" else 1))
+        _, found = self.faiss_index.search(_as_float32(queries), candidates)
+        return rerank(queries, self.vectors, found, k)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index folder at ``path``, replacing any index there only once it is whole."""
+        faiss = _faiss()
+        header = {"format": FORMAT, "kind": self.kind, "params": self.params, "dim": self.dim, "count": len(self),
+                  "embedding": self.embedding.to_dict(), **self.meta}
+        with atomic_directory(path) as folder:
+            (folder / "index.faiss").write_bytes(faiss.serialize_index(self.faiss_index).tobytes())
+            np.save(folder / "vectors.npy", self.vectors)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({name: row.get(name, "") for name in ROW_FIELDS} for row in self.rows)
+            (folder / "rows.csv").write_text(buffer.getvalue(), encoding="utf-8")
+            if self.pca is not None:
+                np.savez(folder / "pca.npz", mean=self.pca.mean, components=self.pca.components)
+            if self.thumbs is not None:
+                np.save(folder / "thumbs.npy", self.thumbs)
+            (folder / "index.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SimilarityIndex:
+        """Read an index folder written by :meth:`save`, checking that its parts agree."""
+        faiss = _faiss()
+        folder = Path(path)
+        header_path = folder / "index.json"
+        if not header_path.is_file():
+            raise RetrievalError(f"{folder} is not an attnscope index (no index.json); build one with attnscope index")
+        try:
+            header = json.loads(header_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise RetrievalError(f"{header_path} is not valid JSON ({error.msg}); rebuild the index") from error
+        if header.get("format") != FORMAT:
+            raise RetrievalError(f"{folder} has index format {header.get('format')!r}; this attnscope reads "
+                              f"format {FORMAT}: rebuild the index")
+        try:
+            faiss_index = faiss.deserialize_index(np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8))
+            vectors = np.load(folder / "vectors.npy")
+            with open(folder / "rows.csv", newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, RuntimeError, ValueError) as error:
+            raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
+        sizes = {"index.json": header["count"], "index.faiss": faiss_index.ntotal, "vectors.npy": len(vectors),
+                 "rows.csv": len(rows)}
+        if len(set(sizes.values())) != 1 or vectors.shape[1] != header["dim"]:
+            raise RetrievalError(f"{folder}: its parts disagree on the number of rows {sizes} or the size; rebuild it")
+        pca = None
+        if (folder / "pca.npz").is_file():
+            with np.load(folder / "pca.npz") as saved:
+                pca = PCA(saved["mean"], saved["components"])
+        thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
+        meta = {key: value for key, value in header.items()
+                if key not in ("format", "kind", "params", "dim", "count", "embedding")}
+        index = cls(header["kind"], header["params"], EmbeddingConfig.from_dict(header["embedding"]), meta,
+                    faiss_index, vectors, rows, pca, thumbs)
+        if index.kind == "ivf":
+            faiss_index.nprobe = index.params["nprobe"]
+        if index.kind == "hnsw":
+            faiss_index.hnsw.efSearch = index.params["ef_search"]
+        return index
+
+
+def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score each query's candidate positions exactly (inner product) and keep the best ``k``."""
+    queries_t = torch.from_numpy(_as_float32(queries))
+    found_t = torch.from_numpy(found.astype(np.int64))
+    valid = found_t >= 0
+    gathered = torch.from_numpy(_as_float32(vectors))[found_t.clamp_min(0)]  # (Q, C, D)
+    scores = torch.einsum("qd,qcd->qc", queries_t, gathered).masked_fill(~valid, float("-inf"))
+    keep = min(k, found.shape[1])
+    best, order = scores.topk(keep, dim=1)
+    positions = found_t.gather(1, order)
+    similarity = best.clone()
+    positions[~torch.isfinite(best)] = -1
+    similarity[~torch.isfinite(best)] = float("nan")
+    if keep < k:
+        positions = torch.cat([positions, torch.full((len(found), k - keep), -1)], dim=1)
+        similarity = torch.cat([similarity, torch.full((len(found), k - keep), float("nan"))], dim=1)
+    return positions.numpy(), similarity.numpy()

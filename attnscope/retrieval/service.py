@@ -1,0 +1,200 @@
+"""Build a similarity index from a trained run, and search it with new images.
+
+The index remembers the run and the SHA-256 of the weights it embedded with;
+a search (or an addition) with other weights is refused, because embeddings of
+two models are not comparable even when their sizes agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from attnscope._version import __version__
+from attnscope.data.loader import BatchLoader
+from attnscope.engine.inference import LoadedRun, evaluation_rows, file_loader, load_run
+from attnscope.errors import RetrievalError
+from attnscope.fileio import atomic_write
+from attnscope.retrieval.embed import Embeddings, EmbeddingConfig, embed, fit_pca
+from attnscope.retrieval.index import SimilarityIndex
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 64
+
+
+def weights_fingerprint(path: Path) -> str:
+    """SHA-256 of a weights file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def label_names(labels: np.ndarray, classes: list[str]) -> list[str]:
+    """Class names of integer labels, or ``a|b`` for multi-hot rows."""
+    if labels.ndim == 2:
+        return ["|".join(c for c, on in zip(classes, row, strict=True) if on > 0.5) for row in labels]
+    return [classes[int(label)] for label in labels]
+
+
+def thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """uint8 (N, s, s, C) images shrunk (area-averaged) to at most ``size`` px a side."""
+    if images.shape[1] <= size:
+        return np.ascontiguousarray(images)
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    small = F.interpolate(tensor, size=(size, size), mode="area")
+    return small.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def loader_rows(loader: BatchLoader, positions: np.ndarray, classes: list[str]) -> list[dict]:
+    """The index rows (id, label, path, source) of manifest ``positions``."""
+    manifest = loader.decoded.manifest
+    labels = label_names(manifest.labels[positions], classes)
+    return [{"id": manifest.ids[p], "label": label, "path": manifest.paths[p] if manifest.paths else "",
+             "source": manifest.source} for p, label in zip(positions.tolist(), labels, strict=True)]
+
+
+def loader_images(loader: BatchLoader, positions: np.ndarray) -> np.ndarray:
+    """Decoded uint8 (N, S, S, C) pixels of manifest ``positions``."""
+    decoded = loader.decoded
+    return np.stack([decoded.images[decoded.index[p]].reshape(decoded.images.shape[1], decoded.images.shape[2], -1)
+                     for p in positions.tolist()])
+
+
+def embed_gallery(run: LoadedRun, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool,
+                  progress: bool) -> tuple[Embeddings, list[dict], np.ndarray | None]:
+    embedded = embed(run, loader, config, progress)
+    rows = loader_rows(loader, embedded.rows, run.classes)
+    thumbs = thumbnails(loader_images(loader, embedded.rows)) if with_thumbnails else None
+    return embedded, rows, thumbs
+
+
+def check_same_model(index: SimilarityIndex, run: LoadedRun, weights: str, index_path: Path) -> None:
+    """Refuse a run whose weights are not those the index was built with."""
+    fingerprint = weights_fingerprint(run.paths.weights(weights))
+    if fingerprint != index.meta.get("weights_sha256"):
+        raise RetrievalError(
+            f"{index_path} was built with {index.meta.get('model')} weights {index.meta.get('weights_sha256', '?')[:12]} "
+            f"from {index.meta.get('run')}, but {run.paths.weights(weights)} is {fingerprint[:12]} "
+            f"({run.config.model.name}): embeddings of other weights cannot be compared; "
+            f"rebuild the index with attnscope index {run.paths.root} --out {index_path}")
+
+
+def build_index(run_dir: str | Path, out: str | Path, source: str | None = None, source_options: dict | None = None,
+                split: str = "train", kind: str = "flat", params: dict | None = None,
+                embedding: EmbeddingConfig | None = None, fp16: bool = False, with_thumbnails: bool = True,
+                add: bool = False, weights: str = "best", skip_bad: bool = False, progress: bool = True) -> dict:
+    """Index the run's ``split`` (or every row of another source) at ``out``; with ``add``, extend the index there."""
+    out = Path(out)
+    run = load_run(run_dir, weights)
+    existing = None
+    if add:
+        if not (out / "index.json").is_file():
+            raise RetrievalError(f"--add: {out} holds no index yet; build it first without --add")
+        existing = SimilarityIndex.load(out)
+        check_same_model(existing, run, weights, out)
+        if embedding is not None and embedding != existing.embedding:
+            raise RetrievalError(f"--add: {out} embeds with {existing.embedding.to_dict()}, not "
+                                 f"{embedding.to_dict()}; leave the embedding options out to reuse the index's")
+        embedding = existing.embedding
+    embedding = embedding or EmbeddingConfig()
+    loader = evaluation_rows(run, source, source_options, split, progress, skip_bad)
+    embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails if existing is None
+                                           else existing.thumbs is not None, progress)
+    described = source or f"{run.paths.root} ({split} split)"
+    if existing is not None:
+        _refuse_duplicates(existing, rows, out)
+        vectors = existing.pca.apply(embedded.vectors) if existing.pca is not None else embedded.vectors
+        existing.add(vectors, rows, thumbs)
+        existing.meta["data"] = [*existing.meta.get("data", []), described]
+        index = existing
+    else:
+        pca = fit_pca(embedded.vectors, embedding.pca_dim) if embedding.pca_dim else None
+        vectors = pca.apply(embedded.vectors) if pca is not None else embedded.vectors
+        meta = {"attnscope": __version__, "run": str(run.paths.root.resolve()), "weights": weights,
+                "weights_sha256": weights_fingerprint(run.paths.weights(weights)), "model": run.config.model.name,
+                "classes": run.classes, "raw_dim": int(embedded.vectors.shape[1]), "data": [described]}
+        index = SimilarityIndex.create(kind, vectors, rows, embedding, meta, params, fp16, pca, thumbs)
+    index.save(out)
+    skipped = len(loader.decoded.manifest.rejected)
+    log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
+    return {"out": str(out), "added": len(rows), "count": len(index), "dim": index.dim, "kind": index.kind,
+            "params": index.params, "skipped": skipped}
+
+
+def _refuse_duplicates(index: SimilarityIndex, rows: list[dict], out: Path) -> None:
+    have = {(row["source"], row["id"]) for row in index.rows}
+    again = [row["id"] for row in rows if (row["source"], row["id"]) in have]
+    if again:
+        raise RetrievalError(f"--add: {len(again)} image(s) of {rows[0]['source']} are already in {out} "
+                             f"(e.g. {again[:3]}); add only new images")
+
+
+@dataclass
+class SearchResult:
+    """Each query's id, path and thumbnail, and its neighbours (index positions, similarities)."""
+
+    queries: list[dict]
+    positions: np.ndarray
+    similarities: np.ndarray
+    query_thumbs: np.ndarray
+
+
+def search_images(index_path: str | Path, images: Sequence[str | Path], k: int = 10, run_dir: str | Path | None = None,
+                  skip_bad: bool = False, progress: bool = True) -> tuple[SimilarityIndex, SearchResult]:
+    """The ``k`` nearest indexed images of each image file (or folder of them)."""
+    index_path = Path(index_path)
+    index = SimilarityIndex.load(index_path)
+    run_dir = run_dir or index.meta.get("run")
+    if not run_dir or not Path(run_dir).is_dir():
+        raise RetrievalError(f"{index_path} was built from run {run_dir!r}, which is not there; "
+                             "pass the run folder with --run")
+    weights = index.meta.get("weights", "best")
+    run = load_run(run_dir, weights)
+    check_same_model(index, run, weights, index_path)
+    with tempfile.TemporaryDirectory(prefix="attnscope-search-") as scratch:
+        loader = file_loader(run, images, scratch, skip_bad, progress)
+        embedded = embed(run, loader, index.embedding, progress)
+        query_thumbs = thumbnails(loader_images(loader, embedded.rows))
+    vectors = index.pca.apply(embedded.vectors) if index.pca is not None else embedded.vectors
+    positions, similarities = index.search(vectors, k)
+    manifest = loader.decoded.manifest
+    queries = [{"id": manifest.ids[p], "path": manifest.paths[p]} for p in embedded.rows.tolist()]
+    if manifest.rejected:
+        log.warning("%d query image(s) could not be read and were skipped: %s", len(manifest.rejected),
+                    "; ".join(f"{bad.id}: {bad.reason}" for bad in manifest.rejected[:3]))
+    return index, SearchResult(queries, positions, similarities, query_thumbs)
+
+
+def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:
+    """One row per (query, rank): query, rank, neighbour id, label, similarity, path."""
+    lines = []
+    for query, positions, similarities in zip(result.queries, result.positions, result.similarities, strict=True):
+        for rank, (position, similarity) in enumerate(zip(positions.tolist(), similarities.tolist(), strict=True), 1):
+            if position < 0:
+                break
+            row = index.rows[position]
+            lines.append({"query": query["id"], "query_path": query["path"], "rank": rank, "id": row["id"],
+                          "label": row["label"], "similarity": round(float(similarity), 6), "path": row["path"]})
+    return lines
+
+
+def write_results_csv(lines: list[dict], out: str | Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["query", "query_path", "rank", "id", "label", "similarity", "path"])
+    writer.writeheader()
+    writer.writerows(lines)
+    return atomic_write(out, buffer.getvalue())
+

@@ -1,0 +1,133 @@
+"""The similarity index: exact search equals brute force, approximate kinds recall, disk round trips, refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnscope.errors import ConfigError, RetrievalError
+from attnscope.retrieval.embed import EmbeddingConfig, fit_pca
+from attnscope.retrieval.index import SimilarityIndex, resolve_params
+
+META = {"model": "m", "weights_sha256": "abc"}
+
+
+def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def rows_for(count: int, start: int = 0) -> list[dict]:
+    return [{"id": f"img{start + i}", "label": str(i % 3), "path": f"/x/{start + i}.png", "source": "s"}
+            for i in range(count)]
+
+
+def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores, positions = torch.from_numpy(queries @ gallery.T).topk(k, dim=1)
+    return positions.numpy(), scores.numpy()
+
+
+def test_exact_search_equals_brute_force_top_k():
+    gallery, queries = unit_vectors(500, 32, 0), unit_vectors(40, 32, 1)
+    index = SimilarityIndex.create("flat", gallery, rows_for(500), EmbeddingConfig(), META)
+    positions, similarities = index.search(queries, 10)
+    expected_positions, expected_scores = brute_force(queries, gallery, 10)
+    np.testing.assert_array_equal(positions, expected_positions)
+    np.testing.assert_allclose(similarities, expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, params, least_recall", [
+    ("ivf", {"nlist": 8, "nprobe": 8}, 0.999),   # every cell probed: exact
+    ("hnsw", {}, 0.95),
+    ("lsh", {"rerank": 10}, 0.5),
+])
+def test_approximate_kinds_find_most_true_neighbours_and_score_them_exactly(kind, params, least_recall):
+    gallery, queries = unit_vectors(1000, 16, 2), unit_vectors(50, 16, 3)
+    index = SimilarityIndex.create(kind, gallery, rows_for(1000), EmbeddingConfig(), META, params)
+    positions, similarities = index.search(queries, 10)
+    truth, _ = brute_force(queries, gallery, 10)
+    recall = np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions, truth, strict=True)])
+    assert recall >= least_recall
+    exact = np.einsum("qd,qkd->qk", queries, gallery[positions])
+    np.testing.assert_allclose(similarities, exact, atol=1e-5)  # reported similarity is the exact cosine
+    assert (np.diff(similarities, axis=1) <= 1e-6).all()  # best first
+
+
+def test_save_load_round_trip_keeps_results_rows_pca_and_thumbnails(tmp_path):
+    raw = unit_vectors(300, 24, 4)
+    pca = fit_pca(raw, 8)
+    thumbs = np.random.default_rng(5).integers(0, 255, (300, 4, 4, 1), dtype=np.uint8)
+    index = SimilarityIndex.create("hnsw", pca.apply(raw), rows_for(300), EmbeddingConfig(pca_dim=8), META,
+                                   {"M": 8}, pca=pca, thumbs=thumbs)
+    queries = pca.apply(unit_vectors(20, 24, 6))
+    before = index.search(queries, 5)
+    index.save(tmp_path / "idx")
+    loaded = SimilarityIndex.load(tmp_path / "idx")
+    after = loaded.search(queries, 5)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_allclose(before[1], after[1])
+    assert loaded.rows == [{k: str(v) for k, v in row.items()} for row in rows_for(300)]
+    assert loaded.params == {"M": 8, "ef_search": 64, "ef_construction": 80}
+    assert loaded.embedding == EmbeddingConfig(pca_dim=8) and loaded.meta["model"] == "m"
+    np.testing.assert_array_equal(loaded.pca.components, pca.components)
+    np.testing.assert_array_equal(loaded.thumbs, thumbs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no staging folder left
+
+
+def test_float16_storage_halves_the_vectors_and_keeps_the_ranking():
+    gallery, queries = unit_vectors(400, 32, 7), unit_vectors(30, 32, 8)
+    index = SimilarityIndex.create("flat", gallery, rows_for(400), EmbeddingConfig(dtype="float16"), META, fp16=True)
+    assert index.vectors.dtype == np.float16
+    positions, _ = index.search(queries, 1)
+    truth, _ = brute_force(queries, gallery, 1)
+    assert (positions == truth).mean() >= 0.95
+
+
+def test_adding_makes_new_rows_searchable_and_a_small_index_pads_with_minus_one():
+    first, second = unit_vectors(5, 8, 9), unit_vectors(3, 8, 10)
+    index = SimilarityIndex.create("flat", first, rows_for(5), EmbeddingConfig(), META)
+    index.add(second, rows_for(3, start=5))
+    positions, similarities = index.search(second[:1], 10)
+    assert positions[0, 0] == 5 and similarities[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert list(positions[0, 8:]) == [-1, -1] and np.isnan(similarities[0, 8:]).all()
+    with pytest.raises(RetrievalError, match="cannot add 4-d vectors to an index of 8-d"):
+        index.add(unit_vectors(1, 4, 0), rows_for(1))
+
+
+def test_queries_of_another_size_and_bad_parameters_are_refused():
+    index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    with pytest.raises(RetrievalError, match="queries are 6-d but the index holds 8-d.*another model"):
+        index.search(unit_vectors(2, 6, 1), 3)
+    with pytest.raises(ConfigError, match="no parameter.*'nbits'.*nlist, nprobe"):
+        resolve_params("ivf", 8, 100, {"nbits": 3})
+    with pytest.raises(ConfigError, match="unknown index kind 'annoy'"):
+        resolve_params("annoy", 8, 100, None)
+    with pytest.raises(ConfigError, match="nlist=50 needs at least that many"):
+        SimilarityIndex.create("ivf", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META, {"nlist": 50})
+    assert resolve_params("ivf", 8, 10000, None)["nlist"] == 256  # min(4 sqrt(N), N / 39)
+
+
+def test_damaged_or_foreign_folders_are_refused_with_a_fix(tmp_path):
+    with pytest.raises(RetrievalError, match="not an attnscope index.*attnscope index"):
+        SimilarityIndex.load(tmp_path)
+    index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    index.save(tmp_path / "idx")
+    rows = (tmp_path / "idx" / "rows.csv").read_text().splitlines()
+    (tmp_path / "idx" / "rows.csv").write_text("\n".join(rows[:-2]) + "\n")
+    with pytest.raises(RetrievalError, match="disagree on the number of rows.*rebuild"):
+        SimilarityIndex.load(tmp_path / "idx")
+
+
+def test_a_failed_save_keeps_the_previous_index_whole(tmp_path, monkeypatch):
+    old = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    old.save(tmp_path / "idx")
+    new = SimilarityIndex.create("flat", unit_vectors(20, 8, 1), rows_for(20), EmbeddingConfig(), META)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(tmp_path / "idx")
+    monkeypatch.undo()
+    assert len(SimilarityIndex.load(tmp_path / "idx")) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

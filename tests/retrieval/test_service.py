@@ -1,0 +1,83 @@
+"""Indexing a trained run and searching it with image files, end to end in the library."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from attnscope.engine.inference import evaluation_rows, load_run
+from attnscope.errors import RetrievalError
+from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, build_index, result_rows, search_images
+from attnscope.retrieval.page import write_search_page
+from attnscope.retrieval.service import loader_images
+
+
+def split_rows(run_dir, split):
+    with open(run_dir / "split.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["split"] == split]
+
+
+def write_queries(run_dir, folder, count=3):
+    """PNG files of the first training images, decoded at the run's size (so they embed identically)."""
+    run = load_run(run_dir)
+    loader = evaluation_rows(run, split="train", progress=False)
+    positions = np.arange(count)
+    folder.mkdir()
+    ids = []
+    for position, image in zip(positions, loader_images(loader, positions), strict=True):
+        name = loader.decoded.manifest.ids[position]
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f"{name}.png")
+        ids.append(name)
+    return ids
+
+
+def test_index_holds_each_training_image_once_and_finds_a_copy_of_it_first(trained_run, tmp_path):
+    embedding = EmbeddingConfig(attention_pooling=True)
+    result = build_index(trained_run, tmp_path / "idx", embedding=embedding, progress=False)
+    train = split_rows(trained_run, "train")
+    assert result["count"] == result["added"] == len(train)
+    index = SimilarityIndex.load(tmp_path / "idx")
+    assert sorted(row["id"] for row in index.rows) == sorted(row["id"] for row in train)
+    labels = {row["id"]: row["class"] for row in train}
+    assert all(row["label"] == labels[row["id"]] for row in index.rows)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1, atol=1e-5)
+    assert index.thumbs.shape[0] == len(train) and index.thumbs.dtype == np.uint8
+
+    ids = write_queries(trained_run, tmp_path / "queries")
+    index, found = search_images(tmp_path / "idx", [tmp_path / "queries"], k=4, progress=False)
+    lines = result_rows(index, found)
+    firsts = {line["query"]: line for line in lines if line["rank"] == 1}
+    for name in ids:
+        assert firsts[f"{name}.png"]["id"] == name  # its own copy ranks first
+        assert firsts[f"{name}.png"]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert len(lines) == 4 * len(ids)
+
+    page = write_search_page(index, found, tmp_path / "page.html", tmp_path / "idx")
+    text = page.read_text()
+    assert text.count("<img") == len(ids) * (1 + 4)
+    assert all(name in text for name in ids)
+
+
+def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):
+    build_index(trained_run, tmp_path / "idx", kind="hnsw", progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    weights = other / "checkpoints" / "best.safetensors"
+    tensors = load_file(weights)
+    first = next(name for name, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[first] = tensors[first] + 0.01
+    save_file(tensors, weights)
+    write_queries(trained_run, tmp_path / "queries", count=1)
+    with pytest.raises(RetrievalError, match="embeddings of other weights cannot be compared; rebuild"):
+        search_images(tmp_path / "idx", [tmp_path / "queries"], run_dir=other, progress=False)
+    with pytest.raises(RetrievalError, match="already in"):
+        build_index(trained_run, tmp_path / "idx", add=True, progress=False)
+    with pytest.raises(RetrievalError, match="embeds with"):
+        build_index(trained_run, tmp_path / "idx", split="val", add=True, progress=False,
+                    embedding=EmbeddingConfig(attention_pooling=True))
+    added = build_index(trained_run, tmp_path / "idx", split="val", add=True, progress=False)
+    assert added["count"] == len(split_rows(trained_run, "train")) + len(split_rows(trained_run, "val"))
+    assert SimilarityIndex.load(tmp_path / "idx").kind == "hnsw"
