@@ -1,0 +1,197 @@
+"""What does each attention type buy? The same backbone with none, SE, CBAM, grid and local attention.
+
+    python benchmarks/ablation.py --out benchmarks/results/ablation-cpu.jsonl
+    python benchmarks/ablation.py --quick                    # a smoke run: tiny sets, 1 epoch
+    python benchmarks/ablation.py --table benchmarks/results/ablation-cpu.jsonl   # README's tables
+
+Equal budget: every attention type trains with the same recipe, data, number of
+epochs and seeds; only the model changes. The backbone is ``resnet_tiny`` (one
+basic block per stage):
+
+- ``fashion_mnist``: the shipped recipe (3x3 stem, width 32) for ``--epochs``
+  epochs on the 54,000 training images, scored on the official 10,000 test
+  images; accuracy, parameters and seconds per epoch, for each of ``--seeds``.
+- ``cluttered`` and ``lesions``: the localisation benchmark's data and recipe
+  (``benchmarks/localisation.py``) at 64 px with the ImageNet stem at width 32;
+  test accuracy or AUC, and the pointing game, energy and Jaccard of Grad-CAM
+  and of every attention map the model has, on 500 test images.
+
+Local self-attention uses 3x3 neighbourhoods (the receptive field of the
+convolutions it replaces): 7x7 ones train 7x slower still on this CPU. Prints one
+JSON object per (setting, attention, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from attnscope.engine.config import load_config  # noqa: E402
+from attnscope.engine.inference import evaluate, evaluation_rows, load_run  # noqa: E402
+from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv  # noqa: E402
+from attnscope.engine.train import train  # noqa: E402
+from attnscope.explain.explainer import explain_run  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
+from localisation import settings_for  # noqa: E402
+
+ATTENTION: dict[str, tuple[str, dict]] = {
+    "none": ("resnet_tiny", {}),
+    "se": ("resnet_tiny", {"attn": "se"}),
+    "cbam": ("resnet_tiny", {"attn": "cbam"}),
+    "grid": ("attn_resnet_tiny", {}),
+    "local": ("resnet_tiny", {"attn": "local", "local_kernel": 3}),
+}
+SETTINGS = ("fashion_mnist", "cluttered", "lesions")
+MAP_SCORES = ("pointing_game", "energy", "jaccard")
+
+
+def run_settings(setting: str, attention: str, seed: int, epochs: int, quick: bool,
+                 directory: str | None = None) -> tuple[str | None, list[str]]:
+    """(config name, dotted settings) of one training run."""
+    name, options = ATTENTION[attention]
+    if setting == "fashion_mnist":
+        options = {"stem": "small", "width": 8 if quick else 32, **options}
+        shared = ["data.progress=false"]
+        if directory:
+            shared.append(f"data.source_options={json.dumps({'directory': str(directory), 'split': 'all'})}")
+        return "fashion_mnist", shared + [
+            f"model.name={name}", f"model.options={json.dumps(options)}", f"trainer.epochs={epochs}",
+            f"trainer.seed={seed}", "trainer.progress=false"]
+    options = {"stem": "imagenet", "width": 32, **options}
+    return None, settings_for(setting, quick) + [
+        f"model.name={name}", f"model.options={json.dumps(options)}", f"trainer.epochs={epochs}",
+        f"trainer.seed={seed}"]
+
+
+def one_run(root: Path, setting: str, attention: str, seed: int, epochs: int, quick: bool, images: int,
+            directory: str | None) -> dict:
+    """Train one model, score it on its test split, and return its record."""
+    run_dir = root / f"{setting}-{attention}-{seed}"
+    config_name, settings = run_settings(setting, attention, seed, epochs, quick, directory)
+    config = load_config(config_name, [*settings, f"run_dir={run_dir}"])
+    started = time.perf_counter()
+    train(config)
+    wall = time.perf_counter() - started
+    paths = RunPaths(run_dir)
+    history = read_metrics_csv(paths.metrics)
+    epoch_seconds = [row["seconds"] for row in history]
+    train_rows = read_json(paths.data)["counts"]["train"]["rows"]
+    run = load_run(run_dir)
+    loader = evaluation_rows(run, None, None, "test", False, False)
+    metrics = evaluate(run_dir, run_dir / "evaluation", progress=False, run=run, loader=loader)["metrics"]
+    record = {
+        "benchmark": "ablation", "setting": setting, "attention": attention, "model": config.model.name,
+        "model_options": config.model.options, "seed": seed, "epochs": len(history),
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "s_per_epoch": round(statistics.median(epoch_seconds), 1),
+        "train_img_per_s": round(train_rows / statistics.median(epoch_seconds), 1), "wall_s": round(wall, 1),
+        "test_accuracy": round(metrics["accuracy"], 4), "test_images": metrics["rows"],
+    }
+    if metrics.get("auc") is not None:
+        record["test_auc"] = round(metrics["auc"], 4)
+    if setting != "fashion_mnist":
+        result = explain_run(run_dir, run_dir / "explain", methods=["attention", "gradcam"] if attention != "none"
+                             and attention != "se" else ["gradcam"], count=images, steps=2, progress=False,
+                             run=run, loader=loader)
+        record["maps"] = {method: {score: round(scores[score], 4) for score in MAP_SCORES}
+                          for method, scores in result["summary"].items()}
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
+    parser.add_argument("--attention", default=",".join(ATTENTION), help=f"comma-separated subset of {tuple(ATTENTION)}")
+    parser.add_argument("--seeds", default="0,1,2", help="Fashion-MNIST seeds (default 0,1,2); other settings use the first")
+    parser.add_argument("--local-seeds", help="seeds for local attention, which trains ~10x slower (default: --seeds)")
+    parser.add_argument("--epochs", type=int, default=3, help="Fashion-MNIST epochs per run (default 3)")
+    parser.add_argument("--map-epochs", type=int, default=12, help="cluttered/lesions epochs per run (default 12)")
+    parser.add_argument("--images", type=int, default=500, help="test images whose maps are scored (default 500)")
+    parser.add_argument("--quick", action="store_true", help="tiny sets, one epoch, one seed: checks the script runs")
+    parser.add_argument("--fashion-mnist", metavar="DIR", help="your copy of the IDX files (default: Debian's)")
+    parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
+    add_result_arguments(parser)
+    args = parser.parse_args()
+    if print_table(args.table, render_tables):
+        return
+    settings = choose(parser, args.settings, SETTINGS, "setting")
+    attentions = choose(parser, args.attention, ATTENTION, "attention type")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        local_seeds = [int(s) for s in args.local_seeds.split(",")] if args.local_seeds else seeds
+    except ValueError:
+        parser.error(f"--seeds/--local-seeds take comma-separated integers, got {args.seeds!r} / {args.local_seeds!r}")
+    if args.quick:
+        seeds, local_seeds = seeds[:1], local_seeds[:1]
+    machine = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+               "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="attnscope-ablation-") as scratch:
+        root = Path(args.workdir or scratch)
+        for setting in settings:
+            for attention in attentions:
+                chosen = local_seeds if attention == "local" else seeds
+                for seed in chosen if setting == "fashion_mnist" else chosen[:1]:
+                    epochs = 1 if args.quick else args.epochs if setting == "fashion_mnist" else args.map_epochs
+                    record = {**one_run(root, setting, attention, seed, epochs, args.quick,
+                                        min(args.images, 40) if args.quick else args.images, args.fashion_mnist),
+                              **machine}
+                    print(json.dumps(record), flush=True)
+                    append_records(args.out, [record])
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _scores(scores: dict) -> str:
+    return " / ".join(f"{scores[name]:.2f}" for name in MAP_SCORES)
+
+
+def render_tables(records: list[dict]) -> str:
+    """Fashion-MNIST: mean ± sd over seeds; cluttered and lesions: classification and map scores."""
+    fashion = [r for r in records if r["setting"] == "fashion_mnist"]
+    lines = []
+    if fashion:
+        none_speed = statistics.median(r["s_per_epoch"] for r in fashion if r["attention"] == "none") \
+            if any(r["attention"] == "none" for r in fashion) else None
+        lines += ["| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch | vs none |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for attention in dict.fromkeys(r["attention"] for r in fashion):
+            rows = [r for r in fashion if r["attention"] == attention]
+            speed = statistics.median(r["s_per_epoch"] for r in rows)
+            ratio = f"{speed / none_speed:.1f}x" if none_speed else "-"
+            lines.append(f"| {attention} | {rows[0]['params']:,} | {rows[0]['epochs']} | {len(rows)} | "
+                         f"{_spread([r['test_accuracy'] for r in rows])} | {speed:.0f} | {ratio} |")
+    maps = [r for r in records if r["setting"] != "fashion_mnist"]
+    if maps:
+        lines += ["", "| setting | attention | test acc. / AUC | s/epoch | Grad-CAM pointing / energy / Jaccard "
+                  "| best attention map (of n) | its pointing / energy / Jaccard |",
+                  "|---|---|---:|---:|---:|---|---:|"]
+        for r in maps:
+            quality = f"{r['test_auc']:.3f} AUC" if r["setting"] == "lesions" else f"{r['test_accuracy']:.3f} acc."
+            attention = {m: s for m, s in r["maps"].items() if m.startswith("attention:")}
+            best = max(attention, key=lambda m: (attention[m]["pointing_game"], attention[m]["energy"]), default=None)
+            shown = (f"{best.removeprefix('attention:')} ({len(attention)}) | {_scores(attention[best])}"
+                     if best else "no spatial map | -")
+            lines.append(f"| {r['setting']} | {r['attention']} | {quality} | {r['s_per_epoch']:.0f} | "
+                         f"{_scores(r['maps']['gradcam'])} | {shown} |")
+    return "\n".join(lines).strip()
+
+
+if __name__ == "__main__":
+    main()

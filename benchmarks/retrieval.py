@@ -1,0 +1,216 @@
+"""Retrieval quality on Fashion-MNIST and index speed on a million random vectors.
+
+    python benchmarks/retrieval.py --out benchmarks/results/retrieval-cpu.jsonl
+    python benchmarks/retrieval.py --part fashion_mnist --run RUN      # reuse a trained run
+    python benchmarks/retrieval.py --part vectors --vectors 20000       # a quick look at the indexes
+    python benchmarks/retrieval.py --table benchmarks/results/retrieval-cpu.jsonl   # README's tables
+
+``fashion_mnist``: a model trained with the shipped recipe (``--config
+fashion_mnist``) on ``attn_resnet_tiny`` (grid attention, so that there are maps
+to pool with), unless ``--run`` names one. The 60,000 official training images
+are the gallery, the 10,000 test images the queries, a neighbour is relevant
+when it has the query's class. For each embedding (average+max pooling of
+layer3 and layer4; the same plus attention pooling; each reduced to 128-d by
+PCA) it reports mAP over the whole gallery and recall@1/5/10 (share of queries
+with a same-class image among the first k), from an exact index.
+
+``vectors``: ``--vectors`` random unit 256-d vectors (default 1,000,000) and
+1,000 random queries; for exact (flat), IVF, HNSW and LSH: build seconds, index
+bytes, median latency of one query and per query in a batch of 1,000, and
+recall@10 against exact search, with two search-time settings for IVF (nprobe)
+and HNSW (ef_search). Random vectors have no structure to exploit,
+so they are the hard case for approximate search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from attnscope.engine.config import load_config  # noqa: E402
+from attnscope.engine.inference import evaluation_rows, load_run  # noqa: E402
+from attnscope.engine.rundir import read_metrics_csv, RunPaths  # noqa: E402
+from attnscope.engine.train import train  # noqa: E402
+from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca  # noqa: E402
+from attnscope.retrieval.metrics import average_precision, recall_at_k  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
+
+PARTS = ("fashion_mnist", "vectors")
+KS = (1, 5, 10)
+STAGES = ("layer3", "layer4")
+SEARCH_SETTINGS = {"ivf": [{"nprobe": 16}, {"nprobe": 128}], "hnsw": [{"ef_search": 64}, {"ef_search": 512}]}
+
+
+def machine() -> dict:
+    return {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | None) -> Path:
+    """A run of the Fashion-MNIST recipe with grid attention."""
+    run_dir = root / "fashion_mnist-grid"
+    settings = ["model.name=attn_resnet_tiny", f"run_dir={run_dir}", "trainer.progress=false",
+                "data.progress=false"]
+    if directory:
+        settings.append(f"data.source_options={json.dumps({'directory': str(directory), 'split': 'all'})}")
+    if epochs:
+        settings.append(f"trainer.epochs={epochs}")
+    if quick:
+        settings += ["model.options={stem: small, width: 8}", "trainer.epochs=1", "trainer.precision=32-true"]
+    train(load_config("fashion_mnist", settings))
+    return run_dir
+
+
+def fashion_mnist(run_dir: Path | None, root: Path, epochs: int | None, quick: bool, directory: str | None) -> list[dict]:
+    """mAP and recall@k of each embedding, test images against the training images."""
+    run_dir = run_dir or trained_run(root, epochs, quick, directory)
+    run = load_run(run_dir)
+    options = {"directory": directory} if directory else {}
+    gallery_loader = evaluation_rows(run, "idx", {**options, "split": "train"}, progress=False)
+    query_loader = evaluation_rows(run, "idx", {**options, "split": "test"}, progress=False)
+    gallery_labels = gallery_loader.decoded.manifest.labels
+    query_labels = query_loader.decoded.manifest.labels
+    history = read_metrics_csv(RunPaths(run_dir).metrics)
+    records = []
+    for attention in (False, True):
+        config = EmbeddingConfig(stages=STAGES, attention_pooling=attention)
+        started = time.perf_counter()
+        gallery = embed(run, gallery_loader, config, progress=False)
+        embed_seconds = time.perf_counter() - started
+        queries = embed(run, query_loader, config, progress=False)
+        for pca_dim in (0, 128):
+            pca = fit_pca(gallery.vectors, pca_dim) if pca_dim else None
+            g = pca.apply(gallery.vectors) if pca else gallery.vectors
+            q = pca.apply(queries.vectors) if pca else queries.vectors
+            rows = [{"id": str(i)} for i in range(len(g))]
+            index = SimilarityIndex.create("flat", g, rows, config, {})
+            positions, _ = index.search(q, max(KS))
+            recall = recall_at_k(gallery_labels[gallery.rows][positions], query_labels[queries.rows], KS)
+            ap = average_precision(q, g, query_labels[queries.rows], gallery_labels[gallery.rows])
+            record = {"benchmark": "retrieval", "part": "fashion_mnist", "run": str(run_dir),
+                      "model": run.config.model.name, "epochs": len(history), "stages": list(STAGES),
+                      "attention_pooling": attention, "pca_dim": pca_dim, "dim": int(g.shape[1]),
+                      "gallery": len(g), "queries": len(q), "map": round(float(np.nanmean(ap)), 4),
+                      **{f"recall@{k}": round(v, 4) for k, v in recall.items()},
+                      "gallery_embed_img_per_s": round(len(g) / embed_seconds, 1), **machine()}
+            print(json.dumps(record), flush=True)
+            records.append(record)
+    return records
+
+
+def _median_ms(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def vectors(count: int, dim: int, queries_count: int) -> list[dict]:
+    """Build time, size, latency and recall@10 of each index kind on random unit vectors."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((count, dim), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = rng.standard_normal((queries_count, dim), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = [{}] * count
+    truth = None
+    records = []
+    for kind, params in (("flat", {}), ("ivf", {}), ("hnsw", {}), ("lsh", {})):
+        started = time.perf_counter()
+        index = SimilarityIndex.create(kind, data, rows, EmbeddingConfig(), {}, params)
+        build = time.perf_counter() - started
+        size_mb = len(faiss.serialize_index(index.faiss_index)) / 2**20
+        for setting in SEARCH_SETTINGS.get(kind, [{}]):
+            # a search-time setting changes no stored data: the same index is searched again
+            for name, value in setting.items():
+                index.params[name] = value
+                if name == "nprobe":
+                    index.faiss_index.nprobe = value
+                else:
+                    index.faiss_index.hnsw.efSearch = value
+            positions, _ = index.search(queries, 10)
+            if truth is None:
+                truth = positions
+            recall = float(np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions, truth, strict=True)]))
+            batch_ms = _median_ms(lambda: index.search(queries, 10), 3) / len(queries)
+            single_ms = statistics.median(_median_ms(lambda q=q: index.search(q[None], 10), 1) for q in queries[:100])
+            record = {"benchmark": "retrieval", "part": "vectors", "kind": kind, "params": dict(index.params),
+                      "count": count, "dim": dim, "queries": queries_count, "build_s": round(build, 2),
+                      "index_mb": round(size_mb, 1), "batch_ms_per_query": round(batch_ms, 4),
+                      "single_query_ms": round(single_ms, 3), "recall@10": round(recall, 4),
+                      "faiss_threads": faiss.omp_get_max_threads(), **machine()}
+            print(json.dumps(record), flush=True)
+            records.append(record)
+        del index
+    return records
+
+
+def render_tables(records: list[dict]) -> str:
+    lines = []
+    fashion = [r for r in records if r["part"] == "fashion_mnist"]
+    if fashion:
+        lines += ["| embedding | PCA | size | mAP | recall@1 | recall@5 | recall@10 |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in fashion:
+            pooling = "avg+max+attention" if r["attention_pooling"] else "avg+max"
+            lines.append(f"| {pooling} ({', '.join(r['stages'])}) | {r['pca_dim'] or '-'} | {r['dim']} | {r['map']:.4f} | "
+                         f"{r['recall@1']:.4f} | {r['recall@5']:.4f} | {r['recall@10']:.4f} |")
+    vector_records = [r for r in records if r["part"] == "vectors"]
+    if vector_records:
+        first = vector_records[0]
+        lines += ["", f"{first['count']:,} random unit {first['dim']}-d vectors, {first['queries']:,} queries, "
+                  f"{first['faiss_threads']} threads:", "",
+                  f"| index | parameters | build s | size MB | ms/query (batch of {first['queries']:,}) | ms (one query) | recall@10 |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in vector_records:
+            params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+            lines.append(f"| {r['kind']} | {params} | {r['build_s']:.1f} | {r['index_mb']:,.0f} | "
+                         f"{r['batch_ms_per_query']:.3f} | {r['single_query_ms']:.2f} | {r['recall@10']:.3f} |")
+    return "\n".join(lines).strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--run", type=Path, help="a trained Fashion-MNIST run to use (default: train one)")
+    parser.add_argument("--epochs", type=int, help="epochs of the trained run (default: the recipe's)")
+    parser.add_argument("--fashion-mnist", metavar="DIR", help="your copy of the IDX files (default: Debian's)")
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="random vectors indexed (default 1,000,000)")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="a tiny model for one epoch: checks the script runs")
+    parser.add_argument("--workdir", help="keep the trained run here (default: a temporary folder)")
+    add_result_arguments(parser)
+    args = parser.parse_args()
+    if print_table(args.table, render_tables):
+        return
+    parts = choose(parser, args.part, PARTS, "part")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="attnscope-retrieval-") as scratch:
+        root = Path(args.workdir or scratch)
+        if "fashion_mnist" in parts:
+            records += fashion_mnist(args.run, root, args.epochs, args.quick, args.fashion_mnist)
+    if "vectors" in parts:
+        records += vectors(args.vectors, args.dim, args.queries)
+    append_records(args.out, records)
+
+
+if __name__ == "__main__":
+    main()

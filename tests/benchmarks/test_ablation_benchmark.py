@@ -1,0 +1,38 @@
+"""The attention ablation runs end to end: equal budgets, sound records, both tables."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from attnscope.models import create_model
+from tests.benchmarks.test_retrieval_benchmark import write_idx
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "ablation.py"
+
+
+def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path):
+    write_idx(tmp_path)
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--fashion-mnist", str(tmp_path),
+                             "--settings", "fashion_mnist,cluttered", "--attention", "none,cbam,grid",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["setting"], r["attention"]) for r in records] == [
+        (s, a) for s in ("fashion_mnist", "cluttered") for a in ("none", "cbam", "grid")]
+    for r in records:
+        assert r["epochs"] == 1 and r["s_per_epoch"] > 0 and 0 <= r["test_accuracy"] <= 1
+        expected = create_model(r["model"], num_classes=10, in_chans=1, **r["model_options"])
+        assert r["params"] == sum(p.numel() for p in expected.parameters())
+    fashion = [r for r in records if r["setting"] == "fashion_mnist"]
+    assert all(r["test_images"] == 60 for r in fashion)  # the official test split of the IDX files
+    maps = {r["attention"]: r["maps"] for r in records if r["setting"] == "cluttered"}
+    assert list(maps["none"]) == ["gradcam"]  # no attention to score on a plain network
+    assert sorted(maps["grid"]) == ["attention:attn_layer2", "attention:attn_layer3", "gradcam"]
+    assert len([m for m in maps["cbam"] if m.startswith("attention:")]) == 4  # one spatial gate per block
+    for scores in (s for methods in maps.values() for s in methods.values()):
+        assert all(0 <= scores[name] <= 1 for name in ("pointing_game", "energy", "jaccard"))
+    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True).stdout
+    assert "| none | " in table and "| 1 | 1 |" in table  # one epoch, one seed
+    assert "| cluttered | grid |" in table and "no spatial map" in table

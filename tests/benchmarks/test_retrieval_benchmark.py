@@ -1,0 +1,47 @@
+"""The retrieval benchmark runs end to end on a small IDX set and a few thousand random vectors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.data.test_sources_arrays import idx_bytes
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "retrieval.py"
+
+
+def write_idx(folder: pathlib.Path) -> None:
+    """Fashion-MNIST-shaped files: 10 classes, each a bright square at its own place."""
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 300), ("t10k", 60)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), 5)
+            images[i, 4 + 10 * row:12 + 10 * row, 2 + 5 * col:6 + 5 * col] = 230
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+
+
+def test_reports_sound_retrieval_and_index_figures(tmp_path):
+    write_idx(tmp_path)
+    out = tmp_path / "records.jsonl"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--fashion-mnist", str(tmp_path), "--vectors",
+                             "2000", "--queries", "50", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    fashion = [r for r in records if r["part"] == "fashion_mnist"]
+    assert [(r["attention_pooling"], r["pca_dim"]) for r in fashion] == [(False, 0), (False, 128), (True, 0), (True, 128)]
+    for r in fashion:
+        assert r["gallery"] == 300 and r["queries"] == 60
+        assert 0 < r["map"] <= 1 and r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
+        assert r["map"] > 0.1  # above chance for 10 balanced classes, even after one epoch
+    assert fashion[2]["dim"] == 3 * fashion[0]["dim"] // 2  # attention adds a third block per stage
+    vectors = {(r["kind"], json.dumps(r["params"], sort_keys=True)): r for r in records if r["part"] == "vectors"}
+    assert vectors[("flat", "{}")]["recall@10"] == 1.0
+    ivf_all = next(r for r in vectors.values() if r["kind"] == "ivf" and r["params"]["nprobe"] >= r["params"]["nlist"])
+    assert ivf_all["recall@10"] == 1.0  # every cell probed: exact
+    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
+    assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
