@@ -18,6 +18,7 @@ from attnscope.errors import AttnscopeError, ConfigError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+DEMO_QUERIES = 6
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -232,8 +233,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from attnscope.engine.config import load_config
-    from attnscope.engine.inference import evaluation_rows, load_run
+    from attnscope.data.loader import BatchLoader
     from attnscope.engine.inference import evaluate as evaluate_run
+    from attnscope.engine.inference import load_run, split_loaders
+    from attnscope.retrieval import EmbeddingConfig, build_index
+    from attnscope.retrieval.page import write_search_page
+    from attnscope.retrieval.service import open_index, search_loader
     from attnscope.engine.train import train
     from attnscope.explain.overlay import write_run_attention_grid
     from attnscope.explain.report import write_report
@@ -254,13 +259,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = train(config)
     _print_best(result)
     run = load_run(run_dir)
-    loader = evaluation_rows(run, progress=not args.no_progress)  # the test split, read once for all below
+    loaders = split_loaders(run, ["test", "train"], progress=not args.no_progress)  # read once for all below
+    loader = loaders["test"]
     evaluation = evaluate_run(run_dir, progress=not args.no_progress, run=run, loader=loader)
     _print_metrics(evaluation)
     grid = write_run_attention_grid(run, loader, 8, run_dir / "attention.png")
     print(f"attention overlays (input | pool3 | pool4): {grid}")
     report = write_report(run_dir, progress=not args.no_progress, evaluation=evaluation, run=run, loader=loader)
     print(f"report (metrics, curves, attention vs Grad-CAM scores, gallery): {report}")
+    index_dir = run_dir / "index"
+    indexed = build_index(run_dir, index_dir, embedding=EmbeddingConfig(attention_pooling=True),
+                          progress=not args.no_progress, run=run, loader=loaders["train"])
+    index, _ = open_index(index_dir, run=run)
+    queries = BatchLoader(loader.decoded, loader.order()[:DEMO_QUERIES], DEMO_QUERIES)
+    similar = search_loader(index, run, queries, k=8, progress=not args.no_progress, with_labels=True)
+    page = write_search_page(index, similar, run_dir / "similar.html", index_dir)
+    print(f"similarity index of the {indexed['count']} training images (attention-pooled): {index_dir}; "
+          f"{DEMO_QUERIES} test images and their most similar training images: {page}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {run_dir}")
     return 0
 

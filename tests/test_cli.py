@@ -357,3 +357,25 @@ def test_search_with_a_folder_that_is_no_index_is_one_clear_line(tmp_path, capsy
     image = write_images(tmp_path, 1)[0]
     assert cli.main(["search", str(tmp_path), str(image)]) == 1
     assert "is not an attnscope index (no index.json); build one with attnscope index" in capsys.readouterr().err
+
+
+def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, monkeypatch, capsys):
+    """The demo's whole job on a tiny config (the real one takes minutes; make demo runs it)."""
+    from attnscope.engine import config as config_module
+    from tests.runs import tiny_settings
+
+    original = config_module.load_config
+
+    def tiny(name=None, settings=()):
+        return original(name, [*settings, *tiny_settings(tmp_path / "demo", epochs=1)[1:]])
+
+    monkeypatch.setattr(config_module, "load_config", tiny)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    demo = tmp_path / "demo"
+    for name in ("attention.png", "report.html", "evaluation/metrics.json", "index/index.json", "similar.html"):
+        assert (demo / name).is_file(), name
+    train_rows = sum(1 for line in (demo / "split.csv").read_text().splitlines() if line.endswith(",train"))
+    assert f"similarity index of the {train_rows} training images" in printed
+    page = (demo / "similar.html").read_text()
+    assert page.count("<img") == 6 * (1 + 8) and page.count("truth: <b>") == 6

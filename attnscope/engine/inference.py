@@ -111,12 +111,7 @@ def evaluation_rows(run: LoadedRun, source: str | None = None, source_options: d
     """A loader over the run's ``split``, or over every row of another source."""
     data_config = replace(run.config.data, progress=progress, skip_bad=skip_bad or run.config.data.skip_bad)
     if source is None:
-        data = DataModule(data_config).setup()
-        _check_same_split(data, run.paths)
-        if len(data.rows(split)) == 0:
-            raise DataError(f"{run.paths.root} has no {split} split (data.{split}_fraction is 0); "
-                            "evaluate with --split val, or on other data with --data")
-        return data.ordered_loader(split)
+        return split_loaders(run, [split], progress, skip_bad)[split]
     manifest = load_source(source, **(source_options or {}))
     _check_classes(manifest, run)
     decoded = load_images(manifest, data_config.image_size, data_config.mode,
@@ -125,6 +120,19 @@ def evaluation_rows(run: LoadedRun, source: str | None = None, source_options: d
     check_bad_rows(decoded.manifest, skip_bad)
     batch = data_config.eval_batch_size or data_config.batch_size
     return BatchLoader(decoded, np.arange(len(decoded.manifest)), batch)
+
+
+def split_loaders(run: LoadedRun, splits: Sequence[str], progress: bool = True,
+                  skip_bad: bool = False) -> dict[str, BatchLoader]:
+    """Loaders over several of the run's splits, from one reading of its data (each row once, in order)."""
+    data_config = replace(run.config.data, progress=progress, skip_bad=skip_bad or run.config.data.skip_bad)
+    data = DataModule(data_config).setup()
+    _check_same_split(data, run.paths)
+    for split in splits:
+        if len(data.rows(split)) == 0:
+            raise DataError(f"{run.paths.root} has no {split} split (data.{split}_fraction is 0); "
+                            "evaluate with --split val, or on other data with --data")
+    return {split: data.ordered_loader(split) for split in splits}
 
 
 def _check_classes(manifest: Manifest, run: LoadedRun) -> None:

@@ -45,7 +45,8 @@ def write_search_page(index: SimilarityIndex, result, out: str | Path, index_pat
     """The page at ``out``: one line per query, its thumbnail, then its neighbours with label and similarity."""
     sections = []
     for number, query in enumerate(result.queries):
-        figures = [_figure(result.query_thumbs[number], f"<b>query</b><br>{html.escape(query['id'])}", "q")]
+        truth = f"<br>truth: <b>{html.escape(query['label'])}</b>" if "label" in query else ""
+        figures = [_figure(result.query_thumbs[number], f"<b>query</b>{truth}<br>{html.escape(query['id'])}", "q")]
         for rank, (position, similarity) in enumerate(zip(result.positions[number].tolist(),
                                                           result.similarities[number].tolist(), strict=True), 1):
             if position < 0:

@@ -95,10 +95,14 @@ def check_same_model(index: SimilarityIndex, run: LoadedRun, weights: str, index
 def build_index(run_dir: str | Path, out: str | Path, source: str | None = None, source_options: dict | None = None,
                 split: str = "train", kind: str = "flat", params: dict | None = None,
                 embedding: EmbeddingConfig | None = None, fp16: bool = False, with_thumbnails: bool = True,
-                add: bool = False, weights: str = "best", skip_bad: bool = False, progress: bool = True) -> dict:
-    """Index the run's ``split`` (or every row of another source) at ``out``; with ``add``, extend the index there."""
+                add: bool = False, weights: str = "best", skip_bad: bool = False, progress: bool = True,
+                run: LoadedRun | None = None, loader: BatchLoader | None = None) -> dict:
+    """Index the run's ``split`` (or every row of another source) at ``out``; with ``add``, extend the index there.
+
+    ``run`` and ``loader`` (from :func:`load_run` and :func:`evaluation_rows`) spare reading them again.
+    """
     out = Path(out)
-    run = load_run(run_dir, weights)
+    run = run or load_run(run_dir, weights)
     existing = None
     if add:
         if not (out / "index.json").is_file():
@@ -110,7 +114,7 @@ def build_index(run_dir: str | Path, out: str | Path, source: str | None = None,
                                  f"{embedding.to_dict()}; leave the embedding options out to reuse the index's")
         embedding = existing.embedding
     embedding = embedding or EmbeddingConfig()
-    loader = evaluation_rows(run, source, source_options, split, progress, skip_bad)
+    loader = loader or evaluation_rows(run, source, source_options, split, progress, skip_bad)
     embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails if existing is None
                                            else existing.thumbs is not None, progress)
     described = source or f"{run.paths.root} ({split} split)"
@@ -152,30 +156,48 @@ class SearchResult:
     query_thumbs: np.ndarray
 
 
-def search_images(index_path: str | Path, images: Sequence[str | Path], k: int = 10, run_dir: str | Path | None = None,
-                  skip_bad: bool = False, progress: bool = True) -> tuple[SimilarityIndex, SearchResult]:
-    """The ``k`` nearest indexed images of each image file (or folder of them)."""
+def open_index(index_path: str | Path, run_dir: str | Path | None = None,
+               run: LoadedRun | None = None) -> tuple[SimilarityIndex, LoadedRun]:
+    """The index at ``index_path`` and the run it was built from (or ``run_dir``/``run``), checked to match."""
     index_path = Path(index_path)
     index = SimilarityIndex.load(index_path)
-    run_dir = run_dir or index.meta.get("run")
-    if not run_dir or not Path(run_dir).is_dir():
-        raise RetrievalError(f"{index_path} was built from run {run_dir!r}, which is not there; "
-                             "pass the run folder with --run")
     weights = index.meta.get("weights", "best")
-    run = load_run(run_dir, weights)
+    if run is None:
+        run_dir = run_dir or index.meta.get("run")
+        if not run_dir or not Path(run_dir).is_dir():
+            raise RetrievalError(f"{index_path} was built from run {run_dir!r}, which is not there; "
+                                 "pass the run folder with --run")
+        run = load_run(run_dir, weights)
     check_same_model(index, run, weights, index_path)
-    with tempfile.TemporaryDirectory(prefix="attnscope-search-") as scratch:
-        loader = file_loader(run, images, scratch, skip_bad, progress)
-        embedded = embed(run, loader, index.embedding, progress)
-        query_thumbs = thumbnails(loader_images(loader, embedded.rows))
+    return index, run
+
+
+def search_loader(index: SimilarityIndex, run: LoadedRun, loader: BatchLoader, k: int = 10,
+                  progress: bool = True, with_labels: bool = False) -> SearchResult:
+    """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
+    known, and shown beside each query)."""
+    embedded = embed(run, loader, index.embedding, progress)
     vectors = index.pca.apply(embedded.vectors) if index.pca is not None else embedded.vectors
     positions, similarities = index.search(vectors, k)
     manifest = loader.decoded.manifest
-    queries = [{"id": manifest.ids[p], "path": manifest.paths[p]} for p in embedded.rows.tolist()]
+    queries = [{"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""}
+               for p in embedded.rows.tolist()]
+    if with_labels:
+        for query, label in zip(queries, label_names(manifest.labels[embedded.rows], run.classes), strict=True):
+            query["label"] = label
     if manifest.rejected:
         log.warning("%d query image(s) could not be read and were skipped: %s", len(manifest.rejected),
                     "; ".join(f"{bad.id}: {bad.reason}" for bad in manifest.rejected[:3]))
-    return index, SearchResult(queries, positions, similarities, query_thumbs)
+    return SearchResult(queries, positions, similarities, thumbnails(loader_images(loader, embedded.rows)))
+
+
+def search_images(index_path: str | Path, images: Sequence[str | Path], k: int = 10, run_dir: str | Path | None = None,
+                  skip_bad: bool = False, progress: bool = True) -> tuple[SimilarityIndex, SearchResult]:
+    """The ``k`` nearest indexed images of each image file (or folder of them)."""
+    index, run = open_index(index_path, run_dir)
+    with tempfile.TemporaryDirectory(prefix="attnscope-search-") as scratch:
+        loader = file_loader(run, images, scratch, skip_bad, progress)
+        return index, search_loader(index, run, loader, k, progress)
 
 
 def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:

@@ -1,0 +1,75 @@
+"""Regenerate the README's result tables from the JSON lines under benchmarks/results/.
+
+    python benchmarks/readme.py            # rewrite every generated block of README.md
+    python benchmarks/readme.py --check    # exit 1 if a block differs from what its results give
+
+A generated block sits between two markers; the first names the command that
+prints it (a benchmark script and its ``--table`` file)::
+
+    <!-- table: benchmarks/fashion_mnist.py --table benchmarks/results/fashion_mnist-cpu.jsonl -->
+    | epochs | test accuracy | ...
+    <!-- /table -->
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- table: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def render(command: str) -> str:
+    """The markdown a block's command prints (run from the repository root)."""
+    script, *arguments = shlex.split(command)
+    if not script.startswith("benchmarks/"):
+        raise SystemExit(f"README block command {command!r}: must run a script under benchmarks/")
+    result = subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"README block command {command!r} failed:\n{result.stderr[-2000:]}")
+    return result.stdout.rstrip("\n") + "\n"
+
+
+def regenerate(text: str) -> tuple[str, list[str]]:
+    """The README with every block rendered anew, and the commands whose blocks changed."""
+    changed = []
+
+    def replace(match: re.Match) -> str:
+        body = render(match["command"])
+        if body != match["body"]:
+            changed.append(match["command"])
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(replace, text), changed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="change nothing; fail if a block is out of date")
+    args = parser.parse_args()
+    text = args.readme.read_text(encoding="utf-8")
+    if not BLOCK.search(text):
+        print(f"{args.readme}: no generated blocks", file=sys.stderr)
+        return 1
+    updated, changed = regenerate(text)
+    if args.check:
+        for command in changed:
+            print(f"out of date: {command} (run python benchmarks/readme.py)", file=sys.stderr)
+        return 1 if changed else 0
+    if changed:
+        sys.path.insert(0, str(ROOT))
+        from attnscope.fileio import atomic_write
+
+        atomic_write(args.readme, updated)
+    print(f"{len(changed)} block(s) rewritten" if changed else "every block is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

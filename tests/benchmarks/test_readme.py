@@ -1,0 +1,26 @@
+"""The README's result tables are what the benchmark results give, and the checker notices a stale one."""
+
+import pathlib
+import subprocess
+import sys
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "readme.py"
+ROOT = SCRIPT.parents[1]
+
+
+def test_every_generated_table_of_the_readme_is_up_to_date():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (ROOT / "README.md").read_text().count("<!-- table: ") >= 6
+
+
+def test_a_stale_table_is_reported_then_rewritten(tmp_path):
+    command = "benchmarks/fashion_mnist.py --table benchmarks/results/fashion_mnist-cpu.jsonl"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n<!-- table: {command} -->\n| old |\n<!-- /table -->\nafter\n")
+    check = subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--check"], capture_output=True,
+                           text=True)
+    assert check.returncode == 1 and f"out of date: {command}" in check.stderr
+    subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme)], check=True, capture_output=True)
+    fresh = subprocess.run([sys.executable, *command.split()], cwd=ROOT, capture_output=True, text=True).stdout
+    assert readme.read_text() == f"# x\n\n<!-- table: {command} -->\n{fresh}<!-- /table -->\nafter\n"
