@@ -11,6 +11,10 @@ basic block per stage):
 - ``fashion_mnist``: the shipped recipe (3x3 stem, width 32) for ``--epochs``
   epochs on the 54,000 training images, scored on the official 10,000 test
   images; accuracy, parameters and seconds per epoch, for each of ``--seeds``.
+- ``speed``: training images per second of each Fashion-MNIST model (batch 128,
+  bfloat16 autocast, channels_last, as the recipe), timed in interleaved rounds
+  so that a busy machine slows every type alike; the per-epoch seconds of the
+  runs above also count validation and whatever else shared the machine.
 - ``cluttered`` and ``lesions``: the localisation benchmark's data and recipe
   (``benchmarks/localisation.py``) at 64 px with the ImageNet stem at width 32;
   test accuracy or AUC, and the pointing game, energy and Jaccard of Grad-CAM
@@ -54,7 +58,7 @@ ATTENTION: dict[str, tuple[str, dict]] = {
     "grid": ("attn_resnet_tiny", {}),
     "local": ("resnet_tiny", {"attn": "local", "local_kernel": 3}),
 }
-SETTINGS = ("fashion_mnist", "cluttered", "lesions")
+SETTINGS = ("fashion_mnist", "cluttered", "lesions", "speed")
 MAP_SCORES = ("pointing_game", "energy", "jaccard")
 
 
@@ -111,6 +115,44 @@ def one_run(root: Path, setting: str, attention: str, seed: int, epochs: int, qu
     return record
 
 
+def step_speed(attentions: list[str], rounds: int, steps: int, quick: bool) -> list[dict]:
+    """Median training images per second of each type's Fashion-MNIST model, timed round-robin."""
+    from torch.nn import functional as F
+
+    from attnscope.models import create_model
+
+    batch = 16 if quick else 128
+    torch.manual_seed(0)
+    images = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,))
+    steppers = {}
+    for attention in attentions:
+        name, options = ATTENTION[attention]
+        model = create_model(name, num_classes=10, in_chans=1, stem="small", width=8 if quick else 32, **options)
+        model = model.to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # warm-up
+        steppers[attention] = (step, sum(p.numel() for p in model.parameters()))
+    times: dict[str, list[float]] = {attention: [] for attention in attentions}
+    for _ in range(rounds):
+        for attention, (step, _) in steppers.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[attention].append((time.perf_counter() - started) / steps)
+    return [{"benchmark": "ablation", "setting": "speed", "attention": attention, "params": steppers[attention][1],
+             "batch": batch, "rounds": rounds, "steps": steps,
+             "train_img_per_s": round(batch / statistics.median(times[attention]), 1)} for attention in attentions]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
@@ -119,6 +161,7 @@ def main() -> None:
     parser.add_argument("--local-seeds", help="seeds for local attention, which trains ~10x slower (default: --seeds)")
     parser.add_argument("--epochs", type=int, default=3, help="Fashion-MNIST epochs per run (default 3)")
     parser.add_argument("--map-epochs", type=int, default=12, help="cluttered/lesions epochs per run (default 12)")
+    parser.add_argument("--rounds", type=int, default=5, help="speed: interleaved timing rounds (default 5)")
     parser.add_argument("--images", type=int, default=500, help="test images whose maps are scored (default 500)")
     parser.add_argument("--quick", action="store_true", help="tiny sets, one epoch, one seed: checks the script runs")
     parser.add_argument("--fashion-mnist", metavar="DIR", help="your copy of the IDX files (default: Debian's)")
@@ -138,9 +181,14 @@ def main() -> None:
         seeds, local_seeds = seeds[:1], local_seeds[:1]
     machine = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if "speed" in settings:
+        for record in step_speed(attentions, 2 if args.quick else args.rounds, 1 if args.quick else 3, args.quick):
+            record.update(machine)
+            print(json.dumps(record), flush=True)
+            append_records(args.out, [record])
     with tempfile.TemporaryDirectory(prefix="attnscope-ablation-") as scratch:
         root = Path(args.workdir or scratch)
-        for setting in settings:
+        for setting in (s for s in settings if s != "speed"):
             for attention in attentions:
                 chosen = local_seeds if attention == "local" else seeds
                 for seed in chosen if setting == "fashion_mnist" else chosen[:1]:
@@ -165,19 +213,21 @@ def _scores(scores: dict) -> str:
 def render_tables(records: list[dict]) -> str:
     """Fashion-MNIST: mean ± sd over seeds; cluttered and lesions: classification and map scores."""
     fashion = [r for r in records if r["setting"] == "fashion_mnist"]
+    speed = {r["attention"]: r for r in records if r["setting"] == "speed"}
     lines = []
     if fashion:
-        none_speed = statistics.median(r["s_per_epoch"] for r in fashion if r["attention"] == "none") \
-            if any(r["attention"] == "none" for r in fashion) else None
-        lines += ["| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch | vs none |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch in the runs "
+                  "| training images/s (interleaved) | speed vs none |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for attention in dict.fromkeys(r["attention"] for r in fashion):
             rows = [r for r in fashion if r["attention"] == attention]
-            speed = statistics.median(r["s_per_epoch"] for r in rows)
-            ratio = f"{speed / none_speed:.1f}x" if none_speed else "-"
+            clean = speed.get(attention)
+            rate = f"{clean['train_img_per_s']:,.0f}" if clean else "-"
+            ratio = (f"{clean['train_img_per_s'] / speed['none']['train_img_per_s']:.2f}x"
+                     if clean and "none" in speed else "-")
             lines.append(f"| {attention} | {rows[0]['params']:,} | {rows[0]['epochs']} | {len(rows)} | "
-                         f"{_spread([r['test_accuracy'] for r in rows])} | {speed:.0f} | {ratio} |")
-    maps = [r for r in records if r["setting"] != "fashion_mnist"]
+                         f"{_spread([r['test_accuracy'] for r in rows])} | "
+                         f"{statistics.median(r['s_per_epoch'] for r in rows):.0f} | {rate} | {ratio} |")
+    maps = [r for r in records if r["setting"] in ("cluttered", "lesions")]
     if maps:
         lines += ["", "| setting | attention | test acc. / AUC | s/epoch | Grad-CAM pointing / energy / Jaccard "
                   "| best attention map (of n) | its pointing / energy / Jaccard |",
