@@ -232,7 +232,7 @@ def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) 
     queries_t = torch.from_numpy(_as_float32(queries))
     found_t = torch.from_numpy(found.astype(np.int64))
     valid = found_t >= 0
-    gathered = torch.from_numpy(_as_float32(vectors))[found_t.clamp_min(0)]  # (Q, C, D)
+    gathered = torch.from_numpy(_as_float32(vectors[np.clip(found, 0, None)]))  # (Q, C, D); converts only these
     scores = torch.einsum("qd,qcd->qc", queries_t, gathered).masked_fill(~valid, float("-inf"))
     keep = min(k, found.shape[1])
     best, order = scores.topk(keep, dim=1)
