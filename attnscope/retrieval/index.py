@@ -3,7 +3,8 @@
 Kinds (cosine similarity: embeddings are L2-normalised, so inner product):
 
 - ``flat``: exact search over every vector;
-- ``ivf``: an inverted file of ``nlist`` k-means cells, ``nprobe`` of them searched;
+- ``ivf``: an inverted file of ``nlist`` k-means cells (trained on at most 64 points a cell), ``nprobe``
+  of them searched;
 - ``hnsw``: a navigable small-world graph of ``M`` links, ``ef_search`` candidates;
 - ``lsh``: random-rotation hyperplane hashing to ``nbits`` bits, Hamming ranking (the seed's LSH).
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 KINDS = ("flat", "ivf", "hnsw", "lsh")
+# FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
+TRAIN_POINTS_PER_CELL = 64
 ROW_FIELDS = ("id", "label", "path", "source")
 DEFAULT_PARAMS = {"flat": {}, "ivf": {"nlist": 0, "nprobe": 16}, "hnsw": {"M": 32, "ef_search": 64,
                   "ef_construction": 80}, "lsh": {"nbits": 0, "rerank": 10}}
@@ -92,6 +95,14 @@ def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
     return faiss.IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
 
 
+def training_sample(data: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """At most ``size`` rows of ``data``, drawn without replacement (seeded): k-means needs no more."""
+    if len(data) <= size:
+        return data
+    chosen = np.sort(np.random.default_rng(seed).choice(len(data), size, replace=False))
+    return data[chosen]
+
+
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -133,7 +144,7 @@ class SimilarityIndex:
             if kind == "ivf" and len(data) < params["nlist"]:
                 raise ConfigError(f"ivf with nlist={params['nlist']} needs at least that many vectors to train, "
                                   f"got {len(data)}; lower nlist or use kind flat")
-            index.train(data)
+            index.train(training_sample(data, TRAIN_POINTS_PER_CELL * params["nlist"]) if kind == "ivf" else data)
         index.add(data)
         stored = vectors.astype(np.float16 if embedding.dtype == "float16" else np.float32)
         meta = {**meta, "fp16_index": fp16}

@@ -131,3 +131,13 @@ def test_a_failed_save_keeps_the_previous_index_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(SimilarityIndex.load(tmp_path / "idx")) == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_ivf_trains_on_a_seeded_sample_of_distinct_rows():
+    from attnscope.retrieval.index import training_sample
+
+    data = np.arange(100, dtype=np.float32)[:, None]
+    sample = training_sample(data, 30)
+    assert len(np.unique(sample)) == 30 and set(sample[:, 0]) <= set(range(100))
+    np.testing.assert_array_equal(sample, training_sample(data, 30))  # same seed, same sample
+    assert training_sample(data, 500) is data
