@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +45,7 @@ from attnscope.engine.inference import evaluate, evaluation_rows, load_run  # no
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv  # noqa: E402
 from attnscope.engine.train import train  # noqa: E402
 from attnscope.explain.explainer import explain_run  # noqa: E402
-from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table, provenance, run_facts  # noqa: E402
 from localisation import settings_for  # noqa: E402
 
 ATTENTION: dict[str, tuple[str, dict]] = {
@@ -179,8 +176,7 @@ def main() -> None:
         parser.error(f"--seeds/--local-seeds take comma-separated integers, got {args.seeds!r} / {args.local_seeds!r}")
     if args.quick:
         seeds, local_seeds = seeds[:1], local_seeds[:1]
-    machine = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = run_facts()
     if "speed" in settings:
         for record in step_speed(attentions, 2 if args.quick else args.rounds, 1 if args.quick else 3, args.quick):
             record.update(machine)
@@ -240,7 +236,7 @@ def render_tables(records: list[dict]) -> str:
                      if best else "no spatial map | -")
             lines.append(f"| {r['setting']} | {r['attention']} | {quality} | {r['s_per_epoch']:.0f} | "
                          f"{_scores(r['maps']['gradcam'])} | {shown} |")
-    return "\n".join(lines).strip()
+    return "\n".join([*lines, "", provenance(records)]).strip()
 
 
 if __name__ == "__main__":

@@ -38,3 +38,40 @@ def print_table(path: str | None, render: Callable[[list[dict]], str]) -> bool:
         return False
     print(render([json.loads(line) for line in Path(path).read_text().splitlines() if line]))
     return True
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_facts() -> dict:
+    """Date, machine, threads, torch and the command line: what a result needs to be read and rerun."""
+    import os
+    import sys
+    from datetime import date
+
+    import torch
+
+    return {"date": date.today().isoformat(), "machine": cpu_name(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
+
+
+def provenance(records: list[dict]) -> str:
+    """One line: when, where, and the distinct commands that wrote ``records``."""
+    dates = sorted({r["date"] for r in records if "date" in r})
+    first = records[0]
+    commands = list(dict.fromkeys(r["command"] for r in records if "command" in r))
+    where = f"{first.get('machine', '?')}, {first.get('cpu_count', '?')} CPUs, {first.get('threads', '?')} threads, " \
+            f"torch {first.get('torch', '?')}"
+    ran = "; ".join(f"`{c}`" for c in commands) if commands else "(command not recorded)"
+    return f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '?'} on {where}, by {ran}."

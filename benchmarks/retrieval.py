@@ -26,20 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from attnscope.engine.config import load_config  # noqa: E402
 from attnscope.engine.inference import evaluation_rows, load_run  # noqa: E402
@@ -47,17 +43,12 @@ from attnscope.engine.rundir import read_metrics_csv, RunPaths  # noqa: E402
 from attnscope.engine.train import train  # noqa: E402
 from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca  # noqa: E402
 from attnscope.retrieval.metrics import average_precision, recall_at_k  # noqa: E402
-from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
+from common import add_result_arguments, append_records, choose, print_table, provenance, run_facts  # noqa: E402
 
 PARTS = ("fashion_mnist", "vectors")
 KS = (1, 5, 10)
 STAGES = ("layer3", "layer4")
 SEARCH_SETTINGS = {"ivf": [{"nprobe": 16}, {"nprobe": 128}], "hnsw": [{"ef_search": 64}, {"ef_search": 512}]}
-
-
-def machine() -> dict:
-    return {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | None) -> Path:
@@ -106,7 +97,7 @@ def fashion_mnist(run_dir: Path | None, root: Path, epochs: int | None, quick: b
                       "attention_pooling": attention, "pca_dim": pca_dim, "dim": int(g.shape[1]),
                       "gallery": len(g), "queries": len(q), "map": round(float(np.nanmean(ap)), 4),
                       **{f"recall@{k}": round(v, 4) for k, v in recall.items()},
-                      "gallery_embed_img_per_s": round(len(g) / embed_seconds, 1), **machine()}
+                      "gallery_embed_img_per_s": round(len(g) / embed_seconds, 1), **run_facts()}
             print(json.dumps(record), flush=True)
             records.append(record)
     return records
@@ -156,10 +147,10 @@ def vectors(count: int, dim: int, queries_count: int) -> list[dict]:
                       "count": count, "dim": dim, "queries": queries_count, "build_s": round(build, 2),
                       "index_mb": round(size_mb, 1), "batch_ms_per_query": round(batch_ms, 4),
                       "single_query_ms": round(single_ms, 3), "recall@10": round(recall, 4),
-                      "faiss_threads": faiss.omp_get_max_threads(), **machine()}
+                      "faiss_threads": faiss.omp_get_max_threads(), **run_facts()}
             print(json.dumps(record), flush=True)
             records.append(record)
-        del index
+        index = None  # free this kind's memory before the next is built
     return records
 
 
@@ -183,7 +174,7 @@ def render_tables(records: list[dict]) -> str:
             params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
             lines.append(f"| {r['kind']} | {params} | {r['build_s']:.1f} | {r['index_mb']:,.0f} | "
                          f"{r['batch_ms_per_query']:.3f} | {r['single_query_ms']:.2f} | {r['recall@10']:.3f} |")
-    return "\n".join(lines).strip()
+    return "\n".join([*lines, "", provenance(records)]).strip()
 
 
 def main() -> None:

@@ -41,3 +41,5 @@ def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path
     table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True).stdout
     assert "| none | " in table and "| 1 | 1 |" in table and "| 1.00x |" in table  # one epoch, one seed
     assert "| cluttered | grid |" in table and "no spatial map" in table
+    assert table.rstrip().endswith(f"by `python benchmarks/ablation.py --quick --fashion-mnist {tmp_path} --settings "
+                                   f"fashion_mnist,cluttered,speed --attention none,cbam,grid --out {out}`.")

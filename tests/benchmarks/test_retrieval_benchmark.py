@@ -45,3 +45,4 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     assert ivf_all["recall@10"] == 1.0  # every cell probed: exact
     table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
+    assert "Measured " in table.stdout and "by `python benchmarks/retrieval.py --quick" in table.stdout
