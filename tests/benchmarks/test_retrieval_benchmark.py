@@ -43,6 +43,10 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     assert vectors[("flat", "{}")]["recall@10"] == 1.0
     ivf_all = next(r for r in vectors.values() if r["kind"] == "ivf" and r["params"]["nprobe"] >= r["params"]["nlist"])
     assert ivf_all["recall@10"] == 1.0  # every cell probed: exact
+    on_embeddings = [r for r in records if r["part"] == "fashion_mnist_indexes"]
+    assert [r["kind"] for r in on_embeddings] == ["flat", "ivf", "ivf", "hnsw", "hnsw", "lsh"]
+    assert all(r["count"] == 300 and r["queries"] == 60 and r["dim"] == 128 for r in on_embeddings)
+    assert on_embeddings[0]["recall@10"] == 1.0 and on_embeddings[1]["recall@10"] == 1.0  # 7 cells, 16 probed
     table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
     assert "Measured " in table.stdout and "by `python benchmarks/retrieval.py --quick" in table.stdout
