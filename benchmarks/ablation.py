@@ -211,18 +211,19 @@ def render_tables(records: list[dict]) -> str:
     fashion = [r for r in records if r["setting"] == "fashion_mnist"]
     speed = {r["attention"]: r for r in records if r["setting"] == "speed"}
     lines = []
-    if fashion:
+    if fashion or speed:
         lines += ["| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch in the runs "
                   "| training images/s (interleaved) | speed vs none |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for attention in dict.fromkeys(r["attention"] for r in fashion):
+        for attention in dict.fromkeys([*(r["attention"] for r in fashion), *speed]):
             rows = [r for r in fashion if r["attention"] == attention]
             clean = speed.get(attention)
             rate = f"{clean['train_img_per_s']:,.0f}" if clean else "-"
             ratio = (f"{clean['train_img_per_s'] / speed['none']['train_img_per_s']:.2f}x"
                      if clean and "none" in speed else "-")
-            lines.append(f"| {attention} | {rows[0]['params']:,} | {rows[0]['epochs']} | {len(rows)} | "
-                         f"{_spread([r['test_accuracy'] for r in rows])} | "
-                         f"{statistics.median(r['s_per_epoch'] for r in rows):.0f} | {rate} | {ratio} |")
+            trained = (f"{rows[0]['epochs']} | {len(rows)} | {_spread([r['test_accuracy'] for r in rows])} | "
+                       f"{statistics.median(r['s_per_epoch'] for r in rows):.0f}" if rows else "- | 0 | not trained | -")
+            params = (rows[0] if rows else clean)["params"]
+            lines.append(f"| {attention} | {params:,} | {trained} | {rate} | {ratio} |")
     maps = [r for r in records if r["setting"] in ("cluttered", "lesions")]
     if maps:
         lines += ["", "| setting | attention | test acc. / AUC | s/epoch | Grad-CAM pointing / energy / Jaccard "
