@@ -140,13 +140,7 @@ def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[
         build = time.perf_counter() - started
         size_mb = len(faiss.serialize_index(index.faiss_index)) / 2**20
         for setting in SEARCH_SETTINGS.get(kind, [{}]):
-            # a search-time setting changes no stored data: the same index is searched again
-            for name, value in setting.items():
-                index.params[name] = value
-                if name == "nprobe":
-                    index.faiss_index.nprobe = value
-                else:
-                    index.faiss_index.hnsw.efSearch = value
+            index.set_search(**setting)  # changes no stored data: the same index is searched again
             positions, _ = index.search(queries, 10)
             if truth is None:
                 truth = positions

@@ -28,8 +28,7 @@ from attnscope.engine.metrics import class_probabilities, probabilities
 from attnscope.errors import ConfigError
 from attnscope.explain.cam import CAM_METHODS, create_cam, normalise, predicted_classes
 from attnscope.explain.overlay import upsample, write_attention_grid
-from attnscope.layers.tap import native_maps
-from attnscope.layers.tap import capture_attention
+from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write
 

@@ -83,16 +83,23 @@ def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
     if kind == "flat":
         return faiss.index_factory(dim, storage, faiss.METRIC_INNER_PRODUCT)
     if kind == "ivf":
-        index = faiss.index_factory(dim, f"IVF{params['nlist']},{storage}", faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = params["nprobe"]
-        return index
+        return apply_search_params(faiss.index_factory(dim, f"IVF{params['nlist']},{storage}",
+                                                       faiss.METRIC_INNER_PRODUCT), kind, params)
     if kind == "hnsw":
         index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""),
                                     faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["ef_construction"]
-        index.hnsw.efSearch = params["ef_search"]
-        return index
+        return apply_search_params(index, kind, params)
     return faiss.IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
+
+
+def apply_search_params(faiss_index, kind: str, params: dict):
+    """Set the search-time parameters (IVF ``nprobe``, HNSW ``ef_search``) that change no stored data."""
+    if kind == "ivf":
+        faiss_index.nprobe = params["nprobe"]
+    elif kind == "hnsw":
+        faiss_index.hnsw.efSearch = params["ef_search"]
+    return faiss_index
 
 
 def training_sample(data: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -149,6 +156,15 @@ class SimilarityIndex:
         stored = vectors.astype(np.float16 if embedding.dtype == "float16" else np.float32)
         meta = {**meta, "fp16_index": fp16}
         return cls(kind, params, embedding, meta, index, stored, list(rows), pca, thumbs)
+
+    def reduce(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw embeddings as this index stores them: through its PCA, if it has one."""
+        return self.pca.apply(vectors) if self.pca is not None else vectors
+
+    def set_search(self, **params: int) -> None:
+        """Change search-time parameters (IVF ``nprobe``, HNSW ``ef_search``) of the built index."""
+        self.params.update(params)
+        apply_search_params(self.faiss_index, self.kind, self.params)
 
     def add(self, vectors: np.ndarray, rows: list[dict], thumbs: np.ndarray | None = None) -> None:
         """Append vectors (already reduced like the gallery's) and their rows; trained quantisers are kept."""
@@ -229,13 +245,9 @@ class SimilarityIndex:
         thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
         meta = {key: value for key, value in header.items()
                 if key not in ("format", "kind", "params", "dim", "count", "embedding")}
-        index = cls(header["kind"], header["params"], EmbeddingConfig.from_dict(header["embedding"]), meta,
-                    faiss_index, vectors, rows, pca, thumbs)
-        if index.kind == "ivf":
-            faiss_index.nprobe = index.params["nprobe"]
-        if index.kind == "hnsw":
-            faiss_index.hnsw.efSearch = index.params["ef_search"]
-        return index
+        apply_search_params(faiss_index, header["kind"], header["params"])
+        return cls(header["kind"], header["params"], EmbeddingConfig.from_dict(header["embedding"]), meta,
+                   faiss_index, vectors, rows, pca, thumbs)
 
 
 def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

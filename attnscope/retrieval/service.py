@@ -120,8 +120,7 @@ def build_index(run_dir: str | Path, out: str | Path, source: str | None = None,
     described = source or f"{run.paths.root} ({split} split)"
     if existing is not None:
         _refuse_duplicates(existing, rows, out)
-        vectors = existing.pca.apply(embedded.vectors) if existing.pca is not None else embedded.vectors
-        existing.add(vectors, rows, thumbs)
+        existing.add(existing.reduce(embedded.vectors), rows, thumbs)
         existing.meta["data"] = [*existing.meta.get("data", []), described]
         index = existing
     else:
@@ -177,8 +176,7 @@ def search_loader(index: SimilarityIndex, run: LoadedRun, loader: BatchLoader, k
     """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
     known, and shown beside each query)."""
     embedded = embed(run, loader, index.embedding, progress)
-    vectors = index.pca.apply(embedded.vectors) if index.pca is not None else embedded.vectors
-    positions, similarities = index.search(vectors, k)
+    positions, similarities = index.search(index.reduce(embedded.vectors), k)
     manifest = loader.decoded.manifest
     queries = [{"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""}
                for p in embedded.rows.tolist()]
