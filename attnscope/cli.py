@@ -40,8 +40,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<18} {'params':>8} {'input':>11} {'taps':>4}  {'weights':<20} paper")
     for row in rows:
         size = "x".join(str(n) for n in row["input_size"])
-        print(f"{row['model']:<18} {row['params'] / 1e6:>7.2f}M {size:>11} {row['attention_taps']:>4}  "
-              f"{row['pretrained']:<20} {row['paper']}")
+        print(
+            f"{row['model']:<18} {row['params'] / 1e6:>7.2f}M {size:>11} {row['attention_taps']:>4}  "
+            f"{row['pretrained']:<20} {row['paper']}"
+        )
     print(f"(parameters with a {args.num_classes}-class head)")
     return 0
 
@@ -65,11 +67,23 @@ def _train_settings(args: argparse.Namespace) -> list[str]:
 
 
 TRAIN_FLAGS = {
-    "model": "model.name", "data": "data.source", "image_size": "data.image_size", "batch_size": "data.batch_size",
-    "cache_dir": "data.cache_dir", "epochs": "trainer.epochs", "lr": "optim.lr", "optimizer": "optim.name",
-    "schedule": "schedule.name", "loss": "loss.name", "precision": "trainer.precision",
-    "accelerator": "trainer.accelerator", "devices": "trainer.devices", "num_nodes": "trainer.num_nodes",
-    "strategy": "trainer.strategy", "seed": "trainer.seed", "run_dir": "run_dir",
+    "model": "model.name",
+    "data": "data.source",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "cache_dir": "data.cache_dir",
+    "epochs": "trainer.epochs",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "schedule": "schedule.name",
+    "loss": "loss.name",
+    "precision": "trainer.precision",
+    "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
+    "strategy": "trainer.strategy",
+    "seed": "trainer.seed",
+    "run_dir": "run_dir",
 }
 
 
@@ -77,8 +91,11 @@ def _print_best(result) -> None:
     best = result.best
     if best:
         metrics = best.get("metrics", {})
-        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("val/auc", "val/accuracy", "val/sensitivity_youden",
-                                                              "val/specificity_youden") if k in metrics)
+        shown = "  ".join(
+            f"{k} {metrics[k]:.4f}"
+            for k in ("val/auc", "val/accuracy", "val/sensitivity_youden", "val/specificity_youden")
+            if k in metrics
+        )
         print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
     print(f"run directory: {result.run_dir}")
 
@@ -86,12 +103,15 @@ def _print_best(result) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from attnscope.engine.config import load_config
     from attnscope.engine.train import resume_config, train
+
     _quiet_lightning(args.verbose)
 
     if args.resume:
         if args.config or _train_settings(args):
-            raise ConfigError("--resume continues a run exactly as configured; drop the other options "
-                              f"(its config is {args.resume}/config.yaml)")
+            raise ConfigError(
+                "--resume continues a run exactly as configured; drop the other options "
+                f"(its config is {args.resume}/config.yaml)"
+            )
         result = train(resume_config(args.resume), resume=True)
     else:
         result = train(load_config(args.config, _train_settings(args)))
@@ -102,8 +122,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_metrics(result: dict) -> None:
     metrics = result["metrics"]
-    names = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sensitivity_youden",
-             "specificity_youden")
+    names = (
+        "auc",
+        "ap",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "sensitivity_youden",
+        "specificity_youden",
+    )
     print(f"{result['data']} ({metrics['rows']} images, {result['kind']}):")
     for name in names:
         if name in metrics:
@@ -119,14 +147,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     options = _data_options(args)
     run = load_run(args.run, args.weights)
     loader = evaluation_rows(run, args.data, options, args.split, not args.no_progress, args.skip_bad)
-    result = evaluate(args.run, args.out, args.data, options, args.split, args.weights,
-                      progress=not args.no_progress, skip_bad=args.skip_bad, run=run, loader=loader)
+    result = evaluate(
+        args.run,
+        args.out,
+        args.data,
+        options,
+        args.split,
+        args.weights,
+        progress=not args.no_progress,
+        skip_bad=args.skip_bad,
+        run=run,
+        loader=loader,
+    )
     _print_metrics(result)
     if not args.no_report and args.data is None and args.split == "test":
         from attnscope.explain.report import write_report
 
-        report = write_report(args.run, weights=args.weights, progress=not args.no_progress, evaluation=result,
-                              run=run, loader=loader)
+        report = write_report(
+            args.run, weights=args.weights, progress=not args.no_progress, evaluation=result, run=run, loader=loader
+        )
         print(f"report: {report}")
     return 0
 
@@ -134,8 +173,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from attnscope.explain.report import write_report
 
-    report = write_report(args.run, args.out, args.per_group, args.score_images, args.steps, args.weights,
-                          progress=not args.no_progress)
+    report = write_report(
+        args.run, args.out, args.per_group, args.score_images, args.steps, args.weights, progress=not args.no_progress
+    )
     print(f"report: {report}")
     return 0
 
@@ -168,9 +208,23 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     options = _data_options(args)
     out = args.out or f"{args.run}/explain"
-    result = explain_run(args.run, out, args.images, args.method or ["all"], args.data, options, args.split, args.count,
-                         args.weights, args.steps, args.layer, args.skip_bad, progress=not args.no_progress,
-                         alpha=args.alpha, cmap=args.cmap)
+    result = explain_run(
+        args.run,
+        out,
+        args.images,
+        args.method or ["all"],
+        args.data,
+        options,
+        args.split,
+        args.count,
+        args.weights,
+        args.steps,
+        args.layer,
+        args.skip_bad,
+        progress=not args.no_progress,
+        alpha=args.alpha,
+        cmap=args.cmap,
+    )
     print(f"{result['images']} image(s), methods: {', '.join(result['methods'])}")
     _print_scores(result["summary"])
     masks = "" if result["has_masks"] else " (no masks: faithfulness only)"
@@ -195,17 +249,35 @@ def _cmd_index(args: argparse.Namespace) -> int:
     params = apply_settings({}, args.param) if args.param else None
     embedding = None
     if not (args.add and args.stages is None and not args.attention_pooling and args.pca is None and not args.fp16):
-        embedding = EmbeddingConfig(stages=tuple(args.stages.split(",")) if args.stages else (),
-                                    attention_pooling=args.attention_pooling,
-                                    taps=tuple(args.taps.split(",")) if args.taps else (),
-                                    pca_dim=args.pca or 0, dtype="float16" if args.fp16 else "float32")
-    result = build_index(args.run, args.out, args.data, _data_options(args), args.split, args.kind, params, embedding,
-                         fp16=args.fp16, with_thumbnails=not args.no_thumbnails, add=args.add, weights=args.weights,
-                         skip_bad=args.skip_bad, progress=not args.no_progress)
+        embedding = EmbeddingConfig(
+            stages=tuple(args.stages.split(",")) if args.stages else (),
+            attention_pooling=args.attention_pooling,
+            taps=tuple(args.taps.split(",")) if args.taps else (),
+            pca_dim=args.pca or 0,
+            dtype="float16" if args.fp16 else "float32",
+        )
+    result = build_index(
+        args.run,
+        args.out,
+        args.data,
+        _data_options(args),
+        args.split,
+        args.kind,
+        params,
+        embedding,
+        fp16=args.fp16,
+        with_thumbnails=not args.no_thumbnails,
+        add=args.add,
+        weights=args.weights,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+    )
     verb = "added" if args.add else "indexed"
     params = "".join(f", {name}={value}" for name, value in result["params"].items())
-    print(f"{verb} {result['added']} images: {result['count']} in {result['out']} "
-          f"({result['kind']}{params}, {result['dim']}-d vectors)")
+    print(
+        f"{verb} {result['added']} images: {result['count']} in {result['out']} "
+        f"({result['kind']}{params}, {result['dim']}-d vectors)"
+    )
     if result["skipped"]:
         print(f"{result['skipped']} image(s) left out (--skip-bad)")
     return 0
@@ -215,8 +287,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from attnscope.retrieval import result_rows, search_images, write_results_csv
     from attnscope.retrieval.page import write_search_page
 
-    index, result = search_images(args.index, args.images, args.k, args.run, args.skip_bad,
-                                  progress=not args.no_progress)
+    index, result = search_images(
+        args.index, args.images, args.k, args.run, args.skip_bad, progress=not args.no_progress
+    )
     lines = result_rows(index, result)
     for query in result.queries:
         print(f"{query['id']}:")
@@ -253,9 +326,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = Path(config.run_dir)
     if run_dir.exists() and (run_dir / "config.yaml").exists():
         shutil.rmtree(run_dir)  # the demo's folder is the demo's own: start it afresh
-    print(f"attnscope demo: {config.model.name} on {config.data.source} "
-          f"({config.data.source_options.get('count')} images, {config.data.image_size} px), "
-          f"{config.trainer.epochs} epochs")
+    print(
+        f"attnscope demo: {config.model.name} on {config.data.source} "
+        f"({config.data.source_options.get('count')} images, {config.data.image_size} px), "
+        f"{config.trainer.epochs} epochs"
+    )
     result = train(config)
     _print_best(result)
     run = load_run(run_dir)
@@ -268,21 +343,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = write_report(run_dir, progress=not args.no_progress, evaluation=evaluation, run=run, loader=loader)
     print(f"report (metrics, curves, attention vs Grad-CAM scores, gallery): {report}")
     index_dir = run_dir / "index"
-    indexed = build_index(run_dir, index_dir, embedding=EmbeddingConfig(attention_pooling=True),
-                          progress=not args.no_progress, run=run, loader=loaders["train"])
+    indexed = build_index(
+        run_dir,
+        index_dir,
+        embedding=EmbeddingConfig(attention_pooling=True),
+        progress=not args.no_progress,
+        run=run,
+        loader=loaders["train"],
+    )
     index, _ = open_index(index_dir, run=run)
     queries = BatchLoader(loader.decoded, loader.order()[:DEMO_QUERIES], DEMO_QUERIES)
     similar = search_loader(index, run, queries, k=8, progress=not args.no_progress, with_labels=True)
     page = write_search_page(index, similar, run_dir / "similar.html", index_dir)
-    print(f"similarity index of the {indexed['count']} training images (attention-pooled): {index_dir}; "
-          f"{DEMO_QUERIES} test images and their most similar training images: {page}")
+    print(
+        f"similarity index of the {indexed['count']} training images (attention-pooled): {index_dir}; "
+        f"{DEMO_QUERIES} test images and their most similar training images: {page}"
+    )
     print(f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {run_dir}")
     return 0
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out unreadable or invalid rows (listed in bad_rows.csv) instead of stopping")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unreadable or invalid rows (listed in bad_rows.csv) instead of stopping",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -304,19 +390,31 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=2, help="classifier width to count (default: 2)")
     models.set_defaults(handler=_cmd_models)
 
-    train = verbs.add_parser("train", help="train a model into a run directory",
-                             description="Options come from --config (a YAML file or a shipped name: "
-                                         "demo), then --set, then the flags; later ones win.")
+    train = verbs.add_parser(
+        "train",
+        help="train a model into a run directory",
+        description="Options come from --config (a YAML file or a shipped name: "
+        "demo), then --set, then the flags; later ones win.",
+    )
     train.add_argument("--config", help="YAML run config, or the name of a shipped one")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="any config value by its dotted key, e.g. --set optim.lr=0.01 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config value by its dotted key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
     train.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last finished epoch")
     train.add_argument("--model", help="registered model name (attnscope models)")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model builder option")
-    train.add_argument("--data", metavar="SOURCE", help="data source: csv, folder, idx, medmnist, "
-                                                        "synthetic_lesions, cluttered")
-    train.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                       help="source option, e.g. --data-option csv_path=train.csv (repeatable)")
+    train.add_argument(
+        "--data", metavar="SOURCE", help="data source: csv, folder, idx, medmnist, synthetic_lesions, cluttered"
+    )
+    train.add_argument(
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="source option, e.g. --data-option csv_path=train.csv (repeatable)",
+    )
     train.add_argument("--image-size", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--cache-dir")
@@ -360,8 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain = verbs.add_parser("explain", help="attention maps and CAMs of a run, drawn and scored")
     explain.add_argument("run", metavar="RUN")
     explain.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders (default: the split)")
-    explain.add_argument("--method", action="append",
-                         help="attention, gradcam, gradcam++, xgradcam, layercam or all (default; repeatable)")
+    explain.add_argument(
+        "--method",
+        action="append",
+        help="attention, gradcam, gradcam++, xgradcam, layercam or all (default; repeatable)",
+    )
     explain.add_argument("--data", metavar="SOURCE", help="explain images of this source (with masks: scored)")
     explain.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     explain.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -385,24 +486,42 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-progress", action="store_true")
     report.set_defaults(handler=_cmd_report)
 
-    index = verbs.add_parser("index", help="embed a run's images into a similarity index (FAISS)",
-                             description="Embeds the run's training split (or --split, or every row of --data) "
-                                         "with the run's model and saves a searchable index folder.")
+    index = verbs.add_parser(
+        "index",
+        help="embed a run's images into a similarity index (FAISS)",
+        description="Embeds the run's training split (or --split, or every row of --data) "
+        "with the run's model and saves a searchable index folder.",
+    )
     index.add_argument("run", metavar="RUN")
     index.add_argument("--out", required=True, metavar="INDEX", help="index folder (replaced whole when written)")
     index.add_argument("--data", metavar="SOURCE", help="index every row of this source instead of a split")
     index.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    index.add_argument("--split", default="train", choices=["train", "val", "test"],
-                       help="the run's split to index (default train: the images already diagnosed)")
-    index.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw", "lsh"],
-                       help="flat: exact; ivf, hnsw: approximate, for large galleries; lsh: hashing")
-    index.add_argument("--param", action="append", metavar="KEY=VALUE",
-                       help="index parameter: ivf nlist, nprobe; hnsw M, ef_search, ef_construction; "
-                            "lsh nbits, rerank (repeatable)")
-    index.add_argument("--stages", help="comma-separated modules whose feature maps are pooled "
-                                        "(default: the model's last feature map, e.g. layer3,layer4 for a ResNet)")
-    index.add_argument("--attention-pooling", action="store_true",
-                       help="also pool each stage under the model's own attention maps")
+    index.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="the run's split to index (default train: the images already diagnosed)",
+    )
+    index.add_argument(
+        "--kind",
+        default="flat",
+        choices=["flat", "ivf", "hnsw", "lsh"],
+        help="flat: exact; ivf, hnsw: approximate, for large galleries; lsh: hashing",
+    )
+    index.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="index parameter: ivf nlist, nprobe; hnsw M, ef_search, ef_construction; lsh nbits, rerank (repeatable)",
+    )
+    index.add_argument(
+        "--stages",
+        help="comma-separated modules whose feature maps are pooled "
+        "(default: the model's last feature map, e.g. layer3,layer4 for a ResNet)",
+    )
+    index.add_argument(
+        "--attention-pooling", action="store_true", help="also pool each stage under the model's own attention maps"
+    )
     index.add_argument("--taps", help="comma-separated attention taps to pool with (default: every spatial one)")
     index.add_argument("--pca", type=int, metavar="DIM", help="reduce embeddings to DIM with PCA fitted on the gallery")
     index.add_argument("--fp16", action="store_true", help="store vectors and the index in float16 (half the memory)")

@@ -44,8 +44,13 @@ class FocalLoss(nn.Module):
     the true class; multi-label: positive weight per label).
     """
 
-    def __init__(self, alpha: float | torch.Tensor | None = 0.25, gamma: float = 2.0, task: str = "binary",
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        alpha: float | torch.Tensor | None = 0.25,
+        gamma: float = 2.0,
+        task: str = "binary",
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"focal loss task={task!r}: use one of {TASKS}")
@@ -98,8 +103,10 @@ class FocalLoss(nn.Module):
 def spatial_map(name: str, attention: torch.Tensor) -> torch.Tensor:
     """A captured map as (B, 1, H, W): heads are averaged; channel maps are refused."""
     if attention.dim() != 4:
-        raise ConfigError(f"attention map {name!r} has shape {tuple(attention.shape)}; mask supervision needs a "
-                          "spatial map (B, 1 or heads, H, W), not a channel gate")
+        raise ConfigError(
+            f"attention map {name!r} has shape {tuple(attention.shape)}; mask supervision needs a "
+            "spatial map (B, 1 or heads, H, W), not a channel gate"
+        )
     return attention.float().mean(dim=1, keepdim=True)
 
 
@@ -149,8 +156,9 @@ class AttentionMaskLoss(nn.Module):
     def forward(self, maps: Mapping[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
         missing = sorted(set(self.weights) - set(maps))
         if missing:
-            raise ConfigError(f"supervision names tap(s) {missing} the model does not have; "
-                              f"its taps are: {sorted(maps)}")
+            raise ConfigError(
+                f"supervision names tap(s) {missing} the model does not have; its taps are: {sorted(maps)}"
+            )
         has_lesion = masks.flatten(1).amax(1) > 0
         total = masks.new_zeros((), dtype=torch.float32)
         if not bool(has_lesion.any()):

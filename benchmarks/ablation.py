@@ -59,8 +59,9 @@ SETTINGS = ("fashion_mnist", "cluttered", "lesions", "speed")
 MAP_SCORES = ("pointing_game", "energy", "jaccard")
 
 
-def run_settings(setting: str, attention: str, seed: int, epochs: int, quick: bool,
-                 directory: str | None = None) -> tuple[str | None, list[str]]:
+def run_settings(
+    setting: str, attention: str, seed: int, epochs: int, quick: bool, directory: str | None = None
+) -> tuple[str | None, list[str]]:
     """(config name, dotted settings) of one training run."""
     name, options = ATTENTION[attention]
     if setting == "fashion_mnist":
@@ -69,16 +70,24 @@ def run_settings(setting: str, attention: str, seed: int, epochs: int, quick: bo
         if directory:
             shared.append(f"data.source_options={json.dumps({'directory': str(directory), 'split': 'all'})}")
         return "fashion_mnist", shared + [
-            f"model.name={name}", f"model.options={json.dumps(options)}", f"trainer.epochs={epochs}",
-            f"trainer.seed={seed}", "trainer.progress=false"]
+            f"model.name={name}",
+            f"model.options={json.dumps(options)}",
+            f"trainer.epochs={epochs}",
+            f"trainer.seed={seed}",
+            "trainer.progress=false",
+        ]
     options = {"stem": "imagenet", "width": 32, **options}
     return None, settings_for(setting, quick) + [
-        f"model.name={name}", f"model.options={json.dumps(options)}", f"trainer.epochs={epochs}",
-        f"trainer.seed={seed}"]
+        f"model.name={name}",
+        f"model.options={json.dumps(options)}",
+        f"trainer.epochs={epochs}",
+        f"trainer.seed={seed}",
+    ]
 
 
-def one_run(root: Path, setting: str, attention: str, seed: int, epochs: int, quick: bool, images: int,
-            directory: str | None) -> dict:
+def one_run(
+    root: Path, setting: str, attention: str, seed: int, epochs: int, quick: bool, images: int, directory: str | None
+) -> dict:
     """Train one model, score it on its test split, and return its record."""
     run_dir = root / f"{setting}-{attention}-{seed}"
     config_name, settings = run_settings(setting, attention, seed, epochs, quick, directory)
@@ -94,21 +103,37 @@ def one_run(root: Path, setting: str, attention: str, seed: int, epochs: int, qu
     loader = evaluation_rows(run, None, None, "test", False, False)
     metrics = evaluate(run_dir, run_dir / "evaluation", progress=False, run=run, loader=loader)["metrics"]
     record = {
-        "benchmark": "ablation", "setting": setting, "attention": attention, "model": config.model.name,
-        "model_options": config.model.options, "seed": seed, "epochs": len(history),
+        "benchmark": "ablation",
+        "setting": setting,
+        "attention": attention,
+        "model": config.model.name,
+        "model_options": config.model.options,
+        "seed": seed,
+        "epochs": len(history),
         "params": sum(p.numel() for p in run.model.parameters()),
         "s_per_epoch": round(statistics.median(epoch_seconds), 1),
-        "train_img_per_s": round(train_rows / statistics.median(epoch_seconds), 1), "wall_s": round(wall, 1),
-        "test_accuracy": round(metrics["accuracy"], 4), "test_images": metrics["rows"],
+        "train_img_per_s": round(train_rows / statistics.median(epoch_seconds), 1),
+        "wall_s": round(wall, 1),
+        "test_accuracy": round(metrics["accuracy"], 4),
+        "test_images": metrics["rows"],
     }
     if metrics.get("auc") is not None:
         record["test_auc"] = round(metrics["auc"], 4)
     if setting != "fashion_mnist":
-        result = explain_run(run_dir, run_dir / "explain", methods=["attention", "gradcam"] if attention != "none"
-                             and attention != "se" else ["gradcam"], count=images, steps=2, progress=False,
-                             run=run, loader=loader)
-        record["maps"] = {method: {score: round(scores[score], 4) for score in MAP_SCORES}
-                          for method, scores in result["summary"].items()}
+        result = explain_run(
+            run_dir,
+            run_dir / "explain",
+            methods=["attention", "gradcam"] if attention != "none" and attention != "se" else ["gradcam"],
+            count=images,
+            steps=2,
+            progress=False,
+            run=run,
+            loader=loader,
+        )
+        record["maps"] = {
+            method: {score: round(scores[score], 4) for score in MAP_SCORES}
+            for method, scores in result["summary"].items()
+        }
     return record
 
 
@@ -145,16 +170,30 @@ def step_speed(attentions: list[str], rounds: int, steps: int, quick: bool) -> l
             for _ in range(steps):
                 step()
             times[attention].append((time.perf_counter() - started) / steps)
-    return [{"benchmark": "ablation", "setting": "speed", "attention": attention, "params": steppers[attention][1],
-             "batch": batch, "rounds": rounds, "steps": steps,
-             "train_img_per_s": round(batch / statistics.median(times[attention]), 1)} for attention in attentions]
+    return [
+        {
+            "benchmark": "ablation",
+            "setting": "speed",
+            "attention": attention,
+            "params": steppers[attention][1],
+            "batch": batch,
+            "rounds": rounds,
+            "steps": steps,
+            "train_img_per_s": round(batch / statistics.median(times[attention]), 1),
+        }
+        for attention in attentions
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
-    parser.add_argument("--attention", default=",".join(ATTENTION), help=f"comma-separated subset of {tuple(ATTENTION)}")
-    parser.add_argument("--seeds", default="0,1,2", help="Fashion-MNIST seeds (default 0,1,2); other settings use the first")
+    parser.add_argument(
+        "--attention", default=",".join(ATTENTION), help=f"comma-separated subset of {tuple(ATTENTION)}"
+    )
+    parser.add_argument(
+        "--seeds", default="0,1,2", help="Fashion-MNIST seeds (default 0,1,2); other settings use the first"
+    )
     parser.add_argument("--local-seeds", help="seeds for local attention, which trains ~10x slower (default: --seeds)")
     parser.add_argument("--epochs", type=int, default=3, help="Fashion-MNIST epochs per run (default 3)")
     parser.add_argument("--map-epochs", type=int, default=12, help="cluttered/lesions epochs per run (default 12)")
@@ -189,9 +228,19 @@ def main() -> None:
                 chosen = local_seeds if attention == "local" else seeds
                 for seed in chosen if setting == "fashion_mnist" else chosen[:1]:
                     epochs = 1 if args.quick else args.epochs if setting == "fashion_mnist" else args.map_epochs
-                    record = {**one_run(root, setting, attention, seed, epochs, args.quick,
-                                        min(args.images, 40) if args.quick else args.images, args.fashion_mnist),
-                              **machine}
+                    record = {
+                        **one_run(
+                            root,
+                            setting,
+                            attention,
+                            seed,
+                            epochs,
+                            args.quick,
+                            min(args.images, 40) if args.quick else args.images,
+                            args.fashion_mnist,
+                        ),
+                        **machine,
+                    }
                     print(json.dumps(record), flush=True)
                     append_records(args.out, [record])
 
@@ -212,31 +261,49 @@ def render_tables(records: list[dict]) -> str:
     speed = {r["attention"]: r for r in records if r["setting"] == "speed"}
     lines = []
     if fashion or speed:
-        lines += ["| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch in the runs "
-                  "| training images/s (interleaved) | speed vs none |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch in the runs "
+            "| training images/s (interleaved) | speed vs none |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for attention in dict.fromkeys([*(r["attention"] for r in fashion), *speed]):
             rows = [r for r in fashion if r["attention"] == attention]
             clean = speed.get(attention)
             rate = f"{clean['train_img_per_s']:,.0f}" if clean else "-"
-            ratio = (f"{clean['train_img_per_s'] / speed['none']['train_img_per_s']:.2f}x"
-                     if clean and "none" in speed else "-")
-            trained = (f"{rows[0]['epochs']} | {len(rows)} | {_spread([r['test_accuracy'] for r in rows])} | "
-                       f"{statistics.median(r['s_per_epoch'] for r in rows):.0f}" if rows else "- | 0 | not trained | -")
+            ratio = (
+                f"{clean['train_img_per_s'] / speed['none']['train_img_per_s']:.2f}x"
+                if clean and "none" in speed
+                else "-"
+            )
+            trained = (
+                f"{rows[0]['epochs']} | {len(rows)} | {_spread([r['test_accuracy'] for r in rows])} | "
+                f"{statistics.median(r['s_per_epoch'] for r in rows):.0f}"
+                if rows
+                else "- | 0 | not trained | -"
+            )
             params = (rows[0] if rows else clean)["params"]
             lines.append(f"| {attention} | {params:,} | {trained} | {rate} | {ratio} |")
     maps = [r for r in records if r["setting"] in ("cluttered", "lesions")]
     if maps:
-        lines += ["", "| setting | attention | test acc. / AUC | s/epoch | Grad-CAM pointing / energy / Jaccard "
-                  "| best attention map (of n) | its pointing / energy / Jaccard |",
-                  "|---|---|---:|---:|---:|---|---:|"]
+        lines += [
+            "",
+            "| setting | attention | test acc. / AUC | s/epoch | Grad-CAM pointing / energy / Jaccard "
+            "| best attention map (of n) | its pointing / energy / Jaccard |",
+            "|---|---|---:|---:|---:|---|---:|",
+        ]
         for r in maps:
             quality = f"{r['test_auc']:.3f} AUC" if r["setting"] == "lesions" else f"{r['test_accuracy']:.3f} acc."
             attention = {m: s for m, s in r["maps"].items() if m.startswith("attention:")}
             best = max(attention, key=lambda m: (attention[m]["pointing_game"], attention[m]["energy"]), default=None)
-            shown = (f"{best.removeprefix('attention:')} ({len(attention)}) | {_scores(attention[best])}"
-                     if best else "no spatial map | -")
-            lines.append(f"| {r['setting']} | {r['attention']} | {quality} | {r['s_per_epoch']:.0f} | "
-                         f"{_scores(r['maps']['gradcam'])} | {shown} |")
+            shown = (
+                f"{best.removeprefix('attention:')} ({len(attention)}) | {_scores(attention[best])}"
+                if best
+                else "no spatial map | -"
+            )
+            lines.append(
+                f"| {r['setting']} | {r['attention']} | {quality} | {r['s_per_epoch']:.0f} | "
+                f"{_scores(r['maps']['gradcam'])} | {shown} |"
+            )
     return "\n".join([*lines, "", provenance(records)]).strip()
 
 

@@ -61,9 +61,14 @@ def run_facts() -> dict:
 
     import torch
 
-    return {"date": date.today().isoformat(), "machine": cpu_name(), "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
+    return {
+        "date": date.today().isoformat(),
+        "machine": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+    }
 
 
 def provenance(records: list[dict]) -> str:
@@ -71,7 +76,9 @@ def provenance(records: list[dict]) -> str:
     dates = sorted({r["date"] for r in records if "date" in r})
     first = records[0]
     commands = list(dict.fromkeys(r["command"] for r in records if "command" in r))
-    where = f"{first.get('machine', '?')}, {first.get('cpu_count', '?')} CPUs, {first.get('threads', '?')} threads, " \
-            f"torch {first.get('torch', '?')}"
+    where = (
+        f"{first.get('machine', '?')}, {first.get('cpu_count', '?')} CPUs, {first.get('threads', '?')} threads, "
+        f"torch {first.get('torch', '?')}"
+    )
     ran = "; ".join(f"`{c}`" for c in commands) if commands else "(command not recorded)"
     return f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '?'} on {where}, by {ran}."

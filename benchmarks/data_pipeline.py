@@ -72,8 +72,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         scale = 256 / min(width, height)
         image = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
         left, top = rng.integers(0, image.size[0] - SIZE + 1), rng.integers(0, image.size[1] - SIZE + 1)
-        image = image.crop((left, top, left + SIZE, top + SIZE)).rotate(rng.uniform(-10, 10),
-                                                                          Image.Resampling.BILINEAR)
+        image = image.crop((left, top, left + SIZE, top + SIZE)).rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if rng.random() < 0.5:
@@ -83,8 +82,9 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 
 
 def seed_style_rate(paths: list[str], labels: np.ndarray, workers: int) -> float:
-    loader = torch.utils.data.DataLoader(SeedStyleDataset(paths, labels), batch_size=BATCH, shuffle=True,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        SeedStyleDataset(paths, labels), batch_size=BATCH, shuffle=True, num_workers=workers
+    )
     start = time.perf_counter()
     seen = sum(len(images) for images, _ in loader)
     return seen / (time.perf_counter() - start)
@@ -112,23 +112,30 @@ def main() -> int:
         folder = Path(temporary)
         print(f"writing {args.count} JPEGs of 512x512 ...", file=sys.stderr, flush=True)
         manifest = from_csv(write_jpegs(folder / "images", args.count))
-        transform = BatchTransform(AugmentConfig(rotation=10, hflip=True, vflip=True), IMAGENET_MEAN, IMAGENET_STD,
-                                   SIZE, 3)
+        transform = BatchTransform(
+            AugmentConfig(rotation=10, hflip=True, vflip=True), IMAGENET_MEAN, IMAGENET_STD, SIZE, 3
+        )
         print("seed-style pipeline ...", file=sys.stderr, flush=True)
         seed_rate = seed_style_rate(manifest.paths, manifest.labels, workers=0)
         seed_rate_workers = seed_style_rate(manifest.paths, manifest.labels, workers=args.workers)
         print("attnscope cold and warm ...", file=sys.stderr, flush=True)
         cold = attnscope_epoch(manifest, folder / "cache", transform, args.workers)
-        warm = statistics.median(attnscope_epoch(manifest, folder / "cache", transform, args.workers)
-                                 for _ in range(3))
+        warm = statistics.median(attnscope_epoch(manifest, folder / "cache", transform, args.workers) for _ in range(3))
     record = {
-        "benchmark": "data_pipeline", "images": args.count, "source_size": 512, "batch_size": BATCH,
-        "output_size": SIZE, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "benchmark": "data_pipeline",
+        "images": args.count,
+        "source_size": 512,
+        "batch_size": BATCH,
+        "output_size": SIZE,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "workers": args.workers,
         "seed_style_img_per_s": round(seed_rate, 1),
         f"seed_style_{args.workers}_workers_img_per_s": round(seed_rate_workers, 1),
-        "attnscope_cold_img_per_s": round(cold, 1), "attnscope_warm_img_per_s": round(warm, 1),
-        "cold_vs_seed_style": round(cold / seed_rate, 2), "warm_vs_seed_style": round(warm / seed_rate, 2),
+        "attnscope_cold_img_per_s": round(cold, 1),
+        "attnscope_warm_img_per_s": round(warm, 1),
+        "cold_vs_seed_style": round(cold / seed_rate, 2),
+        "warm_vs_seed_style": round(warm / seed_rate, 2),
         "cold_vs_seed_style_with_workers": round(cold / seed_rate_workers, 2),
         "warm_vs_seed_style_with_workers": round(warm / seed_rate_workers, 2),
         "goals": {"warm_10x": warm >= 10 * seed_rate, "cold_2x": cold >= 2 * seed_rate},

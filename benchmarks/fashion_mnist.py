@@ -40,8 +40,10 @@ def render_table(records: list[dict]) -> str:
     """One row per run: epochs, test accuracy, wall time, training images per second."""
     lines = ["| epochs | test accuracy | wall time | training images/s | 0.94 in 10 min |", "|---:|---:|---:|---:|---|"]
     for r in records:
-        lines.append(f"| {r['epochs']} | {r['test_accuracy']:.4f} | {r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | "
-                     f"{'met' if r['goal_0.94_in_600s'] else 'not met'} |")
+        lines.append(
+            f"| {r['epochs']} | {r['test_accuracy']:.4f} | {r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | "
+            f"{'met' if r['goal_0.94_in_600s'] else 'not met'} |"
+        )
     return "\n".join(lines)
 
 
@@ -56,8 +58,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="attnscope-fmnist-") as scratch:
         run_dir = Path(args.workdir or scratch) / "run"
-        config = load_config(args.config, [*args.set, f"run_dir={run_dir}", "trainer.progress=false",
-                                           "data.progress=false"])
+        config = load_config(
+            args.config, [*args.set, f"run_dir={run_dir}", "trainer.progress=false", "data.progress=false"]
+        )
         started = time.perf_counter()
         train(config)
         wall = time.perf_counter() - started
@@ -68,16 +71,25 @@ def main() -> None:
         train_rows = read_json(paths.data)["counts"]["train"]["rows"]
     train_seconds = sum(row["seconds"] for row in history)
     record = {
-        "benchmark": "fashion_mnist", "date": date.today().isoformat(), "config": args.config,
-        "overrides": args.set, "model": config.model.name, "model_options": config.model.options,
-        "epochs": len(history), "best_epoch": best["epoch"] + 1,
+        "benchmark": "fashion_mnist",
+        "date": date.today().isoformat(),
+        "config": args.config,
+        "overrides": args.set,
+        "model": config.model.name,
+        "model_options": config.model.options,
+        "epochs": len(history),
+        "best_epoch": best["epoch"] + 1,
         "val_accuracy": round(best["metrics"]["val/accuracy"], 4),
-        "test_accuracy": round(test["accuracy"], 4), "test_images": test["rows"],
-        "wall_s": round(wall, 1), "train_s": round(train_seconds, 1),
+        "test_accuracy": round(test["accuracy"], 4),
+        "test_images": test["rows"],
+        "wall_s": round(wall, 1),
+        "train_s": round(train_seconds, 1),
         "train_img_per_s": round(train_rows * len(history) / train_seconds, 1),
         "goal_0.94_in_600s": test["accuracy"] >= 0.94 and wall <= 600,
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     print(json.dumps(record), flush=True)
     append_records(args.out, [record])

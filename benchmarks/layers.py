@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     layers = {name: build(name, args) for name in args.layers}
     if "local" in layers and "local_naive" in layers:
         with torch.no_grad():
-            difference = (layers["local"][0](*layers["local"][1]) - layers["local_naive"][0](*layers["local_naive"][1]))
+            difference = layers["local"][0](*layers["local"][1]) - layers["local_naive"][0](*layers["local_naive"][1])
         max_abs_diff = difference.abs().max().item()
     times = time_round_robin(layers, args)
     common = {

@@ -39,21 +39,39 @@ from attnscope.explain.explainer import explain_run  # noqa: E402
 
 def settings_for(name: str, quick: bool) -> list[str]:
     """The run config of one setting, as dotted settings over the defaults."""
-    shared = ["model.name=attn_vgg_tiny", "trainer.progress=false", "data.progress=false", "optim.name=adam",
-              "optim.lr=0.001", "schedule.name=cosine", "schedule.warmup_epochs=1", "trainer.seed=0"]
+    shared = [
+        "model.name=attn_vgg_tiny",
+        "trainer.progress=false",
+        "data.progress=false",
+        "optim.name=adam",
+        "optim.lr=0.001",
+        "schedule.name=cosine",
+        "schedule.warmup_epochs=1",
+        "trainer.seed=0",
+    ]
     if name == "cluttered":
         count = 600 if quick else 12000
         return shared + [
-            "data.source=cluttered", f"data.source_options={{count: {count}, canvas: 64, clutter: 4, seed: 0}}",
-            "data.image_size=64", "data.mode=L", "data.batch_size=64",
+            "data.source=cluttered",
+            f"data.source_options={{count: {count}, canvas: 64, clutter: 4, seed: 0}}",
+            "data.image_size=64",
+            "data.mode=L",
+            "data.batch_size=64",
             # flips and crops (the mask follows); no vertical flips: garments have an up
             "data.augment={rotation: 0, hflip: true, vflip: false, crop_scale: [0.7, 1.0]}",
-            "loss.name=ce", f"trainer.epochs={1 if quick else 16}", "trainer.monitor=val/accuracy"]
+            "loss.name=ce",
+            f"trainer.epochs={1 if quick else 16}",
+            "trainer.monitor=val/accuracy",
+        ]
     count = 300 if quick else 4000
     lesion = shared + [
-        "data.source=synthetic_lesions", f"data.source_options={{count: {count}, size: 80, seed: 0}}",
-        "data.image_size=64", "data.batch_size=32", "model.options={normalize: sigmoid}",
-        f"trainer.epochs={1 if quick else 15}"]
+        "data.source=synthetic_lesions",
+        f"data.source_options={{count: {count}, size: 80, seed: 0}}",
+        "data.image_size=64",
+        "data.batch_size=32",
+        "model.options={normalize: sigmoid}",
+        f"trainer.epochs={1 if quick else 15}",
+    ]
     if name == "lesions_supervised":
         lesion += ["supervision.kind=dice", "supervision.weights={pool3: 0.1, pool4: 0.1}"]
     return lesion
@@ -84,13 +102,23 @@ def main() -> None:
             train(config)
             seconds = time.perf_counter() - started
             best = read_json(RunPaths(run_dir).best)
-            result = explain_run(run_dir, run_dir / "explain", methods=["all"],
-                                 count=min(args.images, 40) if args.quick else args.images, steps=args.steps,
-                                 progress=False)
+            result = explain_run(
+                run_dir,
+                run_dir / "explain",
+                methods=["all"],
+                count=min(args.images, 40) if args.quick else args.images,
+                steps=args.steps,
+                progress=False,
+            )
             for method, scores in result["summary"].items():
-                record = {"setting": name, "method": method, "train_s": round(seconds, 1),
-                          "val_auc": best["metrics"].get("val/auc"), "val_accuracy": best["metrics"].get("val/accuracy"),
-                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}}
+                record = {
+                    "setting": name,
+                    "method": method,
+                    "train_s": round(seconds, 1),
+                    "val_auc": best["metrics"].get("val/auc"),
+                    "val_accuracy": best["metrics"].get("val/accuracy"),
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()},
+                }
                 records.append(record)
                 print(json.dumps(record), flush=True)
     summary = {"summary": "localisation", "quick": args.quick, "goals": goals(records)}
@@ -104,31 +132,42 @@ def render_table(records: list[dict]) -> str:
     seen: dict[tuple[str, str], dict] = {}
     for record in last:
         seen[(record["setting"], record["method"])] = record  # a later run of a setting replaces the earlier
-    lines = ["| setting | val AUC / acc. | map | pointing game | energy | Jaccard | deletion AUC (lower better) "
-             "| insertion AUC |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | val AUC / acc. | map | pointing game | energy | Jaccard | deletion AUC (lower better) "
+        "| insertion AUC |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for (setting, method), r in seen.items():
         quality = f"{r['val_accuracy']:.3f} acc." if setting == "cluttered" else f"{r['val_auc']:.3f} AUC"
-        lines.append(f"| {setting} | {quality} | {method} | {r['pointing_game']:.3f} | {r['energy']:.3f} | "
-                     f"{r['jaccard']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} |")
+        lines.append(
+            f"| {setting} | {quality} | {method} | {r['pointing_game']:.3f} | {r['energy']:.3f} | "
+            f"{r['jaccard']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def goals(records: list[dict]) -> dict:
     """The issue's goals, checked on the best attention tap of each setting."""
+
     def best(setting: str, metric: str, prefix: str = "attention:") -> float | None:
-        values = [r[metric] for r in records if r["setting"] == setting and r["method"].startswith(prefix)
-                  and metric in r]
+        values = [
+            r[metric] for r in records if r["setting"] == setting and r["method"].startswith(prefix) and metric in r
+        ]
         return max(values) if values else None
 
     result = {}
     pointing = best("cluttered", "pointing_game")
-    gradcam = next((r["pointing_game"] for r in records if r["setting"] == "cluttered" and r["method"] == "gradcam"),
-                   None)
+    gradcam = next(
+        (r["pointing_game"] for r in records if r["setting"] == "cluttered" and r["method"] == "gradcam"), None
+    )
     if pointing is not None:
         result["cluttered_attention_pointing_game"] = pointing
         result["cluttered_gradcam_pointing_game"] = gradcam
         result["cluttered_best_cam_pointing_game"] = max(
-            r["pointing_game"] for r in records if r["setting"] == "cluttered" and not r["method"].startswith("attention:"))
+            r["pointing_game"]
+            for r in records
+            if r["setting"] == "cluttered" and not r["method"].startswith("attention:")
+        )
         result["pointing_game_0.90_met"] = pointing >= 0.90
         result["attention_above_gradcam"] = gradcam is not None and pointing > gradcam
     jaccard = best("lesions_supervised", "jaccard")

@@ -31,9 +31,15 @@ def vgg16_bn_with_dense_layers() -> dict[str, object]:
     with torch.device("meta"):
         dense = sum(p.numel() for i, o in TORCHVISION_DENSE_HEAD for p in nn.Linear(i, o).parameters())
     features = model_summary("vgg16_bn")["params"] - (512 * 1000 + 1000)
-    return {"model": "vgg16_bn_dense", "params": features + dense, "num_classes": 1000, "input_size": [3, 224, 224],
-            "attention_taps": 0, "pretrained": "torchvision ImageNet",
-            "paper": "torchvision vgg16_bn with its three dense layers (for comparison)"}
+    return {
+        "model": "vgg16_bn_dense",
+        "params": features + dense,
+        "num_classes": 1000,
+        "input_size": [3, 224, 224],
+        "attention_taps": 0,
+        "pretrained": "torchvision ImageNet",
+        "paper": "torchvision vgg16_bn with its three dense layers (for comparison)",
+    }
 
 
 def records() -> list[dict[str, object]]:
@@ -48,13 +54,17 @@ def records() -> list[dict[str, object]]:
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    lines = ["| model | parameters (1000 classes) | vs base | input | attention taps | published weights | from |",
-             "|---|---:|---:|---|---:|---|---|"]
+    lines = [
+        "| model | parameters (1000 classes) | vs base | input | attention taps | published weights | from |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
     for row in rows:
         size = "x".join(str(n) for n in row["input_size"])
         ratio = next((f"x{row[f'ratio_to_{b}']:.2f} {b}" for b in RATIO_BASES if f"ratio_to_{b}" in row), "")
-        lines.append(f"| `{row['model']}` | {row['params']:,} | {ratio} | {size} | {row['attention_taps']} | "
-                     f"{row['pretrained']} | {row['paper']} |")
+        lines.append(
+            f"| `{row['model']}` | {row['params']:,} | {ratio} | {size} | {row['attention_taps']} | "
+            f"{row['pretrained']} | {row['paper']} |"
+        )
     return "\n".join(lines)
 
 

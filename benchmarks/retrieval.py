@@ -58,8 +58,7 @@ SEARCH_SETTINGS = {"ivf": [{"nprobe": 16}, {"nprobe": 128}], "hnsw": [{"ef_searc
 def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | None) -> Path:
     """A run of the Fashion-MNIST recipe with grid attention."""
     run_dir = root / "fashion_mnist-grid"
-    settings = ["model.name=attn_resnet_tiny", f"run_dir={run_dir}", "trainer.progress=false",
-                "data.progress=false"]
+    settings = ["model.name=attn_resnet_tiny", f"run_dir={run_dir}", "trainer.progress=false", "data.progress=false"]
     if directory:
         settings.append(f"data.source_options={json.dumps({'directory': str(directory), 'split': 'all'})}")
     if epochs:
@@ -70,7 +69,9 @@ def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | No
     return run_dir
 
 
-def fashion_mnist(run_dir: Path | None, root: Path, epochs: int | None, quick: bool, directory: str | None) -> list[dict]:
+def fashion_mnist(
+    run_dir: Path | None, root: Path, epochs: int | None, quick: bool, directory: str | None
+) -> list[dict]:
     """mAP and recall@k of each embedding, test images against the training images."""
     run_dir = run_dir or trained_run(root, epochs, quick, directory)
     run = load_run(run_dir)
@@ -96,12 +97,23 @@ def fashion_mnist(run_dir: Path | None, root: Path, epochs: int | None, quick: b
             positions, _ = index.search(q, max(KS))
             recall = recall_at_k(gallery_labels[gallery.rows][positions], query_labels[queries.rows], KS)
             ap = average_precision(q, g, query_labels[queries.rows], gallery_labels[gallery.rows])
-            record = {"benchmark": "retrieval", "part": "fashion_mnist", "run": str(run_dir),
-                      "model": run.config.model.name, "epochs": len(history), "stages": list(STAGES),
-                      "attention_pooling": attention, "pca_dim": pca_dim, "dim": int(g.shape[1]),
-                      "gallery": len(g), "queries": len(q), "map": round(float(np.nanmean(ap)), 4),
-                      **{f"recall@{k}": round(v, 4) for k, v in recall.items()},
-                      "gallery_embed_img_per_s": round(len(g) / embed_seconds, 1), **run_facts()}
+            record = {
+                "benchmark": "retrieval",
+                "part": "fashion_mnist",
+                "run": str(run_dir),
+                "model": run.config.model.name,
+                "epochs": len(history),
+                "stages": list(STAGES),
+                "attention_pooling": attention,
+                "pca_dim": pca_dim,
+                "dim": int(g.shape[1]),
+                "gallery": len(g),
+                "queries": len(q),
+                "map": round(float(np.nanmean(ap)), 4),
+                **{f"recall@{k}": round(v, 4) for k, v in recall.items()},
+                "gallery_embed_img_per_s": round(len(g) / embed_seconds, 1),
+                **run_facts(),
+            }
             print(json.dumps(record), flush=True)
             records.append(record)
     return records
@@ -148,11 +160,22 @@ def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[
             batch = queries[:1000]
             batch_ms = _median_ms(lambda: index.search(batch, 10), 3) / len(batch)
             single_ms = statistics.median(_median_ms(lambda q=q: index.search(q[None], 10), 1) for q in queries[:100])
-            record = {"benchmark": "retrieval", **facts, "kind": kind, "params": dict(index.params),
-                      "count": len(data), "dim": int(data.shape[1]), "queries": len(queries),
-                      "build_s": round(build, 2), "index_mb": round(size_mb, 1),
-                      "batch_ms_per_query": round(batch_ms, 4), "single_query_ms": round(single_ms, 3),
-                      "recall@10": round(recall, 4), "faiss_threads": faiss.omp_get_max_threads(), **run_facts()}
+            record = {
+                "benchmark": "retrieval",
+                **facts,
+                "kind": kind,
+                "params": dict(index.params),
+                "count": len(data),
+                "dim": int(data.shape[1]),
+                "queries": len(queries),
+                "build_s": round(build, 2),
+                "index_mb": round(size_mb, 1),
+                "batch_ms_per_query": round(batch_ms, 4),
+                "single_query_ms": round(single_ms, 3),
+                "recall@10": round(recall, 4),
+                "faiss_threads": faiss.omp_get_max_threads(),
+                **run_facts(),
+            }
             print(json.dumps(record), flush=True)
             records.append(record)
         index = None  # free this kind's memory before the next is built
@@ -164,38 +187,55 @@ def fashion_mnist_indexes(run_dir: Path, directory: str | None) -> list[dict]:
     run = load_run(run_dir)
     options = {"directory": directory} if directory else {}
     config = EmbeddingConfig(stages=STAGES, attention_pooling=True)
-    gallery = embed(run, evaluation_rows(run, "idx", {**options, "split": "train"}, progress=False), config,
-                    progress=False)
-    queries = embed(run, evaluation_rows(run, "idx", {**options, "split": "test"}, progress=False), config,
-                    progress=False)
+    gallery = embed(
+        run, evaluation_rows(run, "idx", {**options, "split": "train"}, progress=False), config, progress=False
+    )
+    queries = embed(
+        run, evaluation_rows(run, "idx", {**options, "split": "test"}, progress=False), config, progress=False
+    )
     pca = fit_pca(gallery.vectors, 128)
-    return compare_indexes(pca.apply(gallery.vectors), pca.apply(queries.vectors),
-                           {"part": "fashion_mnist_indexes", "run": str(run_dir)})
+    return compare_indexes(
+        pca.apply(gallery.vectors), pca.apply(queries.vectors), {"part": "fashion_mnist_indexes", "run": str(run_dir)}
+    )
 
 
 def render_tables(records: list[dict]) -> str:
     lines = []
     fashion = [r for r in records if r["part"] == "fashion_mnist"]
     if fashion:
-        lines += ["| embedding | PCA | size | mAP | recall@1 | recall@5 | recall@10 |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| embedding | PCA | size | mAP | recall@1 | recall@5 | recall@10 |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in fashion:
             pooling = "avg+max+attention" if r["attention_pooling"] else "avg+max"
-            lines.append(f"| {pooling} ({', '.join(r['stages'])}) | {r['pca_dim'] or '-'} | {r['dim']} | {r['map']:.4f} | "
-                         f"{r['recall@1']:.4f} | {r['recall@5']:.4f} | {r['recall@10']:.4f} |")
-    for part, what in (("fashion_mnist_indexes", "Fashion-MNIST embeddings (attention-pooled, PCA-128)"),
-                       ("vectors", "random unit vectors")):
+            lines.append(
+                f"| {pooling} ({', '.join(r['stages'])}) | {r['pca_dim'] or '-'} | {r['dim']} | {r['map']:.4f} | "
+                f"{r['recall@1']:.4f} | {r['recall@5']:.4f} | {r['recall@10']:.4f} |"
+            )
+    for part, what in (
+        ("fashion_mnist_indexes", "Fashion-MNIST embeddings (attention-pooled, PCA-128)"),
+        ("vectors", "random unit vectors"),
+    ):
         chosen = [r for r in records if r["part"] == part]
         if not chosen:
             continue
         first = chosen[0]
-        lines += ["", f"{what}: {first['count']:,} {first['dim']}-d vectors indexed, {first['queries']:,} queries, "
-                  f"{first['faiss_threads']} threads:", "",
-                  f"| index | parameters | build s | size MB | ms/query (batch of {min(first['queries'], 1000):,}) "
-                  "| ms (one query) | recall@10 vs exact |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"{what}: {first['count']:,} {first['dim']}-d vectors indexed, {first['queries']:,} queries, "
+            f"{first['faiss_threads']} threads:",
+            "",
+            f"| index | parameters | build s | size MB | ms/query (batch of {min(first['queries'], 1000):,}) "
+            "| ms (one query) | recall@10 vs exact |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in chosen:
             params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-            lines.append(f"| {r['kind']} | {params} | {r['build_s']:.1f} | {r['index_mb']:,.0f} | "
-                         f"{r['batch_ms_per_query']:.3f} | {r['single_query_ms']:.2f} | {r['recall@10']:.3f} |")
+            lines.append(
+                f"| {r['kind']} | {params} | {r['build_s']:.1f} | {r['index_mb']:,.0f} | "
+                f"{r['batch_ms_per_query']:.3f} | {r['single_query_ms']:.2f} | {r['recall@10']:.3f} |"
+            )
     return "\n".join([*lines, "", provenance(records)]).strip()
 
 

@@ -1,6 +1,6 @@
 """Render a layer-benchmark JSONL file as the markdown table of the README.
 
-    python benchmarks/table.py benchmarks/results/layers-cpu.jsonl
+python benchmarks/table.py benchmarks/results/layers-cpu.jsonl
 """
 
 from __future__ import annotations

@@ -88,10 +88,19 @@ def measure(name: str, variant: str, args: argparse.Namespace, device: torch.dev
 
     train_s = timed(train_step, args.steps, device)
     infer_s = timed(inference, args.steps, device)
-    return {"model": name, "variant": variant, "device": str(device), "device_name": device_name(device),
-            "batch": args.batch, "size": args.size, "threads": torch.get_num_threads(), "steps": args.steps,
-            "train_img_per_s": round(args.batch / train_s, 2), "infer_img_per_s": round(args.batch / infer_s, 2),
-            "torch": torch.__version__}
+    return {
+        "model": name,
+        "variant": variant,
+        "device": str(device),
+        "device_name": device_name(device),
+        "batch": args.batch,
+        "size": args.size,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "train_img_per_s": round(args.batch / train_s, 2),
+        "infer_img_per_s": round(args.batch / infer_s, 2),
+        "torch": torch.__version__,
+    }
 
 
 def device_name(device: torch.device) -> str:
@@ -106,8 +115,10 @@ def render_table(records: list[dict]) -> str:
     """Images/s per model and variant, with the ratio to the same model's fp32 in brackets."""
     rows = [r for r in records if "model" in r]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = ["| model | " + " | ".join(f"{v} train (x) | {v} infer (x)" for v in variants) + " |",
-             "|---|" + "---:|" * (2 * len(variants))]
+    lines = [
+        "| model | " + " | ".join(f"{v} train (x) | {v} infer (x)" for v in variants) + " |",
+        "|---|" + "---:|" * (2 * len(variants)),
+    ]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = {r["variant"]: r for r in rows if r["model"] == name}
         base = mine["fp32"]
@@ -117,8 +128,10 @@ def render_table(records: list[dict]) -> str:
             if r is None:
                 cells += ["", ""]
                 continue
-            cells += [f"{r['train_img_per_s']:.1f} ({r['train_img_per_s'] / base['train_img_per_s']:.2f})",
-                      f"{r['infer_img_per_s']:.1f} ({r['infer_img_per_s'] / base['infer_img_per_s']:.2f})"]
+            cells += [
+                f"{r['train_img_per_s']:.1f} ({r['train_img_per_s'] / base['train_img_per_s']:.2f})",
+                f"{r['infer_img_per_s']:.1f} ({r['infer_img_per_s'] / base['infer_img_per_s']:.2f})",
+            ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,8 +139,11 @@ def render_table(records: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--variants", default="fp32,channels_last,bf16,bf16_channels_last",
-                        help=f"comma-separated, fp32 first as the baseline; known: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default="fp32,channels_last,bf16,bf16_channels_last",
+        help=f"comma-separated, fp32 first as the baseline; known: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
@@ -153,9 +169,14 @@ def main() -> None:
     ratios = {}
     for name in models:
         base = next(r for r in records if r["model"] == name and r["variant"] == "fp32")
-        ratios[name] = {r["variant"]: {"train": round(r["train_img_per_s"] / base["train_img_per_s"], 3),
-                                       "infer": round(r["infer_img_per_s"] / base["infer_img_per_s"], 3)}
-                        for r in records if r["model"] == name}
+        ratios[name] = {
+            r["variant"]: {
+                "train": round(r["train_img_per_s"] / base["train_img_per_s"], 3),
+                "infer": round(r["infer_img_per_s"] / base["infer_img_per_s"], 3),
+            }
+            for r in records
+            if r["model"] == name
+        }
     summary = {"summary": "throughput", "baseline": "fp32", "ratios": ratios}
     print(json.dumps(summary), flush=True)
     append_records(args.out, [*records, summary])

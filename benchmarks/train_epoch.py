@@ -72,11 +72,20 @@ class StepTimer(Callback):
 
 def measure(args: argparse.Namespace, variant: str, cache: str) -> dict:
     batches = args.warmup + args.steps
-    settings = [f"model.name={args.model}", "data.source=synthetic_lesions",
-                f"data.source_options={{count: {batches * args.batch * 3}, size: {args.size}}}",
-                f"data.image_size={args.size}", f"data.batch_size={args.batch}", "data.val_fraction=0.3",
-                "data.test_fraction=0.05", "data.progress=false", f"data.cache_dir={cache}", "trainer.epochs=1",
-                "trainer.accelerator=cpu", "trainer.progress=false"]
+    settings = [
+        f"model.name={args.model}",
+        "data.source=synthetic_lesions",
+        f"data.source_options={{count: {batches * args.batch * 3}, size: {args.size}}}",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch}",
+        "data.val_fraction=0.3",
+        "data.test_fraction=0.05",
+        "data.progress=false",
+        f"data.cache_dir={cache}",
+        "trainer.epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.progress=false",
+    ]
     settings += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in VARIANTS[variant].items()]
     config = load_config(None, settings)
     L.seed_everything(0, verbose=False)
@@ -84,21 +93,38 @@ def measure(args: argparse.Namespace, variant: str, cache: str) -> dict:
     model = build_model(config, data.manifest.num_classes, data.manifest.multilabel, data.channels)
     task = ClassifierTask(config, model, data.transform(), "binary", list(data.manifest.classes))
     timer = StepTimer()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, precision=config.trainer.precision,
-                        limit_train_batches=batches, limit_val_batches=batches, num_sanity_val_steps=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        precision=config.trainer.precision,
+        limit_train_batches=batches,
+        limit_val_batches=batches,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(task, datamodule=LoaderModule(data))
-    train_step = statistics.median(timer.train[args.warmup:])
-    val_step = statistics.median(timer.val[args.warmup:])
+    train_step = statistics.median(timer.train[args.warmup :])
+    val_step = statistics.median(timer.val[args.warmup :])
     train_images = round(args.epoch_images * 0.8)
     val_images = args.epoch_images - train_images
     return {
-        "variant": variant, "model": args.model, "image_size": args.size, "batch": args.batch,
-        "threads": torch.get_num_threads(), "precision": config.trainer.precision,
-        "channels_last": config.trainer.channels_last, "timed_steps": args.steps,
-        "train_step_s": round(train_step, 4), "train_img_per_s": round(args.batch / train_step, 2),
-        "val_step_s": round(val_step, 4), "val_img_per_s": round(args.batch / val_step, 2),
+        "variant": variant,
+        "model": args.model,
+        "image_size": args.size,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "precision": config.trainer.precision,
+        "channels_last": config.trainer.channels_last,
+        "timed_steps": args.steps,
+        "train_step_s": round(train_step, 4),
+        "train_img_per_s": round(args.batch / train_step, 2),
+        "val_step_s": round(val_step, 4),
+        "val_img_per_s": round(args.batch / val_step, 2),
         "epoch_images": args.epoch_images,
         "epoch_s": round(-(-train_images // args.batch) * train_step + -(-val_images // args.batch) * val_step, 1),
     }
@@ -112,8 +138,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epoch-images", type=int, default=6584)
-    parser.add_argument("--variants", default="fp32,channels_last,bf16",
-                        help=f"comma-separated, first is the baseline; known: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default="fp32,channels_last,bf16",
+        help=f"comma-separated, first is the baseline; known: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
     variants = choose(parser, args.variants, VARIANTS, "variant")
@@ -123,10 +152,14 @@ def main() -> None:
             records.append(measure(args, variant, cache))
             print(json.dumps(records[-1]), flush=True)
     baseline = records[0]
-    summary = {"summary": "train_epoch", "baseline": baseline["variant"], "model": args.model,
-               "cpu_count": os.cpu_count(),
-               "train_speedup": {r["variant"]: round(baseline["train_step_s"] / r["train_step_s"], 3) for r in records},
-               "val_speedup": {r["variant"]: round(baseline["val_step_s"] / r["val_step_s"], 3) for r in records}}
+    summary = {
+        "summary": "train_epoch",
+        "baseline": baseline["variant"],
+        "model": args.model,
+        "cpu_count": os.cpu_count(),
+        "train_speedup": {r["variant"]: round(baseline["train_step_s"] / r["train_step_s"], 3) for r in records},
+        "val_speedup": {r["variant"]: round(baseline["val_step_s"] / r["val_step_s"], 3) for r in records},
+    }
     print(json.dumps(summary), flush=True)
     append_records(args.out, [*records, summary])
 

@@ -70,8 +70,23 @@ def cli_run(tmp_path_factory):
     config = folder / "run.yaml"
     config.write_text("trainer: {epochs: 1, seed: 3}\noptim: {name: sgd, lr: 0.5}\ndata: {batch_size: 8}\n")
     run_dir = folder / "run"
-    assert cli.main(["train", "--config", str(config), *TINY, "--epochs", "2", "--set", "trainer.seed=5",
-                     "--run-dir", str(run_dir)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                str(config),
+                *TINY,
+                "--epochs",
+                "2",
+                "--set",
+                "trainer.seed=5",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     return run_dir
 
 
@@ -79,8 +94,13 @@ def test_train_writes_the_resolved_config_with_flags_over_the_file(cli_run, caps
     resolved = yaml.safe_load((cli_run / "config.yaml").read_text())
     assert resolved["trainer"]["epochs"] == 2  # flag over file
     assert resolved["trainer"]["seed"] == 5  # --set over file
-    assert resolved["optim"] == {"name": "sgd", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
-                                 "nesterov": True}  # --lr over file, the rest from the file and defaults
+    assert resolved["optim"] == {
+        "name": "sgd",
+        "lr": 0.001,
+        "weight_decay": 0.0,
+        "momentum": 0.9,
+        "nesterov": True,
+    }  # --lr over file, the rest from the file and defaults
     assert resolved["data"]["batch_size"] == 16 and resolved["run_dir"] == str(cli_run)
 
 
@@ -99,9 +119,26 @@ def test_evaluate_writes_metrics_and_plots(cli_run, capsys):
 
 def test_evaluate_on_another_source(cli_run, tmp_path, capsys):
     out = tmp_path / "other"
-    assert cli.main(["evaluate", str(cli_run), "--data", "synthetic_lesions", "--data-option", "count=40",
-                     "--data-option", "size=32", "--data-option", "seed=9", "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(cli_run),
+                "--data",
+                "synthetic_lesions",
+                "--data-option",
+                "count=40",
+                "--data-option",
+                "size=32",
+                "--data-option",
+                "seed=9",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["metrics"]["rows"] == 40
 
 
@@ -120,8 +157,10 @@ def test_predict_writes_probabilities_per_class(cli_run, tmp_path, capsys):
     listing = tmp_path / "list.csv"
     listing.write_text("path\nimg_1.png\nimg_2\n")  # a name without its extension is found
     out = tmp_path / "predictions.csv"
-    assert cli.main(["predict", str(cli_run), str(images[0]), "--csv", str(listing), "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["predict", str(cli_run), str(images[0]), "--csv", str(listing), "--out", str(out), "--no-progress"])
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert [r["id"] for r in rows] == ["img_0.png", "img_1.png", "img_2.png"]
     folder_out = tmp_path / "folder.csv"
@@ -161,22 +200,42 @@ def test_predict_stops_on_a_bad_image_unless_skip_bad(cli_run, tmp_path, capsys)
     assert cli.main(["predict", str(cli_run), str(good), str(broken), "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "--skip-bad" in err and "Traceback" not in err
-    assert cli.main(["predict", str(cli_run), str(good), str(broken), "--out", str(out), "--skip-bad",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["predict", str(cli_run), str(good), str(broken), "--out", str(out), "--skip-bad", "--no-progress"])
+        == 0
+    )
     assert "1 image(s) left out" in capsys.readouterr().out
     assert len(list(csv.DictReader(out.open()))) == 1
     assert "broken.jpg" in (tmp_path / "p.bad_rows.csv").read_text()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--set", "optim.lr=-1"], "optim.lr=-1 must be a positive number"),
-    (["train", "--model", "no_such_model", "--data", "synthetic_lesions", "--data-option", "count=20",
-      "--data-option", "size=32", "--epochs", "1", "--no-progress"], "no_such_model"),
-    (["train", "--config", "missing.yaml"], "neither a file nor a shipped config"),
-    (["evaluate", "/nonexistent/run"], "is not a run directory"),
-    (["train", "--precision", "fp13", *TINY], "precision='fp13') are refused by Lightning: Precision 'fp13'"),
-    (["predict", "/nonexistent/run", "x.png"], "is not a run directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--set", "optim.lr=-1"], "optim.lr=-1 must be a positive number"),
+        (
+            [
+                "train",
+                "--model",
+                "no_such_model",
+                "--data",
+                "synthetic_lesions",
+                "--data-option",
+                "count=20",
+                "--data-option",
+                "size=32",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ],
+            "no_such_model",
+        ),
+        (["train", "--config", "missing.yaml"], "neither a file nor a shipped config"),
+        (["evaluate", "/nonexistent/run"], "is not a run directory"),
+        (["train", "--precision", "fp13", *TINY], "precision='fp13') are refused by Lightning: Precision 'fp13'"),
+        (["predict", "/nonexistent/run", "x.png"], "is not a run directory"),
+    ],
+)
 def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == cli.EXIT_ERROR
@@ -209,9 +268,26 @@ def write_kaggle_layout(folder, count=60, missing=()):
 
 def test_own_data_with_the_melanoma_recipe_and_bad_rows(tmp_path, capsys):
     marking = write_kaggle_layout(tmp_path, missing=(5,))
-    argv = ["train", "--config", "melanoma", "--data-option", f"csv_path={marking}", "--data-option",
-            f"image_root={tmp_path / 'train'}", "--model", "attn_vgg_tiny", "--image-size", "32", "--epochs", "1",
-            "--set", "data.undersample={benign: 20}", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    argv = [
+        "train",
+        "--config",
+        "melanoma",
+        "--data-option",
+        f"csv_path={marking}",
+        "--data-option",
+        f"image_root={tmp_path / 'train'}",
+        "--model",
+        "attn_vgg_tiny",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--set",
+        "data.undersample={benign: 20}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert cli.main([*argv, "--run-dir", str(tmp_path / "stopped")]) == 1
     err = capsys.readouterr().err
     assert "ISIC_0005" in err and "row 7" in err and "--skip-bad" in err
@@ -229,8 +305,7 @@ def test_own_data_with_the_melanoma_recipe_and_bad_rows(tmp_path, capsys):
 
 def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):
     out = tmp_path / "explain"
-    assert cli.main(["explain", str(cli_run), "--count", "5", "--out", str(out), "--steps", "4",
-                     "--no-progress"]) == 0
+    assert cli.main(["explain", str(cli_run), "--count", "5", "--out", str(out), "--steps", "4", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "5 image(s)" in printed and "pointing_game" in printed
     rows = list(csv.DictReader((out / "scores.csv").open()))
@@ -252,8 +327,25 @@ def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):
 def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp_path, capsys):
     images = write_images(tmp_path, 2)
     out = tmp_path / "explain"
-    assert cli.main(["explain", str(cli_run), *map(str, images), "--method", "gradcam", "--method", "attention",
-                     "--out", str(out), "--steps", "4", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "explain",
+                str(cli_run),
+                *map(str, images),
+                "--method",
+                "gradcam",
+                "--method",
+                "attention",
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     header = (out / "scores.csv").read_text().splitlines()[0]
     assert header == "id,truth,target,probability,method,deletion_auc,insertion_auc"
     assert "no masks" in capsys.readouterr().out
@@ -277,10 +369,14 @@ def write_medmnist(path, multilabel, count=90, size=28):
         on = np.flatnonzero(labels[index]) if multilabel else [int(labels[index, 0])]
         for label in on:
             top, left = corners[label]
-            images[index, top:top + 8, left:left + 8] = 220
+            images[index, top : top + 8, left : left + 8] = 220
     thirds = count // 3
     arrays = {}
-    for name, part in (("train", slice(0, thirds)), ("val", slice(thirds, 2 * thirds)), ("test", slice(2 * thirds, None))):
+    for name, part in (
+        ("train", slice(0, thirds)),
+        ("val", slice(thirds, 2 * thirds)),
+        ("test", slice(2 * thirds, None)),
+    ):
         arrays[f"{name}_images"], arrays[f"{name}_labels"] = images[part], labels[part]
     np.savez(path, **arrays)
     return path
@@ -290,11 +386,41 @@ def write_medmnist(path, multilabel, count=90, size=28):
 def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, capsys):
     data = write_medmnist(tmp_path / "set.npz", multilabel)
     run = tmp_path / "run"
-    assert cli.main(["train", "--model", "attn_resnet_tiny", "--model-option", "stem=small", "--data", "medmnist",
-                     "--data-option", f"path={data}", "--data-option", "split=all", "--data-option",
-                     "classes=[a, b, c]", "--set", "data.mode=L", "--image-size", "28", "--batch-size", "10",
-                     "--set", "data.augment={rotation: 0, hflip: false, vflip: false}",  # flips would swap corners
-                     "--epochs", "3", "--lr", "0.003", "--run-dir", str(run), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--model",
+                "attn_resnet_tiny",
+                "--model-option",
+                "stem=small",
+                "--data",
+                "medmnist",
+                "--data-option",
+                f"path={data}",
+                "--data-option",
+                "split=all",
+                "--data-option",
+                "classes=[a, b, c]",
+                "--set",
+                "data.mode=L",
+                "--image-size",
+                "28",
+                "--batch-size",
+                "10",
+                "--set",
+                "data.augment={rotation: 0, hflip: false, vflip: false}",  # flips would swap corners
+                "--epochs",
+                "3",
+                "--lr",
+                "0.003",
+                "--run-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["evaluate", str(run), "--no-progress"]) == 0
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["metrics"]
     assert len(metrics["auc_per_class"]) == 3 and metrics["rows"] == 30
@@ -312,36 +438,80 @@ def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, caps
     probabilities = [float(row[f"prob_{c}"]) for c in "abc"]
     if not multilabel:
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
-    assert cli.main(["explain", str(run), "--count", "3", "--steps", "2", "--out", str(tmp_path / "e"),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["explain", str(run), "--count", "3", "--steps", "2", "--out", str(tmp_path / "e"), "--no-progress"])
+        == 0
+    )
     assert {r["method"] for r in csv.DictReader((tmp_path / "e" / "scores.csv").open())} >= {
-        "attention:attn_layer2", "attention:attn_layer3", "gradcam"}
+        "attention:attn_layer2",
+        "attention:attn_layer3",
+        "gradcam",
+    }
 
 
 def test_explain_a_model_without_spatial_attention(tmp_path, capsys):
     run = tmp_path / "plain"
     assert cli.main(["train", *TINY, "--model", "resnet_tiny", "--epochs", "1", "--run-dir", str(run)]) == 0
     capsys.readouterr()
-    assert cli.main(["explain", str(run), "--method", "attention", "--method", "gradcam", "--count", "2",
-                     "--no-progress"]) == 1
+    assert (
+        cli.main(["explain", str(run), "--method", "attention", "--method", "gradcam", "--count", "2", "--no-progress"])
+        == 1
+    )
     assert "no spatial attention maps to show" in capsys.readouterr().err
     out = tmp_path / "all"
     assert cli.main(["explain", str(run), "--count", "2", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
     assert {r["method"] for r in csv.DictReader((out / "scores.csv").open())} == {
-        "gradcam", "gradcam++", "xgradcam", "layercam"}  # "all" shows what there is
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+    }  # "all" shows what there is
 
 
 def test_index_then_search_prints_writes_csv_and_page(cli_run, tmp_path, capsys):
     index = tmp_path / "gallery"
-    assert cli.main(["index", str(cli_run), "--out", str(index), "--kind", "ivf", "--param", "nlist=2",
-                     "--attention-pooling", "--pca", "16", "--fp16", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "index",
+                str(cli_run),
+                "--out",
+                str(index),
+                "--kind",
+                "ivf",
+                "--param",
+                "nlist=2",
+                "--attention-pooling",
+                "--pca",
+                "16",
+                "--fp16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"in {index} (ivf, nlist=2, nprobe=16, 16-d vectors)" in printed
     (tmp_path / "queries").mkdir()
     images = write_images(tmp_path / "queries", 2)
     out, page = tmp_path / "neighbours.csv", tmp_path / "neighbours.html"
-    assert cli.main(["search", str(index), *map(str, images), "-k", "3", "--out", str(out), "--html", str(page),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "search",
+                str(index),
+                *map(str, images),
+                "-k",
+                "3",
+                "--out",
+                str(out),
+                "--html",
+                str(page),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(out.open()))
     assert [(r["query"], r["rank"]) for r in rows] == [(f"img_{q}.png", str(k)) for q in range(2) for k in (1, 2, 3)]

@@ -41,8 +41,9 @@ def test_focal_binary_matches_formula():
     logits = torch.randn(50) * 3
     target = torch.randint(0, 2, (50,)).float()
     ours = FocalLoss(alpha=0.25, gamma=2.0, reduction="none")(logits, target)
-    torch.testing.assert_close(ours.double(), reference_binary_focal(logits, target.double(), 0.25, 2.0),
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        ours.double(), reference_binary_focal(logits, target.double(), 0.25, 2.0), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_focal_extreme_logits_are_exact_and_finite():
@@ -117,8 +118,7 @@ def test_energy_outside_is_the_mass_outside():
 def test_attention_mask_loss_weights_taps_resizes_and_skips_empty_masks():
     mask = square_mask(16).repeat(2, 1, 1, 1)
     mask[1] = 0  # no lesion: left out
-    maps = {"pool3": softmax_map_at(8, 0, 0).repeat(2, 1, 1, 1),
-            "pool4": softmax_map_at(4, 2, 2).repeat(2, 1, 1, 1)}
+    maps = {"pool3": softmax_map_at(8, 0, 0).repeat(2, 1, 1, 1), "pool4": softmax_map_at(4, 2, 2).repeat(2, 1, 1, 1)}
     loss = AttentionMaskLoss({"pool3": 0.001, "pool4": 0.01}, kind="energy")(maps, mask)
     small = torch.nn.functional.adaptive_avg_pool2d(mask[:1], (8, 8))
     smaller = torch.nn.functional.adaptive_avg_pool2d(mask[:1], (4, 4))

@@ -31,8 +31,11 @@ def attnscope_imports(path: pathlib.Path) -> set[str]:
     """Second-level names of the attnscope modules a file imports (``attnscope.models.x`` -> ``models``)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        modules = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        )
         names.update(m.split(".")[1] for m in modules if m.startswith("attnscope."))
     return names
 

@@ -9,5 +9,17 @@ from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import BadRow, BadRowsError, Manifest
 from attnscope.data.module import SOURCES, DataConfig, DataModule, load_source
 
-__all__ = ["AugmentConfig", "BadRow", "BadRowsError", "BatchLoader", "BatchTransform", "DataConfig", "DataModule",
-           "DecodedSet", "Manifest", "SOURCES", "load_images", "load_source"]
+__all__ = [
+    "AugmentConfig",
+    "BadRow",
+    "BadRowsError",
+    "BatchLoader",
+    "BatchTransform",
+    "DataConfig",
+    "DataModule",
+    "DecodedSet",
+    "Manifest",
+    "SOURCES",
+    "load_images",
+    "load_source",
+]

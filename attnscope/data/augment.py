@@ -66,6 +66,7 @@ def sample_geometry(batch: int, config: AugmentConfig, device: torch.device) -> 
 
     Drawn from torch's global generator, so ``torch.manual_seed`` reproduces them.
     """
+
     def chance() -> torch.Tensor:
         return torch.rand(batch, device=device) < config.p
 
@@ -76,8 +77,9 @@ def sample_geometry(batch: int, config: AugmentConfig, device: torch.device) -> 
         "angle": angle,
         "hflip": chance() if config.hflip else torch.zeros(batch, dtype=torch.bool, device=device),
         "vflip": chance() if config.vflip else torch.zeros(batch, dtype=torch.bool, device=device),
-        "turns": torch.randint(0, 4, (batch,), device=device) if config.rot90 else torch.zeros(
-            batch, dtype=torch.long, device=device),
+        "turns": torch.randint(0, 4, (batch,), device=device)
+        if config.rot90
+        else torch.zeros(batch, dtype=torch.long, device=device),
         "scale": torch.ones(batch, 2, device=device),
         "offset": torch.zeros(batch, 2, device=device),
     }
@@ -107,8 +109,13 @@ def sampling_matrices(geometry: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
 
     rotation = matrix([[cos, -sin, zero], [sin, cos, zero], [zero, zero, one]])
-    flips = matrix([[torch.where(geometry["hflip"], -one, one), zero, zero],
-                    [zero, torch.where(geometry["vflip"], -one, one), zero], [zero, zero, one]])
+    flips = matrix(
+        [
+            [torch.where(geometry["hflip"], -one, one), zero, zero],
+            [zero, torch.where(geometry["vflip"], -one, one), zero],
+            [zero, zero, one],
+        ]
+    )
     quarter = geometry["turns"].to(cos.dtype) * (math.pi / 2)
     qc, qs = torch.round(torch.cos(quarter)), torch.round(torch.sin(quarter))
     turns = matrix([[qc, -qs, zero], [qs, qc, zero], [zero, zero, one]])
@@ -147,8 +154,11 @@ def _exact(images: torch.Tensor, geometry: dict[str, torch.Tensor]) -> torch.Ten
     return images
 
 
-def apply_geometry(images: torch.Tensor, masks: torch.Tensor | None, geometry: dict[str, torch.Tensor],
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def apply_geometry(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    geometry: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (B, C, H, W) and masks (B, 1, H, W) -> float, with the sampled geometry.
 
     Images that only flip or turn get exact index operations, on uint8; the others
@@ -171,8 +181,11 @@ def apply_geometry(images: torch.Tensor, masks: torch.Tensor | None, geometry: d
         if len(exact):
             out.index_copy_(0, exact, _exact(batch[exact], exact_geometry).float())
         if grid is not None:
-            out.index_copy_(0, warped, F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros",
-                                                     align_corners=False))
+            out.index_copy_(
+                0,
+                warped,
+                F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros", align_corners=False),
+            )
         return out
 
     return transform(images, "bilinear"), (transform(masks, "nearest") if masks is not None else None)
@@ -185,8 +198,15 @@ class BatchTransform(nn.Module):
     image, only for images that rotate or crop; colour jitter is kornia's.
     """
 
-    def __init__(self, config: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...], size: int,
-                 channels: int, with_masks: bool = False) -> None:
+    def __init__(
+        self,
+        config: AugmentConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: int,
+        channels: int,
+        with_masks: bool = False,
+    ) -> None:
         super().__init__()
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"mean/std have {len(mean)}/{len(std)} values for {channels} channel(s)")
@@ -201,11 +221,13 @@ class BatchTransform(nn.Module):
         std_tensor = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # x_normalised = x_uint8 * scale + shift, one fused pass
         self.register_buffer("scale", 1.0 / (255.0 * std_tensor), persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_tensor,
-                             persistent=False)
+        self.register_buffer(
+            "shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_tensor, persistent=False
+        )
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None,
-                train: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         scale, shift = self.scale.to(images.device), self.shift.to(images.device)
         if not train:
             return images.float().mul_(scale).add_(shift), (masks.float() if masks is not None else None)
@@ -216,7 +238,9 @@ class BatchTransform(nn.Module):
         return x.mul_(scale).add_(shift), m
 
 
-def dataset_mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def dataset_mean_std(
+    images: np.ndarray, index: np.ndarray, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation, in [0, 1] units, of ``images[index]``.
 
     Streams ``chunk`` images at a time in float64, so a memory-mapped cache is not loaded whole.
@@ -225,7 +249,7 @@ def dataset_mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 4096) -
     squares = np.zeros(images.shape[-1])
     count = 0
     for start in range(0, len(index), chunk):
-        block = np.asarray(images[np.sort(index[start:start + chunk])], dtype=np.float64) / 255.0
+        block = np.asarray(images[np.sort(index[start : start + chunk])], dtype=np.float64) / 255.0
         total += block.sum(axis=(0, 1, 2))
         squares += np.square(block).sum(axis=(0, 1, 2))
         count += block.shape[0] * block.shape[1] * block.shape[2]

@@ -19,8 +19,9 @@ def _class_index(key: int | str, classes: list[str], option: str) -> int:
     raise ConfigError(f"{option}: no class {key!r}; the classes are {classes}")
 
 
-def undersample(labels: np.ndarray, rows: np.ndarray, keep: Mapping[int | str, int], classes: list[str],
-                seed: int = 42) -> np.ndarray:
+def undersample(
+    labels: np.ndarray, rows: np.ndarray, keep: Mapping[int | str, int], classes: list[str], seed: int = 42
+) -> np.ndarray:
     """Keep at most ``keep[c]`` rows of each named class (the seed keeps 6,000 benign, random_state 42).
 
     The kept rows are a seeded random choice; the order of ``rows`` is otherwise preserved.
@@ -39,8 +40,9 @@ def undersample(labels: np.ndarray, rows: np.ndarray, keep: Mapping[int | str, i
     return rows[selected]
 
 
-def oversample(labels: np.ndarray, rows: np.ndarray, factors: Mapping[int | str, int],
-               classes: list[str]) -> np.ndarray:
+def oversample(
+    labels: np.ndarray, rows: np.ndarray, factors: Mapping[int | str, int], classes: list[str]
+) -> np.ndarray:
     """Repeat each row of the named classes ``factors[c]`` times in all (AttnMel: malignant x4)."""
     if labels.ndim != 1:
         raise ConfigError("oversample needs single-label data; use class weights for multi-label")

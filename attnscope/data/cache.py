@@ -80,8 +80,14 @@ def _channels(mode: str) -> int:
     return 3 if mode == "RGB" else 1
 
 
-def _decode_chunk(images_path: str, masks_path: str | None, jobs: list[tuple[int, str, str | None]], size: int,
-                  mode: str, pixel_limit: int) -> list[tuple[int, str]]:
+def _decode_chunk(
+    images_path: str,
+    masks_path: str | None,
+    jobs: list[tuple[int, str, str | None]],
+    size: int,
+    mode: str,
+    pixel_limit: int,
+) -> list[tuple[int, str]]:
     """Decode ``jobs`` (position, image, mask) into the open cache files; return the failures."""
     images = np.load(images_path, mmap_mode="r+")
     masks = np.load(masks_path, mmap_mode="r+") if masks_path else None
@@ -119,23 +125,25 @@ def _valid(folder: Path, count: int, size: int, mode: str, has_masks: bool) -> d
         return None
 
 
-def build_cache(manifest: Manifest, folder: Path, size: int, mode: str, pixel_limit: int, workers: int,
-                progress: bool) -> dict:
+def build_cache(
+    manifest: Manifest, folder: Path, size: int, mode: str, pixel_limit: int, workers: int, progress: bool
+) -> dict:
     """Decode every image of ``manifest`` into ``folder`` (built aside, then renamed into place)."""
     temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     count = len(manifest)
     images_path = temporary / "images.npy"
-    np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8,
-                              shape=(count, size, size, _channels(mode))).flush()
+    np.lib.format.open_memmap(
+        images_path, mode="w+", dtype=np.uint8, shape=(count, size, size, _channels(mode))
+    ).flush()
     masks_path = None
     if manifest.has_masks:
         masks_path = temporary / "masks.npy"
         np.lib.format.open_memmap(masks_path, mode="w+", dtype=np.uint8, shape=(count, size, size)).flush()
     mask_paths = manifest.mask_paths or [None] * count
     jobs = [(i, manifest.paths[i], mask_paths[i]) for i in range(count)]
-    chunks = [jobs[start:start + CHUNK] for start in range(0, count, CHUNK)]
+    chunks = [jobs[start : start + CHUNK] for start in range(0, count, CHUNK)]
     arguments = (str(images_path), str(masks_path) if masks_path else None)
     failures: list[tuple[int, str]] = []
     bar = tqdm(total=count, desc=f"decoding {count} images", unit="img", disable=not progress, leave=False)
@@ -147,8 +155,10 @@ def build_cache(manifest: Manifest, folder: Path, size: int, mode: str, pixel_li
         else:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_decode_chunk, *arguments, chunk, size, mode, pixel_limit): len(chunk)
-                           for chunk in chunks}
+                futures = {
+                    pool.submit(_decode_chunk, *arguments, chunk, size, mode, pixel_limit): len(chunk)
+                    for chunk in chunks
+                }
                 for future in as_completed(futures):
                     failures += future.result()
                     bar.update(futures[future])
@@ -158,7 +168,11 @@ def build_cache(manifest: Manifest, folder: Path, size: int, mode: str, pixel_li
     finally:
         bar.close()
     meta = {
-        "version": CACHE_VERSION, "count": count, "size": size, "mode": mode, "source": manifest.source,
+        "version": CACHE_VERSION,
+        "count": count,
+        "size": size,
+        "mode": mode,
+        "source": manifest.source,
         "failed": {str(position): reason for position, reason in sorted(failures)},
         "images_crc": sampled_checksum(images_path),
         "masks_crc": sampled_checksum(masks_path) if masks_path else None,
@@ -190,11 +204,18 @@ def _array_images(manifest: Manifest, size: int, mode: str) -> np.ndarray:
         images = np.repeat(images, 3, axis=-1)
     if images.shape[1:3] != (size, size):
         pil_mode = "RGB" if mode == "RGB" else "L"
-        images = np.stack([
-            np.asarray(resize_and_crop(Image.fromarray(image.squeeze(-1) if pil_mode == "L" else image, pil_mode),
-                                       size, Image.Resampling.BILINEAR)).reshape(size, size, -1)
-            for image in images
-        ])
+        images = np.stack(
+            [
+                np.asarray(
+                    resize_and_crop(
+                        Image.fromarray(image.squeeze(-1) if pil_mode == "L" else image, pil_mode),
+                        size,
+                        Image.Resampling.BILINEAR,
+                    )
+                ).reshape(size, size, -1)
+                for image in images
+            ]
+        )
     return np.ascontiguousarray(images)
 
 
@@ -203,13 +224,23 @@ def _array_masks(manifest: Manifest, size: int) -> np.ndarray | None:
         return None
     if manifest.masks.shape[1:] == (size, size):
         return manifest.masks
-    return np.stack([np.asarray(resize_and_crop(Image.fromarray(m * 255), size, Image.Resampling.NEAREST)) > 127
-                     for m in manifest.masks]).astype(np.uint8)
+    return np.stack(
+        [
+            np.asarray(resize_and_crop(Image.fromarray(m * 255), size, Image.Resampling.NEAREST)) > 127
+            for m in manifest.masks
+        ]
+    ).astype(np.uint8)
 
 
-def load_images(manifest: Manifest, size: int, mode: str = "RGB", cache_dir: str | Path | None = None,
-                workers: int | None = None, pixel_limit: int = DEFAULT_PIXEL_LIMIT,
-                progress: bool = True) -> DecodedSet:
+def load_images(
+    manifest: Manifest,
+    size: int,
+    mode: str = "RGB",
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    progress: bool = True,
+) -> DecodedSet:
     """Decoded pixels of ``manifest`` at ``size`` x ``size``, from the cache when it is intact.
 
     Rows that fail to decode are moved to the returned manifest's ``rejected``.
@@ -217,8 +248,9 @@ def load_images(manifest: Manifest, size: int, mode: str = "RGB", cache_dir: str
     if mode not in MODES:
         raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
     if manifest.images is not None:
-        return DecodedSet(_array_images(manifest, size, mode), _array_masks(manifest, size),
-                          np.arange(len(manifest)), manifest)
+        return DecodedSet(
+            _array_images(manifest, size, mode), _array_masks(manifest, size), np.arange(len(manifest)), manifest
+        )
     if cache_dir is None:
         raise DataError(f"{manifest.source}: image files need a cache_dir (--cache-dir) to decode into")
     folder = Path(cache_dir) / cache_key(manifest, size, mode, pixel_limit)

@@ -53,8 +53,9 @@ def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image
     return image.crop((left, top, left + size, top + size))
 
 
-def decode_image(path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT,
-                 mask: bool = False) -> np.ndarray:
+def decode_image(
+    path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT, mask: bool = False
+) -> np.ndarray:
     """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L.
 
     ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
@@ -70,8 +71,10 @@ def decode_image(path: str | Path, size: int, mode: str = "RGB", pixel_limit: in
         with image:
             pixels = image.size[0] * image.size[1]
             if pixels > pixel_limit:
-                raise DataError(f"{path}: {image.size[0]} x {image.size[1]} pixels is above the limit of "
-                                f"{pixel_limit:,} (a decompression bomb?); raise pixel_limit if the file is trusted")
+                raise DataError(
+                    f"{path}: {image.size[0]} x {image.size[1]} pixels is above the limit of "
+                    f"{pixel_limit:,} (a decompression bomb?); raise pixel_limit if the file is trusted"
+                )
             target_mode = "L" if mask else mode
             if image.format == "JPEG" and not mask:
                 shorter = min(image.size)

@@ -31,8 +31,15 @@ class EpochOrder:
     calls on a loader's ``sampler`` at the start of every epoch.
     """
 
-    def __init__(self, rows: np.ndarray, shuffle: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, even: bool = False) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = False,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -55,7 +62,7 @@ class EpochOrder:
             return rows
         if self.even and len(rows) % self.world_size:
             rows = np.resize(rows, len(self) * self.world_size)
-        return rows[self.rank::self.world_size]
+        return rows[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())
@@ -73,9 +80,20 @@ class BatchLoader:
 
     batch_sampler = None
 
-    def __init__(self, decoded: DecodedSet, rows: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, device: str | torch.device = "cpu",
-                 prefetch: bool | None = None, rank: int = 0, world_size: int = 1, even: bool = False) -> None:
+    def __init__(
+        self,
+        decoded: DecodedSet,
+        rows: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: str | torch.device = "cpu",
+        prefetch: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = False,
+    ) -> None:
         self.decoded = decoded
         # Gathering in a thread pays when the batch then goes to an accelerator; on a
         # CPU the gather is 1-2% of an epoch and the thread takes a core from the
@@ -130,7 +148,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()
         stops = range(0, len(order), self.batch_size)
-        batches = [order[start:start + self.batch_size] for start in stops]
+        batches = [order[start : start + self.batch_size] for start in stops]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if not self.prefetch:

@@ -47,7 +47,9 @@ class BadRowsError(DataError):
     def __init__(self, rows: Sequence[BadRow], hint: str = "fix or remove them, or pass skip_bad=True (--skip-bad)"):
         self.rows = list(rows)
         listed = "\n  ".join(row.describe() for row in self.rows[:MAX_LISTED_BAD_ROWS])
-        more = f"\n  ... and {len(self.rows) - MAX_LISTED_BAD_ROWS} more" if len(self.rows) > MAX_LISTED_BAD_ROWS else ""
+        more = (
+            f"\n  ... and {len(self.rows) - MAX_LISTED_BAD_ROWS} more" if len(self.rows) > MAX_LISTED_BAD_ROWS else ""
+        )
         super().__init__(f"{len(self.rows)} bad row(s); {hint}:\n  {listed}{more}")
 
 
@@ -118,10 +120,19 @@ class Manifest:
                 return values[idx]
             return [values[i] for i in idx]
 
-        return replace(self, ids=pick(self.ids), labels=pick(self.labels), paths=pick(self.paths),
-                       images=pick(self.images), mask_paths=pick(self.mask_paths), masks=pick(self.masks),
-                       groups=pick(self.groups), splits=pick(self.splits), rows=pick(self.rows),
-                       rejected=list(self.rejected))
+        return replace(
+            self,
+            ids=pick(self.ids),
+            labels=pick(self.labels),
+            paths=pick(self.paths),
+            images=pick(self.images),
+            mask_paths=pick(self.mask_paths),
+            masks=pick(self.masks),
+            groups=pick(self.groups),
+            splits=pick(self.splits),
+            rows=pick(self.rows),
+            rejected=list(self.rejected),
+        )
 
     def without(self, bad: dict[int, str]) -> Manifest:
         """The manifest without the entries in ``bad`` (index -> reason), which join ``rejected``."""
@@ -167,8 +178,16 @@ class Manifest:
         writer.writerow(["id", "path", "label", "class", "group", "split"])
         for i in range(len(self)):
             label = "|".join(str(int(v)) for v in self.labels[i]) if self.multilabel else int(self.labels[i])
-            writer.writerow([self.ids[i], self.paths[i] if self.paths else f"#{i}", label, self.label_text(i),
-                             self.groups[i] if self.groups else "", self.splits[i] if self.splits else ""])
+            writer.writerow(
+                [
+                    self.ids[i],
+                    self.paths[i] if self.paths else f"#{i}",
+                    label,
+                    self.label_text(i),
+                    self.groups[i] if self.groups else "",
+                    self.splits[i] if self.splits else "",
+                ]
+            )
         return atomic_write(path, buffer.getvalue())
 
 

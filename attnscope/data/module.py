@@ -35,8 +35,15 @@ from attnscope.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 
-def cluttered_idx(directory: str | None = None, split: str = "train", canvas: int = 84, clutter: int = 6,
-                  clutter_size: int = 10, count: int | None = None, seed: int = 0) -> Manifest:
+def cluttered_idx(
+    directory: str | None = None,
+    split: str = "train",
+    canvas: int = 84,
+    clutter: int = 6,
+    clutter_size: int = 10,
+    count: int | None = None,
+    seed: int = 0,
+) -> Manifest:
     """Cluttered canvases of IDX items (Fashion-MNIST by default)."""
     return cluttered(from_idx(directory, split), canvas, clutter, clutter_size, count, seed)
 
@@ -103,7 +110,9 @@ class DataConfig:
             augment_known = set(AugmentConfig.__dataclass_fields__)
             bad = sorted(set(values["augment"]) - augment_known)
             if bad:
-                raise ConfigError(f"augment has no option(s) {bad}; its options are: {', '.join(sorted(augment_known))}")
+                raise ConfigError(
+                    f"augment has no option(s) {bad}; its options are: {', '.join(sorted(augment_known))}"
+                )
             values["augment"] = AugmentConfig(**values["augment"])
         return cls(**values)
 
@@ -143,12 +152,22 @@ class DataModule:
     def setup(self) -> DataModule:
         config = self.config
         manifest = load_source(config.source, **config.source_options)
-        decoded = load_images(manifest, config.image_size, config.mode, config.cache_dir or default_cache_dir(),
-                              config.workers, config.pixel_limit, config.progress)
+        decoded = load_images(
+            manifest,
+            config.image_size,
+            config.mode,
+            config.cache_dir or default_cache_dir(),
+            config.workers,
+            config.pixel_limit,
+            config.progress,
+        )
         check_bad_rows(decoded.manifest, config.skip_bad)
         if decoded.manifest.rejected:
-            log.warning("%s: left out %d bad row(s) (skip_bad); write(run_dir) lists them in bad_rows.csv",
-                        decoded.manifest.source, len(decoded.manifest.rejected))
+            log.warning(
+                "%s: left out %d bad row(s) (skip_bad); write(run_dir) lists them in bad_rows.csv",
+                decoded.manifest.source,
+                len(decoded.manifest.rejected),
+            )
         splits = assign_splits(decoded.manifest, config.val_fraction, config.test_fraction, config.seed)
         check_splits(decoded.manifest, splits)
         labels, classes = decoded.manifest.labels, decoded.manifest.classes
@@ -158,8 +177,11 @@ class DataModule:
         if config.oversample:
             train_rows = oversample(labels, train_rows, config.oversample, classes)
         if config.normalize == "imagenet":
-            self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else (
-                (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+            self.mean, self.std = (
+                (IMAGENET_MEAN, IMAGENET_STD)
+                if self.channels == 3
+                else ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+            )
         else:
             self.mean, self.std = dataset_mean_std(decoded.images, decoded.index[np.unique(train_rows)])
         if config.class_weights:
@@ -174,14 +196,25 @@ class DataModule:
             return self.train_rows
         return np.flatnonzero(self.splits == split)
 
-    def loader(self, split: str, device: str = "cpu", rank: int = 0, world_size: int = 1,
-               prefetch: bool | None = None) -> BatchLoader:
+    def loader(
+        self, split: str, device: str = "cpu", rank: int = 0, world_size: int = 1, prefetch: bool | None = None
+    ) -> BatchLoader:
         """Batches of ``split``; with ``world_size`` > 1, this process's share (training shares are even)."""
         train = split == "train"
         size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
-        return BatchLoader(self._require(), self.rows(split), size, shuffle=train, seed=self.config.seed,
-                           drop_last=False, device=device, prefetch=prefetch, rank=rank, world_size=world_size,
-                           even=train)
+        return BatchLoader(
+            self._require(),
+            self.rows(split),
+            size,
+            shuffle=train,
+            seed=self.config.seed,
+            drop_last=False,
+            device=device,
+            prefetch=prefetch,
+            rank=rank,
+            world_size=world_size,
+            even=train,
+        )
 
     def ordered_loader(self, split: str) -> BatchLoader:
         """Every row of ``split`` once, in manifest order, unshuffled: for evaluation and indexing."""
@@ -199,8 +232,14 @@ class DataModule:
 
     def transform(self) -> BatchTransform:
         """The batch transform (augmentation for training, normalisation always) for this data."""
-        return BatchTransform(self.config.augment, self.mean, self.std, self.config.image_size, self.channels,
-                              with_masks=self._require().masks is not None)
+        return BatchTransform(
+            self.config.augment,
+            self.mean,
+            self.std,
+            self.config.image_size,
+            self.channels,
+            with_masks=self._require().masks is not None,
+        )
 
     def summary(self) -> dict:
         """Classes, counts per split, statistics and the config: what a run records."""
@@ -209,12 +248,19 @@ class DataModule:
         for split in ("train", "val", "test"):
             rows = self.rows(split)
             labels = manifest.labels[rows]
-            per_class = labels.sum(axis=0) if manifest.multilabel else np.bincount(labels, minlength=manifest.num_classes)
+            per_class = (
+                labels.sum(axis=0) if manifest.multilabel else np.bincount(labels, minlength=manifest.num_classes)
+            )
             counts[split] = {"rows": int(len(rows)), "per_class": [int(c) for c in per_class]}
         return {
-            "source": manifest.source, "classes": manifest.classes, "multilabel": manifest.multilabel,
-            "rows": len(manifest), "rejected": len(manifest.rejected), "counts": counts,
-            "mean": list(self.mean), "std": list(self.std),
+            "source": manifest.source,
+            "classes": manifest.classes,
+            "multilabel": manifest.multilabel,
+            "rows": len(manifest),
+            "rejected": len(manifest.rejected),
+            "counts": counts,
+            "mean": list(self.mean),
+            "std": list(self.std),
             "class_weights": None if self.weights is None else [float(w) for w in self.weights],
             "config": self.config.to_dict(),
         }
@@ -224,8 +270,10 @@ class DataModule:
         run_dir = Path(run_dir)
         manifest = self.manifest
         with_splits = replace(manifest, splits=[str(s) for s in self.splits])
-        written = {"split": with_splits.write_csv(run_dir / "split.csv"),
-                   "data": atomic_write(run_dir / "data.json", json.dumps(self.summary(), indent=2, default=str))}
+        written = {
+            "split": with_splits.write_csv(run_dir / "split.csv"),
+            "data": atomic_write(run_dir / "data.json", json.dumps(self.summary(), indent=2, default=str)),
+        }
         if manifest.rejected:
             written["bad_rows"] = write_bad_rows(manifest.rejected, run_dir / "bad_rows.csv")
         return written

@@ -23,8 +23,9 @@ def _stratum(manifest: Manifest, rows: list[int]) -> int:
     return int(np.bincount(labels).argmax())
 
 
-def assign_splits(manifest: Manifest, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                  seed: int = 0) -> np.ndarray:
+def assign_splits(
+    manifest: Manifest, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> np.ndarray:
     """A split name per row of ``manifest`` (an array of 'train', 'val', 'test')."""
     for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
@@ -33,8 +34,7 @@ def assign_splits(manifest: Manifest, val_fraction: float = 0.15, test_fraction:
         raise ConfigError(f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training rows")
     given = [s or None for s in (manifest.splits or [None] * len(manifest))]
     present = {s for s in given if s}
-    fractions = {"val": 0.0 if "val" in present else val_fraction,
-                 "test": 0.0 if "test" in present else test_fraction}
+    fractions = {"val": 0.0 if "val" in present else val_fraction, "test": 0.0 if "test" in present else test_fraction}
 
     groups = manifest.groups or [f"row{i}" for i in range(len(manifest))]
     units: dict[str, list[int]] = defaultdict(list)
@@ -45,8 +45,9 @@ def assign_splits(manifest: Manifest, val_fraction: float = 0.15, test_fraction:
     for name, members in units.items():
         fixed = {given[i] for i in members if given[i]}
         if len(fixed) > 1:
-            raise DataError(f"{manifest.source}: group {name!r} is in splits {sorted(fixed)}; "
-                            "a patient must stay in one split")
+            raise DataError(
+                f"{manifest.source}: group {name!r} is in splits {sorted(fixed)}; a patient must stay in one split"
+            )
         if fixed:
             splits[members] = fixed.pop()
         else:
@@ -76,14 +77,19 @@ def check_splits(manifest: Manifest, splits: np.ndarray, required: tuple[str, ..
         if len(rows) == 0:
             problems.append(f"split {split!r} is empty")
             continue
-        counts = manifest.labels[rows].sum(axis=0) if manifest.multilabel else np.bincount(
-            manifest.labels[rows], minlength=manifest.num_classes)
+        counts = (
+            manifest.labels[rows].sum(axis=0)
+            if manifest.multilabel
+            else np.bincount(manifest.labels[rows], minlength=manifest.num_classes)
+        )
         present = [manifest.classes[c] for c in np.flatnonzero(counts)]
         if len(present) < 2 and not manifest.multilabel:
             problems.append(f"split {split!r} holds only class {present} ({len(rows)} rows)")
     if problems:
-        raise DataError(f"{manifest.source}: {'; '.join(problems)}. Use more data, other fractions, "
-                        "or a split column with both classes in each split")
+        raise DataError(
+            f"{manifest.source}: {'; '.join(problems)}. Use more data, other fractions, "
+            "or a split column with both classes in each split"
+        )
     unknown = set(np.unique(splits)) - set(SPLITS)
     if unknown:
         raise DataError(f"{manifest.source}: unknown split name(s) {sorted(unknown)}")

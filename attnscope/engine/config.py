@@ -117,8 +117,14 @@ class RunConfig:
             raise ConfigError(f"a run config is a mapping of sections, got {type(values).__name__}")
         _refuse_unknown("run config", values, cls)
         sections: dict[str, Any] = {}
-        for name, kind in (("model", ModelSection), ("loss", LossSection), ("supervision", SupervisionSection),
-                           ("optim", OptimSection), ("schedule", ScheduleSection), ("trainer", TrainerSection)):
+        for name, kind in (
+            ("model", ModelSection),
+            ("loss", LossSection),
+            ("supervision", SupervisionSection),
+            ("optim", OptimSection),
+            ("schedule", ScheduleSection),
+            ("trainer", TrainerSection),
+        ):
             section = values.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"config section {name!r} must be a mapping, got {section!r}")
@@ -134,8 +140,12 @@ class RunConfig:
 
     def check(self) -> None:
         """Refuse values no run could use, naming the option."""
-        choices = (("optim.name", self.optim.name, OPTIMIZERS), ("schedule.name", self.schedule.name, SCHEDULES),
-                   ("loss.name", self.loss.name, LOSSES), ("trainer.mode", self.trainer.mode, ("max", "min")))
+        choices = (
+            ("optim.name", self.optim.name, OPTIMIZERS),
+            ("schedule.name", self.schedule.name, SCHEDULES),
+            ("loss.name", self.loss.name, LOSSES),
+            ("trainer.mode", self.trainer.mode, ("max", "min")),
+        )
         for key, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
@@ -170,8 +180,10 @@ def read_config_file(name_or_path: str | Path) -> dict:
         resource = importlib.resources.files("attnscope") / "configs" / f"{name_or_path}.yaml"
         text, source = resource.read_text(encoding="utf-8"), f"shipped config {name_or_path!r}"
     else:
-        raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a shipped config; "
-                          f"shipped configs: {', '.join(named_configs())}")
+        raise ConfigError(
+            f"config {str(name_or_path)!r} is neither a file nor a shipped config; "
+            f"shipped configs: {', '.join(named_configs())}"
+        )
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:

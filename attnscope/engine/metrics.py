@@ -86,8 +86,12 @@ def _binary_scores(probs: torch.Tensor, targets: torch.Tensor, what: str) -> tup
     """(AUC, AP) of one binary column; NaN with a warning when a class is absent."""
     positives = int(targets.sum())
     if positives == 0 or positives == len(targets):
-        log.warning("%s: only one class present (%d of %d positive); AUC and AP are undefined (NaN)",
-                    what, positives, len(targets))
+        log.warning(
+            "%s: only one class present (%d of %d positive); AUC and AP are undefined (NaN)",
+            what,
+            positives,
+            len(targets),
+        )
         return math.nan, math.nan
     targets = targets.long()
     return float(binary_auroc(probs, targets)), float(binary_average_precision(probs, targets))
@@ -110,9 +114,11 @@ def _rates(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     tn = int((~predicted & ~targets).sum())
     fp = int((predicted & ~targets).sum())
     fn = int((~predicted & targets).sum())
-    return {"sensitivity": tp / (tp + fn) if tp + fn else math.nan,
-            "specificity": tn / (tn + fp) if tn + fp else math.nan,
-            "confusion": [[tn, fp], [fn, tp]]}
+    return {
+        "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+        "specificity": tn / (tn + fp) if tn + fp else math.nan,
+        "confusion": [[tn, fp], [fn, tp]],
+    }
 
 
 def _binary_column(probs: torch.Tensor, targets: torch.Tensor, threshold: float | None, what: str) -> dict:
@@ -120,12 +126,19 @@ def _binary_column(probs: torch.Tensor, targets: torch.Tensor, threshold: float 
     chosen = youden_threshold(probs, targets) if threshold is None else float(threshold)
     at_half = _rates(probs >= 0.5, targets)
     at_chosen = _rates(probs >= chosen, targets)
-    return {"auc": auc, "ap": ap, "accuracy": float(((probs >= 0.5) == targets.bool()).float().mean()),
-            "balanced_accuracy": _mean([at_half["sensitivity"], at_half["specificity"]]),
-            "sensitivity": at_half["sensitivity"], "specificity": at_half["specificity"],
-            "threshold": chosen, "sensitivity_youden": at_chosen["sensitivity"],
-            "specificity_youden": at_chosen["specificity"],
-            "confusion": at_half["confusion"], "confusion_youden": at_chosen["confusion"]}
+    return {
+        "auc": auc,
+        "ap": ap,
+        "accuracy": float(((probs >= 0.5) == targets.bool()).float().mean()),
+        "balanced_accuracy": _mean([at_half["sensitivity"], at_half["specificity"]]),
+        "sensitivity": at_half["sensitivity"],
+        "specificity": at_half["specificity"],
+        "threshold": chosen,
+        "sensitivity_youden": at_chosen["sensitivity"],
+        "specificity_youden": at_chosen["specificity"],
+        "confusion": at_half["confusion"],
+        "confusion_youden": at_chosen["confusion"],
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -133,8 +146,14 @@ def _mean(values: list[float]) -> float:
     return sum(present) / len(present) if present else math.nan
 
 
-def summarize(probs: torch.Tensor, targets: torch.Tensor, kind: str, classes: list[str],
-              threshold: float | list[float] | None = None, split: str = "split") -> dict:
+def summarize(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    kind: str,
+    classes: list[str],
+    threshold: float | list[float] | None = None,
+    split: str = "split",
+) -> dict:
     """Every metric of one split: scalars, plus per-class lists and confusion matrices.
 
     ``threshold``: the operating point for the ``*_youden`` values, chosen on the
@@ -154,13 +173,29 @@ def summarize(probs: torch.Tensor, targets: torch.Tensor, kind: str, classes: li
         return result
     if kind == "multilabel":
         thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(classes)
-        columns = [_binary_column(probs[:, c], targets[:, c], thresholds[c], f"{split}, label {name!r}")
-                   for c, name in enumerate(classes)]
-        result = {key: _mean([column[key] for column in columns])
-                  for key in ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                              "sensitivity_youden", "specificity_youden")}
-        result.update({f"{key}_per_class": [column[key] for column in columns]
-                       for key in ("auc", "ap", "sensitivity", "specificity", "threshold")})
+        columns = [
+            _binary_column(probs[:, c], targets[:, c], thresholds[c], f"{split}, label {name!r}")
+            for c, name in enumerate(classes)
+        ]
+        result = {
+            key: _mean([column[key] for column in columns])
+            for key in (
+                "auc",
+                "ap",
+                "accuracy",
+                "balanced_accuracy",
+                "sensitivity",
+                "specificity",
+                "sensitivity_youden",
+                "specificity_youden",
+            )
+        }
+        result.update(
+            {
+                f"{key}_per_class": [column[key] for column in columns]
+                for key in ("auc", "ap", "sensitivity", "specificity", "threshold")
+            }
+        )
         result["threshold"] = [column["threshold"] for column in columns]
         result["confusion_per_class"] = [column["confusion"] for column in columns]
         result["rows"] = len(targets)
@@ -169,18 +204,27 @@ def summarize(probs: torch.Tensor, targets: torch.Tensor, kind: str, classes: li
     count = len(classes)
     predicted = probs.argmax(dim=1)
     confusion = multiclass_confusion_matrix(predicted, targets, num_classes=count)
-    scores = [_binary_scores(probs[:, c], (targets == c).long(), f"{split}, class {name!r} vs rest")
-              for c, name in enumerate(classes)]
+    scores = [
+        _binary_scores(probs[:, c], (targets == c).long(), f"{split}, class {name!r} vs rest")
+        for c, name in enumerate(classes)
+    ]
     rates = [_rates(predicted == c, targets == c) for c in range(count)]
     sensitivity = [r["sensitivity"] for r in rates]
     specificity = [r["specificity"] for r in rates]
-    return {"auc": _mean([s[0] for s in scores]), "ap": _mean([s[1] for s in scores]),
-            "accuracy": float((predicted == targets).float().mean()),
-            "balanced_accuracy": _mean(sensitivity),
-            "sensitivity": _mean(sensitivity), "specificity": _mean(specificity),
-            "auc_per_class": [s[0] for s in scores], "ap_per_class": [s[1] for s in scores],
-            "sensitivity_per_class": sensitivity, "specificity_per_class": specificity,
-            "confusion": confusion.tolist(), "rows": len(targets)}
+    return {
+        "auc": _mean([s[0] for s in scores]),
+        "ap": _mean([s[1] for s in scores]),
+        "accuracy": float((predicted == targets).float().mean()),
+        "balanced_accuracy": _mean(sensitivity),
+        "sensitivity": _mean(sensitivity),
+        "specificity": _mean(specificity),
+        "auc_per_class": [s[0] for s in scores],
+        "ap_per_class": [s[1] for s in scores],
+        "sensitivity_per_class": sensitivity,
+        "specificity_per_class": specificity,
+        "confusion": confusion.tolist(),
+        "rows": len(targets),
+    }
 
 
 def scalars(summary: dict, prefix: str, classes: list[str]) -> dict[str, float]:

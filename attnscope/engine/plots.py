@@ -55,11 +55,24 @@ def _curves(axes, probs, labels, kind, classes, values, what: str, curve) -> Non
 
 def roc_figure(probs, labels, kind, classes, summary) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    _curves(axes, probs, labels, kind, classes, summary.get("auc_per_class") or [summary.get("auc")], "AUC",
-            lambda scores, targets: binary_roc(scores, targets)[:2])
+    _curves(
+        axes,
+        probs,
+        labels,
+        kind,
+        classes,
+        summary.get("auc_per_class") or [summary.get("auc")],
+        "AUC",
+        lambda scores, targets: binary_roc(scores, targets)[:2],
+    )
     if kind == "binary" and not math.isnan(summary.get("sensitivity_youden", math.nan)):
-        axes.plot(1 - summary["specificity_youden"], summary["sensitivity_youden"], "o", color="black",
-                  label=f"threshold {summary['threshold']:.3f}")
+        axes.plot(
+            1 - summary["specificity_youden"],
+            summary["sensitivity_youden"],
+            "o",
+            color="black",
+            label=f"threshold {summary['threshold']:.3f}",
+        )
     axes.plot([0, 1], [0, 1], ":", color="grey")
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize="small")
@@ -68,10 +81,17 @@ def roc_figure(probs, labels, kind, classes, summary) -> plt.Figure:
 
 def pr_figure(probs, labels, kind, classes, summary) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    _curves(axes, probs, labels, kind, classes, summary.get("ap_per_class") or [summary.get("ap")], "AP",
-            lambda scores, targets: binary_precision_recall_curve(scores, targets)[1::-1])
-    axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1),
-             ylim=(0, 1.01))
+    _curves(
+        axes,
+        probs,
+        labels,
+        kind,
+        classes,
+        summary.get("ap_per_class") or [summary.get("ap")],
+        "AP",
+        lambda scores, targets: binary_precision_recall_curve(scores, targets)[1::-1],
+    )
+    axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower left", fontsize="small")
     return figure
 
@@ -83,8 +103,11 @@ def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure
         titles = classes
         ticks = [["no", "yes"]] * len(classes)
     else:
-        matrices, titles, ticks = [summary["confusion"]], ["Confusion (threshold 0.5)" if kind == "binary"
-                                                           else "Confusion (arg-max)"], [classes]
+        matrices, titles, ticks = (
+            [summary["confusion"]],
+            ["Confusion (threshold 0.5)" if kind == "binary" else "Confusion (arg-max)"],
+            [classes],
+        )
     figure, axes_list = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 0.6, 3.6), squeeze=False)
     for axes, matrix, title, names in zip(axes_list[0], matrices, titles, ticks, strict=True):
         values = torch.tensor(matrix, dtype=torch.float64)
@@ -92,17 +115,25 @@ def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure
         top = values.max().item() or 1.0
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                axes.text(j, i, f"{int(values[i, j])}", ha="center", va="center",
-                          color="white" if values[i, j] > top / 2 else "black")
-        axes.set_xticks(range(len(names)), names, rotation=45 if len(names) > 3 else 0, ha="right"
-                        if len(names) > 3 else "center")
+                axes.text(
+                    j,
+                    i,
+                    f"{int(values[i, j])}",
+                    ha="center",
+                    va="center",
+                    color="white" if values[i, j] > top / 2 else "black",
+                )
+        axes.set_xticks(
+            range(len(names)), names, rotation=45 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center"
+        )
         axes.set_yticks(range(len(names)), names)
         axes.set(xlabel="predicted", ylabel="true", title=title)
     return figure
 
 
-def write_evaluation_plots(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str],
-                           summary: dict, out: Path) -> dict[str, Path]:
+def write_evaluation_plots(
+    probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str], summary: dict, out: Path
+) -> dict[str, Path]:
     """``roc.png``, ``pr.png`` and ``confusion.png`` in ``out``."""
     return {
         "roc": save_figure(roc_figure(probs, labels, kind, classes, summary), out / "roc.png"),

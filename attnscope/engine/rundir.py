@@ -95,8 +95,9 @@ class RunPaths:
     def require(self) -> RunPaths:
         """Self, after checking this is a run directory at all."""
         if not self.config.is_file():
-            raise CheckpointError(f"{self.root} is not a run directory (no config.yaml); "
-                                  "pass the folder `attnscope train` printed")
+            raise CheckpointError(
+                f"{self.root} is not a run directory (no config.yaml); pass the folder `attnscope train` printed"
+            )
         return self
 
 
@@ -131,8 +132,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            raise CheckpointError(f"{path}: the training state cannot be read ({error}); "
-                                  "resume from a copy, or start a new run") from error
+            raise CheckpointError(
+                f"{path}: the training state cannot be read ({error}); resume from a copy, or start a new run"
+            ) from error
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> Path:

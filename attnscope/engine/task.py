@@ -74,27 +74,38 @@ class _SmoothedBCE(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.dtype).reshape(logits.shape)
         target = target * (1 - self.smoothing) + 0.5 * self.smoothing
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
-                                                              pos_weight=self.pos_weight)
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), target.float(), pos_weight=self.pos_weight
+        )
 
 
 class ClassifierTask(L.LightningModule):
     """Trains ``model`` (logits out) on uint8 batches; records metrics per epoch on train and val."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, transform: BatchTransform, kind: str,
-                 classes: list[str], class_weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        transform: BatchTransform,
+        kind: str,
+        classes: list[str],
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.config, self.model, self.transform, self.kind, self.classes = config, model, transform, kind, classes
         self.criterion = build_loss(config, kind, class_weights)
         weights = config.supervision.weights
         self.supervision = AttentionMaskLoss(weights, config.supervision.kind) if weights else None
         if self.supervision is not None and not transform.with_masks:
-            raise ConfigError("supervision.weights is set but the data have no masks; "
-                              "use a source with masks (csv mask_column, synthetic_lesions, cluttered)")
+            raise ConfigError(
+                "supervision.weights is set but the data have no masks; "
+                "use a source with masks (csv mask_column, synthetic_lesions, cluttered)"
+            )
         self.ema = None
         if config.trainer.ema_decay is not None:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.trainer.ema_decay),
-                                     use_buffers=True)
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(config.trainer.ema_decay), use_buffers=True
+            )
         self.attention_loss = MeanMetric()
         self.train_outputs = EpochOutputs()
         self.val_outputs = EpochOutputs()
@@ -149,8 +160,10 @@ class ClassifierTask(L.LightningModule):
             logits = self.model(batch["image"])
             loss = self._loss(logits, batch)
         if not torch.isfinite(loss):
-            raise TrainingError(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                                     f"batch {batch_idx}; lower optim.lr or set trainer.grad_clip")
+            raise TrainingError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, "
+                f"batch {batch_idx}; lower optim.lr or set trainer.grad_clip"
+            )
         self.train_outputs.update(probabilities(logits.detach(), self.kind), batch["label"], loss)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
@@ -199,8 +212,13 @@ class ClassifierTask(L.LightningModule):
         optim, schedule = self.config.optim, self.config.schedule
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         if optim.name == "sgd":
-            optimizer = torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
-                                        weight_decay=optim.weight_decay)
+            optimizer = torch.optim.SGD(
+                parameters,
+                lr=optim.lr,
+                momentum=optim.momentum,
+                nesterov=optim.nesterov,
+                weight_decay=optim.weight_decay,
+            )
         elif optim.name == "adamw":
             optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
         else:
@@ -212,13 +230,15 @@ class ClassifierTask(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if schedule.name == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optim.lr, total_steps=total,
-                                                            pct_start=schedule.pct_start)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=optim.lr, total_steps=total, pct_start=schedule.pct_start
+            )
         else:
             steps_per_epoch = total / self.config.trainer.epochs
             warmup = int(schedule.warmup_epochs * steps_per_epoch)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: warmup_cosine(step, warmup, total, schedule.min_lr_ratio))
+                optimizer, lambda step: warmup_cosine(step, warmup, total, schedule.min_lr_ratio)
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

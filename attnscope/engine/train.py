@@ -99,14 +99,21 @@ class RunRecorder(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, task: ClassifierTask) -> None:
         task.finish_train_epoch()
         epoch = trainer.current_epoch
-        row = {"epoch": float(epoch), "seconds": time.perf_counter() - self._started,
-               "lr": float(trainer.optimizers[0].param_groups[0]["lr"]), **dict(sorted(task.epoch_metrics.items()))}
+        row = {
+            "epoch": float(epoch),
+            "seconds": time.perf_counter() - self._started,
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            **dict(sorted(task.epoch_metrics.items())),
+        }
         task.epoch_metrics = {}
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         value = row.get(self.monitor, math.nan)
         if self.monitor not in row and epoch == 0:
-            log.warning("trainer.monitor=%r is not among the metrics (%s); keeping the last epoch as best",
-                        self.monitor, ", ".join(sorted(k for k in row if "/" in k)))
+            log.warning(
+                "trainer.monitor=%r is not among the metrics (%s); keeping the last epoch as best",
+                self.monitor,
+                ", ".join(sorted(k for k in row if "/" in k)),
+            )
         improved = self._improved(value) or (self.monitor not in row)
         if improved:
             self.best_value, self.best_epoch = (None if math.isnan(value) else value), epoch
@@ -116,8 +123,16 @@ class RunRecorder(Callback):
             save_weights(task.eval_model, self.paths.last_weights, meta)
             if improved:
                 save_weights(task.eval_model, self.paths.best_weights, meta)
-                write_json(self.paths.best, {"epoch": epoch, "monitor": self.monitor, "value": self.best_value,
-                                             "threshold": task.val_threshold, "metrics": row})
+                write_json(
+                    self.paths.best,
+                    {
+                        "epoch": epoch,
+                        "monitor": self.monitor,
+                        "value": self.best_value,
+                        "threshold": task.val_threshold,
+                        "metrics": row,
+                    },
+                )
         # every process takes part (DDP); only global rank 0 writes
         trainer.save_checkpoint(self.paths.last_state, weights_only=False)
         if trainer.is_global_zero:
@@ -128,8 +143,9 @@ def epoch_line(row: dict[str, float], epochs: int | None, improved: bool) -> str
     """``epoch 3/10  train loss 0.41 auc 0.87 | val loss 0.40 auc 0.91  12.3 s *`` (* = new best)."""
     parts = [f"epoch {int(row['epoch']) + 1}/{epochs}"]
     for split in ("train", "val"):
-        shown = [f"{name} {row[f'{split}/{name}']:.4f}" for name in ("loss", "auc", "accuracy")
-                 if f"{split}/{name}" in row]
+        shown = [
+            f"{name} {row[f'{split}/{name}']:.4f}" for name in ("loss", "auc", "accuracy") if f"{split}/{name}" in row
+        ]
         if shown:
             parts.append(f"{split} " + " ".join(shown))
     parts.append(f"{row['seconds']:.1f} s" + (" *" if improved else ""))
@@ -155,8 +171,13 @@ def resolve_run_dir(config: RunConfig) -> Path:
 
 def build_model(config: RunConfig, num_classes: int, multilabel: bool, channels: int) -> torch.nn.Module:
     kind = task_kind(num_classes, multilabel)
-    return create_model(config.model.name, num_classes=head_size(kind, num_classes), in_chans=channels,
-                        pretrained=config.model.pretrained, **config.model.options)
+    return create_model(
+        config.model.name,
+        num_classes=head_size(kind, num_classes),
+        in_chans=channels,
+        pretrained=config.model.pretrained,
+        **config.model.options,
+    )
 
 
 class _RunLog:
@@ -191,19 +212,31 @@ def make_trainer(config: RunConfig, paths: RunPaths, callbacks: list[Callback], 
     try:
         return _trainer(section, paths, callbacks, steps_per_epoch)
     except (MisconfigurationException, ValueError, TypeError) as error:
-        raise ConfigError(f"trainer options (accelerator={section.accelerator!r}, devices={section.devices!r}, "
-                          f"num_nodes={section.num_nodes}, strategy={section.strategy!r}, "
-                          f"precision={section.precision!r}) are refused by Lightning: {error}") from error
+        raise ConfigError(
+            f"trainer options (accelerator={section.accelerator!r}, devices={section.devices!r}, "
+            f"num_nodes={section.num_nodes}, strategy={section.strategy!r}, "
+            f"precision={section.precision!r}) are refused by Lightning: {error}"
+        ) from error
 
 
 def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoch: int) -> L.Trainer:
     return L.Trainer(
-        default_root_dir=paths.root, max_epochs=section.epochs, accelerator=section.accelerator,
-        devices=section.devices, num_nodes=section.num_nodes, strategy=section.strategy,
-        precision=section.precision, gradient_clip_val=section.grad_clip,
-        logger=TensorBoardLogger(paths.root, name="tensorboard", version=""), callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=section.progress, enable_model_summary=False,
-        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        default_root_dir=paths.root,
+        max_epochs=section.epochs,
+        accelerator=section.accelerator,
+        devices=section.devices,
+        num_nodes=section.num_nodes,
+        strategy=section.strategy,
+        precision=section.precision,
+        gradient_clip_val=section.grad_clip,
+        logger=TensorBoardLogger(paths.root, name="tensorboard", version=""),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=section.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
 
@@ -216,8 +249,9 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     config.run_dir = str(paths.root)
     rank_zero = rank_zero_only.rank == 0
     if rank_zero and not resume and paths.config.exists() and not os.environ.get(RUN_DIR_ENV):
-        raise ConfigError(f"{paths.root} already holds a run; continue it with --resume {paths.root}, "
-                          "or choose another --run-dir")
+        raise ConfigError(
+            f"{paths.root} already holds a run; continue it with --resume {paths.root}, or choose another --run-dir"
+        )
     paths.root.mkdir(parents=True, exist_ok=True)
     launched = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches

@@ -39,8 +39,9 @@ class CamResult:
     logits: torch.Tensor
 
 
-def resolve_layers(model: nn.Module, target_layers: Sequence[nn.Module | str] | nn.Module | str | None
-                   ) -> dict[str, nn.Module]:
+def resolve_layers(
+    model: nn.Module, target_layers: Sequence[nn.Module | str] | nn.Module | str | None
+) -> dict[str, nn.Module]:
     """Target layers by name: modules or dotted names; None takes the model's ``default_cfg.cam_target_layer``."""
     if target_layers is None:
         default = getattr(getattr(model, "default_cfg", None), "cam_target_layer", "")
@@ -120,6 +121,7 @@ class BaseCAM(ABC):
                 captured[name] = output
                 # later in-place operations (ReLU(inplace=True)) then change a copy, not what we keep
                 return output.clone()
+
             return hook
 
         was_training = self.model.training
@@ -202,7 +204,10 @@ class LayerCAM(BaseCAM):
 
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
 }
 
 

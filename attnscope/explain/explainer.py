@@ -61,8 +61,13 @@ class BatchExplanation:
     raw: dict[str, torch.Tensor]
 
 
-def explain_batch(run: LoadedRun, images_u8: torch.Tensor, methods: list[str],
-                  cam_layers: list[str] | None = None, require_attention: bool = False) -> BatchExplanation:
+def explain_batch(
+    run: LoadedRun,
+    images_u8: torch.Tensor,
+    methods: list[str],
+    cam_layers: list[str] | None = None,
+    require_attention: bool = False,
+) -> BatchExplanation:
     """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class.
 
     A model without spatial attention maps (a plain or SE network) has no attention to show:
@@ -79,8 +84,10 @@ def explain_batch(run: LoadedRun, images_u8: torch.Tensor, methods: list[str],
             run.model(inputs)
         native = native_maps(captured)
         if not native and (require_attention or methods == ["attention"]):
-            raise ConfigError(f"{run.config.model.name} has no spatial attention maps to show; "
-                              "use a CAM method (--method gradcam) or a model with spatial attention")
+            raise ConfigError(
+                f"{run.config.model.name} has no spatial attention maps to show; "
+                "use a CAM method (--method gradcam) or a model with spatial attention"
+            )
         for tap, values in upsample(native, tuple(inputs.shape[-2:])).items():
             maps[f"attention:{tap}"], raw[f"attention:{tap}"] = normalise(values), native[tap]
     for method in methods:
@@ -92,8 +99,9 @@ def explain_batch(run: LoadedRun, images_u8: torch.Tensor, methods: list[str],
     return BatchExplanation(inputs, targets, probs.gather(1, targets[:, None])[:, 0], maps, raw)
 
 
-def score_batch(run: LoadedRun, explanation: BatchExplanation, masks: torch.Tensor | None,
-                steps: int = 16, threshold: float = 0.5) -> dict[str, dict[str, torch.Tensor]]:
+def score_batch(
+    run: LoadedRun, explanation: BatchExplanation, masks: torch.Tensor | None, steps: int = 16, threshold: float = 0.5
+) -> dict[str, dict[str, torch.Tensor]]:
     """Per label: localisation scores (when ``masks``) and deletion/insertion AUC, each (B,)."""
     activation = "sigmoid" if run.kind == "multilabel" else "auto"
     scores: dict[str, dict[str, torch.Tensor]] = {}
@@ -101,8 +109,9 @@ def score_batch(run: LoadedRun, explanation: BatchExplanation, masks: torch.Tens
         entry: dict[str, torch.Tensor] = {}
         if masks is not None:
             entry.update(localisation_scores(values, masks[:, 0], threshold))
-        curves = deletion_insertion(run.model, explanation.inputs, values, explanation.targets, steps,
-                                    activation=activation)
+        curves = deletion_insertion(
+            run.model, explanation.inputs, values, explanation.targets, steps, activation=activation
+        )
         entry["deletion_auc"], entry["insertion_auc"] = curves["deletion_auc"], curves["insertion_auc"]
         scores[label] = entry
     return scores
@@ -127,11 +136,25 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None = None, methods=("all",),
-                source: str | None = None, source_options: dict | None = None, split: str = "test",
-                count: int | None = 16, weights: str = "best", steps: int = 16, cam_layers: list[str] | None = None,
-                skip_bad: bool = False, progress: bool = True, alpha: float = 0.4, cmap: str = "jet",
-                run: LoadedRun | None = None, loader: BatchLoader | None = None) -> dict:
+def explain_run(
+    run_dir: str | Path,
+    out: str | Path,
+    images: list[str] | None = None,
+    methods=("all",),
+    source: str | None = None,
+    source_options: dict | None = None,
+    split: str = "test",
+    count: int | None = 16,
+    weights: str = "best",
+    steps: int = 16,
+    cam_layers: list[str] | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    alpha: float = 0.4,
+    cmap: str = "jet",
+    run: LoadedRun | None = None,
+    loader: BatchLoader | None = None,
+) -> dict:
     """Overlays, raw maps and ``scores.csv`` for ``images`` (or the first ``count`` of a split/source).
 
     Overlays blend ``cmap`` (any matplotlib colour map) over the image with weight ``alpha``.
@@ -170,18 +193,35 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
                     identifier = manifest.ids[row]
                     target = int(explanation.targets[position])
                     truth = manifest.label_text(row) if not images else ""
-                    title = (f"{identifier}\n{'true ' + truth + ', ' if truth else ''}"
-                             f"p({run.classes[target]})={float(explanation.probabilities[position]):.2f}")
-                    figures.append(write_attention_grid(
-                        images_u8[position:position + 1], {k: v[position:position + 1] for k, v in explanation.maps.items()},
-                        [title], out / "overlays" / f"{_safe(identifier)}.png", alpha, cmap, normalise_maps=False))
+                    title = (
+                        f"{identifier}\n{'true ' + truth + ', ' if truth else ''}"
+                        f"p({run.classes[target]})={float(explanation.probabilities[position]):.2f}"
+                    )
+                    figures.append(
+                        write_attention_grid(
+                            images_u8[position : position + 1],
+                            {k: v[position : position + 1] for k, v in explanation.maps.items()},
+                            [title],
+                            out / "overlays" / f"{_safe(identifier)}.png",
+                            alpha,
+                            cmap,
+                            normalise_maps=False,
+                        )
+                    )
                     buffer = io.BytesIO()
                     np.savez_compressed(buffer, **{_safe(k): v[position].numpy() for k, v in explanation.raw.items()})
                     atomic_write(out / "maps" / f"{_safe(identifier)}.npz", buffer.getvalue())
                     for label, values in scores.items():
-                        rows.append({"id": identifier, "truth": truth, "target": run.classes[target],
-                                     "probability": float(explanation.probabilities[position]), "method": label,
-                                     **{name: float(values[name][position]) for name in SCORE_NAMES if name in values}})
+                        rows.append(
+                            {
+                                "id": identifier,
+                                "truth": truth,
+                                "target": run.classes[target],
+                                "probability": float(explanation.probabilities[position]),
+                                "method": label,
+                                **{name: float(values[name][position]) for name in SCORE_NAMES if name in values},
+                            }
+                        )
                 done += take
                 bar.update(take)
     columns = ["id", "truth", "target", "probability", "method", *[n for n in SCORE_NAMES if any(n in r for r in rows)]]
@@ -191,5 +231,11 @@ def explain_run(run_dir: str | Path, out: str | Path, images: list[str] | None =
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     atomic_write(out / "scores.csv", buffer.getvalue())
-    return {"out": str(out), "images": done, "methods": list(dict.fromkeys(r["method"] for r in rows)),
-            "summary": _summary(rows), "overlays": [str(f) for f in figures], "has_masks": "pointing_game" in columns}
+    return {
+        "out": str(out),
+        "images": done,
+        "methods": list(dict.fromkeys(r["method"] for r in rows)),
+        "summary": _summary(rows),
+        "overlays": [str(f) for f in figures],
+        "has_masks": "pointing_game" in columns,
+    }

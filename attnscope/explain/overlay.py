@@ -20,8 +20,10 @@ from attnscope.layers.tap import capture_attention, native_maps
 
 def upsample(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """(B, h, w) maps resized bilinearly to ``size``."""
-    return {name: F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            for name, values in maps.items()}
+    return {
+        name: F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        for name, values in maps.items()
+    }
 
 
 def spatial_maps(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -48,8 +50,15 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor) -> dict[str, to
     return spatial_maps(maps, tuple(images.shape[-2:]))
 
 
-def write_attention_grid(images_u8: torch.Tensor, maps: dict[str, torch.Tensor], titles: list[str], path: Path,
-                         alpha: float = 0.4, cmap: str = "jet", normalise_maps: bool = True) -> Path:
+def write_attention_grid(
+    images_u8: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    titles: list[str],
+    path: Path,
+    alpha: float = 0.4,
+    cmap: str = "jet",
+    normalise_maps: bool = True,
+) -> Path:
     """A figure with one row per image: the input, then one overlay per map, titled by its key
     (the seed's "input | pool-3 attention | pool-4 attention" figure). Maps are (B, H, W); they are
     min-max scaled per image for display unless ``normalise_maps`` is False (already in [0, 1])."""
@@ -94,6 +103,8 @@ def write_run_attention_grid(run, loader, count: int, path: Path) -> Path:
     titles = []
     for position, row in enumerate(batch["row"][:count].tolist()):
         top = int(probs[position].argmax())
-        titles.append(f"{manifest.ids[row]}\ntrue {manifest.label_text(row)}\n"
-                      f"p({run.classes[top]})={float(probs[position, top]):.2f}")
+        titles.append(
+            f"{manifest.ids[row]}\ntrue {manifest.label_text(row)}\n"
+            f"p({run.classes[top]})={float(probs[position, top]):.2f}"
+        )
     return write_attention_grid(images_u8, maps, titles, path)

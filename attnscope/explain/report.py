@@ -53,9 +53,15 @@ def _number(value) -> str:
 
 def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(
-        f"<td class=\"num\">{_number(v)}</td>" if i >= numeric_from else f"<td>{html.escape(str(v))}</td>"
-        for i, v in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{_number(v)}</td>' if i >= numeric_from else f"<td>{html.escape(str(v))}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -81,8 +87,9 @@ def training_curves(paths: RunPaths, out: Path) -> Path | None:
 def outcome(kind: str, truth, predicted) -> str:
     """TP/FP/TN/FN for binary problems, correct/error otherwise."""
     if kind == "binary":
-        return {(1, 1): "true positive", (0, 1): "false positive", (0, 0): "true negative",
-                (1, 0): "false negative"}[(int(truth), int(predicted))]
+        return {(1, 1): "true positive", (0, 1): "false positive", (0, 0): "true negative", (1, 0): "false negative"}[
+            (int(truth), int(predicted))
+        ]
     return "correct" if np.array_equal(np.asarray(truth), np.asarray(predicted)) else "error"
 
 
@@ -96,7 +103,9 @@ def probability_text(run: LoadedRun, probs: torch.Tensor) -> str:
     return ", ".join(f"p({name}) = {float(p):.3f}" for name, p in zip(run.classes, probs.tolist(), strict=True))
 
 
-def gallery_order(run: LoadedRun, probs: torch.Tensor, labels: torch.Tensor, per_group: int) -> list[tuple[int, str, float]]:
+def gallery_order(
+    run: LoadedRun, probs: torch.Tensor, labels: torch.Tensor, per_group: int
+) -> list[tuple[int, str, float]]:
     """(position, group, confidence of the prediction) for the gallery: errors first, the most confident first."""
     if run.kind == "binary":
         threshold = 0.5 if run.threshold is None else float(run.threshold)
@@ -121,9 +130,18 @@ def gallery_order(run: LoadedRun, probs: torch.Tensor, labels: torch.Tensor, per
     return chosen
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, per_group: int = 4, score_images: int = 32,
-                 steps: int = 8, weights: str = "best", progress: bool = True, evaluation: dict | None = None,
-                 run: LoadedRun | None = None, loader: BatchLoader | None = None) -> Path:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    per_group: int = 4,
+    score_images: int = 32,
+    steps: int = 8,
+    weights: str = "best",
+    progress: bool = True,
+    evaluation: dict | None = None,
+    run: LoadedRun | None = None,
+    loader: BatchLoader | None = None,
+) -> Path:
     """``RUN/report.html`` (or ``out``): config, metrics, plots, curves, scores, gallery.
 
     ``evaluation``: the result of :func:`attnscope.engine.inference.evaluate` on the
@@ -137,11 +155,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, per_group: 
     run = run or load_run(paths.root, weights)
     loader = loader or evaluation_rows(run, progress=progress)
     if evaluation is None:
-        evaluation = evaluate(paths.root, paths.root / "evaluation", weights=weights, progress=progress, run=run,
-                              loader=loader)
+        evaluation = evaluate(
+            paths.root, paths.root / "evaluation", weights=weights, progress=progress, run=run, loader=loader
+        )
     curves = training_curves(paths, work / "curves.png")
-    scores = explain_run(paths.root, work / "explain", methods=["all"], count=score_images, weights=weights,
-                         steps=steps, progress=progress, run=run, loader=loader)
+    scores = explain_run(
+        paths.root,
+        work / "explain",
+        methods=["all"],
+        count=score_images,
+        weights=weights,
+        steps=steps,
+        progress=progress,
+        run=run,
+        loader=loader,
+    )
     probs, labels, rows = predict_loader(run, loader, progress=False)
     manifest = loader.decoded.manifest
     chosen = gallery_order(run, probs, labels, per_group)
@@ -155,66 +183,102 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, per_group: 
         for number, (position, group, confidence) in enumerate(chosen):
             row = int(rows[position])
             index = where[row]
-            figure = write_attention_grid(batch["image"][index:index + 1],
-                                          {k: v[index:index + 1] for k, v in explanation.maps.items()},
-                                          [manifest.ids[row]], work / "gallery" / f"{number:03d}.png",
-                                          normalise_maps=False)
+            figure = write_attention_grid(
+                batch["image"][index : index + 1],
+                {k: v[index : index + 1] for k, v in explanation.maps.items()},
+                [manifest.ids[row]],
+                work / "gallery" / f"{number:03d}.png",
+                normalise_maps=False,
+            )
             if group != current:
                 gallery_html.append(f"<h3>{html.escape(group)}</h3>")
                 current = group
-            caption = (f"{html.escape(manifest.ids[row])}: true {html.escape(manifest.label_text(row))}; "
-                       f"{html.escape(probability_text(run, probs[position]))}")
-            gallery_html.append(f"<figure><img src=\"{data_uri(figure)}\" alt=\"{html.escape(manifest.ids[row])}\">"
-                                f"<figcaption>{caption}</figcaption></figure>")
+            caption = (
+                f"{html.escape(manifest.ids[row])}: true {html.escape(manifest.label_text(row))}; "
+                f"{html.escape(probability_text(run, probs[position]))}"
+            )
+            gallery_html.append(
+                f'<figure><img src="{data_uri(figure)}" alt="{html.escape(manifest.ids[row])}">'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
     page = _page(run, paths, evaluation, curves, scores, gallery_html)
     atomic_write(out, page)
     return out
 
 
-def _page(run: LoadedRun, paths: RunPaths, evaluation: dict, curves: Path | None, scores: dict,
-          gallery_html: list[str]) -> str:
+def _page(
+    run: LoadedRun, paths: RunPaths, evaluation: dict, curves: Path | None, scores: dict, gallery_html: list[str]
+) -> str:
     config = run.config
     best = read_json(paths.best) if paths.best.exists() else {}
     summary = read_json(paths.data)
     metrics = evaluation["metrics"]
-    metric_names = ("auc", "ap", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                    "sensitivity_youden", "specificity_youden", "threshold", "rows")
-    metric_rows = [[name, metrics[name]] for name in metric_names if not isinstance(metrics.get(name), (list, type(None)))]
+    metric_names = (
+        "auc",
+        "ap",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "sensitivity_youden",
+        "specificity_youden",
+        "threshold",
+        "rows",
+    )
+    metric_rows = [
+        [name, metrics[name]] for name in metric_names if not isinstance(metrics.get(name), (list, type(None)))
+    ]
     for key in ("auc_per_class", "ap_per_class"):
         for name, value in zip(run.classes, metrics.get(key) or [], strict=False):
-            metric_rows.append([f"{key[:-len('_per_class')]} ({name})", value])
+            metric_rows.append([f"{key[: -len('_per_class')]} ({name})", value])
     config_rows = [
-        ["model", config.model.name], ["data", f"{config.data.source} {config.data.source_options}"],
-        ["classes", ", ".join(run.classes)], ["image size", config.data.image_size],
-        ["images (train / val / test)", " / ".join(str(summary["counts"][s]["rows"]) for s in ("train", "val", "test"))],
-        ["loss", f"{config.loss.name}"], ["optimiser", f"{config.optim.name}, lr {config.optim.lr}"],
+        ["model", config.model.name],
+        ["data", f"{config.data.source} {config.data.source_options}"],
+        ["classes", ", ".join(run.classes)],
+        ["image size", config.data.image_size],
+        [
+            "images (train / val / test)",
+            " / ".join(str(summary["counts"][s]["rows"]) for s in ("train", "val", "test")),
+        ],
+        ["loss", f"{config.loss.name}"],
+        ["optimiser", f"{config.optim.name}, lr {config.optim.lr}"],
         ["epochs", config.trainer.epochs],
         ["best epoch", f"{best.get('epoch', -1) + 1} ({best.get('monitor')} {_number(best.get('value'))})"],
     ]
     score_header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores["summary"].values())]]
     score_rows = [[method, *[entry.get(n) for n in score_header[1:]]] for method, entry in scores["summary"].items()]
-    plots = "".join(f"<img src=\"{data_uri(Path(p))}\" alt=\"{name}\" id=\"plot-{name}\">"
-                    for name, p in evaluation["plots"].items())
+    plots = "".join(
+        f'<img src="{data_uri(Path(p))}" alt="{name}" id="plot-{name}">' for name, p in evaluation["plots"].items()
+    )
     where = "with masks: localisation and faithfulness" if scores["has_masks"] else "without masks: faithfulness only"
     sections = [
-        f"<h1>attnscope report: {html.escape(paths.root.name)}</h1>"
-        f"<p class=\"muted\">{html.escape(str(paths.root))}</p>",
-        f"<section id=\"config\"><h2>Run</h2>{_table(['setting', 'value'], config_rows, numeric_from=2)}</section>",
-        f"<section id=\"metrics\"><h2>Test metrics</h2>"
+        f'<h1>attnscope report: {html.escape(paths.root.name)}</h1><p class="muted">{html.escape(str(paths.root))}</p>',
+        f'<section id="config"><h2>Run</h2>{_table(["setting", "value"], config_rows, numeric_from=2)}</section>',
+        f'<section id="metrics"><h2>Test metrics</h2>'
         f"<p>{html.escape(evaluation['data'])}, thresholds chosen on validation.</p>"
         f"{_table(['metric', 'value'], metric_rows)}</section>",
-        f"<section id=\"plots\" class=\"plots\"><h2>ROC, precision-recall, confusion</h2>{plots}</section>",
+        f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion</h2>{plots}</section>',
     ]
     if curves is not None:
-        sections.append(f"<section id=\"curves\"><h2>Training curves</h2>"
-                        f"<img src=\"{data_uri(curves)}\" alt=\"training curves\"></section>")
-    sections.append(f"<section id=\"scores\"><h2>Where the model looks: scores</h2>"
-                    f"<p>{scores['images']} test images, {where}. Pointing game, energy and Jaccard (map &ge; 0.5): "
-                    f"higher is better; deletion AUC: lower is better; insertion AUC: higher is better.</p>"
-                    f"{_table(score_header, score_rows)}</section>")
-    sections.append("<section id=\"gallery\" class=\"gallery\"><h2>Gallery</h2>"
-                    "<p>Each row: the input, every attention tap and Grad-CAM of the predicted class.</p>"
-                    + "".join(gallery_html) + "</section>")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>attnscope report: {html.escape(paths.root.name)}</title><style>{STYLE}</style></head><body>"
-            + "".join(sections) + "</body></html>\n")
+        sections.append(
+            f'<section id="curves"><h2>Training curves</h2>'
+            f'<img src="{data_uri(curves)}" alt="training curves"></section>'
+        )
+    sections.append(
+        f'<section id="scores"><h2>Where the model looks: scores</h2>'
+        f"<p>{scores['images']} test images, {where}. Pointing game, energy and Jaccard (map &ge; 0.5): "
+        f"higher is better; deletion AUC: lower is better; insertion AUC: higher is better.</p>"
+        f"{_table(score_header, score_rows)}</section>"
+    )
+    sections.append(
+        '<section id="gallery" class="gallery"><h2>Gallery</h2>'
+        "<p>Each row: the input, every attention tap and Grad-CAM of the predicted class.</p>"
+        + "".join(gallery_html)
+        + "</section>"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>attnscope report: {html.escape(paths.root.name)}</title><style>{STYLE}</style></head><body>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )

@@ -67,8 +67,11 @@ def jaccard(maps: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> 
 
 def localisation_scores(maps: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """Pointing game, energy and Jaccard per image."""
-    return {"pointing_game": pointing_game(maps, masks), "energy": energy_pointing_game(maps, masks),
-            "jaccard": jaccard(maps, masks, threshold)}
+    return {
+        "pointing_game": pointing_game(maps, masks),
+        "energy": energy_pointing_game(maps, masks),
+        "jaccard": jaccard(maps, masks, threshold),
+    }
 
 
 def target_probability(logits: torch.Tensor, targets: torch.Tensor, activation: str = "auto") -> torch.Tensor:
@@ -86,7 +89,7 @@ def blurred(images: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     sigma = sigma or max(images.shape[-1] / 16, 1.0)
     radius = int(math.ceil(3 * sigma))
     positions = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-positions**2 / (2 * sigma**2))
+    kernel = torch.exp(-(positions**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
     out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
@@ -101,10 +104,17 @@ def area_under(curve: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                       steps: int = 16, deletion_baseline: torch.Tensor | None = None,
-                       insertion_baseline: torch.Tensor | None = None, activation: str = "auto",
-                       chunk: int = 64) -> dict[str, torch.Tensor]:
+def deletion_insertion(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = 16,
+    deletion_baseline: torch.Tensor | None = None,
+    insertion_baseline: torch.Tensor | None = None,
+    activation: str = "auto",
+    chunk: int = 64,
+) -> dict[str, torch.Tensor]:
     """Deletion and insertion curves (B, steps + 1) of the target probability, and their AUCs (B,).
 
     ``images`` are what the model takes (normalised); the deletion baseline is 0
@@ -135,11 +145,18 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
                 values.append(torch.where(changed, end, start))
             stacked = torch.stack(values, 1).flatten(0, 1)  # (B * (S + 1), C, H, W)
             repeated = targets.repeat_interleave(steps + 1)
-            probabilities = torch.cat([
-                target_probability(model(stacked[i:i + chunk]), repeated[i:i + chunk], activation)
-                for i in range(0, len(stacked), chunk)])
+            probabilities = torch.cat(
+                [
+                    target_probability(model(stacked[i : i + chunk]), repeated[i : i + chunk], activation)
+                    for i in range(0, len(stacked), chunk)
+                ]
+            )
             curves[name] = probabilities.view(batch, steps + 1).float()
     finally:
         model.train(was_training)
-    return {"deletion_curve": curves["deletion"], "insertion_curve": curves["insertion"],
-            "deletion_auc": area_under(curves["deletion"]), "insertion_auc": area_under(curves["insertion"])}
+    return {
+        "deletion_curve": curves["deletion"],
+        "insertion_curve": curves["insertion"],
+        "deletion_auc": area_under(curves["deletion"]),
+        "insertion_auc": area_under(curves["insertion"]),
+    }

@@ -28,9 +28,7 @@ def position_encoding_2d(channels: int, height: int, width: int, device=None, dt
     if channels % 4:
         raise ConfigError(f"a 2-D position encoding needs channels divisible by 4, got {channels}")
     quarter = channels // 4
-    frequencies = torch.exp(
-        torch.arange(quarter, device=device, dtype=torch.float32) * (-math.log(10000.0) / quarter)
-    )
+    frequencies = torch.exp(torch.arange(quarter, device=device, dtype=torch.float32) * (-math.log(10000.0) / quarter))
     rows = torch.arange(height, device=device, dtype=torch.float32)[:, None] * frequencies  # (H, q)
     cols = torch.arange(width, device=device, dtype=torch.float32)[:, None] * frequencies  # (W, q)
     row_code = torch.cat([rows.sin(), rows.cos()], dim=1).T[:, :, None].expand(-1, height, width)
@@ -69,9 +67,7 @@ class GlobalSelfAttention(nn.Module):
     (B, heads, H, W), goes through ``self.tap``; it is not computed otherwise.
     """
 
-    def __init__(
-        self, channels: int, heads: int = 8, qkv_bias: bool = False, position_encoding: bool = True
-    ) -> None:
+    def __init__(self, channels: int, heads: int = 8, qkv_bias: bool = False, position_encoding: bool = True) -> None:
         super().__init__()
         check_positive("channels", channels)
         check_positive("heads", heads)

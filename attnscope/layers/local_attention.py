@@ -189,4 +189,3 @@ class LocalSelfAttention(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"heads={self.heads}, stride={self.stride}"
         )
-

@@ -57,7 +57,5 @@ def create_attn(name: str, channels: int, **options: object) -> nn.Module:
     known = attn_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(
-            f"attention layer {name!r} has no option(s) {unknown}; its options are: {', '.join(known)}"
-        )
+        raise ConfigError(f"attention layer {name!r} has no option(s) {unknown}; its options are: {', '.join(known)}")
     return cls(channels, **options)

@@ -78,12 +78,15 @@ def region_boxes(heat: torch.Tensor, tau: float, input_size: tuple[int, int]) ->
     left = torch.where(cols, col_index, width).amin(dim=1)
     right = torch.where(cols, col_index, -1).amax(dim=1) + 1
     input_h, input_w = input_size
-    return torch.stack([
-        torch.div(top * input_h, height, rounding_mode="floor"),
-        torch.div(left * input_w, width, rounding_mode="floor"),
-        -torch.div(-bottom * input_h, height, rounding_mode="floor"),
-        -torch.div(-right * input_w, width, rounding_mode="floor"),
-    ], dim=1)
+    return torch.stack(
+        [
+            torch.div(top * input_h, height, rounding_mode="floor"),
+            torch.div(left * input_w, width, rounding_mode="floor"),
+            -torch.div(-bottom * input_h, height, rounding_mode="floor"),
+            -torch.div(-right * input_w, width, rounding_mode="floor"),
+        ],
+        dim=1,
+    )
 
 
 def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -92,8 +95,9 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     crops = []
     for image, (top, left, bottom, right) in zip(images, boxes.tolist()):
         crop = image[None, :, top:bottom, left:right]
-        crops.append(crop if crop.shape[-2:] == size else
-                     F.interpolate(crop, size=size, mode="bilinear", align_corners=False))
+        crops.append(
+            crop if crop.shape[-2:] == size else F.interpolate(crop, size=size, mode="bilinear", align_corners=False)
+        )
     return torch.cat(crops)
 
 
@@ -106,8 +110,15 @@ class AGCNN(AttnClassifier):
 
     classifier_name = "fusion"
 
-    def __init__(self, backbone: str, num_classes: int, in_chans: int, tau: float = 0.7, stage: Stage = "fusion",
-                 backbone_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        in_chans: int,
+        tau: float = 0.7,
+        stage: Stage = "fusion",
+        backbone_options: dict | None = None,
+    ) -> None:
         super().__init__()
         if not 0 < tau <= 1:
             raise ConfigError(f"tau={tau} must lie in (0, 1]: it thresholds a heat map scaled to [0, 1]")
@@ -125,10 +136,17 @@ class AGCNN(AttnClassifier):
 
     def resolve_config(self, config: ModelConfig) -> ModelConfig:
         branch = self.global_branch.default_cfg
-        return replace(config, first_conv=branch.first_conv, classifier=branch.classifier, url=branch.url,
-                       input_size=branch.input_size, mean=branch.mean, std=branch.std,
-                       cam_target_layer=f"global_branch.{branch.cam_target_layer}",
-                       pretrained_prefixes=("global_branch.", "local_branch."))
+        return replace(
+            config,
+            first_conv=branch.first_conv,
+            classifier=branch.classifier,
+            url=branch.url,
+            input_size=branch.input_size,
+            mean=branch.mean,
+            std=branch.std,
+            cam_target_layer=f"global_branch.{branch.cam_target_layer}",
+            pretrained_prefixes=("global_branch.", "local_branch."),
+        )
 
     def set_stage(self, stage: Stage) -> None:
         """Train only ``stage``'s branch: the others' parameters stop requiring gradients."""
@@ -145,8 +163,13 @@ class AGCNN(AttnClassifier):
             boxes = region_boxes(heat_map(global_map.float()), self.tau, x.shape[-2:])
         crops = crop_and_resize(x, boxes)
         local_embedding, _ = self.local_branch.forward_embedding(crops)
-        return {"global_embedding": global_embedding, "global_map": global_map,
-                "local_embedding": local_embedding, "boxes": boxes, "crops": crops}
+        return {
+            "global_embedding": global_embedding,
+            "global_map": global_map,
+            "local_embedding": local_embedding,
+            "boxes": boxes,
+            "crops": crops,
+        }
 
     def forward_branches(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of the three branches (``global``, ``local``, ``fusion``), the ``boxes`` (B, 4) and ``crops``."""
@@ -175,8 +198,14 @@ AGCNN_PAPER = "Guan et al. 2018, Diagnose like a Radiologist (AG-CNN)"
 
 
 def _register(name: str, default_backbone: str) -> None:
-    def build(num_classes: int, in_chans: int, backbone: str = default_backbone, tau: float = 0.7,
-              stage: Stage = "fusion", backbone_options: dict | None = None) -> AGCNN:
+    def build(
+        num_classes: int,
+        in_chans: int,
+        backbone: str = default_backbone,
+        tau: float = 0.7,
+        stage: Stage = "fusion",
+        backbone_options: dict | None = None,
+    ) -> AGCNN:
         return AGCNN(backbone, num_classes, in_chans, tau, stage, backbone_options)
 
     build.__name__ = build.__qualname__ = name

@@ -40,8 +40,9 @@ class ModelConfig:
             return self
         mean = sum(self.mean) / len(self.mean)
         std = sum(self.std) / len(self.std)
-        return replace(self, input_size=(in_chans, *self.input_size[1:]), mean=(mean,) * in_chans,
-                       std=(std,) * in_chans)
+        return replace(
+            self, input_size=(in_chans, *self.input_size[1:]), mean=(mean,) * in_chans, std=(std,) * in_chans
+        )
 
 
 class AttnClassifier(nn.Module, metaclass=ABCMeta):

@@ -55,8 +55,9 @@ class BlockOptions:
     def spatial(self, in_channels: int, out_channels: int, stride: int) -> nn.Module:
         """A 3x3 convolution, or local self-attention in its place."""
         if self.attn == LOCAL:
-            return LocalSelfAttention(in_channels, out_channels, kernel_size=self.local_kernel,
-                                      heads=self.local_heads, stride=stride)
+            return LocalSelfAttention(
+                in_channels, out_channels, kernel_size=self.local_kernel, heads=self.local_heads, stride=stride
+            )
         return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
 
     def block_attention(self, channels: int) -> nn.Module | None:
@@ -68,8 +69,9 @@ class BlockOptions:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 options: BlockOptions) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, options: BlockOptions
+    ) -> None:
         super().__init__()
         self.conv1 = options.spatial(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -91,8 +93,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 options: BlockOptions) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, options: BlockOptions
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -153,8 +156,10 @@ class ResNet(AttnClassifier):
     ) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ConfigError(f"stem={stem!r}: use 'imagenet' (7x7/2 conv and max pool, 4x smaller) or "
-                              "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)")
+            raise ConfigError(
+                f"stem={stem!r}: use 'imagenet' (7x7/2 conv and max pool, 4x smaller) or "
+                "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)"
+            )
         options = BlockOptions(attn, attn_kwargs, local_kernel, local_heads)
         self.inplanes = width
         if stem == "small":
@@ -170,10 +175,12 @@ class ResNet(AttnClassifier):
             stage = self._make_stage(block, width * 2 ** (index - 1), blocks, 1 if index == 1 else 2, options)
             setattr(self, f"layer{index}", stage)
             self.stage_channels.append(self.inplanes)
-        self.global_attn = nn.ModuleDict({
-            f"layer{s}": GlobalSelfAttention(self.stage_channels[s - 1], heads=global_heads)
-            for s in global_stages(global_attn)
-        })
+        self.global_attn = nn.ModuleDict(
+            {
+                f"layer{s}": GlobalSelfAttention(self.stage_channels[s - 1], heads=global_heads)
+                for s in global_stages(global_attn)
+            }
+        )
         self.num_features = self.stage_channels[-1]
         self.head_dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -228,8 +235,16 @@ class AttnResNet(ResNet):
     the gates' maps are captured as ``attn_layer2`` and ``attn_layer3``.
     """
 
-    def __init__(self, block: Block, layers: Sequence[int], num_classes: int, in_chans: int,
-                 normalize: Normalize = "softmax", attn_channels: int | None = None, **options: object) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        num_classes: int,
+        in_chans: int,
+        normalize: Normalize = "softmax",
+        attn_channels: int | None = None,
+        **options: object,
+    ) -> None:
         super().__init__(block, layers, num_classes, in_chans, **options)
         channels2, channels3, channels4 = self.stage_channels[1:]
         self.attn_layer2 = GridAttention(channels2, channels4, attn_channels, normalize=normalize)
@@ -279,22 +294,67 @@ def _register(name: str, architecture: str, attn: str | None = None, grid: bool 
     fixed_attn = attn
 
     if grid:
-        def build(num_classes: int, in_chans: int, normalize: Normalize = "softmax", attn_channels: int | None = None,
-                  attn: str | None = None, attn_kwargs: dict | None = None,
-                  global_attn: bool | Sequence[int] = False, dropout: float = 0.0,
-                  zero_init_residual: bool = False, stem: str = "imagenet", width: int = width) -> ResNet:
-            return AttnResNet(block, layers, num_classes, in_chans, normalize=normalize, attn_channels=attn_channels,
-                              width=width, attn=attn, attn_kwargs=attn_kwargs, global_attn=global_attn,
-                              dropout=dropout, zero_init_residual=zero_init_residual, stem=stem)
+
+        def build(
+            num_classes: int,
+            in_chans: int,
+            normalize: Normalize = "softmax",
+            attn_channels: int | None = None,
+            attn: str | None = None,
+            attn_kwargs: dict | None = None,
+            global_attn: bool | Sequence[int] = False,
+            dropout: float = 0.0,
+            zero_init_residual: bool = False,
+            stem: str = "imagenet",
+            width: int = width,
+        ) -> ResNet:
+            return AttnResNet(
+                block,
+                layers,
+                num_classes,
+                in_chans,
+                normalize=normalize,
+                attn_channels=attn_channels,
+                width=width,
+                attn=attn,
+                attn_kwargs=attn_kwargs,
+                global_attn=global_attn,
+                dropout=dropout,
+                zero_init_residual=zero_init_residual,
+                stem=stem,
+            )
     else:
-        def build(num_classes: int, in_chans: int, attn: str | None = fixed_attn, attn_kwargs: dict | None = None,
-                  global_attn: bool | Sequence[int] = False, global_heads: int = 8, local_kernel: int = 7,
-                  local_heads: int = 8, dropout: float = 0.0, zero_init_residual: bool = False,
-                  stem: str = "imagenet", width: int = width) -> ResNet:
-            return ResNet(block, layers, num_classes, in_chans, width=width, attn=attn, attn_kwargs=attn_kwargs,
-                          global_attn=global_attn, global_heads=global_heads, local_kernel=local_kernel,
-                          local_heads=local_heads, dropout=dropout, zero_init_residual=zero_init_residual,
-                          stem=stem)
+
+        def build(
+            num_classes: int,
+            in_chans: int,
+            attn: str | None = fixed_attn,
+            attn_kwargs: dict | None = None,
+            global_attn: bool | Sequence[int] = False,
+            global_heads: int = 8,
+            local_kernel: int = 7,
+            local_heads: int = 8,
+            dropout: float = 0.0,
+            zero_init_residual: bool = False,
+            stem: str = "imagenet",
+            width: int = width,
+        ) -> ResNet:
+            return ResNet(
+                block,
+                layers,
+                num_classes,
+                in_chans,
+                width=width,
+                attn=attn,
+                attn_kwargs=attn_kwargs,
+                global_attn=global_attn,
+                global_heads=global_heads,
+                local_kernel=local_kernel,
+                local_heads=local_heads,
+                dropout=dropout,
+                zero_init_residual=zero_init_residual,
+                stem=stem,
+            )
 
     build.__name__ = build.__qualname__ = name
     register_model(config)(build)

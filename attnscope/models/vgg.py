@@ -34,8 +34,11 @@ def make_features(layout: Layout, in_chans: int) -> nn.Sequential:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(channels, int(item), kernel_size=3, padding=1), nn.BatchNorm2d(int(item)),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, int(item), kernel_size=3, padding=1),
+                nn.BatchNorm2d(int(item)),
+                nn.ReLU(inplace=True),
+            ]
             channels = int(item)
     return nn.Sequential(*layers)
 
@@ -139,16 +142,37 @@ class AttnVGG(AttnClassifier):
         return torch.cat([global_vector, vector3, vector4], dim=1), pool5
 
 
-def _register(name: str, layout: Layout, paper: str, attention: bool, url: str = "",
-              input_size: tuple[int, int, int] = (3, 224, 224)) -> None:
+def _register(
+    name: str,
+    layout: Layout,
+    paper: str,
+    attention: bool,
+    url: str = "",
+    input_size: tuple[int, int, int] = (3, 224, 224),
+) -> None:
     """Register one VGG: a layout, with or without grid attention, and its config."""
-    config = ModelConfig(name, paper, input_size=input_size, first_conv="features.0", classifier="classifier",
-                         cam_target_layer=last_relu(layout), url=url)
+    config = ModelConfig(
+        name,
+        paper,
+        input_size=input_size,
+        first_conv="features.0",
+        classifier="classifier",
+        cam_target_layer=last_relu(layout),
+        url=url,
+    )
     if attention:
-        def build(num_classes: int, in_chans: int, normalize: Normalize = "softmax", dropout: float = 0.0,
-                  attention: bool = True, attn_channels: int | None = None) -> AttnClassifier:
+
+        def build(
+            num_classes: int,
+            in_chans: int,
+            normalize: Normalize = "softmax",
+            dropout: float = 0.0,
+            attention: bool = True,
+            attn_channels: int | None = None,
+        ) -> AttnClassifier:
             return AttnVGG(layout, num_classes, in_chans, normalize, dropout, attention, attn_channels)
     else:
+
         def build(num_classes: int, in_chans: int, dropout: float = 0.0) -> AttnClassifier:
             return VGG(layout, num_classes, in_chans, dropout)
 
@@ -159,5 +183,6 @@ def _register(name: str, layout: Layout, paper: str, attention: bool, url: str =
 _register("vgg16_bn", VGG16_LAYOUT, VGG_PAPER, attention=False, url=VGG16_BN_URL)
 _register("attn_vgg16_bn", VGG16_LAYOUT, ATTN_VGG_PAPER, attention=True, url=VGG16_BN_URL)
 _register("vgg_tiny", TINY_LAYOUT, "small VGG for CPUs and tests", attention=False, input_size=(3, 64, 64))
-_register("attn_vgg_tiny", TINY_LAYOUT, "small attention VGG for CPUs and tests", attention=True,
-          input_size=(3, 64, 64))
+_register(
+    "attn_vgg_tiny", TINY_LAYOUT, "small attention VGG for CPUs and tests", attention=True, input_size=(3, 64, 64)
+)

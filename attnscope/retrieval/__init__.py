@@ -5,5 +5,19 @@ from attnscope.retrieval.index import KINDS, SimilarityIndex
 from attnscope.retrieval.metrics import average_precision, recall_at_k
 from attnscope.retrieval.service import build_index, result_rows, search_images, write_results_csv
 
-__all__ = ["KINDS", "PCA", "EmbeddingConfig", "Embeddings", "SimilarityIndex", "average_precision", "build_index",
-           "embed", "embed_images", "fit_pca", "recall_at_k", "result_rows", "search_images", "write_results_csv"]
+__all__ = [
+    "KINDS",
+    "PCA",
+    "EmbeddingConfig",
+    "Embeddings",
+    "SimilarityIndex",
+    "average_precision",
+    "build_index",
+    "embed",
+    "embed_images",
+    "fit_pca",
+    "recall_at_k",
+    "result_rows",
+    "search_images",
+    "write_results_csv",
+]

@@ -80,8 +80,10 @@ def resolve_stages(model: nn.Module, config: EmbeddingConfig) -> tuple[str, ...]
     unknown = [s for s in stages if s not in modules]
     if unknown:
         top = [name for name in modules if name and "." not in name]
-        raise ConfigError(f"no module(s) {unknown} in {type(model).__name__}; its top-level modules are "
-                          f"{', '.join(top)} (a stage is any module whose output is a feature map)")
+        raise ConfigError(
+            f"no module(s) {unknown} in {type(model).__name__}; its top-level modules are "
+            f"{', '.join(top)} (a stage is any module whose output is a feature map)"
+        )
     return tuple(stages)
 
 
@@ -121,9 +123,11 @@ class StageFeatures:
         def store(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ConfigError(f"stage {name!r} gives {shape}, not a (B, C, h, w) feature map; "
-                                  "choose a convolutional stage")
+                raise ConfigError(
+                    f"stage {name!r} gives {shape}, not a (B, C, h, w) feature map; choose a convolutional stage"
+                )
             self.outputs[name] = output.float()
+
         return store
 
     def close(self) -> None:
@@ -147,8 +151,10 @@ def embed_images(model: nn.Module, images: torch.Tensor, config: EmbeddingConfig
                     raise ConfigError(f"no spatial attention tap(s) {missing}; this model's are {sorted(maps)}")
                 maps = {name: maps[name] for name in config.taps}
             if not maps:
-                raise ConfigError(f"{type(model).__name__} has no spatial attention maps to pool with; "
-                                  "build the index without attention pooling, or from a model with attention")
+                raise ConfigError(
+                    f"{type(model).__name__} has no spatial attention maps to pool with; "
+                    "build the index without attention pooling, or from a model with attention"
+                )
         else:
             maps = {}
             model(images)

@@ -43,8 +43,12 @@ KINDS = ("flat", "ivf", "hnsw", "lsh")
 # FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
 TRAIN_POINTS_PER_CELL = 64
 ROW_FIELDS = ("id", "label", "path", "source")
-DEFAULT_PARAMS = {"flat": {}, "ivf": {"nlist": 0, "nprobe": 16}, "hnsw": {"M": 32, "ef_search": 64,
-                  "ef_construction": 80}, "lsh": {"nbits": 0, "rerank": 10}}
+DEFAULT_PARAMS = {
+    "flat": {},
+    "ivf": {"nlist": 0, "nprobe": 16},
+    "hnsw": {"M": 32, "ef_search": 64, "ef_construction": 80},
+    "lsh": {"nbits": 0, "rerank": 10},
+}
 
 
 def _faiss():
@@ -62,8 +66,10 @@ def resolve_params(kind: str, dim: int, count: int, params: dict | None) -> dict
     given = dict(params or {})
     unknown = sorted(set(given) - set(DEFAULT_PARAMS[kind]))
     if unknown:
-        raise ConfigError(f"index kind {kind!r} has no parameter(s) {unknown}; its parameters are "
-                          f"{', '.join(DEFAULT_PARAMS[kind]) or 'none'}")
+        raise ConfigError(
+            f"index kind {kind!r} has no parameter(s) {unknown}; its parameters are "
+            f"{', '.join(DEFAULT_PARAMS[kind]) or 'none'}"
+        )
     resolved = {**DEFAULT_PARAMS[kind], **given}
     if kind == "ivf" and not resolved["nlist"]:
         # FAISS's guideline: 4-16 sqrt(N) cells, and at least 39 training points per cell
@@ -83,11 +89,11 @@ def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
     if kind == "flat":
         return faiss.index_factory(dim, storage, faiss.METRIC_INNER_PRODUCT)
     if kind == "ivf":
-        return apply_search_params(faiss.index_factory(dim, f"IVF{params['nlist']},{storage}",
-                                                       faiss.METRIC_INNER_PRODUCT), kind, params)
+        return apply_search_params(
+            faiss.index_factory(dim, f"IVF{params['nlist']},{storage}", faiss.METRIC_INNER_PRODUCT), kind, params
+        )
     if kind == "hnsw":
-        index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""),
-                                    faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["ef_construction"]
         return apply_search_params(index, kind, params)
     return faiss.IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
@@ -136,9 +142,18 @@ class SimilarityIndex:
         return len(self.rows)
 
     @classmethod
-    def create(cls, kind: str, vectors: np.ndarray, rows: list[dict], embedding: EmbeddingConfig, meta: dict,
-               params: dict | None = None, fp16: bool = False, pca: PCA | None = None,
-               thumbs: np.ndarray | None = None) -> SimilarityIndex:
+    def create(
+        cls,
+        kind: str,
+        vectors: np.ndarray,
+        rows: list[dict],
+        embedding: EmbeddingConfig,
+        meta: dict,
+        params: dict | None = None,
+        fp16: bool = False,
+        pca: PCA | None = None,
+        thumbs: np.ndarray | None = None,
+    ) -> SimilarityIndex:
         """Build an index of ``vectors`` (N, D), training it on them where the kind needs it."""
         if len(vectors) != len(rows):
             raise ConfigError(f"{len(vectors)} vectors for {len(rows)} rows")
@@ -149,8 +164,10 @@ class SimilarityIndex:
         data = _as_float32(vectors)
         if not index.is_trained:
             if kind == "ivf" and len(data) < params["nlist"]:
-                raise ConfigError(f"ivf with nlist={params['nlist']} needs at least that many vectors to train, "
-                                  f"got {len(data)}; lower nlist or use kind flat")
+                raise ConfigError(
+                    f"ivf with nlist={params['nlist']} needs at least that many vectors to train, "
+                    f"got {len(data)}; lower nlist or use kind flat"
+                )
             index.train(training_sample(data, TRAIN_POINTS_PER_CELL * params["nlist"]) if kind == "ivf" else data)
         index.add(data)
         stored = vectors.astype(np.float16 if embedding.dtype == "float16" else np.float32)
@@ -184,8 +201,10 @@ class SimilarityIndex:
         Fewer than ``k`` rows in the index: the missing places hold position -1 and similarity NaN.
         """
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise RetrievalError(f"queries are {queries.shape[-1]}-d but the index holds {self.dim}-d vectors: "
-                              "they come from another model or embedding settings")
+            raise RetrievalError(
+                f"queries are {queries.shape[-1]}-d but the index holds {self.dim}-d vectors: "
+                "they come from another model or embedding settings"
+            )
         if k < 1:
             raise ConfigError(f"k={k} must be at least 1")
         candidates = min(len(self), k * (self.params["rerank"] if self.kind == "lsh" else 1))
@@ -195,8 +214,15 @@ class SimilarityIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index folder at ``path``, replacing any index there only once it is whole."""
         faiss = _faiss()
-        header = {"format": FORMAT, "kind": self.kind, "params": self.params, "dim": self.dim, "count": len(self),
-                  "embedding": self.embedding.to_dict(), **self.meta}
+        header = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "params": self.params,
+            "dim": self.dim,
+            "count": len(self),
+            "embedding": self.embedding.to_dict(),
+            **self.meta,
+        }
         with atomic_directory(path) as folder:
             (folder / "index.faiss").write_bytes(faiss.serialize_index(self.faiss_index).tobytes())
             np.save(folder / "vectors.npy", self.vectors)
@@ -225,8 +251,10 @@ class SimilarityIndex:
         except json.JSONDecodeError as error:
             raise RetrievalError(f"{header_path} is not valid JSON ({error.msg}); rebuild the index") from error
         if header.get("format") != FORMAT:
-            raise RetrievalError(f"{folder} has index format {header.get('format')!r}; this attnscope reads "
-                              f"format {FORMAT}: rebuild the index")
+            raise RetrievalError(
+                f"{folder} has index format {header.get('format')!r}; this attnscope reads "
+                f"format {FORMAT}: rebuild the index"
+            )
         try:
             faiss_index = faiss.deserialize_index(np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8))
             vectors = np.load(folder / "vectors.npy")
@@ -234,8 +262,12 @@ class SimilarityIndex:
                 rows = list(csv.DictReader(handle))
         except (OSError, RuntimeError, ValueError) as error:
             raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
-        sizes = {"index.json": header["count"], "index.faiss": faiss_index.ntotal, "vectors.npy": len(vectors),
-                 "rows.csv": len(rows)}
+        sizes = {
+            "index.json": header["count"],
+            "index.faiss": faiss_index.ntotal,
+            "vectors.npy": len(vectors),
+            "rows.csv": len(rows),
+        }
         if len(set(sizes.values())) != 1 or vectors.shape[1] != header["dim"]:
             raise RetrievalError(f"{folder}: its parts disagree on the number of rows {sizes} or the size; rebuild it")
         pca = None
@@ -243,11 +275,23 @@ class SimilarityIndex:
             with np.load(folder / "pca.npz") as saved:
                 pca = PCA(saved["mean"], saved["components"])
         thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
-        meta = {key: value for key, value in header.items()
-                if key not in ("format", "kind", "params", "dim", "count", "embedding")}
+        meta = {
+            key: value
+            for key, value in header.items()
+            if key not in ("format", "kind", "params", "dim", "count", "embedding")
+        }
         apply_search_params(faiss_index, header["kind"], header["params"])
-        return cls(header["kind"], header["params"], EmbeddingConfig.from_dict(header["embedding"]), meta,
-                   faiss_index, vectors, rows, pca, thumbs)
+        return cls(
+            header["kind"],
+            header["params"],
+            EmbeddingConfig.from_dict(header["embedding"]),
+            meta,
+            faiss_index,
+            vectors,
+            rows,
+            pca,
+            thumbs,
+        )
 
 
 def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 
-def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+def recall_at_k(
+    neighbour_labels: np.ndarray, query_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> dict[int, float]:
     """Share of queries with at least one neighbour of their class among the first ``k`` (metric learning's R@k).
 
     ``neighbour_labels``: (Q, K) labels of each query's neighbours, best first; ``query_labels``: (Q,).
@@ -19,8 +21,9 @@ def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, ks: Sequ
     return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def average_precision(queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
-                      chunk: int = 256) -> np.ndarray:
+def average_precision(
+    queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, chunk: int = 256
+) -> np.ndarray:
     """Average precision of each query over the whole gallery ranked by inner product: (Q,).
 
     AP = mean, over the gallery items of the query's class, of the precision at their rank.
@@ -31,8 +34,8 @@ def average_precision(queries: np.ndarray, gallery: np.ndarray, query_labels: np
     ranks = torch.arange(1, len(gallery) + 1, dtype=torch.float64)
     result = []
     for start in range(0, len(queries), chunk):
-        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32))
-        labels = torch.from_numpy(np.asarray(query_labels[start:start + chunk]))
+        block = torch.from_numpy(np.ascontiguousarray(queries[start : start + chunk], dtype=np.float32))
+        labels = torch.from_numpy(np.asarray(query_labels[start : start + chunk]))
         order = (block @ gallery_t.T).argsort(dim=1, descending=True, stable=True)
         relevant = (gallery_labels_t[order] == labels[:, None]).double()
         precision = relevant.cumsum(dim=1) / ranks

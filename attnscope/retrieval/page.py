@@ -36,8 +36,11 @@ def png_data_uri(image: np.ndarray) -> str:
 
 
 def _figure(thumb: np.ndarray | None, caption: str, css: str = "") -> str:
-    picture = (f'<img src="{png_data_uri(thumb)}" alt="{html.escape(caption)}">' if thumb is not None
-               else '<div class="missing">no thumbnail</div>')
+    picture = (
+        f'<img src="{png_data_uri(thumb)}" alt="{html.escape(caption)}">'
+        if thumb is not None
+        else '<div class="missing">no thumbnail</div>'
+    )
     return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
@@ -47,20 +50,26 @@ def write_search_page(index: SimilarityIndex, result, out: str | Path, index_pat
     for number, query in enumerate(result.queries):
         truth = f"<br>truth: <b>{html.escape(query['label'])}</b>" if "label" in query else ""
         figures = [_figure(result.query_thumbs[number], f"<b>query</b>{truth}<br>{html.escape(query['id'])}", "q")]
-        for rank, (position, similarity) in enumerate(zip(result.positions[number].tolist(),
-                                                          result.similarities[number].tolist(), strict=True), 1):
+        for rank, (position, similarity) in enumerate(
+            zip(result.positions[number].tolist(), result.similarities[number].tolist(), strict=True), 1
+        ):
             if position < 0:
                 break
             row = index.rows[position]
             thumb = index.thumbs[position] if index.thumbs is not None else None
-            caption = (f"#{rank} <b>{html.escape(row['label'])}</b><br>{similarity:.3f}<br>"
-                       f"<span title=\"{html.escape(row['path'] or row['source'])}\">{html.escape(row['id'])}</span>")
+            caption = (
+                f"#{rank} <b>{html.escape(row['label'])}</b><br>{similarity:.3f}<br>"
+                f'<span title="{html.escape(row["path"] or row["source"])}">{html.escape(row["id"])}</span>'
+            )
             figures.append(_figure(thumb, caption))
         sections.append(f'<div class="query">{"".join(figures)}</div>')
     title = f"Similar images in {Path(index_path).name}"
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{len(index)} indexed images ({html.escape(index.kind)} index, model "
-            f"{html.escape(str(index.meta.get('model')))}); cosine similarity under each neighbour.</p>"
-            + "".join(sections) + "</body></html>\n")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{len(index)} indexed images ({html.escape(index.kind)} index, model "
+        f"{html.escape(str(index.meta.get('model')))}); cosine similarity under each neighbour.</p>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
     return atomic_write(out, page)

@@ -62,19 +62,31 @@ def loader_rows(loader: BatchLoader, positions: np.ndarray, classes: list[str]) 
     """The index rows (id, label, path, source) of manifest ``positions``."""
     manifest = loader.decoded.manifest
     labels = label_names(manifest.labels[positions], classes)
-    return [{"id": manifest.ids[p], "label": label, "path": manifest.paths[p] if manifest.paths else "",
-             "source": manifest.source} for p, label in zip(positions.tolist(), labels, strict=True)]
+    return [
+        {
+            "id": manifest.ids[p],
+            "label": label,
+            "path": manifest.paths[p] if manifest.paths else "",
+            "source": manifest.source,
+        }
+        for p, label in zip(positions.tolist(), labels, strict=True)
+    ]
 
 
 def loader_images(loader: BatchLoader, positions: np.ndarray) -> np.ndarray:
     """Decoded uint8 (N, S, S, C) pixels of manifest ``positions``."""
     decoded = loader.decoded
-    return np.stack([decoded.images[decoded.index[p]].reshape(decoded.images.shape[1], decoded.images.shape[2], -1)
-                     for p in positions.tolist()])
+    return np.stack(
+        [
+            decoded.images[decoded.index[p]].reshape(decoded.images.shape[1], decoded.images.shape[2], -1)
+            for p in positions.tolist()
+        ]
+    )
 
 
-def embed_gallery(run: LoadedRun, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool,
-                  progress: bool) -> tuple[Embeddings, list[dict], np.ndarray | None]:
+def embed_gallery(
+    run: LoadedRun, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool, progress: bool
+) -> tuple[Embeddings, list[dict], np.ndarray | None]:
     embedded = embed(run, loader, config, progress)
     rows = loader_rows(loader, embedded.rows, run.classes)
     thumbs = thumbnails(loader_images(loader, embedded.rows)) if with_thumbnails else None
@@ -89,14 +101,28 @@ def check_same_model(index: SimilarityIndex, run: LoadedRun, weights: str, index
             f"{index_path} was built with {index.meta.get('model')} weights {index.meta.get('weights_sha256', '?')[:12]} "
             f"from {index.meta.get('run')}, but {run.paths.weights(weights)} is {fingerprint[:12]} "
             f"({run.config.model.name}): embeddings of other weights cannot be compared; "
-            f"rebuild the index with attnscope index {run.paths.root} --out {index_path}")
+            f"rebuild the index with attnscope index {run.paths.root} --out {index_path}"
+        )
 
 
-def build_index(run_dir: str | Path, out: str | Path, source: str | None = None, source_options: dict | None = None,
-                split: str = "train", kind: str = "flat", params: dict | None = None,
-                embedding: EmbeddingConfig | None = None, fp16: bool = False, with_thumbnails: bool = True,
-                add: bool = False, weights: str = "best", skip_bad: bool = False, progress: bool = True,
-                run: LoadedRun | None = None, loader: BatchLoader | None = None) -> dict:
+def build_index(
+    run_dir: str | Path,
+    out: str | Path,
+    source: str | None = None,
+    source_options: dict | None = None,
+    split: str = "train",
+    kind: str = "flat",
+    params: dict | None = None,
+    embedding: EmbeddingConfig | None = None,
+    fp16: bool = False,
+    with_thumbnails: bool = True,
+    add: bool = False,
+    weights: str = "best",
+    skip_bad: bool = False,
+    progress: bool = True,
+    run: LoadedRun | None = None,
+    loader: BatchLoader | None = None,
+) -> dict:
     """Index the run's ``split`` (or every row of another source) at ``out``; with ``add``, extend the index there.
 
     ``run`` and ``loader`` (from :func:`load_run` and :func:`evaluation_rows`) spare reading them again.
@@ -110,13 +136,16 @@ def build_index(run_dir: str | Path, out: str | Path, source: str | None = None,
         existing = SimilarityIndex.load(out)
         check_same_model(existing, run, weights, out)
         if embedding is not None and embedding != existing.embedding:
-            raise RetrievalError(f"--add: {out} embeds with {existing.embedding.to_dict()}, not "
-                                 f"{embedding.to_dict()}; leave the embedding options out to reuse the index's")
+            raise RetrievalError(
+                f"--add: {out} embeds with {existing.embedding.to_dict()}, not "
+                f"{embedding.to_dict()}; leave the embedding options out to reuse the index's"
+            )
         embedding = existing.embedding
     embedding = embedding or EmbeddingConfig()
     loader = loader or evaluation_rows(run, source, source_options, split, progress, skip_bad)
-    embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails if existing is None
-                                           else existing.thumbs is not None, progress)
+    embedded, rows, thumbs = embed_gallery(
+        run, loader, embedding, with_thumbnails if existing is None else existing.thumbs is not None, progress
+    )
     described = source or f"{run.paths.root} ({split} split)"
     if existing is not None:
         _refuse_duplicates(existing, rows, out)
@@ -126,23 +155,39 @@ def build_index(run_dir: str | Path, out: str | Path, source: str | None = None,
     else:
         pca = fit_pca(embedded.vectors, embedding.pca_dim) if embedding.pca_dim else None
         vectors = pca.apply(embedded.vectors) if pca is not None else embedded.vectors
-        meta = {"attnscope": __version__, "run": str(run.paths.root.resolve()), "weights": weights,
-                "weights_sha256": weights_fingerprint(run.paths.weights(weights)), "model": run.config.model.name,
-                "classes": run.classes, "raw_dim": int(embedded.vectors.shape[1]), "data": [described]}
+        meta = {
+            "attnscope": __version__,
+            "run": str(run.paths.root.resolve()),
+            "weights": weights,
+            "weights_sha256": weights_fingerprint(run.paths.weights(weights)),
+            "model": run.config.model.name,
+            "classes": run.classes,
+            "raw_dim": int(embedded.vectors.shape[1]),
+            "data": [described],
+        }
         index = SimilarityIndex.create(kind, vectors, rows, embedding, meta, params, fp16, pca, thumbs)
     index.save(out)
     skipped = len(loader.decoded.manifest.rejected)
     log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
-    return {"out": str(out), "added": len(rows), "count": len(index), "dim": index.dim, "kind": index.kind,
-            "params": index.params, "skipped": skipped}
+    return {
+        "out": str(out),
+        "added": len(rows),
+        "count": len(index),
+        "dim": index.dim,
+        "kind": index.kind,
+        "params": index.params,
+        "skipped": skipped,
+    }
 
 
 def _refuse_duplicates(index: SimilarityIndex, rows: list[dict], out: Path) -> None:
     have = {(row["source"], row["id"]) for row in index.rows}
     again = [row["id"] for row in rows if (row["source"], row["id"]) in have]
     if again:
-        raise RetrievalError(f"--add: {len(again)} image(s) of {rows[0]['source']} are already in {out} "
-                             f"(e.g. {again[:3]}); add only new images")
+        raise RetrievalError(
+            f"--add: {len(again)} image(s) of {rows[0]['source']} are already in {out} "
+            f"(e.g. {again[:3]}); add only new images"
+        )
 
 
 @dataclass
@@ -155,8 +200,9 @@ class SearchResult:
     query_thumbs: np.ndarray
 
 
-def open_index(index_path: str | Path, run_dir: str | Path | None = None,
-               run: LoadedRun | None = None) -> tuple[SimilarityIndex, LoadedRun]:
+def open_index(
+    index_path: str | Path, run_dir: str | Path | None = None, run: LoadedRun | None = None
+) -> tuple[SimilarityIndex, LoadedRun]:
     """The index at ``index_path`` and the run it was built from (or ``run_dir``/``run``), checked to match."""
     index_path = Path(index_path)
     index = SimilarityIndex.load(index_path)
@@ -164,33 +210,50 @@ def open_index(index_path: str | Path, run_dir: str | Path | None = None,
     if run is None:
         run_dir = run_dir or index.meta.get("run")
         if not run_dir or not Path(run_dir).is_dir():
-            raise RetrievalError(f"{index_path} was built from run {run_dir!r}, which is not there; "
-                                 "pass the run folder with --run")
+            raise RetrievalError(
+                f"{index_path} was built from run {run_dir!r}, which is not there; pass the run folder with --run"
+            )
         run = load_run(run_dir, weights)
     check_same_model(index, run, weights, index_path)
     return index, run
 
 
-def search_loader(index: SimilarityIndex, run: LoadedRun, loader: BatchLoader, k: int = 10,
-                  progress: bool = True, with_labels: bool = False) -> SearchResult:
+def search_loader(
+    index: SimilarityIndex,
+    run: LoadedRun,
+    loader: BatchLoader,
+    k: int = 10,
+    progress: bool = True,
+    with_labels: bool = False,
+) -> SearchResult:
     """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
     known, and shown beside each query)."""
     embedded = embed(run, loader, index.embedding, progress)
     positions, similarities = index.search(index.reduce(embedded.vectors), k)
     manifest = loader.decoded.manifest
-    queries = [{"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""}
-               for p in embedded.rows.tolist()]
+    queries = [
+        {"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""} for p in embedded.rows.tolist()
+    ]
     if with_labels:
         for query, label in zip(queries, label_names(manifest.labels[embedded.rows], run.classes), strict=True):
             query["label"] = label
     if manifest.rejected:
-        log.warning("%d query image(s) could not be read and were skipped: %s", len(manifest.rejected),
-                    "; ".join(f"{bad.id}: {bad.reason}" for bad in manifest.rejected[:3]))
+        log.warning(
+            "%d query image(s) could not be read and were skipped: %s",
+            len(manifest.rejected),
+            "; ".join(f"{bad.id}: {bad.reason}" for bad in manifest.rejected[:3]),
+        )
     return SearchResult(queries, positions, similarities, thumbnails(loader_images(loader, embedded.rows)))
 
 
-def search_images(index_path: str | Path, images: Sequence[str | Path], k: int = 10, run_dir: str | Path | None = None,
-                  skip_bad: bool = False, progress: bool = True) -> tuple[SimilarityIndex, SearchResult]:
+def search_images(
+    index_path: str | Path,
+    images: Sequence[str | Path],
+    k: int = 10,
+    run_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> tuple[SimilarityIndex, SearchResult]:
     """The ``k`` nearest indexed images of each image file (or folder of them)."""
     index, run = open_index(index_path, run_dir)
     with tempfile.TemporaryDirectory(prefix="attnscope-search-") as scratch:
@@ -206,8 +269,17 @@ def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:
             if position < 0:
                 break
             row = index.rows[position]
-            lines.append({"query": query["id"], "query_path": query["path"], "rank": rank, "id": row["id"],
-                          "label": row["label"], "similarity": round(float(similarity), 6), "path": row["path"]})
+            lines.append(
+                {
+                    "query": query["id"],
+                    "query_path": query["path"],
+                    "rank": rank,
+                    "id": row["id"],
+                    "label": row["label"],
+                    "similarity": round(float(similarity), 6),
+                    "path": row["path"],
+                }
+            )
     return lines
 
 
@@ -217,4 +289,3 @@ def write_results_csv(lines: list[dict], out: str | Path) -> Path:
     writer.writeheader()
     writer.writerows(lines)
     return atomic_write(out, buffer.getvalue())
-

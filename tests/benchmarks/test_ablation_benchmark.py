@@ -14,22 +14,39 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "ablation.
 def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path):
     write_idx(tmp_path)
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--fashion-mnist", str(tmp_path),
-                             "--settings", "fashion_mnist,cluttered,speed", "--attention", "none,cbam,grid",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--fashion-mnist",
+            str(tmp_path),
+            "--settings",
+            "fashion_mnist,cluttered,speed",
+            "--attention",
+            "none,cbam,grid",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     speed = [r for r in records if r["setting"] == "speed"]  # timed first, while nothing else runs
     assert [r["attention"] for r in speed] == ["none", "cbam", "grid"] and all(r["train_img_per_s"] > 0 for r in speed)
     records = [r for r in records if r["setting"] != "speed"]
     assert [(r["setting"], r["attention"]) for r in records] == [
-        (s, a) for s in ("fashion_mnist", "cluttered") for a in ("none", "cbam", "grid")]
+        (s, a) for s in ("fashion_mnist", "cluttered") for a in ("none", "cbam", "grid")
+    ]
     for r in records:
         assert r["epochs"] == 1 and r["s_per_epoch"] > 0 and 0 <= r["test_accuracy"] <= 1
         expected = create_model(r["model"], num_classes=10, in_chans=1, **r["model_options"])
         assert r["params"] == sum(p.numel() for p in expected.parameters())
-    assert {r["attention"]: r["params"] for r in speed} == {r["attention"]: r["params"] for r in records
-                                                            if r["setting"] == "fashion_mnist"}
+    assert {r["attention"]: r["params"] for r in speed} == {
+        r["attention"]: r["params"] for r in records if r["setting"] == "fashion_mnist"
+    }
     fashion = [r for r in records if r["setting"] == "fashion_mnist"]
     assert all(r["test_images"] == 60 for r in fashion)  # the official test split of the IDX files
     maps = {r["attention"]: r["maps"] for r in records if r["setting"] == "cluttered"}
@@ -41,5 +58,7 @@ def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path
     table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True).stdout
     assert "| none | " in table and "| 1 | 1 |" in table and "| 1.00x |" in table  # one epoch, one seed
     assert "| cluttered | grid |" in table and "no spatial map" in table
-    assert table.rstrip().endswith(f"by `python benchmarks/ablation.py --quick --fashion-mnist {tmp_path} --settings "
-                                   f"fashion_mnist,cluttered,speed --attention none,cbam,grid --out {out}`.")
+    assert table.rstrip().endswith(
+        f"by `python benchmarks/ablation.py --quick --fashion-mnist {tmp_path} --settings "
+        f"fashion_mnist,cluttered,speed --attention none,cbam,grid --out {out}`."
+    )

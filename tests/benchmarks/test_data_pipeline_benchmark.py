@@ -9,8 +9,12 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipe
 
 
 def test_reports_rates_and_ratios_that_agree(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["images"] == 40 and record["output_size"] == 224

@@ -11,13 +11,31 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_m
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed "
-                    "(apt-get install dataset-fashion-mnist; make test installs it as root)")
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist; make test installs it as root)",
+)
 def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--set", "trainer.epochs=1", "--set", "model.options.width=4",
-                             "--set", "data.batch_size=512", "--set", "trainer.precision=32-true",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--set",
+            "trainer.epochs=1",
+            "--set",
+            "model.options.width=4",
+            "--set",
+            "data.batch_size=512",
+            "--set",
+            "trainer.precision=32-true",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["test_images"] == 10000 and record["epochs"] == 1

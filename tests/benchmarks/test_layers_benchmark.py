@@ -10,8 +10,24 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "layers.py
 
 def test_prints_one_sound_record_per_layer_and_writes_the_same_file(tmp_path):
     out = tmp_path / "results" / "layers.jsonl"
-    command = [sys.executable, str(SCRIPT), "--batch", "2", "--channels", "16", "--size", "10", "--kernel", "5",
-               "--heads", "2", "--repeats", "2", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--batch",
+        "2",
+        "--channels",
+        "16",
+        "--size",
+        "10",
+        "--kernel",
+        "5",
+        "--heads",
+        "2",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]

@@ -10,14 +10,35 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "localisat
 
 def test_scores_every_method_and_checks_the_goals(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--settings", "lesions_supervised",
-                             "--images", "6", "--steps", "2", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--settings",
+            "lesions_supervised",
+            "--images",
+            "6",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     records, summary = lines[:-1], lines[-1]
-    assert {r["method"] for r in records} == {"attention:pool3", "attention:pool4", "gradcam", "gradcam++",
-                                              "xgradcam", "layercam"}
+    assert {r["method"] for r in records} == {
+        "attention:pool3",
+        "attention:pool4",
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+    }
     for record in records:
         assert record["setting"] == "lesions_supervised" and record["images"] == 6
         for name in ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc"):

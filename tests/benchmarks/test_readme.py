@@ -18,8 +18,9 @@ def test_a_stale_table_is_reported_then_rewritten(tmp_path):
     command = "benchmarks/fashion_mnist.py --table benchmarks/results/fashion_mnist-cpu.jsonl"
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n<!-- table: {command} -->\n| old |\n<!-- /table -->\nafter\n")
-    check = subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--check"], capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        [sys.executable, str(SCRIPT), "--readme", str(readme), "--check"], capture_output=True, text=True
+    )
     assert check.returncode == 1 and f"out of date: {command}" in check.stderr
     subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme)], check=True, capture_output=True)
     fresh = subprocess.run([sys.executable, *command.split()], cwd=ROOT, capture_output=True, text=True).stdout

@@ -20,7 +20,7 @@ def write_idx(folder: pathlib.Path) -> None:
         images = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
         for i, label in enumerate(labels):
             row, col = divmod(int(label), 5)
-            images[i, 4 + 10 * row:12 + 10 * row, 2 + 5 * col:6 + 5 * col] = 230
+            images[i, 4 + 10 * row : 12 + 10 * row, 2 + 5 * col : 6 + 5 * col] = 230
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
 
@@ -28,12 +28,33 @@ def write_idx(folder: pathlib.Path) -> None:
 def test_reports_sound_retrieval_and_index_figures(tmp_path):
     write_idx(tmp_path)
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--fashion-mnist", str(tmp_path), "--vectors",
-                             "2000", "--queries", "50", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--fashion-mnist",
+            str(tmp_path),
+            "--vectors",
+            "2000",
+            "--queries",
+            "50",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     fashion = [r for r in records if r["part"] == "fashion_mnist"]
-    assert [(r["attention_pooling"], r["pca_dim"]) for r in fashion] == [(False, 0), (False, 128), (True, 0), (True, 128)]
+    assert [(r["attention_pooling"], r["pca_dim"]) for r in fashion] == [
+        (False, 0),
+        (False, 128),
+        (True, 0),
+        (True, 128),
+    ]
     for r in fashion:
         assert r["gallery"] == 300 and r["queries"] == 60
         assert 0 < r["map"] <= 1 and r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1

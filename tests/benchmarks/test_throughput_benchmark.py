@@ -10,9 +10,27 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "throughpu
 
 def test_reports_rates_per_variant_and_ratios_to_fp32(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--models", "resnet_tiny", "--size", "32", "--batch", "4",
-                             "--steps", "2", "--variants", "fp32,channels_last,bf16", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--models",
+            "resnet_tiny",
+            "--size",
+            "32",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+            "--variants",
+            "fp32,channels_last,bf16",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     records, summary = lines[:-1], lines[-1]

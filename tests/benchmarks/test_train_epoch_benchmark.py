@@ -10,9 +10,29 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_epo
 
 def test_reports_steps_epoch_and_ratios_to_the_baseline(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--model", "attn_vgg_tiny", "--size", "32", "--steps", "2",
-                             "--batch", "8", "--epoch-images", "100", "--variants", "fp32,channels_last",
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--model",
+            "attn_vgg_tiny",
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--epoch-images",
+            "100",
+            "--variants",
+            "fp32,channels_last",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     fp32, channels_last, summary = lines

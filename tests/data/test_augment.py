@@ -11,13 +11,19 @@ def square_batch(batch=8, size=32):
     masks = torch.zeros(batch, 1, size, size, dtype=torch.uint8)
     for i in range(batch):
         top, left = 3 + i, 5 + 2 * i % 10
-        masks[i, :, top:top + 10, left:left + 14] = 1
+        masks[i, :, top : top + 10, left : left + 14] = 1
     images = (masks.repeat(1, 3, 1, 1) * 255).to(torch.uint8)
     return images, masks
 
 
-@pytest.mark.parametrize("config", [AugmentConfig(rotation=30, p=1.0), AugmentConfig(rot90=True, rotation=0),
-                                    AugmentConfig(crop_scale=(0.5, 0.8), rotation=0, hflip=False, vflip=False)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        AugmentConfig(rotation=30, p=1.0),
+        AugmentConfig(rot90=True, rotation=0),
+        AugmentConfig(crop_scale=(0.5, 0.8), rotation=0, hflip=False, vflip=False),
+    ],
+)
 def test_masks_follow_the_geometric_transforms(config):
     torch.manual_seed(0)
     images, masks = square_batch()
@@ -32,8 +38,14 @@ def test_masks_follow_the_geometric_transforms(config):
 
 def test_evaluation_is_deterministic_and_only_normalises():
     images, masks = square_batch()
-    transform = BatchTransform(AugmentConfig(rotation=45, color_jitter=0.4, rot90=True), (0.5, 0.5, 0.5),
-                               (0.25, 0.25, 0.25), 32, 3, with_masks=True)
+    transform = BatchTransform(
+        AugmentConfig(rotation=45, color_jitter=0.4, rot90=True),
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        32,
+        3,
+        with_masks=True,
+    )
     first, first_masks = transform(images, masks, train=False)
     second, _ = transform(images, masks, train=False)
     assert torch.equal(first, second)
@@ -52,8 +64,9 @@ def test_training_randomness_follows_the_torch_seed():
 
 
 def test_grayscale_colour_jitter_touches_brightness_and_contrast_only():
-    transform = BatchTransform(AugmentConfig(color_jitter=0.3, rotation=0, hflip=False, vflip=False, p=1.0),
-                               (0.0,), (1.0,), 16, 1)
+    transform = BatchTransform(
+        AugmentConfig(color_jitter=0.3, rotation=0, hflip=False, vflip=False, p=1.0), (0.0,), (1.0,), 16, 1
+    )
     images = torch.full((4, 1, 16, 16), 100, dtype=torch.uint8)
     out, _ = transform(images, train=True)
     assert out.shape == (4, 1, 16, 16) and not torch.allclose(out, images.float() / 255)
@@ -64,8 +77,7 @@ def test_flips_and_quarter_turns_are_exact():
     images = torch.arange(2 * 16, dtype=torch.uint8).view(2, 1, 4, 4).repeat(4, 1, 1, 1)
     transform = BatchTransform(AugmentConfig(rotation=0, rot90=True, p=1.0), (0.0,), (1.0 / 255,), 4, 1)
     out, _ = transform(images, train=True)
-    variants = {tuple(torch.rot90(img, k, (-2, -1)).flatten().tolist())
-                for img in images[:2].float() for k in range(4)}
+    variants = {tuple(torch.rot90(img, k, (-2, -1)).flatten().tolist()) for img in images[:2].float() for k in range(4)}
     assert {tuple(o.flatten().tolist()) for o in out} <= variants  # each output a turn of an input, no blur
 
 

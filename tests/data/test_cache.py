@@ -30,8 +30,13 @@ def test_a_changed_file_makes_a_new_cache(lesion_folder, tmp_path):
     before = load_images(manifest, 16, cache_dir=tmp_path / "cache", workers=1, progress=False)
     write_image(lesion_folder / "train" / "ISIC_0004.jpg", seed=99)
     os.utime(lesion_folder / "train" / "ISIC_0004.jpg", ns=(1, 1))
-    after = load_images(from_csv(lesion_folder / "marking.csv", lesion_folder / "train"), 16,
-                        cache_dir=tmp_path / "cache", workers=1, progress=False)
+    after = load_images(
+        from_csv(lesion_folder / "marking.csv", lesion_folder / "train"),
+        16,
+        cache_dir=tmp_path / "cache",
+        workers=1,
+        progress=False,
+    )
     assert len(list((tmp_path / "cache").iterdir())) == 2
     assert not np.array_equal(after.images[4], before.images[4])
     np.testing.assert_array_equal(after.images[5], before.images[5])
@@ -79,11 +84,13 @@ def test_masks_are_cached_beside_the_images(lesion_folder, tmp_path):
         mask = np.zeros((30, 40), dtype=np.uint8)
         mask[5:25, 10:30] = 255
         from PIL import Image
+
         Image.fromarray(mask).save(lesion_folder / f"m{i}.png")
         rows.append(f"ISIC_{i:04d},0,m{i}.png")
     (lesion_folder / "masks.csv").write_text("\n".join(rows) + "\n")
-    manifest = from_csv(lesion_folder / "masks.csv", lesion_folder / "train", mask_column="mask",
-                        mask_root=lesion_folder)
+    manifest = from_csv(
+        lesion_folder / "masks.csv", lesion_folder / "train", mask_column="mask", mask_root=lesion_folder
+    )
     decoded = load_images(manifest, 30, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert decoded.masks.shape == (3, 30, 30) and set(np.unique(decoded.masks)) == {0, 1}
 

@@ -60,8 +60,12 @@ def test_an_abandoned_iteration_stops_its_thread():
 
 
 def shards(rows, world_size, even, epoch=3):
-    loaders = [BatchLoader(decoded_set(), rows, batch_size=2, shuffle=True, seed=1, rank=rank,
-                           world_size=world_size, even=even) for rank in range(world_size)]
+    loaders = [
+        BatchLoader(
+            decoded_set(), rows, batch_size=2, shuffle=True, seed=1, rank=rank, world_size=world_size, even=even
+        )
+        for rank in range(world_size)
+    ]
     for loader in loaders:
         loader.set_epoch(epoch)
     return loaders, [torch.cat([b["row"] for b in loader]).tolist() for loader in loaders]

@@ -12,15 +12,24 @@ from tests.data.conftest import write_image
 
 
 def test_synthetic_lesions_end_to_end(tmp_path):
-    config = DataConfig(source="synthetic_lesions", source_options={"count": 80, "size": 40}, image_size=32,
-                        batch_size=16, oversample={"malignant": 2}, class_weights=True, progress=False,
-                        cache_dir=str(tmp_path / "cache"))
+    config = DataConfig(
+        source="synthetic_lesions",
+        source_options={"count": 80, "size": 40},
+        image_size=32,
+        batch_size=16,
+        oversample={"malignant": 2},
+        class_weights=True,
+        progress=False,
+        cache_dir=str(tmp_path / "cache"),
+    )
     data = DataModule(config).setup()
     summary = data.summary()
     assert summary["rows"] == 80 and summary["classes"] == ["benign", "malignant"]
     train = data.rows("train")
-    assert (np.bincount(data.manifest.labels[train])[1]
-            == 2 * np.bincount(data.manifest.labels[np.flatnonzero(data.splits == "train")])[1])
+    assert (
+        np.bincount(data.manifest.labels[train])[1]
+        == 2 * np.bincount(data.manifest.labels[np.flatnonzero(data.splits == "train")])[1]
+    )
     batch = next(iter(data.train_loader()))
     assert batch["image"].shape == (16, 3, 32, 32) and batch["mask"].shape == (16, 1, 32, 32)
     images, masks = data.transform()(batch["image"], batch["mask"], train=True)
@@ -34,10 +43,22 @@ def test_kaggle_layout_with_bad_rows_lists_them_or_writes_them(lesion_folder, tm
     (lesion_folder / "train" / "ISIC_0003.jpg").write_bytes(b"not a jpeg")
     with open(lesion_folder / "marking.csv", "a") as handle:
         handle.write("ISIC_0404,1,P99\n")
-    options = {"csv_path": str(lesion_folder / "marking.csv"), "image_root": str(lesion_folder / "train"),
-               "group_column": "patient_id"}
-    config = DataConfig(source="csv", source_options=options, image_size=16, batch_size=4, progress=False,
-                        cache_dir=str(tmp_path / "cache"), val_fraction=0.3, test_fraction=0.0, seed=1)
+    options = {
+        "csv_path": str(lesion_folder / "marking.csv"),
+        "image_root": str(lesion_folder / "train"),
+        "group_column": "patient_id",
+    }
+    config = DataConfig(
+        source="csv",
+        source_options=options,
+        image_size=16,
+        batch_size=4,
+        progress=False,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.3,
+        test_fraction=0.0,
+        seed=1,
+    )
     with pytest.raises(BadRowsError) as error:
         DataModule(config).setup()
     assert "2 bad row(s)" in str(error.value)
@@ -76,9 +97,13 @@ def test_a_single_class_split_stops_before_training(tmp_path):
     for i in range(6):
         write_image(tmp_path / "images" / f"{i}.png", seed=i)
     (tmp_path / "one.csv").write_text("image_id,target\n" + "".join(f"{i},0\n" for i in range(6)))
-    config = DataConfig(source="csv", source_options={"csv_path": str(tmp_path / "one.csv"),
-                                                      "image_root": str(tmp_path / "images")},
-                        image_size=8, cache_dir=str(tmp_path / "cache"), progress=False)
+    config = DataConfig(
+        source="csv",
+        source_options={"csv_path": str(tmp_path / "one.csv"), "image_root": str(tmp_path / "images")},
+        image_size=8,
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     with pytest.raises(Exception, match="holds only class"):
         DataModule(config).setup()
 

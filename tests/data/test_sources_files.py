@@ -19,21 +19,26 @@ def test_kaggle_layout_loads_with_extensions_found(lesion_folder):
 
 
 def test_missing_columns_are_listed_with_the_columns_found(lesion_folder):
-    with pytest.raises(DataError, match=r"no column for label_column='diagnosis'; the columns are \['image_id', 'target', 'patient_id'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"no column for label_column='diagnosis'; the columns are \['image_id', 'target', 'patient_id'\]",
+    ):
         from_csv(lesion_folder / "marking.csv", lesion_folder / "train", label_column="diagnosis")
 
 
 def test_every_bad_row_is_listed_with_its_reason(lesion_folder):
     (lesion_folder / "train" / "broken.jpg").write_bytes(b"")
-    rows = ["image_id,target",
-            "ISIC_0000,1",            # good
-            "ISIC_9999,0",            # missing file
-            "../../etc/passwd,0",     # outside the root
-            "ISIC_0001,benign",       # non-numeric
-            "ISIC_0002,-1",           # out of range
-            "ISIC_0003,0.5",          # not an integer
-            "ISIC_0000,0",            # duplicate
-            ",1"]                     # empty id
+    rows = [
+        "image_id,target",
+        "ISIC_0000,1",  # good
+        "ISIC_9999,0",  # missing file
+        "../../etc/passwd,0",  # outside the root
+        "ISIC_0001,benign",  # non-numeric
+        "ISIC_0002,-1",  # out of range
+        "ISIC_0003,0.5",  # not an integer
+        "ISIC_0000,0",  # duplicate
+        ",1",
+    ]  # empty id
     (lesion_folder / "bad.csv").write_text("\n".join(rows) + "\n")
     manifest = from_csv(lesion_folder / "bad.csv", lesion_folder / "train")
     reasons = {bad.row: bad.reason for bad in manifest.rejected}
@@ -54,8 +59,9 @@ def test_every_bad_row_is_listed_with_its_reason(lesion_folder):
 
 def test_class_names_map_to_indices_and_range_is_checked(lesion_folder):
     (lesion_folder / "named.csv").write_text("image_id,dx\nISIC_0000,benign\nISIC_0001,malignant\nISIC_0002,2\n")
-    manifest = from_csv(lesion_folder / "named.csv", lesion_folder / "train", label_column="dx",
-                        classes=["benign", "malignant"])
+    manifest = from_csv(
+        lesion_folder / "named.csv", lesion_folder / "train", label_column="dx", classes=["benign", "malignant"]
+    )
     assert manifest.labels.tolist() == [0, 1]
     assert manifest.rejected[0].reason == "label 2 is out of range (must be below 2)"
 
@@ -67,9 +73,16 @@ def test_multilabel_from_flag_columns_and_from_a_separated_column(lesion_folder)
     assert flags.labels.tolist() == [[1, 0], [1, 1]]
     assert "holds '2'" in flags.rejected[0].reason
     (lesion_folder / "findings.csv").write_text(
-        "Image Index,Finding Labels\nISIC_0000,Mass|Effusion\nISIC_0001,No Finding\nISIC_0002,Effusion\n")
-    findings = from_csv(lesion_folder / "findings.csv", lesion_folder / "train", id_column="Image Index",
-                        label_column="Finding Labels", multilabel_separator="|", none_label="No Finding")
+        "Image Index,Finding Labels\nISIC_0000,Mass|Effusion\nISIC_0001,No Finding\nISIC_0002,Effusion\n"
+    )
+    findings = from_csv(
+        lesion_folder / "findings.csv",
+        lesion_folder / "train",
+        id_column="Image Index",
+        label_column="Finding Labels",
+        multilabel_separator="|",
+        none_label="No Finding",
+    )
     assert findings.classes == ["Effusion", "Mass"]
     assert findings.labels.tolist() == [[1, 1], [0, 0], [1, 0]]
     assert findings.class_counts().tolist() == [2, 1]
@@ -77,10 +90,17 @@ def test_multilabel_from_flag_columns_and_from_a_separated_column(lesion_folder)
 
 def test_masks_groups_and_splits(lesion_folder):
     write_image(lesion_folder / "masks" / "ISIC_0000_mask.png", mode="L")
-    (lesion_folder / "m.csv").write_text("image_id,target,mask,split\nISIC_0000,1,ISIC_0000_mask,train\n"
-                                         "ISIC_0001,0,ISIC_0001_mask,val\nISIC_0002,0,ISIC_0000_mask,holdout\n")
-    manifest = from_csv(lesion_folder / "m.csv", lesion_folder / "train", mask_column="mask",
-                        mask_root=lesion_folder / "masks", split_column="split")
+    (lesion_folder / "m.csv").write_text(
+        "image_id,target,mask,split\nISIC_0000,1,ISIC_0000_mask,train\n"
+        "ISIC_0001,0,ISIC_0001_mask,val\nISIC_0002,0,ISIC_0000_mask,holdout\n"
+    )
+    manifest = from_csv(
+        lesion_folder / "m.csv",
+        lesion_folder / "train",
+        mask_column="mask",
+        mask_root=lesion_folder / "masks",
+        split_column="split",
+    )
     assert manifest.mask_paths[0].endswith("ISIC_0000_mask.png") and manifest.splits == ["train"]
     reasons = sorted(bad.reason for bad in manifest.rejected)
     assert reasons[0].startswith("mask: image file not found") and "holdout" in reasons[1]

@@ -56,7 +56,7 @@ def test_cluttered_places_each_item_whole_inside_its_box():
     for index in range(7):
         rows, cols = np.nonzero(canvases.masks[index])
         assert rows.max() - rows.min() == 27 and cols.max() - cols.min() == 27
-        box = canvases.images[index, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = canvases.images[index, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert (box >= items[index % 5]).all()  # the item is there; clutter can only add on top
     assert (canvases.images * (1 - canvases.masks)).sum() > 0  # clutter outside the box
     np.testing.assert_array_equal(cluttered(source, count=7, seed=0).images, cluttered(source, count=7, seed=0).images)

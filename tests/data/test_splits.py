@@ -8,8 +8,15 @@ from attnscope.data.splits import assign_splits, check_splits, groups_per_split
 
 def manifest(labels, groups=None, splits=None):
     n = len(labels)
-    return Manifest("test.csv", [f"r{i}" for i in range(n)], np.array(labels), ["benign", "malignant"],
-                    images=np.zeros((n, 2, 2), dtype=np.uint8), groups=groups, splits=splits)
+    return Manifest(
+        "test.csv",
+        [f"r{i}" for i in range(n)],
+        np.array(labels),
+        ["benign", "malignant"],
+        images=np.zeros((n, 2, 2), dtype=np.uint8),
+        groups=groups,
+        splits=splits,
+    )
 
 
 def test_stratified_fractions_hold_for_each_class():

@@ -10,7 +10,9 @@ def test_defaults_round_trip_through_yaml(tmp_path):
     path.write_text(dump_config(config))
     again = load_config(path)
     assert again.to_dict() == load_config(None, []).to_dict() | {
-        "data": again.data.to_dict(), "supervision": {"kind": "dice", "weights": {"pool3": 0.001}}}
+        "data": again.data.to_dict(),
+        "supervision": {"kind": "dice", "weights": {"pool3": 0.001}},
+    }
     assert list(again.data.augment.crop_scale) == [0.5, 1.0]
 
 
@@ -27,15 +29,18 @@ def test_settings_do_not_touch_the_input():
     assert values == {"optim": {"lr": 1.0}}
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("optim.learning_rate=1", r"optim.*learning_rate.*lr"),
-    ("trainer.epochs=0", r"trainer.epochs=0"),
-    ("optim.name=lbfgs", r"optim.name='lbfgs'.*adam"),
-    ("data.colour=1", r"data config.*colour"),
-    ("modle.name=x", r"run config.*modle"),
-    ("optim.lr", r"section.option=value"),
-    ("trainer.ema_decay=1.5", r"ema_decay"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("optim.learning_rate=1", r"optim.*learning_rate.*lr"),
+        ("trainer.epochs=0", r"trainer.epochs=0"),
+        ("optim.name=lbfgs", r"optim.name='lbfgs'.*adam"),
+        ("data.colour=1", r"data config.*colour"),
+        ("modle.name=x", r"run config.*modle"),
+        ("optim.lr", r"section.option=value"),
+        ("trainer.ema_decay=1.5", r"ema_decay"),
+    ],
+)
 def test_bad_settings_are_refused_by_name(setting, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [setting])

@@ -11,8 +11,20 @@ from tests.runs import TINY, run_cli
 
 def test_ddp_on_two_cpu_processes_reduces_metrics_across_them(tmp_path):
     run_dir = tmp_path / "ddp"
-    result = run_cli("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--accelerator", "cpu",
-                     "--devices", "2", "--strategy", "ddp")
+    result = run_cli(
+        "train",
+        *TINY,
+        "--epochs",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+    )
     assert result.stdout.count("run directory:") == 1  # printed by rank 0 only
     history = read_metrics_csv(RunPaths(run_dir).metrics)
     assert len(history) == 2

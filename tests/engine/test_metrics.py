@@ -50,8 +50,7 @@ def test_a_given_threshold_is_used_not_rechosen():
 
 def test_one_class_gives_nan_auc_and_a_warning_not_a_crash(caplog):
     with caplog.at_level(logging.WARNING):
-        summary = summarize(torch.tensor([0.2, 0.7, 0.9]), torch.tensor([1, 1, 1]), "binary", ["a", "b"],
-                            split="val")
+        summary = summarize(torch.tensor([0.2, 0.7, 0.9]), torch.tensor([1, 1, 1]), "binary", ["a", "b"], split="val")
     assert math.isnan(summary["auc"]) and math.isnan(summary["specificity"])
     assert summary["sensitivity"] == pytest.approx(2 / 3)
     assert "val: only one class present" in caplog.text

@@ -20,9 +20,12 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
     run_cli("train", *TINY, "--epochs", EPOCHS, "--run-dir", str(whole))
 
     environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    process = subprocess.Popen([sys.executable, "-m", "attnscope", "train", *TINY, "--epochs", EPOCHS,
-                                "--run-dir", str(killed)], env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attnscope", "train", *TINY, "--epochs", EPOCHS, "--run-dir", str(killed)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = RunPaths(killed).last_state
     deadline = time.monotonic() + 240
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:

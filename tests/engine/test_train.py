@@ -15,8 +15,17 @@ from tests.runs import tiny_settings
 
 def test_a_run_directory_holds_everything_a_run_records(trained_run):
     paths = RunPaths(trained_run)
-    for path in (paths.config, paths.data, paths.root / "split.csv", paths.best_weights, paths.last_weights,
-                 paths.last_state, paths.best, paths.metrics, paths.log):
+    for path in (
+        paths.config,
+        paths.data,
+        paths.root / "split.csv",
+        paths.best_weights,
+        paths.last_weights,
+        paths.last_state,
+        paths.best,
+        paths.metrics,
+        paths.log,
+    ):
         assert path.is_file(), path
     assert any(paths.tensorboard.glob("events.out.tfevents.*"))
     history = read_metrics_csv(paths.metrics)
@@ -54,8 +63,10 @@ def test_an_existing_run_is_not_overwritten(trained_run):
 
 
 def test_supervision_pulls_attention_into_the_lesion(tmp_path):
-    settings = tiny_settings(tmp_path / "run", epochs=3) + ["supervision.weights={pool3: 1.0, pool4: 1.0}",
-                                                             "supervision.kind=energy"]
+    settings = tiny_settings(tmp_path / "run", epochs=3) + [
+        "supervision.weights={pool3: 1.0, pool4: 1.0}",
+        "supervision.kind=energy",
+    ]
     train(load_config(None, settings))
     history = read_metrics_csv(RunPaths(tmp_path / "run").metrics)
     losses = [row["train/attention_loss"] for row in history]
@@ -75,9 +86,14 @@ def test_supervision_without_masks_is_refused():
 
 @pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
 def test_schedules_and_optimizers_run(tmp_path, schedule):
-    settings = tiny_settings(tmp_path / "run", epochs=1) + [f"schedule.name={schedule}", "optim.name=sgd",
-                                                             "optim.lr=0.01", "trainer.ema_decay=0.9",
-                                                             "trainer.grad_clip=1.0", "loss.name=ce"]
+    settings = tiny_settings(tmp_path / "run", epochs=1) + [
+        f"schedule.name={schedule}",
+        "optim.name=sgd",
+        "optim.lr=0.01",
+        "trainer.ema_decay=0.9",
+        "trainer.grad_clip=1.0",
+        "loss.name=ce",
+    ]
     result = train(load_config(None, settings))
     assert result.best["epoch"] == 0 and 0 <= result.best["value"] <= 1
 
@@ -90,14 +106,18 @@ def test_class_weights_become_the_focal_alpha_and_bce_pos_weight():
     assert focal.alpha.item() == pytest.approx(0.75)
     bce = build_loss(load_config(None, ["loss.name=ce"]), "binary", weights)
     logits, target = torch.tensor([[0.3], [-1.2]]), torch.tensor([1.0, 0.0])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target[:, None],
-                                                                    pos_weight=torch.tensor([3.0]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target[:, None], pos_weight=torch.tensor([3.0])
+    )
     torch.testing.assert_close(bce(logits, target), expected)
-    multiclass = build_loss(load_config(None, ["loss.name=ce", "loss.label_smoothing=0.1"]), "multiclass",
-                            torch.tensor([1.0, 2.0, 3.0]))
+    multiclass = build_loss(
+        load_config(None, ["loss.name=ce", "loss.label_smoothing=0.1"]), "multiclass", torch.tensor([1.0, 2.0, 3.0])
+    )
     logits3, target3 = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
-    torch.testing.assert_close(multiclass(logits3, target3), torch.nn.functional.cross_entropy(
-        logits3, target3, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1))
+    torch.testing.assert_close(
+        multiclass(logits3, target3),
+        torch.nn.functional.cross_entropy(logits3, target3, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1),
+    )
 
 
 def test_warmup_cosine_rises_then_falls_to_the_floor():
@@ -117,8 +137,10 @@ def test_each_epoch_and_process_draws_its_own_seed():
 
 
 def test_channels_last_and_bf16_mixed_precision_train(tmp_path):
-    settings = tiny_settings(tmp_path / "run", epochs=1) + ["trainer.channels_last=true",
-                                                             "trainer.precision=bf16-mixed"]
+    settings = tiny_settings(tmp_path / "run", epochs=1) + [
+        "trainer.channels_last=true",
+        "trainer.precision=bf16-mixed",
+    ]
     result = train(load_config(None, settings))
     assert 0 <= result.best["value"] <= 1
     assert all(torch.isfinite(t).all() for t in load_weights(RunPaths(tmp_path / "run").last_weights).values())
@@ -129,8 +151,8 @@ def test_with_ema_the_saved_weights_are_the_average_not_the_raw_model(tmp_path):
     paths = RunPaths(tmp_path / "run")
     state = torch.load(paths.last_state, weights_only=True)["state_dict"]
     saved = load_weights(paths.last_weights)
-    averaged = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
-    raw = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    averaged = {k[len("ema.module.") :]: v for k, v in state.items() if k.startswith("ema.module.")}
+    raw = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     assert saved.keys() == averaged.keys() == raw.keys()
     for name, tensor in saved.items():
         assert torch.equal(tensor, averaged[name]), name

@@ -88,7 +88,7 @@ def test_a_batch_gives_each_image_its_own_map():
     model = create_model("vgg_tiny", num_classes=4).eval()
     x = torch.randn(3, 3, 64, 64)
     together = GradCAMPlusPlus(model)(x, [0, 1, 2])
-    alone = torch.cat([GradCAMPlusPlus(model)(x[i:i + 1], [i]) for i in range(3)])
+    alone = torch.cat([GradCAMPlusPlus(model)(x[i : i + 1], [i]) for i in range(3)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 

@@ -24,8 +24,9 @@ def test_maps_average_heads_keep_their_grid_and_upsample_bilinearly():
     assert set(native) == {"gate"}  # channel gates have no place in an image
     torch.testing.assert_close(native["gate"], maps["gate"].mean(1))
     up = upsample(native, (12, 12))["gate"]
-    expected = torch.nn.functional.interpolate(native["gate"][:, None], size=(12, 12), mode="bilinear",
-                                               align_corners=False)[:, 0]
+    expected = torch.nn.functional.interpolate(
+        native["gate"][:, None], size=(12, 12), mode="bilinear", align_corners=False
+    )[:, 0]
     torch.testing.assert_close(up, expected)
     torch.testing.assert_close(spatial_maps(maps, (12, 12))["gate"], up)
 

@@ -36,13 +36,20 @@ def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
-        pytest.skip("Chromium or chromedriver is not installed (apt-get install chromium chromium-driver; "
-                    "make test installs them when it runs as root with apt)")
+        pytest.skip(
+            "Chromium or chromedriver is not installed (apt-get install chromium chromium-driver; "
+            "make test installs them when it runs as root with apt)"
+        )
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--window-size=1280,2000"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=1280,2000",
+    ):
         options.add_argument(argument)
     options.binary_location = chromium
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -58,7 +65,8 @@ def test_the_report_renders_in_chromium_without_errors(report, tmp_path):
         present = driver.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
         assert list(present) == list(SECTIONS)
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+        )
         assert len(images) >= 5
         for alt, complete, width, height in images:
             assert complete and width > 0 and height > 0, alt

@@ -57,7 +57,8 @@ def test_jaccard_of_the_thresholded_map():
 def test_target_probability_for_one_logit_and_for_softmax():
     one = torch.tensor([[2.0], [2.0]])
     assert target_probability(one, torch.tensor([1, 0])).tolist() == pytest.approx(
-        [torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(-2.0)).item()])
+        [torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(-2.0)).item()]
+    )
     many = torch.tensor([[1.0, 2.0, 3.0]])
     assert target_probability(many, torch.tensor([2])).item() == pytest.approx(torch.softmax(many, 1)[0, 2].item())
 

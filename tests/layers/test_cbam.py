@@ -44,8 +44,14 @@ def test_spatial_gate_is_the_cbam_formula():
     pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
     norm = gate.norm
     expected = torch.sigmoid(
-        F.batch_norm(F.conv2d(pooled, gate.conv.weight, padding=2), norm.running_mean, norm.running_var,
-                     norm.weight, norm.bias, eps=norm.eps)
+        F.batch_norm(
+            F.conv2d(pooled, gate.conv.weight, padding=2),
+            norm.running_mean,
+            norm.running_var,
+            norm.weight,
+            norm.bias,
+            eps=norm.eps,
+        )
     )
     with capture_attention(gate) as maps:
         y = gate(x)

@@ -1,6 +1,5 @@
 """Every layer trains in float32 and bfloat16 on the CPU."""
 
-
 import pytest
 import torch
 

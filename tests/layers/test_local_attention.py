@@ -64,11 +64,16 @@ def test_neighbours_outside_the_image_are_excluded_not_zero():
     assert mask[4].all()  # the centre is always inside
     assert not mask[0, 0, 0] and not mask[8, 3, 4]
     assert mask.sum() == sum(
-        (0 <= y + dy < 4) and (0 <= x + dx < 5) for dy in (-1, 0, 1) for dx in (-1, 0, 1) for y in range(4) for x in range(5)
+        (0 <= y + dy < 4) and (0 <= x + dx < 5)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        for y in range(4)
+        for x in range(5)
     )
     query = torch.randn(1, 1, 2, 4, 5)
-    _, attention = neighbourhood_attention(query, torch.randn(1, 1, 2, 4, 5), torch.randn(1, 1, 2, 4, 5),
-                                   torch.randn(3, 1), torch.randn(3, 1), 3)
+    _, attention = neighbourhood_attention(
+        query, torch.randn(1, 1, 2, 4, 5), torch.randn(1, 1, 2, 4, 5), torch.randn(3, 1), torch.randn(3, 1), 3
+    )
     assert (attention[0, 0][~mask] == 0).all()
     torch.testing.assert_close(attention.sum(dim=2), torch.ones(1, 1, 4, 5))
 

@@ -11,8 +11,13 @@ def test_lists_the_five_layers():
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("cbam", CBAM), ("global", GlobalSelfAttention), ("grid", GridAttention),
-     ("local", LocalSelfAttention), ("se", SqueezeExcite)],
+    [
+        ("cbam", CBAM),
+        ("global", GlobalSelfAttention),
+        ("grid", GridAttention),
+        ("local", LocalSelfAttention),
+        ("se", SqueezeExcite),
+    ],
 )
 def test_creates_each_layer_with_its_options(name, cls):
     layer = create_attn(name.upper(), 32)
@@ -26,7 +31,9 @@ def test_options_reach_the_constructor():
 
 
 def test_an_unknown_name_is_a_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match="unknown attention layer 'nonlocal'; known layers: cbam, global, grid, local, se"):
+    with pytest.raises(
+        ValueError, match="unknown attention layer 'nonlocal'; known layers: cbam, global, grid, local, se"
+    ):
         create_attn("nonlocal", 16)
 
 

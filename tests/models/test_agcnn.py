@@ -17,10 +17,7 @@ def test_heat_map_is_the_channel_max_of_magnitudes_scaled_per_image():
 
 
 def test_the_largest_eight_connected_region_wins():
-    mask = torch.tensor([[1, 0, 0, 0, 1],
-                         [0, 1, 0, 0, 1],
-                         [0, 0, 1, 0, 0],
-                         [1, 1, 0, 0, 0]], dtype=torch.bool)[None]
+    mask = torch.tensor([[1, 0, 0, 0, 1], [0, 1, 0, 0, 1], [0, 0, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)[None]
     region = largest_region(mask)[0]
     # (0,0)-(1,1)-(2,2) join along the diagonal, (3,1) touches (2,2) diagonally, (3,0) touches (3,1)
     assert region.nonzero().tolist() == [[0, 0], [1, 1], [2, 2], [3, 0], [3, 1]]
@@ -52,8 +49,11 @@ def test_the_local_branch_sees_the_crop_of_a_planted_heat_map(monkeypatch):
     model = create_model("agcnn_tiny", num_classes=14, in_chans=1).eval()
     planted = torch.zeros(1, 8, 7, 7)
     planted[0, 3, 2:5, 1:3] = 1.0
-    monkeypatch.setattr(model.global_branch, "forward_embedding",
-                        lambda x: (torch.zeros(x.shape[0], model.global_branch.num_features), planted))
+    monkeypatch.setattr(
+        model.global_branch,
+        "forward_embedding",
+        lambda x: (torch.zeros(x.shape[0], model.global_branch.num_features), planted),
+    )
     images = torch.randn(1, 1, 224, 224)
     with torch.no_grad():
         out = model.forward_branches(images)
@@ -65,7 +65,9 @@ def test_the_local_branch_sees_the_crop_of_a_planted_heat_map(monkeypatch):
     assert out["global"].shape == out["local"].shape == out["fusion"].shape == (1, 14)
 
 
-@pytest.mark.parametrize("stage, branch", [("global", "global_branch"), ("local", "local_branch"), ("fusion", "fusion")])
+@pytest.mark.parametrize(
+    "stage, branch", [("global", "global_branch"), ("local", "local_branch"), ("fusion", "fusion")]
+)
 def test_each_stage_trains_only_its_branch(stage, branch):
     model = create_model("agcnn_tiny", num_classes=14, stage=stage)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
@@ -88,8 +90,12 @@ def test_forward_returns_the_logits_of_the_stage_being_trained():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"tau": 0.0}, "tau=0.0"), ({"stage": "all"}, "stage='all'"), ({"backbone": "resnet51"}, "known models"),
-     ({"backbone": "agcnn_tiny"}, "plain classifier")],
+    [
+        ({"tau": 0.0}, "tau=0.0"),
+        ({"stage": "all"}, "stage='all'"),
+        ({"backbone": "resnet51"}, "known models"),
+        ({"backbone": "agcnn_tiny"}, "plain classifier"),
+    ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,10 +6,28 @@ from attnscope import ConfigError, capture_attention
 from attnscope.models import create_model, list_models
 
 EXPECTED = {
-    "vgg16_bn", "attn_vgg16_bn", "vgg_tiny", "attn_vgg_tiny",
-    "resnet18", "resnet34", "resnet50", "se_resnet18", "se_resnet34", "se_resnet50",
-    "cbam_resnet18", "cbam_resnet34", "cbam_resnet50", "attn_resnet18", "attn_resnet34", "attn_resnet50",
-    "local_resnet26", "local_resnet50", "resnet_tiny", "attn_resnet_tiny", "agcnn_resnet50", "agcnn_tiny",
+    "vgg16_bn",
+    "attn_vgg16_bn",
+    "vgg_tiny",
+    "attn_vgg_tiny",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "se_resnet18",
+    "se_resnet34",
+    "se_resnet50",
+    "cbam_resnet18",
+    "cbam_resnet34",
+    "cbam_resnet50",
+    "attn_resnet18",
+    "attn_resnet34",
+    "attn_resnet50",
+    "local_resnet26",
+    "local_resnet50",
+    "resnet_tiny",
+    "attn_resnet_tiny",
+    "agcnn_resnet50",
+    "agcnn_tiny",
 }
 # Forward and backward of every model is run at this size; big models at a small one.
 SIZE = 32

@@ -51,7 +51,9 @@ def test_local_attention_replaces_every_3x3_conv_but_keeps_the_stem():
         assert isinstance(block.conv2, LocalSelfAttention) and block.conv2.kernel_size == 7
         assert all(m.kernel_size == (1, 1) for m in block.modules() if isinstance(m, nn.Conv2d))
     basic = create_model("resnet_tiny", attn="local", local_kernel=3, local_heads=2)
-    assert isinstance(basic.layer1[0].conv1, LocalSelfAttention) and isinstance(basic.layer1[0].conv2, LocalSelfAttention)
+    assert isinstance(basic.layer1[0].conv1, LocalSelfAttention) and isinstance(
+        basic.layer1[0].conv2, LocalSelfAttention
+    )
 
 
 def test_global_attention_blocks_start_as_the_identity():
@@ -82,8 +84,14 @@ def test_grid_attention_resnet_concatenates_stage4_with_the_gated_stages():
     with torch.no_grad(), capture_attention(model) as maps:
         logits = model(x)
         _, stage2, stage3, stage4 = model.forward_stages(x)
-    vector = torch.cat([stage4.mean(dim=(2, 3)), (maps["attn_layer2"] * stage2).sum(dim=(2, 3)),
-                        (maps["attn_layer3"] * stage3).sum(dim=(2, 3))], dim=1)
+    vector = torch.cat(
+        [
+            stage4.mean(dim=(2, 3)),
+            (maps["attn_layer2"] * stage2).sum(dim=(2, 3)),
+            (maps["attn_layer3"] * stage3).sum(dim=(2, 3)),
+        ],
+        dim=1,
+    )
     torch.testing.assert_close(logits, model.fc(vector))
 
 
@@ -102,8 +110,7 @@ def test_the_small_stem_keeps_28_px_images_at_full_resolution_into_the_first_sta
     se = create_model("se_resnet18", num_classes=10, in_chans=1, stem="small", width=16)
     assert se.conv1.kernel_size == (3, 3) and se(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     # odd sides (7 -> 4) agree on both paths of a block, also with local attention's pooled stride
-    local = create_model("resnet_tiny", num_classes=10, in_chans=1, stem="small", width=16, attn="local",
-                         local_heads=4)
+    local = create_model("resnet_tiny", num_classes=10, in_chans=1, stem="small", width=16, attn="local", local_heads=4)
     assert local(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(ConfigError, match="stem='tiny'"):
         create_model("resnet_tiny", stem="tiny")

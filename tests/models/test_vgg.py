@@ -12,8 +12,11 @@ TORCHVISION_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
 def test_vgg16_bn_uses_torchvision_parameter_names():
     keys = set(create_model("vgg16_bn").state_dict())
     expected = {f"features.{i}.{p}" for i in TORCHVISION_CONVS for p in ("weight", "bias")}
-    expected |= {f"features.{i + 1}.{p}" for i in TORCHVISION_CONVS
-                 for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    expected |= {
+        f"features.{i + 1}.{p}"
+        for i in TORCHVISION_CONVS
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     assert keys == expected | {"classifier.weight", "classifier.bias"}
     assert last_relu(VGG16_LAYOUT) == "features.42"
 
@@ -26,7 +29,9 @@ def test_logits_are_the_classifier_over_the_hand_concatenated_vectors(name, norm
     with capture_attention(model) as maps, torch.no_grad():
         logits = model(x)
         _, _, pool3, pool4, pool5 = model.pooled_maps(x)
-    pooled = (lambda a, l: (a * l).sum(dim=(2, 3))) if normalize == "softmax" else (lambda a, l: (a * l).mean(dim=(2, 3)))
+    pooled = (
+        (lambda a, l: (a * l).sum(dim=(2, 3))) if normalize == "softmax" else (lambda a, l: (a * l).mean(dim=(2, 3)))
+    )
     vector = torch.cat([pool5.mean(dim=(2, 3)), pooled(maps["pool3"], pool3), pooled(maps["pool4"], pool4)], dim=1)
     torch.testing.assert_close(logits, model.classifier(vector))
     assert maps["pool3"].shape[-2:] == pool3.shape[-2:] and maps["pool4"].shape[-2:] == pool4.shape[-2:]

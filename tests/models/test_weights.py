@@ -14,8 +14,10 @@ def randomised_state(name: str, **options) -> tuple[torch.nn.Module, dict[str, t
     """A model whose every tensor is random, and its state dict: a stand-in for a published file."""
     torch.manual_seed(3)
     model = create_model(name, **options)
-    state = {key: torch.randn_like(value) if value.is_floating_point() else value
-             for key, value in model.state_dict().items()}
+    state = {
+        key: torch.randn_like(value) if value.is_floating_point() else value
+        for key, value in model.state_dict().items()
+    }
     state = {key: value.abs() + 0.5 if key.endswith("running_var") else value for key, value in state.items()}
     model.load_state_dict(state)
     return model.eval(), state
@@ -85,7 +87,9 @@ def test_a_missing_backbone_tensor_is_named(tmp_path):
     _, state = randomised_state("resnet_tiny")
     del state["layer2.0.bn1.running_mean"]
     torch.save(state, tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match=r"w.pth does not fit resnet_tiny: 'layer2.0.bn1.running_mean' is missing"):
+    with pytest.raises(
+        CheckpointError, match=r"w.pth does not fit resnet_tiny: 'layer2.0.bn1.running_mean' is missing"
+    ):
         create_model("resnet_tiny", pretrained=tmp_path / "w.pth")
 
 
@@ -93,7 +97,9 @@ def test_a_mis_shaped_backbone_tensor_is_named_with_both_shapes(tmp_path):
     _, state = randomised_state("resnet_tiny")
     state["layer3.0.conv1.weight"] = torch.randn(64, 32, 1, 1)
     torch.save(state, tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match=r"'layer3.0.conv1.weight' has shape \(64, 32, 1, 1\), the model's \(64, 32, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"'layer3.0.conv1.weight' has shape \(64, 32, 1, 1\), the model's \(64, 32, 3, 3\)"
+    ):
         create_model("resnet_tiny", pretrained=tmp_path / "w.pth")
 
 
@@ -105,8 +111,11 @@ def test_checkpoint_wrappers_and_data_parallel_prefixes_are_unwrapped(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "no such weight file"), (b"not a torch file", "cannot be read as a weights-only state dict"),
-     ({"a": 1}, r"entries \['a'\] are not tensors")],
+    [
+        (None, "no such weight file"),
+        (b"not a torch file", "cannot be read as a weights-only state dict"),
+        ({"a": 1}, r"entries \['a'\] are not tensors"),
+    ],
 )
 def test_unreadable_files_are_refused_with_the_path(tmp_path, content, message):
     path = tmp_path / "bad.pth"

@@ -6,8 +6,14 @@ import torch
 
 from attnscope.errors import ConfigError
 from attnscope.models import create_model
-from attnscope.retrieval.embed import (EmbeddingConfig, attention_weights, embed_images, fit_pca, l2_normalise,
-                                       pool_stage)
+from attnscope.retrieval.embed import (
+    EmbeddingConfig,
+    attention_weights,
+    embed_images,
+    fit_pca,
+    l2_normalise,
+    pool_stage,
+)
 
 
 def test_pool_stage_gives_normalised_average_max_and_weighted_blocks():

@@ -17,8 +17,10 @@ def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
 
 
 def rows_for(count: int, start: int = 0) -> list[dict]:
-    return [{"id": f"img{start + i}", "label": str(i % 3), "path": f"/x/{start + i}.png", "source": "s"}
-            for i in range(count)]
+    return [
+        {"id": f"img{start + i}", "label": str(i % 3), "path": f"/x/{start + i}.png", "source": "s"}
+        for i in range(count)
+    ]
 
 
 def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +37,14 @@ def test_exact_search_equals_brute_force_top_k():
     np.testing.assert_allclose(similarities, expected_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind, params, least_recall", [
-    ("ivf", {"nlist": 8, "nprobe": 8}, 0.999),   # every cell probed: exact
-    ("hnsw", {}, 0.95),
-    ("lsh", {"rerank": 10}, 0.5),
-])
+@pytest.mark.parametrize(
+    "kind, params, least_recall",
+    [
+        ("ivf", {"nlist": 8, "nprobe": 8}, 0.999),  # every cell probed: exact
+        ("hnsw", {}, 0.95),
+        ("lsh", {"rerank": 10}, 0.5),
+    ],
+)
 def test_approximate_kinds_find_most_true_neighbours_and_score_them_exactly(kind, params, least_recall):
     gallery, queries = unit_vectors(1000, 16, 2), unit_vectors(50, 16, 3)
     index = SimilarityIndex.create(kind, gallery, rows_for(1000), EmbeddingConfig(), META, params)
@@ -56,8 +61,9 @@ def test_save_load_round_trip_keeps_results_rows_pca_and_thumbnails(tmp_path):
     raw = unit_vectors(300, 24, 4)
     pca = fit_pca(raw, 8)
     thumbs = np.random.default_rng(5).integers(0, 255, (300, 4, 4, 1), dtype=np.uint8)
-    index = SimilarityIndex.create("hnsw", pca.apply(raw), rows_for(300), EmbeddingConfig(pca_dim=8), META,
-                                   {"M": 8}, pca=pca, thumbs=thumbs)
+    index = SimilarityIndex.create(
+        "hnsw", pca.apply(raw), rows_for(300), EmbeddingConfig(pca_dim=8), META, {"M": 8}, pca=pca, thumbs=thumbs
+    )
     queries = pca.apply(unit_vectors(20, 24, 6))
     before = index.search(queries, 5)
     index.save(tmp_path / "idx")

@@ -76,8 +76,14 @@ def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):
     with pytest.raises(RetrievalError, match="already in"):
         build_index(trained_run, tmp_path / "idx", add=True, progress=False)
     with pytest.raises(RetrievalError, match="embeds with"):
-        build_index(trained_run, tmp_path / "idx", split="val", add=True, progress=False,
-                    embedding=EmbeddingConfig(attention_pooling=True))
+        build_index(
+            trained_run,
+            tmp_path / "idx",
+            split="val",
+            add=True,
+            progress=False,
+            embedding=EmbeddingConfig(attention_pooling=True),
+        )
     added = build_index(trained_run, tmp_path / "idx", split="val", add=True, progress=False)
     assert added["count"] == len(split_rows(trained_run, "train")) + len(split_rows(trained_run, "val"))
     assert SimilarityIndex.load(tmp_path / "idx").kind == "hnsw"

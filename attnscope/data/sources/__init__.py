@@ -4,5 +4,15 @@ from attnscope.data.sources.arrays import FASHION_MNIST_DIR, from_idx, from_medm
 from attnscope.data.sources.files import IMAGE_EXTENSIONS, from_csv, from_folder
 from attnscope.data.sources.synthetic import best_possible_auc, cluttered, synthetic_lesions
 
-__all__ = ["FASHION_MNIST_DIR", "IMAGE_EXTENSIONS", "best_possible_auc", "cluttered", "from_csv", "from_folder",
-           "from_idx", "from_medmnist", "read_idx", "synthetic_lesions"]
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "IMAGE_EXTENSIONS",
+    "best_possible_auc",
+    "cluttered",
+    "from_csv",
+    "from_folder",
+    "from_idx",
+    "from_medmnist",
+    "read_idx",
+    "synthetic_lesions",
+]

@@ -11,8 +11,18 @@ from attnscope.data.manifest import SPLITS, Manifest
 from attnscope.errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 IDX_PREFIXES = {"train": "train", "test": "t10k"}
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -30,12 +40,14 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file (its first bytes are {raw[:4].hex()})")
     dims = raw[3]
     header = 4 + 4 * dims
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: holds {len(raw) - header} data bytes, its header promises {expected} "
-                        f"for shape {shape}; the file is truncated or corrupt")
+        raise DataError(
+            f"{path}: holds {len(raw) - header} data bytes, its header promises {expected} "
+            f"for shape {shape}; the file is truncated or corrupt"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -54,8 +66,10 @@ def from_idx(directory: str | Path | None = None, split: str = "train", classes:
     """
     if directory is None:
         if not FASHION_MNIST_DIR.is_dir():
-            raise DataError(f"Fashion-MNIST is not at {FASHION_MNIST_DIR}: install Debian's dataset-fashion-mnist "
-                            "(apt-get install dataset-fashion-mnist) or pass the folder of your IDX files")
+            raise DataError(
+                f"Fashion-MNIST is not at {FASHION_MNIST_DIR}: install Debian's dataset-fashion-mnist "
+                "(apt-get install dataset-fashion-mnist) or pass the folder of your IDX files"
+            )
         directory = FASHION_MNIST_DIR
         classes = classes or FASHION_MNIST_CLASSES
     directory = Path(directory)
@@ -70,19 +84,27 @@ def from_idx(directory: str | Path | None = None, split: str = "train", classes:
         part_images = read_idx(_idx_file(directory, prefix, "images"))
         part_labels = read_idx(_idx_file(directory, prefix, "labels")).astype(np.int64)
         if part_images.ndim != 3 or part_labels.shape != (len(part_images),):
-            raise DataError(f"{directory}: {prefix} images {part_images.shape} and labels {part_labels.shape} "
-                            "do not pair up")
+            raise DataError(
+                f"{directory}: {prefix} images {part_images.shape} and labels {part_labels.shape} do not pair up"
+            )
         images.append(part_images.astype(np.uint8))
         labels.append(part_labels)
         splits += ["test" if part == "test" else None] * len(part_images)
     label_array = np.concatenate(labels)
     names = classes or [str(i) for i in range(int(label_array.max()) + 1)]
     if label_array.min() < 0 or label_array.max() >= len(names):
-        raise DataError(f"{directory}: labels range {label_array.min()}..{label_array.max()}, "
-                        f"outside the {len(names)} classes")
+        raise DataError(
+            f"{directory}: labels range {label_array.min()}..{label_array.max()}, outside the {len(names)} classes"
+        )
     source = f"{directory} ({split})"
-    return Manifest(source, [f"{split}#{i}" for i in range(len(label_array))], label_array, list(names),
-                    images=np.concatenate(images), splits=splits if split == "all" else None)
+    return Manifest(
+        source,
+        [f"{split}#{i}" for i in range(len(label_array))],
+        label_array,
+        list(names),
+        images=np.concatenate(images),
+        splits=splits if split == "all" else None,
+    )
 
 
 def from_medmnist(path: str | Path, split: str = "train", classes: list[str] | None = None) -> Manifest:
@@ -113,5 +135,11 @@ def from_medmnist(path: str | Path, split: str = "train", classes: list[str] | N
     count = label_array.shape[1] if multilabel else int(label_array.max()) + 1
     names = classes or [str(i) for i in range(count)]
     splits = [p for p, part in zip(parts, images) for _ in range(len(part))]
-    return Manifest(f"{path} ({split})", [f"{s}#{i}" for i, s in enumerate(splits)], label_array, names,
-                    images=np.concatenate(images).astype(np.uint8), splits=splits if split == "all" else None)
+    return Manifest(
+        f"{path} ({split})",
+        [f"{s}#{i}" for i, s in enumerate(splits)],
+        label_array,
+        names,
+        images=np.concatenate(images).astype(np.uint8),
+        splits=splits if split == "all" else None,
+    )

@@ -105,12 +105,20 @@ def from_csv(
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise DataError(f"{csv_path}: empty file, expected a header row such as 'image_id,target'")
-        wanted = {"id_column": id_column, "mask_column": mask_column, "group_column": group_column,
-                  "split_column": split_column}
-        wanted |= {f"label_column[{i}]" if len(label_columns) > 1 else "label_column": c
-                   for i, c in enumerate(label_columns)}
-        missing = [f"{option}={column!r}" for option, column in wanted.items()
-                   if column is not None and column not in reader.fieldnames]
+        wanted = {
+            "id_column": id_column,
+            "mask_column": mask_column,
+            "group_column": group_column,
+            "split_column": split_column,
+        }
+        wanted |= {
+            f"label_column[{i}]" if len(label_columns) > 1 else "label_column": c for i, c in enumerate(label_columns)
+        }
+        missing = [
+            f"{option}={column!r}"
+            for option, column in wanted.items()
+            if column is not None and column not in reader.fieldnames
+        ]
         if missing:
             raise DataError(f"{csv_path}: no column for {', '.join(missing)}; the columns are {reader.fieldnames}")
         records = [(reader.line_num, row) for row in reader]
@@ -163,17 +171,27 @@ def from_csv(
 
     if multilabel_separator is not None:
         class_names = class_names or sorted(tokens_seen)
-        label_array = np.array([[float(c in set(tokens)) for c in class_names] for tokens in labels],
-                               dtype=np.float32).reshape(len(labels), len(class_names))
+        label_array = np.array(
+            [[float(c in set(tokens)) for c in class_names] for tokens in labels], dtype=np.float32
+        ).reshape(len(labels), len(class_names))
     elif multilabel:
         label_array = np.array(labels, dtype=np.float32).reshape(len(labels), len(label_columns))
     else:
         label_array = np.array(labels, dtype=np.int64)
         if class_names is None:
             class_names = [str(i) for i in range(int(label_array.max()) + 1 if len(label_array) else 0)]
-    return Manifest(source, ids, label_array, list(class_names), paths=paths,
-                    mask_paths=mask_paths if mask_column else None, groups=groups if group_column else None,
-                    splits=splits if split_column else None, rows=rows, rejected=rejected)
+    return Manifest(
+        source,
+        ids,
+        label_array,
+        list(class_names),
+        paths=paths,
+        mask_paths=mask_paths if mask_column else None,
+        groups=groups if group_column else None,
+        splits=splits if split_column else None,
+        rows=rows,
+        rejected=rejected,
+    )
 
 
 def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Manifest:
@@ -197,6 +215,10 @@ def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
             paths.append(str(path))
             labels.append(index)
     if ignored:
-        log.warning("%s: %d file(s) without an image extension left out: %s", root, len(ignored),
-                    ", ".join(str(p.relative_to(root)) for p in ignored[:10]))
+        log.warning(
+            "%s: %d file(s) without an image extension left out: %s",
+            root,
+            len(ignored),
+            ", ".join(str(p.relative_to(root)) for p in ignored[:10]),
+        )
     return Manifest(str(root), ids, np.array(labels, dtype=np.int64), [d.name for d in class_dirs], paths=paths)

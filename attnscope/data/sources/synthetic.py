@@ -24,8 +24,9 @@ LESION_CLASSES = ["benign", "malignant"]
 SEPARATION = 2.2
 # Pigments (RGB): light brown, dark brown, black, blue-grey, red, white scar-like regression.
 LIGHT_BROWN, DARK_BROWN, BLACK, BLUE_GREY, RED, WHITE = (
-    np.array(c, dtype=np.float64) for c in
-    ((170, 115, 75), (105, 60, 35), (40, 28, 25), (105, 115, 140), (170, 70, 70), (215, 200, 195)))
+    np.array(c, dtype=np.float64)
+    for c in ((170, 115, 75), (105, 60, 35), (40, 28, 25), (105, 115, 140), (170, 70, 70), (215, 200, 195))
+)
 
 
 def best_possible_auc(separation: float = SEPARATION) -> float:
@@ -81,7 +82,7 @@ def render_lesion(rng: np.random.Generator, severity: float, size: int) -> tuple
     alpha = np.clip((edge - distance) / softness + 0.5, 0, 1)
     mask = (distance < edge).astype(np.uint8)
 
-    inner = np.exp(-(distance / max(radius, 1e-6)) ** 2)
+    inner = np.exp(-((distance / max(radius, 1e-6)) ** 2))
     pigment = LIGHT_BROWN * (1 - inner[..., None]) + DARK_BROWN * inner[..., None]
     extra_colours = min(4, rng.poisson(0.2 + 3.0 * t))
     palette = [BLACK, BLUE_GREY, RED, WHITE, DARK_BROWN]
@@ -97,8 +98,9 @@ def render_lesion(rng: np.random.Generator, severity: float, size: int) -> tuple
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-def synthetic_lesions(count: int = 1000, size: int = 128, seed: int = 0, malignant_fraction: float = 0.5,
-                      separation: float = SEPARATION) -> Manifest:
+def synthetic_lesions(
+    count: int = 1000, size: int = 128, seed: int = 0, malignant_fraction: float = 0.5, separation: float = SEPARATION
+) -> Manifest:
     """``count`` dermoscopy-like images with lesion masks; labels 0 benign, 1 malignant.
 
     The latent severities are kept as ``manifest.severity`` (the best any model can do).
@@ -116,15 +118,26 @@ def synthetic_lesions(count: int = 1000, size: int = 128, seed: int = 0, maligna
         labels[index] = int(rng.random() < malignant_fraction)
         severity[index] = rng.normal(labels[index] * separation, 1.0)
         images[index], masks[index] = render_lesion(rng, severity[index], size)
-    manifest = Manifest(f"synthetic_lesions(count={count}, size={size}, seed={seed})",
-                        [f"lesion_{i:05d}" for i in range(count)], labels, list(LESION_CLASSES),
-                        images=images, masks=masks)
+    manifest = Manifest(
+        f"synthetic_lesions(count={count}, size={size}, seed={seed})",
+        [f"lesion_{i:05d}" for i in range(count)],
+        labels,
+        list(LESION_CLASSES),
+        images=images,
+        masks=masks,
+    )
     manifest.severity = severity  # type: ignore[attr-defined]
     return manifest
 
 
-def cluttered(source: Manifest, canvas: int = 84, clutter: int = 6, clutter_size: int = 10, count: int | None = None,
-              seed: int = 0) -> Manifest:
+def cluttered(
+    source: Manifest,
+    canvas: int = 84,
+    clutter: int = 6,
+    clutter_size: int = 10,
+    count: int | None = None,
+    seed: int = 0,
+) -> Manifest:
     """Each item of ``source`` (small gray images) placed at random on a ``canvas`` among clutter.
 
     Clutter pieces are random ``clutter_size`` crops of other items. The mask is
@@ -146,14 +159,19 @@ def cluttered(source: Manifest, canvas: int = 84, clutter: int = 6, clutter_size
         for _ in range(clutter):
             other = items[rng.integers(len(source))]
             y, x = rng.integers(0, item - clutter_size + 1, 2)
-            piece = other[y:y + clutter_size, x:x + clutter_size]
+            piece = other[y : y + clutter_size, x : x + clutter_size]
             top, left = rng.integers(0, canvas - clutter_size + 1, 2)
-            region = board[top:top + clutter_size, left:left + clutter_size]
+            region = board[top : top + clutter_size, left : left + clutter_size]
             np.maximum(region, piece, out=region)
         top, left = rng.integers(0, canvas - item + 1, 2)
-        region = board[top:top + item, left:left + item]
+        region = board[top : top + item, left : left + item]
         np.maximum(region, items[order[index]], out=region)
-        masks[index, top:top + item, left:left + item] = 1
-    return Manifest(f"cluttered({source.source}, canvas={canvas}, clutter={clutter}, seed={seed})",
-                    [f"{source.ids[order[i]]}@{i}" for i in range(count)], source.labels[order],
-                    list(source.classes), images=images, masks=masks)
+        masks[index, top : top + item, left : left + item] = 1
+    return Manifest(
+        f"cluttered({source.source}, canvas={canvas}, clutter={clutter}, seed={seed})",
+        [f"{source.ids[order[i]]}@{i}" for i in range(count)],
+        source.labels[order],
+        list(source.classes),
+        images=images,
+        masks=masks,
+    )
