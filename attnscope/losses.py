@@ -1,7 +1,7 @@
 """Losses on logits: focal loss, and attention supervision against lesion masks.
 
 The focal loss (Lin 2017) is written with log-sigmoid / log-softmax only, so it
-stays exact at extreme logits (the seed computed BCE on ``sigmoid(logits)`` and
+stays exact at extreme logits (the AttnVGG melanoma tutorial computed BCE on ``sigmoid(logits)`` and
 lost everything beyond |logit| ~ 17 in float32). With ``gamma=0`` and no
 ``alpha`` it is exactly binary cross-entropy / cross-entropy.
 
@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
+from attnscope.names import SUPERVISION_KINDS
 
 TASKS = ("binary", "multiclass", "multilabel")
 REDUCTIONS = ("mean", "sum", "none")
-SUPERVISION_KINDS = ("dice", "energy")
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -63,6 +63,7 @@ class FocalLoss(nn.Module):
             alpha = torch.tensor(float(alpha))
         if alpha is not None and task == "binary" and alpha.numel() != 1:
             raise ConfigError("binary focal loss takes a scalar alpha (the positive class's weight)")
+        self.alpha: torch.Tensor | None
         self.register_buffer("alpha", None if alpha is None else alpha.float(), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class AttentionMaskLoss(nn.Module):
             return total
         for name, weight in self.weights.items():
             attention = spatial_map(name, maps[name])[has_lesion]
-            target = mask_to(masks[has_lesion], attention.shape[-2:])
+            target = mask_to(masks[has_lesion], (attention.shape[-2], attention.shape[-1]))
             per_image = dice_loss(attention, target) if self.kind == "dice" else energy_outside(attention, target)
             total = total + weight * per_image.mean()
         return total

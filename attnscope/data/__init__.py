@@ -10,6 +10,7 @@ from attnscope.data.manifest import BadRow, BadRowsError, Manifest
 from attnscope.data.module import SOURCES, DataConfig, DataModule, load_source
 
 __all__ = [
+    "SOURCES",
     "AugmentConfig",
     "BadRow",
     "BadRowsError",
@@ -19,7 +20,6 @@ __all__ = [
     "DataModule",
     "DecodedSet",
     "Manifest",
-    "SOURCES",
     "load_images",
     "load_source",
 ]

@@ -5,16 +5,16 @@ transforms run on the whole batch on its device. Rotation, flips, quarter turns
 and the resized crop are all affine, so they are composed into one warp per
 image (kornia's containers warp once per transform: measured 2.5x slower here),
 and images that only flip or turn skip the warp altogether; masks take the same
-maps with nearest-neighbour sampling, so they stay aligned by construction. In evaluation nothing random happens: the output is a
-deterministic function of the input. Normalisation uses ImageNet's statistics or
-the training set's own (computed once and recorded).
+maps with nearest-neighbour sampling, so they stay aligned by construction. In
+evaluation nothing random happens: the output is a deterministic function of the
+input. Normalisation uses ImageNet's statistics or the training set's own
+(computed once and recorded).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import math
+from dataclasses import asdict, dataclass
 
 import kornia.augmentation as K
 import numpy as np
@@ -32,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class AugmentConfig:
     """Which random transforms training uses; each can be turned off.
 
-    Defaults follow the seed recipe: rotation of up to 10 degrees and flips.
+    Defaults follow the AttnVGG melanoma tutorial's recipe: rotation of up to 10 degrees and flips.
     ``rot90`` adds AttnMel's 90-degree rotations; ``crop_scale`` a random resized
     crop over that area range; ``color_jitter`` brightness/contrast (and, for
     RGB, saturation and a quarter of it as hue).
@@ -220,6 +220,8 @@ class BatchTransform(nn.Module):
             self.jitter = K.ColorJitter(strength, strength, colour[0], colour[1], p=config.p)
         std_tensor = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # x_normalised = x_uint8 * scale + shift, one fused pass
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
         self.register_buffer("scale", 1.0 / (255.0 * std_tensor), persistent=False)
         self.register_buffer(
             "shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_tensor, persistent=False

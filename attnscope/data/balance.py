@@ -22,7 +22,8 @@ def _class_index(key: int | str, classes: list[str], option: str) -> int:
 def undersample(
     labels: np.ndarray, rows: np.ndarray, keep: Mapping[int | str, int], classes: list[str], seed: int = 42
 ) -> np.ndarray:
-    """Keep at most ``keep[c]`` rows of each named class (the seed keeps 6,000 benign, random_state 42).
+    """Keep at most ``keep[c]`` rows of each named class (the AttnVGG melanoma tutorial keeps 6,000
+    benign, random_state 42).
 
     The kept rows are a seeded random choice; the order of ``rows`` is otherwise preserved.
     """

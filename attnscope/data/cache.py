@@ -21,8 +21,10 @@ import multiprocessing
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -141,32 +143,22 @@ def build_cache(
     if manifest.has_masks:
         masks_path = temporary / "masks.npy"
         np.lib.format.open_memmap(masks_path, mode="w+", dtype=np.uint8, shape=(count, size, size)).flush()
-    mask_paths = manifest.mask_paths or [None] * count
-    jobs = [(i, manifest.paths[i], mask_paths[i]) for i in range(count)]
-    chunks = [jobs[start : start + CHUNK] for start in range(0, count, CHUNK)]
-    arguments = (str(images_path), str(masks_path) if masks_path else None)
-    failures: list[tuple[int, str]] = []
-    bar = tqdm(total=count, desc=f"decoding {count} images", unit="img", disable=not progress, leave=False)
+    paths: list[str] = manifest.paths or []
+    mask_paths: list[str | None] = list(manifest.mask_paths or [None] * count)
+    jobs = [(i, paths[i], mask_paths[i]) for i in range(count)]
+    decode = partial(
+        _decode_chunk,
+        str(images_path),
+        str(masks_path) if masks_path else None,
+        size=size,
+        mode=mode,
+        pixel_limit=pixel_limit,
+    )
     try:
-        if workers <= 1:
-            for chunk in chunks:
-                failures += _decode_chunk(*arguments, chunk, size, mode, pixel_limit)
-                bar.update(len(chunk))
-        else:
-            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {
-                    pool.submit(_decode_chunk, *arguments, chunk, size, mode, pixel_limit): len(chunk)
-                    for chunk in chunks
-                }
-                for future in as_completed(futures):
-                    failures += future.result()
-                    bar.update(futures[future])
+        failures = _decode_jobs(decode, jobs, workers, progress)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    finally:
-        bar.close()
     meta = {
         "version": CACHE_VERSION,
         "count": count,
@@ -178,6 +170,35 @@ def build_cache(
         "masks_crc": sampled_checksum(masks_path) if masks_path else None,
     }
     (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    _commit_cache(temporary, folder, lambda: _valid(folder, count, size, mode, manifest.has_masks) is not None)
+    return meta
+
+
+def _decode_jobs(
+    decode: Callable[[list], list[tuple[int, str]]], jobs: list, workers: int, progress: bool
+) -> list[tuple[int, str]]:
+    """Run ``decode`` over ``jobs`` in chunks, in this process or a pool of ``workers``; the failures."""
+    chunks = [jobs[start : start + CHUNK] for start in range(0, len(jobs), CHUNK)]
+    failures: list[tuple[int, str]] = []
+    with tqdm(
+        total=len(jobs), desc=f"decoding {len(jobs)} images", unit="img", disable=not progress, leave=False
+    ) as bar:
+        if workers <= 1:
+            for chunk in chunks:
+                failures += decode(chunk)
+                bar.update(len(chunk))
+            return failures
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(decode, chunk): len(chunk) for chunk in chunks}
+            for future in as_completed(futures):
+                failures += future.result()
+                bar.update(futures[future])
+    return failures
+
+
+def _commit_cache(temporary: Path, folder: Path, intact: Callable[[], bool]) -> None:
+    """Sync the built cache and rename it into place (another process's intact cache there is kept)."""
     for path in temporary.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -187,14 +208,15 @@ def build_cache(
         os.replace(temporary, folder)
     except OSError:  # another process put an intact cache there first
         shutil.rmtree(temporary, ignore_errors=True)
-        if _valid(folder, count, size, mode, manifest.has_masks) is None:
+        if not intact():
             raise
-    return meta
 
 
 def _array_images(manifest: Manifest, size: int, mode: str) -> np.ndarray:
     """In-memory images converted to (N, size, size, C) in ``mode``."""
     images = manifest.images
+    if images is None:
+        raise DataError(f"{manifest.source}: a manifest of files has no images in memory")
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[-1] == 3 and mode == "L":

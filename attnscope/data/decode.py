@@ -81,11 +81,11 @@ def decode_image(
                 if shorter > 2 * size:
                     ratio = size / shorter
                     image.draft(target_mode, (math.ceil(image.size[0] * ratio), math.ceil(image.size[1] * ratio)))
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            image = _to_mode(image, target_mode)
+            oriented = ImageOps.exif_transpose(image)
+            oriented.load()
+            converted = _to_mode(oriented, target_mode)
             resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-            array = np.asarray(resize_and_crop(image, size, resample), dtype=np.uint8)
+            array = np.asarray(resize_and_crop(converted, size, resample), dtype=np.uint8)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -120,6 +120,14 @@ class BatchLoader:
         """This process's rows of the current epoch, in order."""
         return self.sampler.order()
 
+    def subset(self, rows: np.ndarray) -> BatchLoader:
+        """A loader over ``rows`` of the same decoded set, in one batch, unshuffled."""
+        return BatchLoader(self.decoded, np.asarray(rows), max(1, len(rows)), device=self.device)
+
+    def head(self, count: int) -> BatchLoader:
+        """The first ``count`` rows of this loader's order, in one batch."""
+        return self.subset(self.order()[:count])
+
     def _gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """One batch, its rows in cache order: one sorted read, one copy.
 
@@ -165,7 +173,7 @@ class BatchLoader:
                         return
                     buffer.put(self._gather(rows))
                 buffer.put(None)
-            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            except BaseException as error:
                 buffer.put(error)
 
         worker = threading.Thread(target=produce, daemon=True)

@@ -23,7 +23,6 @@ import numpy as np
 from attnscope.errors import DataError
 from attnscope.fileio import atomic_write
 
-SPLITS = ("train", "val", "test")
 MAX_LISTED_BAD_ROWS = 50
 
 
@@ -73,8 +72,8 @@ class Manifest:
     images: np.ndarray | None = None
     mask_paths: list[str | None] | None = None
     masks: np.ndarray | None = None
-    groups: list[str] | None = None
-    splits: list[str] | None = None
+    groups: list[str | None] | None = None
+    splits: list[str | None] | None = None
     rows: list[int] | None = None
     rejected: list[BadRow] = field(default_factory=list)
 
@@ -154,13 +153,14 @@ class Manifest:
             for path in self.paths:
                 stat = os.stat(path)
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        else:
+        elif self.images is not None:
             digest.update(str(self.images.shape).encode())
             digest.update(np.ascontiguousarray(self.images).data)
         if self.mask_paths is not None:
-            for path in self.mask_paths:
-                stat = os.stat(path) if path else None
-                digest.update(f"{path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+            for mask_path in self.mask_paths:
+                mask_stat = os.stat(mask_path) if mask_path else None
+                size, mtime = (mask_stat.st_size, mask_stat.st_mtime_ns) if mask_stat else (None, None)
+                digest.update(f"{mask_path}\0{size}\0{mtime}\n".encode())
         elif self.masks is not None:
             digest.update(np.ascontiguousarray(self.masks).data)
         return digest.hexdigest()
@@ -168,7 +168,7 @@ class Manifest:
     def label_text(self, index: int) -> str:
         """The label of entry ``index`` as the class names (joined by '|' when multi-label)."""
         if self.multilabel:
-            return "|".join(c for c, on in zip(self.classes, self.labels[index]) if on)
+            return "|".join(c for c, on in zip(self.classes, self.labels[index], strict=True) if on)
         return self.classes[int(self.labels[index])]
 
     def write_csv(self, path: str | Path) -> Path:

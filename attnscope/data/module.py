@@ -15,7 +15,8 @@ import inspect
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from attnscope.data.decode import DEFAULT_PIXEL_LIMIT
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
+from attnscope.data.sources.files import CsvLayout
 from attnscope.data.splits import assign_splits, check_splits
 from attnscope.errors import ConfigError
 from attnscope.fileio import atomic_write
@@ -48,7 +50,7 @@ def cluttered_idx(
     return cluttered(from_idx(directory, split), canvas, clutter, clutter_size, count, seed)
 
 
-SOURCES = {
+SOURCES: dict[str, Callable[..., Manifest]] = {
     "csv": from_csv,
     "folder": from_folder,
     "medmnist": from_medmnist,
@@ -58,12 +60,24 @@ SOURCES = {
 }
 
 
+# sources whose keyword options are the fields of a dataclass
+SOURCE_LAYOUTS = {"csv": CsvLayout}
+
+
+def source_options(name: str) -> list[str]:
+    """The options source ``name`` takes: its parameters, and its layout's fields."""
+    parameters = inspect.signature(SOURCES[name]).parameters.values()
+    names = [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    layout = SOURCE_LAYOUTS.get(name)
+    return names + ([f.name for f in fields(layout)] if layout is not None else [])
+
+
 def load_source(name: str, **options: Any) -> Manifest:
     """The manifest of source ``name``; unknown names and options are refused with the valid ones."""
     function = SOURCES.get(name)
     if function is None:
         raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
-    accepted = list(inspect.signature(function).parameters)
+    accepted = source_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"data source {name!r} has no option(s) {unknown}; its options are: {', '.join(accepted)}")
@@ -189,11 +203,16 @@ class DataModule:
         self.decoded, self.splits, self.train_rows = decoded, splits, train_rows
         return self
 
+    def split_names(self) -> list[str]:
+        """The split ('train', 'val' or 'test') of every manifest row, in order."""
+        self._require()
+        return [str(s) for s in (self.splits if self.splits is not None else [])]
+
     def rows(self, split: str) -> np.ndarray:
         """Manifest rows of ``split`` (for 'train': after balancing, repeats included)."""
         self._require()
         if split == "train":
-            return self.train_rows
+            return self.train_rows if self.train_rows is not None else np.empty(0, dtype=np.int64)
         return np.flatnonzero(self.splits == split)
 
     def loader(
@@ -251,7 +270,7 @@ class DataModule:
             per_class = (
                 labels.sum(axis=0) if manifest.multilabel else np.bincount(labels, minlength=manifest.num_classes)
             )
-            counts[split] = {"rows": int(len(rows)), "per_class": [int(c) for c in per_class]}
+            counts[split] = {"rows": len(rows), "per_class": [int(c) for c in per_class]}
         return {
             "source": manifest.source,
             "classes": manifest.classes,
@@ -269,7 +288,7 @@ class DataModule:
         """Write ``split.csv``, ``data.json`` and, when rows were left out, ``bad_rows.csv``."""
         run_dir = Path(run_dir)
         manifest = self.manifest
-        with_splits = replace(manifest, splits=[str(s) for s in self.splits])
+        with_splits = replace(manifest, splits=list[str | None](self.split_names()))
         written = {
             "split": with_splits.write_csv(run_dir / "split.csv"),
             "data": atomic_write(run_dir / "data.json", json.dumps(self.summary(), indent=2, default=str)),

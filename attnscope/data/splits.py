@@ -11,8 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from attnscope.data.manifest import SPLITS, Manifest
+from attnscope.data.manifest import Manifest
 from attnscope.errors import ConfigError, DataError
+from attnscope.names import SPLITS
 
 
 def _stratum(manifest: Manifest, rows: list[int]) -> int:
@@ -32,7 +33,7 @@ def assign_splits(
             raise ConfigError(f"{option}={value} must lie in [0, 1)")
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training rows")
-    given = [s or None for s in (manifest.splits or [None] * len(manifest))]
+    given: list[str | None] = [s or None for s in (manifest.splits or [None] * len(manifest))]
     present = {s for s in given if s}
     fractions = {"val": 0.0 if "val" in present else val_fraction, "test": 0.0 if "test" in present else test_fraction}
 
@@ -43,7 +44,7 @@ def assign_splits(
     splits = np.empty(len(manifest), dtype=object)
     free_units = []
     for name, members in units.items():
-        fixed = {given[i] for i in members if given[i]}
+        fixed = {str(given[i]) for i in members if given[i]}
         if len(fixed) > 1:
             raise DataError(
                 f"{manifest.source}: group {name!r} is in splits {sorted(fixed)}; a patient must stay in one split"
@@ -64,7 +65,7 @@ def assign_splits(
         cumulative = np.cumsum(sizes) / sizes.sum()
         test_end = fractions["test"]
         val_end = test_end + fractions["val"]
-        for name, position in zip(names, cumulative - sizes / sizes.sum() / 2):  # each unit's midpoint
+        for name, position in zip(names, cumulative - sizes / sizes.sum() / 2, strict=True):  # each unit's midpoint
             splits[units[name]] = "test" if position < test_end else "val" if position < val_end else "train"
     return splits.astype(str)
 
@@ -98,6 +99,7 @@ def check_splits(manifest: Manifest, splits: np.ndarray, required: tuple[str, ..
 def groups_per_split(manifest: Manifest, splits: np.ndarray) -> dict[str, set[str]]:
     """The groups each split holds (for checks and reports)."""
     found: dict[str, set[str]] = defaultdict(set)
-    for group, split in zip(manifest.groups or [], splits):
-        found[split].add(group)
+    for group, split in zip(manifest.groups or [], splits, strict=False):
+        if group is not None:
+            found[split].add(group)
     return dict(found)

@@ -13,8 +13,8 @@ from attnscope.layers.se import SqueezeExcite
 from attnscope.layers.tap import AttentionTap, capture_attention, find_taps
 
 __all__ = [
-    "AttentionTap",
     "CBAM",
+    "AttentionTap",
     "ChannelGate",
     "GlobalSelfAttention",
     "GridAttention",
@@ -27,7 +27,7 @@ __all__ = [
     "describe_attn",
     "find_taps",
     "list_attn",
-    "neighbourhood_attention",
     "make_divisible",
+    "neighbourhood_attention",
     "position_encoding_2d",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 import torch
 from torch import nn
@@ -11,7 +10,7 @@ from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
 
-LayerSpec = Union[str, type[nn.Module], nn.Module, Callable[[torch.Tensor], torch.Tensor], None]
+LayerSpec = str | type[nn.Module] | nn.Module | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -85,7 +84,7 @@ def make_activation(spec: LayerSpec, option: str) -> nn.Module:
         return spec
     if isinstance(spec, type) and issubclass(spec, nn.Module):
         return spec()
-    if callable(spec):
+    if callable(spec) and not isinstance(spec, type):
         return _Function(spec)
     raise ConfigError(
         f"{option} must be an activation name, an nn.Module class or instance, or a function; got {spec!r}"

@@ -5,7 +5,14 @@ Importing this package registers every model.
 
 from attnscope.models import agcnn, resnet, vgg  # noqa: F401  (importing registers the models)
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import create_model, list_models, model_entry, model_summary, register_model
+from attnscope.models.registry import (
+    create_model,
+    list_models,
+    model_entry,
+    model_summary,
+    register_class,
+    register_model,
+)
 from attnscope.models.weights import LoadReport, load_pretrained, read_state_dict
 
 __all__ = [
@@ -18,5 +25,6 @@ __all__ = [
     "model_entry",
     "model_summary",
     "read_state_dict",
+    "register_class",
     "register_model",
 ]

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import create_model, register_model
+from attnscope.models.registry import create_model, register_class
 
 Stage = Literal["global", "local", "fusion"]
 STAGES = ("global", "local", "fusion")
@@ -93,7 +93,7 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Crop each image to its box and resize the crop (bilinear) back to the image size."""
     size = images.shape[-2:]
     crops = []
-    for image, (top, left, bottom, right) in zip(images, boxes.tolist()):
+    for image, (top, left, bottom, right) in zip(images, boxes.tolist(), strict=True):
         crop = image[None, :, top:bottom, left:right]
         crops.append(
             crop if crop.shape[-2:] == size else F.interpolate(crop, size=size, mode="bilinear", align_corners=False)
@@ -160,7 +160,7 @@ class AGCNN(AttnClassifier):
         """Both branches' embeddings, the global feature map, the boxes and the crops."""
         global_embedding, global_map = self.global_branch.forward_embedding(x)
         with torch.no_grad():
-            boxes = region_boxes(heat_map(global_map.float()), self.tau, x.shape[-2:])
+            boxes = region_boxes(heat_map(global_map.float()), self.tau, (x.shape[-2], x.shape[-1]))
         crops = crop_and_resize(x, boxes)
         local_embedding, _ = self.local_branch.forward_embedding(crops)
         return {
@@ -198,18 +198,7 @@ AGCNN_PAPER = "Guan et al. 2018, Diagnose like a Radiologist (AG-CNN)"
 
 
 def _register(name: str, default_backbone: str) -> None:
-    def build(
-        num_classes: int,
-        in_chans: int,
-        backbone: str = default_backbone,
-        tau: float = 0.7,
-        stage: Stage = "fusion",
-        backbone_options: dict | None = None,
-    ) -> AGCNN:
-        return AGCNN(backbone, num_classes, in_chans, tau, stage, backbone_options)
-
-    build.__name__ = build.__qualname__ = name
-    register_model(ModelConfig(name, AGCNN_PAPER))(build)
+    register_class(ModelConfig(name, AGCNN_PAPER), AGCNN, defaults={"backbone": default_backbone})
 
 
 _register("agcnn_resnet50", "resnet50")

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,15 +22,42 @@ B = TypeVar("B", bound=Builder)
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder and its config."""
+    """A registered model: its builder, its config, and where its options are read from.
+
+    ``options_of`` is the model class for models registered with :func:`register_class`
+    (its constructor's keyword options, up through the classes it passes ``**options``
+    to, are the model's); for a plain builder function it is the builder itself.
+    """
 
     builder: Builder
     config: ModelConfig
+    options_of: Callable[..., object] | None = None
+    fixed: tuple[str, ...] = ()
 
     def options(self) -> list[str]:
-        """Keyword options the builder takes beyond num_classes and in_chans."""
-        parameters = inspect.signature(self.builder).parameters.values()
-        return [p.name for p in parameters if p.name not in ("num_classes", "in_chans") and p.kind != p.VAR_KEYWORD]
+        """Keyword options the model takes beyond num_classes and in_chans."""
+        source = self.options_of or self.builder
+        skipped = {"num_classes", "in_chans", *self.fixed}
+        return [name for name in signature_options(source) if name not in skipped]
+
+
+def signature_options(source: Callable[..., object]) -> list[str]:
+    """Named parameters of a function, or of a class's constructor followed up the classes that
+    a ``**options`` parameter forwards to (a subclass passing its options to its base)."""
+    if not isinstance(source, type):
+        parameters = inspect.signature(source).parameters.values()
+        return [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    names: list[str] = []
+    for cls in source.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        init_parameters = list(inspect.signature(vars(cls)["__init__"]).parameters.values())[1:]
+        names += [
+            p.name for p in init_parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names
+        ]
+        if not any(p.kind == p.VAR_KEYWORD for p in init_parameters):
+            break
+    return names
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -40,12 +67,36 @@ def register_model(config: ModelConfig) -> Callable[[B], B]:
     """Register a builder ``(num_classes, in_chans, **options) -> model`` under ``config.name``."""
 
     def register(builder: B) -> B:
-        if config.name in _MODELS:
-            raise ConfigError(f"a model named {config.name!r} is already registered")
-        _MODELS[config.name] = ModelEntry(builder, config)
+        _add(ModelEntry(builder, config))
         return builder
 
     return register
+
+
+def register_class(
+    config: ModelConfig,
+    model_class: type[AttnClassifier],
+    fixed: dict[str, object] | None = None,
+    defaults: dict[str, object] | None = None,
+) -> None:
+    """Register ``model_class`` under ``config.name``: its constructor's options are the model's.
+
+    ``fixed`` arguments (an architecture's layout) are not options; ``defaults`` are this
+    variant's own defaults (a tiny width, the attention a named variant carries).
+    """
+    fixed, defaults = dict(fixed or {}), dict(defaults or {})
+
+    def build(num_classes: int, in_chans: int, **options: object) -> AttnClassifier:
+        return model_class(**fixed, num_classes=num_classes, in_chans=in_chans, **{**defaults, **options})
+
+    build.__name__ = build.__qualname__ = config.name
+    _add(ModelEntry(build, config, model_class, tuple(fixed)))
+
+
+def _add(entry: ModelEntry) -> None:
+    if entry.config.name in _MODELS:
+        raise ConfigError(f"a model named {entry.config.name!r} is already registered")
+    _MODELS[entry.config.name] = entry
 
 
 def list_models() -> list[str]:
@@ -91,7 +142,7 @@ def create_model(
     return model
 
 
-def model_summary(name: str, num_classes: int = 1000) -> dict[str, object]:
+def model_summary(name: str, num_classes: int = 1000) -> dict[str, Any]:
     """Name, paper, parameter count, input size, attention taps and weight source of a model.
 
     The model is built on the meta device: the count is exact and nothing is allocated.

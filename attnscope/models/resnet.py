@@ -16,6 +16,7 @@ torchvision ResNet state dict loads into the backbone as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from attnscope.layers.grid import GridAttention, Normalize
 from attnscope.layers.local_attention import LocalSelfAttention
 from attnscope.layers.registry import create_attn
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import register_model
+from attnscope.models.registry import register_class
 
 BLOCK_ATTENTION = ("se", "cbam")
 LOCAL = "local"
@@ -162,6 +163,7 @@ class ResNet(AttnClassifier):
             )
         options = BlockOptions(attn, attn_kwargs, local_kernel, local_heads)
         self.inplanes = width
+        self.maxpool: nn.Module
         if stem == "small":
             self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -243,7 +245,7 @@ class AttnResNet(ResNet):
         in_chans: int,
         normalize: Normalize = "softmax",
         attn_channels: int | None = None,
-        **options: object,
+        **options: Any,
     ) -> None:
         super().__init__(block, layers, num_classes, in_chans, **options)
         channels2, channels3, channels4 = self.stage_channels[1:]
@@ -277,9 +279,12 @@ PAPERS = {
 
 
 def _register(name: str, architecture: str, attn: str | None = None, grid: bool = False) -> None:
-    """Register one ResNet variant: a backbone, an attention kind, a config."""
+    """Register one ResNet variant: a backbone, an attention kind, a config.
+
+    Every variant takes every option of its class (:class:`ResNet`, and for grid
+    attention :class:`AttnResNet` on top), so no variant lacks one its family has.
+    """
     block, layers = ARCHITECTURES[architecture]
-    width = TINY_WIDTH if architecture == "resnet_tiny" else 64
     config = ModelConfig(
         name,
         PAPERS["grid" if grid else attn],
@@ -291,73 +296,10 @@ def _register(name: str, architecture: str, attn: str | None = None, grid: bool 
         # the 1x1 convs and the norms, so no published file is offered (a path still loads).
         url="" if attn == LOCAL else RESNET_URLS.get(architecture, ""),
     )
-    fixed_attn = attn
-
-    if grid:
-
-        def build(
-            num_classes: int,
-            in_chans: int,
-            normalize: Normalize = "softmax",
-            attn_channels: int | None = None,
-            attn: str | None = None,
-            attn_kwargs: dict | None = None,
-            global_attn: bool | Sequence[int] = False,
-            dropout: float = 0.0,
-            zero_init_residual: bool = False,
-            stem: str = "imagenet",
-            width: int = width,
-        ) -> ResNet:
-            return AttnResNet(
-                block,
-                layers,
-                num_classes,
-                in_chans,
-                normalize=normalize,
-                attn_channels=attn_channels,
-                width=width,
-                attn=attn,
-                attn_kwargs=attn_kwargs,
-                global_attn=global_attn,
-                dropout=dropout,
-                zero_init_residual=zero_init_residual,
-                stem=stem,
-            )
-    else:
-
-        def build(
-            num_classes: int,
-            in_chans: int,
-            attn: str | None = fixed_attn,
-            attn_kwargs: dict | None = None,
-            global_attn: bool | Sequence[int] = False,
-            global_heads: int = 8,
-            local_kernel: int = 7,
-            local_heads: int = 8,
-            dropout: float = 0.0,
-            zero_init_residual: bool = False,
-            stem: str = "imagenet",
-            width: int = width,
-        ) -> ResNet:
-            return ResNet(
-                block,
-                layers,
-                num_classes,
-                in_chans,
-                width=width,
-                attn=attn,
-                attn_kwargs=attn_kwargs,
-                global_attn=global_attn,
-                global_heads=global_heads,
-                local_kernel=local_kernel,
-                local_heads=local_heads,
-                dropout=dropout,
-                zero_init_residual=zero_init_residual,
-                stem=stem,
-            )
-
-    build.__name__ = build.__qualname__ = name
-    register_model(config)(build)
+    defaults: dict[str, object] = {"attn": attn} if attn else {}
+    if architecture == "resnet_tiny":
+        defaults["width"] = TINY_WIDTH
+    register_class(config, AttnResNet if grid else ResNet, fixed={"block": block, "layers": layers}, defaults=defaults)
 
 
 for _depth in ("resnet18", "resnet34", "resnet50"):

@@ -16,7 +16,7 @@ from torch import nn
 from attnscope.errors import ConfigError
 from attnscope.layers.grid import GridAttention, Normalize
 from attnscope.models.base import AttnClassifier, ModelConfig
-from attnscope.models.registry import register_model
+from attnscope.models.registry import register_class
 
 Layout = Sequence[int | str]
 VGG16_LAYOUT: Layout = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -160,24 +160,7 @@ def _register(
         cam_target_layer=last_relu(layout),
         url=url,
     )
-    if attention:
-
-        def build(
-            num_classes: int,
-            in_chans: int,
-            normalize: Normalize = "softmax",
-            dropout: float = 0.0,
-            attention: bool = True,
-            attn_channels: int | None = None,
-        ) -> AttnClassifier:
-            return AttnVGG(layout, num_classes, in_chans, normalize, dropout, attention, attn_channels)
-    else:
-
-        def build(num_classes: int, in_chans: int, dropout: float = 0.0) -> AttnClassifier:
-            return VGG(layout, num_classes, in_chans, dropout)
-
-    build.__name__ = build.__qualname__ = name
-    register_model(config)(build)
+    register_class(config, AttnVGG if attention else VGG, fixed={"layout": layout})
 
 
 _register("vgg16_bn", VGG16_LAYOUT, VGG_PAPER, attention=False, url=VGG16_BN_URL)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from attnscope.errors import CheckpointError
 from attnscope.layers.tap import find_taps
+from attnscope.models.base import AttnClassifier
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any reader failure is the file's problem
+    except Exception as error:
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only state dict ({type(error).__name__}: {error}); "
             "save it with torch.save(model.state_dict(), path) or safetensors"
@@ -124,7 +124,7 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
-def fresh_prefixes(model: nn.Module) -> list[str]:
+def fresh_prefixes(model: AttnClassifier) -> list[str]:
     """Model-key prefixes that may keep their initialisation: classifiers and attention modules."""
     config = model.default_cfg
     prefixes = [owner + "." for owner in find_taps(model) if owner != "tap"]
@@ -132,7 +132,7 @@ def fresh_prefixes(model: nn.Module) -> list[str]:
     return prefixes
 
 
-def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+def apply_state_dict(model: AttnClassifier, state: dict[str, torch.Tensor], source: str) -> LoadReport:
     """Copy ``state`` into ``model`` by the rules of this module; raise naming every misfit."""
     config = model.default_cfg
     target = model.state_dict()
@@ -174,7 +174,7 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     return report
 
 
-def load_pretrained(model: nn.Module, pretrained: bool | str | Path) -> LoadReport:
+def load_pretrained(model: AttnClassifier, pretrained: bool | str | Path) -> LoadReport:
     """Load published weights (``True``) or a local file (a path) into ``model``."""
     config = model.default_cfg
     if pretrained is True:
@@ -183,4 +183,6 @@ def load_pretrained(model: nn.Module, pretrained: bool | str | Path) -> LoadRepo
                 f"{config.name} has no published weights; pass pretrained='/path/to/state_dict.pth' instead"
             )
         return apply_state_dict(model, fetch_published(config.url, config.name), config.url)
+    if pretrained is False:
+        raise CheckpointError(f"{config.name}: pretrained=False asks for no weights; nothing to load")
     return apply_state_dict(model, read_state_dict(pretrained), str(pretrained))

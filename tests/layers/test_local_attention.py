@@ -31,7 +31,7 @@ def reference(layer: LocalSelfAttention, x: torch.Tensor) -> tuple[torch.Tensor,
                                 places.append((yy, xx))
                     weights = torch.softmax(torch.stack(logits), dim=0)
                     pixels.append(weights @ torch.stack(values))
-                    for weight, (yy, xx) in zip(weights.detach(), places):
+                    for weight, (yy, xx) in zip(weights.detach(), places, strict=True):
                         received[b, h, yy, xx] += weight / (height * width)
     output = torch.stack(pixels).reshape(batch, heads, height, width, dim).permute(0, 1, 4, 2, 3)
     return output.reshape(batch, heads * dim, height, width), received
@@ -50,7 +50,7 @@ def test_equals_the_per_pixel_definition_forward_and_backward(kernel_size, size)
     expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, *layer.parameters()])
 
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(maps["tap"], expected_received, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(maps["tap"].sum(dim=(2, 3)), torch.ones(2, 2))

@@ -79,3 +79,58 @@ def test_grayscale_configs_average_the_rgb_statistics():
     config = create_model("resnet_tiny", in_chans=1).default_cfg
     assert config.mean == pytest.approx((sum((0.485, 0.456, 0.406)) / 3,))
     assert config.input_size == (1, 64, 64)
+
+
+# Every option of each family, written out from the classes' documented signatures: every variant of
+# a family takes all of them (the grid-attention ResNets once lacked global_heads and the local ones).
+RESNET_OPTIONS = {
+    "width",
+    "attn",
+    "attn_kwargs",
+    "global_attn",
+    "global_heads",
+    "local_kernel",
+    "local_heads",
+    "dropout",
+    "zero_init_residual",
+    "stem",
+}
+FAMILY_OPTIONS = {
+    "resnet": RESNET_OPTIONS,
+    "attn_resnet": RESNET_OPTIONS | {"normalize", "attn_channels"},
+    "vgg": {"dropout"},
+    "attn_vgg": {"normalize", "dropout", "attention", "attn_channels"},
+    "agcnn": {"backbone", "tau", "stage", "backbone_options"},
+}
+
+
+def family(name: str) -> str:
+    if name.startswith("agcnn"):
+        return "agcnn"
+    if name.startswith("attn_resnet"):
+        return "attn_resnet"
+    if name.startswith("attn_vgg"):
+        return "attn_vgg"
+    return "vgg" if name.startswith("vgg") else "resnet"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_variant_takes_every_option_of_its_family(name):
+    from attnscope.models import model_entry
+
+    assert set(model_entry(name).options()) == FAMILY_OPTIONS[family(name)]
+
+
+def test_options_a_variant_once_lacked_now_build_and_take_effect():
+    model = create_model(
+        "attn_resnet_tiny", attn="local", local_kernel=3, local_heads=2, global_attn=[4], global_heads=2, stem="small"
+    )
+    conv = model.layer1[0].conv1
+    assert type(conv).__name__ == "LocalSelfAttention" and conv.kernel_size == 3 and conv.heads == 2
+    assert model.global_attn["layer4"].heads == 2
+    assert create_model("resnet_tiny").layer1[0].conv1.out_channels == 16  # the tiny variant's own width
+    assert create_model("resnet_tiny", width=8).layer1[0].conv1.out_channels == 8
+    assert type(create_model("se_resnet18").layer1[0].attn).__name__ == "SqueezeExcite"
+    refused = r"model 'vgg_tiny' has no option\(s\) \['attention'\]; its options are: dropout"
+    with pytest.raises(ConfigError, match=refused):
+        create_model("vgg_tiny", attention=False)

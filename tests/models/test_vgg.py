@@ -30,7 +30,7 @@ def test_logits_are_the_classifier_over_the_hand_concatenated_vectors(name, norm
         logits = model(x)
         _, _, pool3, pool4, pool5 = model.pooled_maps(x)
     pooled = (
-        (lambda a, l: (a * l).sum(dim=(2, 3))) if normalize == "softmax" else (lambda a, l: (a * l).mean(dim=(2, 3)))
+        (lambda a, x: (a * x).sum(dim=(2, 3))) if normalize == "softmax" else (lambda a, x: (a * x).mean(dim=(2, 3)))
     )
     vector = torch.cat([pool5.mean(dim=(2, 3)), pooled(maps["pool3"], pool3), pooled(maps["pool4"], pool4)], dim=1)
     torch.testing.assert_close(logits, model.classifier(vector))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attnscope.data.manifest import SPLITS, Manifest
+from attnscope.data.manifest import Manifest
 from attnscope.errors import DataError
+from attnscope.names import SPLITS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -24,7 +25,7 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 IDX_PREFIXES = {"train": "train", "test": "t10k"}
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES: dict[int, type | str] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -103,7 +104,7 @@ def from_idx(directory: str | Path | None = None, split: str = "train", classes:
         label_array,
         list(names),
         images=np.concatenate(images),
-        splits=splits if split == "all" else None,
+        splits=list[str | None](splits) if split == "all" else None,
     )
 
 
@@ -134,12 +135,12 @@ def from_medmnist(path: str | Path, split: str = "train", classes: list[str] | N
     label_array = label_array.astype(np.float32) if multilabel else label_array.reshape(-1).astype(np.int64)
     count = label_array.shape[1] if multilabel else int(label_array.max()) + 1
     names = classes or [str(i) for i in range(count)]
-    splits = [p for p, part in zip(parts, images) for _ in range(len(part))]
+    splits = [p for p, part in zip(parts, images, strict=True) for _ in range(len(part))]
     return Manifest(
         f"{path} ({split})",
         [f"{s}#{i}" for i, s in enumerate(splits)],
         label_array,
         names,
         images=np.concatenate(images).astype(np.uint8),
-        splits=splits if split == "all" else None,
+        splits=list[str | None](splits) if split == "all" else None,
     )

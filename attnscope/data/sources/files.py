@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from attnscope.data.manifest import SPLITS, BadRow, Manifest
-from attnscope.errors import DataError
+from attnscope.data.manifest import BadRow, Manifest
+from attnscope.errors import ConfigError, DataError
+from attnscope.names import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -66,131 +69,204 @@ def _parse_flags(row: dict[str, str], columns: Sequence[str]) -> tuple[list[floa
     return flags, None
 
 
-def from_csv(
-    csv_path: str | Path,
-    image_root: str | Path | None = None,
-    *,
-    id_column: str = "image_id",
-    label_column: str | Sequence[str] = "target",
-    mask_column: str | None = None,
-    mask_root: str | Path | None = None,
-    group_column: str | None = None,
-    split_column: str | None = None,
-    classes: Sequence[str] | None = None,
-    multilabel_separator: str | None = None,
-    none_label: str | None = None,
-    extensions: Sequence[str] = IMAGE_EXTENSIONS,
-) -> Manifest:
+@dataclass(frozen=True)
+class CsvLayout:
+    """Which columns of a CSV hold what, and how its labels are written.
+
+    Labels: one column of class indices (or of class names when ``classes`` is
+    given); several 0/1 columns for multi-label (a list for ``label_column``); or
+    one column of names joined by ``multilabel_separator`` (``none_label``, e.g.
+    "No Finding", means none). An id without an extension finds its file by
+    trying ``extensions``; masks are found under ``mask_root`` (default: the images').
+    """
+
+    id_column: str = "image_id"
+    label_column: str | Sequence[str] = "target"
+    mask_column: str | None = None
+    mask_root: str | Path | None = None
+    group_column: str | None = None
+    split_column: str | None = None
+    classes: Sequence[str] | None = None
+    multilabel_separator: str | None = None
+    none_label: str | None = None
+    extensions: Sequence[str] = IMAGE_EXTENSIONS
+
+    @classmethod
+    def from_options(cls, options: dict) -> CsvLayout:
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"data source 'csv' has no option(s) {unknown}; its options are: csv_path, "
+                f"image_root, {', '.join(known)}"
+            )
+        return cls(**options)
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
+
+    @property
+    def multilabel(self) -> bool:
+        return len(self.label_columns) > 1 or self.multilabel_separator is not None
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions)
+
+    def wanted_columns(self) -> dict[str, str]:
+        """Option name -> column name, for every column this layout reads."""
+        wanted = {
+            "id_column": self.id_column,
+            "mask_column": self.mask_column,
+            "group_column": self.group_column,
+            "split_column": self.split_column,
+        }
+        columns = self.label_columns
+        wanted |= {f"label_column[{i}]" if len(columns) > 1 else "label_column": c for i, c in enumerate(columns)}
+        return {option: column for option, column in wanted.items() if column is not None}
+
+
+@dataclass
+class _CsvRows:
+    """The accepted rows of a CSV, column by column, and the rejected ones."""
+
+    ids: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    mask_paths: list[str | None] = field(default_factory=list)
+    groups: list[str | None] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    rejected: list[BadRow] = field(default_factory=list)
+    tokens_seen: set[str] = field(default_factory=set)
+
+
+def from_csv(csv_path: str | Path, image_root: str | Path | None = None, **options: Any) -> Manifest:
     """A manifest from a headered CSV (the Kaggle/ISIC layout: ``image_id,target``).
 
-    ``image_root`` defaults to the CSV's folder; an id without an extension finds
-    its file by trying ``extensions``. Labels: one column of class indices (or of
-    class names when ``classes`` is given); several 0/1 columns for multi-label
-    (a list for ``label_column``); or one column of names joined by
-    ``multilabel_separator`` (``none_label``, e.g. "No Finding", means none).
+    ``image_root`` defaults to the CSV's folder; ``options`` are the fields of
+    :class:`CsvLayout` (which column holds what), each refused by name if unknown.
     """
+    layout = CsvLayout.from_options(options)
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such CSV file")
     root = Path(image_root) if image_root is not None else csv_path.parent
     if not root.is_dir():
         raise DataError(f"image root {root} is not a folder; pass image_root= (--image-root) pointing at the images")
-    masks_root = Path(mask_root) if mask_root is not None else root
-    label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
-    multilabel = len(label_columns) > 1 or multilabel_separator is not None
-    class_names = list(classes) if classes is not None else (label_columns if len(label_columns) > 1 else None)
-    extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    masks_root = Path(layout.mask_root) if layout.mask_root is not None else root
+    class_names = (
+        list(layout.classes)
+        if layout.classes is not None
+        else (layout.label_columns if len(layout.label_columns) > 1 else None)
+    )
+    parsed = _CsvRows()
+    seen: dict[str, int] = {}
+    for line, row in _read_csv(csv_path, layout):
+        image_id = (row[layout.id_column] or "").strip()
+        path, label, mask_path, problem = _parse_row(
+            row, image_id, line, seen, root, masks_root, layout, class_names, parsed.tokens_seen
+        )
+        split = (row[layout.split_column] or "").strip().lower() if layout.split_column else None
+        if problem is None and layout.split_column and split not in SPLITS:
+            problem = f"split {row[layout.split_column]!r} is not one of {list(SPLITS)}"
+        if problem is not None:
+            parsed.rejected.append(BadRow(str(csv_path), line, image_id or "?", problem))
+            continue
+        parsed.ids.append(image_id)
+        parsed.paths.append(str(path))
+        parsed.labels.append(label)
+        parsed.mask_paths.append(str(mask_path) if mask_path else None)
+        parsed.groups.append((row[layout.group_column] or "").strip() if layout.group_column else None)
+        parsed.splits.append(split)
+        parsed.rows.append(line)
+    return _csv_manifest(str(csv_path), parsed, layout, class_names)
 
+
+def _read_csv(csv_path: Path, layout: CsvLayout) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of every data row, after checking the header has the layout's columns."""
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise DataError(f"{csv_path}: empty file, expected a header row such as 'image_id,target'")
-        wanted = {
-            "id_column": id_column,
-            "mask_column": mask_column,
-            "group_column": group_column,
-            "split_column": split_column,
-        }
-        wanted |= {
-            f"label_column[{i}]" if len(label_columns) > 1 else "label_column": c for i, c in enumerate(label_columns)
-        }
         missing = [
             f"{option}={column!r}"
-            for option, column in wanted.items()
-            if column is not None and column not in reader.fieldnames
+            for option, column in layout.wanted_columns().items()
+            if column not in reader.fieldnames
         ]
         if missing:
             raise DataError(f"{csv_path}: no column for {', '.join(missing)}; the columns are {reader.fieldnames}")
-        records = [(reader.line_num, row) for row in reader]
+        return [(reader.line_num, row) for row in reader]
 
-    source = str(csv_path)
-    ids, paths, labels, mask_paths, groups, splits, rows, rejected = [], [], [], [], [], [], [], []
-    seen: dict[str, int] = {}
-    tokens_seen: set[str] = set()
-    for line, row in records:
-        image_id = (row[id_column] or "").strip()
-        problem = None
-        if not image_id:
-            problem = f"empty {id_column!r}"
-        elif image_id in seen:
-            problem = f"duplicate id, first seen on row {seen[image_id]}"
-        if problem is None:
-            seen[image_id] = line
-            path, problem = resolve_image(root, image_id, extensions)
-        label = None
-        if problem is None:
-            if multilabel_separator is not None:
-                tokens = [t.strip() for t in row[label_columns[0]].split(multilabel_separator) if t.strip()]
-                tokens = [t for t in tokens if t != none_label]
-                unknown = [t for t in tokens if class_names is not None and t not in class_names]
-                if unknown:
-                    problem = f"unknown label(s) {unknown}; known classes: {class_names}"
-                label = tokens
-                tokens_seen.update(tokens)
-            elif multilabel:
-                label, problem = _parse_flags(row, label_columns)
-            else:
-                label, problem = _parse_label(row[label_columns[0]], class_names)
-        mask_path = None
-        if problem is None and mask_column is not None:
-            mask_path, problem = resolve_image(masks_root, (row[mask_column] or "").strip(), extensions)
-            problem = problem and f"mask: {problem}"
-        split = (row[split_column] or "").strip().lower() if split_column else None
-        if problem is None and split_column and split not in SPLITS:
-            problem = f"split {row[split_column]!r} is not one of {list(SPLITS)}"
-        if problem is not None:
-            rejected.append(BadRow(source, line, image_id or "?", problem))
-            continue
-        ids.append(image_id)
-        paths.append(str(path))
-        labels.append(label)
-        mask_paths.append(str(mask_path) if mask_path else None)
-        groups.append((row[group_column] or "").strip() if group_column else None)
-        splits.append(split)
-        rows.append(line)
 
-    if multilabel_separator is not None:
-        class_names = class_names or sorted(tokens_seen)
+def _parse_row(
+    row: dict[str, str],
+    image_id: str,
+    line: int,
+    seen: dict[str, int],
+    root: Path,
+    masks_root: Path,
+    layout: CsvLayout,
+    class_names: list[str] | None,
+    tokens_seen: set[str],
+) -> tuple[Path | None, Any, Path | None, str | None]:
+    """(image path, label, mask path, problem) of one row; ``problem`` is None when the row is good."""
+    if not image_id:
+        return None, None, None, f"empty {layout.id_column!r}"
+    if image_id in seen:
+        return None, None, None, f"duplicate id, first seen on row {seen[image_id]}"
+    seen[image_id] = line
+    path, problem = resolve_image(root, image_id, layout.suffixes)
+    if problem is not None:
+        return None, None, None, problem
+    label, problem = _parse_row_label(row, layout, class_names, tokens_seen)
+    if problem is not None or layout.mask_column is None:
+        return path, label, None, problem
+    mask_path, problem = resolve_image(masks_root, (row[layout.mask_column] or "").strip(), layout.suffixes)
+    return path, label, mask_path, problem and f"mask: {problem}"
+
+
+def _parse_row_label(
+    row: dict[str, str], layout: CsvLayout, class_names: list[str] | None, tokens_seen: set[str]
+) -> tuple[Any, str | None]:
+    columns = layout.label_columns
+    if layout.multilabel_separator is None:
+        return _parse_flags(row, columns) if layout.multilabel else _parse_label(row[columns[0]], class_names)
+    tokens = [t.strip() for t in row[columns[0]].split(layout.multilabel_separator) if t.strip()]
+    tokens = [t for t in tokens if t != layout.none_label]
+    tokens_seen.update(tokens)
+    unknown = [t for t in tokens if class_names is not None and t not in class_names]
+    if unknown:
+        return tokens, f"unknown label(s) {unknown}; known classes: {class_names}"
+    return tokens, None
+
+
+def _csv_manifest(source: str, parsed: _CsvRows, layout: CsvLayout, class_names: list[str] | None) -> Manifest:
+    """The manifest of the accepted rows, with labels as an array: integers, or 0/1 per class (multi-label)."""
+    labels = parsed.labels
+    if layout.multilabel_separator is not None:
+        class_names = class_names or sorted(parsed.tokens_seen)
         label_array = np.array(
             [[float(c in set(tokens)) for c in class_names] for tokens in labels], dtype=np.float32
         ).reshape(len(labels), len(class_names))
-    elif multilabel:
-        label_array = np.array(labels, dtype=np.float32).reshape(len(labels), len(label_columns))
+    elif layout.multilabel:
+        label_array = np.array(labels, dtype=np.float32).reshape(len(labels), len(layout.label_columns))
     else:
         label_array = np.array(labels, dtype=np.int64)
         if class_names is None:
             class_names = [str(i) for i in range(int(label_array.max()) + 1 if len(label_array) else 0)]
     return Manifest(
         source,
-        ids,
+        parsed.ids,
         label_array,
-        list(class_names),
-        paths=paths,
-        mask_paths=mask_paths if mask_column else None,
-        groups=groups if group_column else None,
-        splits=splits if split_column else None,
-        rows=rows,
-        rejected=rejected,
+        list(class_names or []),
+        paths=parsed.paths,
+        mask_paths=parsed.mask_paths if layout.mask_column else None,
+        groups=parsed.groups if layout.group_column else None,
+        splits=parsed.splits if layout.split_column else None,
+        rows=parsed.rows,
+        rejected=parsed.rejected,
     )
 
 

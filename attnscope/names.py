@@ -1,0 +1,31 @@
+"""The names a user can choose among, in one torch-free module.
+
+The library's registries and checks read their lists from here, and so does the
+command line for its ``choices`` and help texts; importing this module costs
+nothing, so ``attnscope --help`` stays fast. A test checks that every list here
+equals the registry it names.
+"""
+
+from __future__ import annotations
+
+SPLITS = ("train", "val", "test")
+WEIGHTS = ("best", "last")
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+LOSSES = ("focal", "ce")
+SUPERVISION_KINDS = ("dice", "energy")
+MONITOR_MODES = ("max", "min")
+
+DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "cluttered")
+
+CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam")
+EXPLAIN_METHODS = ("attention", *CAM_METHODS)
+
+INDEX_KINDS = ("flat", "ivf", "hnsw", "lsh")
+INDEX_PARAMS = {
+    "flat": {},
+    "ivf": {"nlist": 0, "nprobe": 16},
+    "hnsw": {"M": 32, "ef_search": 64, "ef_construction": 80},
+    "lsh": {"nbits": 0, "rerank": 10},
+}
