@@ -19,6 +19,13 @@ _LAZY = {
     "list_attn": "attnscope.layers.registry",
     "create_model": "attnscope.models",
     "list_models": "attnscope.models",
+    # the run level: train a config, open the run (evaluate, explain, index: attnscope.engine, .explain, .retrieval)
+    "load_config": "attnscope.engine.config",
+    "train": "attnscope.engine.train",
+    "Run": "attnscope.engine.run",
+    "DataSelection": "attnscope.engine.run",
+    "run_demo": "attnscope.demo",
+    "DemoOptions": "attnscope.demo",
 }
 
 __all__ = [
@@ -32,9 +39,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from attnscope.layers.registry import create_attn, list_attn
-    from attnscope.layers.tap import AttentionTap, capture_attention
-    from attnscope.models import create_model, list_models
+    from attnscope.demo import DemoOptions as DemoOptions
+    from attnscope.demo import run_demo as run_demo
+    from attnscope.engine.config import load_config as load_config
+    from attnscope.engine.run import DataSelection as DataSelection
+    from attnscope.engine.run import Run as Run
+    from attnscope.engine.train import train as train
+    from attnscope.layers.registry import create_attn as create_attn
+    from attnscope.layers.registry import list_attn as list_attn
+    from attnscope.layers.tap import AttentionTap as AttentionTap
+    from attnscope.layers.tap import capture_attention as capture_attention
+    from attnscope.models import create_model as create_model
+    from attnscope.models import list_models as list_models
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,10 @@ from attnscope import ConfigError, cli
 
 
 def test_version_answers_without_importing_torch():
-    code = "import sys; from attnscope.cli import main\ntry:\n main(['--version'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    code = (
+        "import sys; from attnscope.cli import main\ntry:\n main(['--version'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.splitlines() == [f"attnscope {attnscope.__version__}", "False"]
 
@@ -180,15 +183,15 @@ def test_predict_matches_the_model_on_the_same_pixels(cli_run, tmp_path):
     import torch
 
     from attnscope.data.decode import decode_image
-    from attnscope.engine.inference import load_run
+    from attnscope.engine.run import Run
 
     (path,) = write_images(tmp_path, 1)
     out = tmp_path / "p.csv"
     assert cli.main(["predict", str(cli_run), str(path), "--out", str(out), "--no-progress"]) == 0
-    run = load_run(cli_run)
+    run = Run.open(cli_run)
     pixels = torch.from_numpy(np.array(decode_image(path, 32))).permute(2, 0, 1)[None]
     with torch.no_grad():
-        expected = torch.sigmoid(run.model(run.transform(pixels)[0]))[0, 0].item()
+        expected = torch.sigmoid(run.model()(run.transform(pixels)[0]))[0, 0].item()
     assert float(next(csv.DictReader(out.open()))["prob_malignant"]) == pytest.approx(expected, abs=1e-5)
 
 
@@ -529,18 +532,12 @@ def test_search_with_a_folder_that_is_no_index_is_one_clear_line(tmp_path, capsy
     assert "is not an attnscope index (no index.json); build one with attnscope index" in capsys.readouterr().err
 
 
-def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, monkeypatch, capsys):
+def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, capsys):
     """The demo's whole job on a tiny config (the real one takes minutes; make demo runs it)."""
-    from attnscope.engine import config as config_module
     from tests.runs import tiny_settings
 
-    original = config_module.load_config
-
-    def tiny(name=None, settings=()):
-        return original(name, [*settings, *tiny_settings(tmp_path / "demo", epochs=1)[1:]])
-
-    monkeypatch.setattr(config_module, "load_config", tiny)
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    tiny = [flag for setting in tiny_settings(tmp_path / "demo", epochs=1)[1:] for flag in ("--set", setting)]
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), *tiny, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     demo = tmp_path / "demo"
     for name in ("attention.png", "report.html", "evaluation/metrics.json", "index/index.json", "similar.html"):

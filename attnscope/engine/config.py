@@ -19,10 +19,7 @@ import yaml
 
 from attnscope.data.module import DataConfig
 from attnscope.errors import ConfigError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
-LOSSES = ("focal", "ce")
+from attnscope.names import LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES
 
 
 @dataclass
@@ -54,7 +51,7 @@ class SupervisionSection:
 
 @dataclass
 class OptimSection:
-    """Adam (the seed: lr 1e-4) or SGD with Nesterov momentum (AttnMel: 0.01, 0.9, wd 1e-4)."""
+    """Adam (the AttnVGG melanoma tutorial: lr 1e-4) or SGD with Nesterov momentum (AttnMel: 0.01, 0.9, wd 1e-4)."""
 
     name: str = "adam"
     lr: float = 1e-4
@@ -144,14 +141,18 @@ class RunConfig:
             ("optim.name", self.optim.name, OPTIMIZERS),
             ("schedule.name", self.schedule.name, SCHEDULES),
             ("loss.name", self.loss.name, LOSSES),
-            ("trainer.mode", self.trainer.mode, ("max", "min")),
+            ("trainer.mode", self.trainer.mode, MONITOR_MODES),
         )
         for key, value, allowed in choices:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
-        for key, value in (("trainer.epochs", self.trainer.epochs), ("optim.lr", self.optim.lr)):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{key}={value!r} must be a positive number")
+        positive: tuple[tuple[str, object], ...] = (
+            ("trainer.epochs", self.trainer.epochs),
+            ("optim.lr", self.optim.lr),
+        )
+        for key, number in positive:
+            if not isinstance(number, (int, float)) or number <= 0:
+                raise ConfigError(f"{key}={number!r} must be a positive number")
         if self.trainer.ema_decay is not None and not 0 < self.trainer.ema_decay < 1:
             raise ConfigError(f"trainer.ema_decay={self.trainer.ema_decay} must lie strictly between 0 and 1")
         if not 0 <= self.loss.label_smoothing < 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -62,6 +63,10 @@ class EpochOutputs(Metric):
     """Probabilities, targets and summed loss of one split over an epoch, gathered across processes."""
 
     full_state_update = False
+    probs: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    loss_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,10 +109,10 @@ def youden_threshold(probs: torch.Tensor, targets: torch.Tensor) -> float:
         return 0.5
     fpr, tpr, thresholds = binary_roc(probs, targets.long())
     best = int(torch.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
+    return min(float(thresholds[best]), 1.0)
 
 
-def _rates(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def _rates(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """Sensitivity, specificity and the 2x2 confusion [[TN, FP], [FN, TP]] of 0/1 predictions."""
     targets = targets.bool()
     tp = int((predicted & targets).sum())
@@ -168,39 +173,48 @@ def summarize(
     probs = probs.float().cpu()
     targets = targets.cpu()
     if kind == "binary":
+        if isinstance(threshold, list):
+            raise ValueError(f"{split}: a binary problem has one threshold, got {threshold}")
         result = _binary_column(probs, targets, threshold, f"{split}")
         result["rows"] = len(targets)
         return result
     if kind == "multilabel":
         thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(classes)
-        columns = [
-            _binary_column(probs[:, c], targets[:, c], thresholds[c], f"{split}, label {name!r}")
-            for c, name in enumerate(classes)
-        ]
-        result = {
-            key: _mean([column[key] for column in columns])
-            for key in (
-                "auc",
-                "ap",
-                "accuracy",
-                "balanced_accuracy",
-                "sensitivity",
-                "specificity",
-                "sensitivity_youden",
-                "specificity_youden",
-            )
-        }
-        result.update(
-            {
-                f"{key}_per_class": [column[key] for column in columns]
-                for key in ("auc", "ap", "sensitivity", "specificity", "threshold")
-            }
-        )
-        result["threshold"] = [column["threshold"] for column in columns]
-        result["confusion_per_class"] = [column["confusion"] for column in columns]
-        result["rows"] = len(targets)
-        return result
-    targets = targets.long()
+        return _multilabel_summary(probs, targets, classes, list(thresholds), split)
+    return _multiclass_summary(probs, targets.long(), classes, split)
+
+
+MEAN_KEYS = (
+    "auc",
+    "ap",
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "sensitivity_youden",
+    "specificity_youden",
+)
+
+
+def _multilabel_summary(
+    probs: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float | None], split: str
+) -> dict:
+    """Each label as a binary problem; the scalars are the macro means over labels."""
+    columns = [
+        _binary_column(probs[:, c], targets[:, c], thresholds[c], f"{split}, label {name!r}")
+        for c, name in enumerate(classes)
+    ]
+    result: dict[str, Any] = {key: _mean([column[key] for column in columns]) for key in MEAN_KEYS}
+    for key in ("auc", "ap", "sensitivity", "specificity", "threshold"):
+        result[f"{key}_per_class"] = [column[key] for column in columns]
+    result["threshold"] = [column["threshold"] for column in columns]
+    result["confusion_per_class"] = [column["confusion"] for column in columns]
+    result["rows"] = len(targets)
+    return result
+
+
+def _multiclass_summary(probs: torch.Tensor, targets: torch.Tensor, classes: list[str], split: str) -> dict:
+    """Arg-max predictions; AUC/AP one-vs-rest per class; sensitivity and specificity macro-averaged."""
     count = len(classes)
     predicted = probs.argmax(dim=1)
     confusion = multiclass_confusion_matrix(predicted, targets, num_classes=count)

@@ -13,11 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from attnscope.fileio import atomic_write  # noqa: E402
+from attnscope.fileio import atomic_write
 
 
 def save_figure(figure: plt.Figure, path: Path) -> Path:

@@ -25,13 +25,11 @@ import csv
 import io
 import json
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -115,26 +113,6 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_safetensors(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, written through a temporary file and a rename, read weights-only."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write(Path(path), buffer.getvalue())
-
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no training state to resume from")
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            raise CheckpointError(
-                f"{path}: the training state cannot be read ({error}); resume from a copy, or start a new run"
-            ) from error
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> Path:

@@ -45,14 +45,16 @@ def build_loss(config: RunConfig, kind: str, class_weights: torch.Tensor | None)
     """Focal loss or cross-entropy for ``kind``; class weights and label smoothing where they apply."""
     section = config.loss
     if section.name == "focal":
-        alpha = section.alpha
+        alpha: float | torch.Tensor | None = None
         if class_weights is not None:
             # class weights replace alpha; binary focal loss weighs the positive class by alpha and
             # the negative by 1 - alpha, so the weights become the positive's share of their sum
             alpha = class_weights[1] / class_weights.sum() if kind == "binary" else class_weights
             log.info("focal loss: alpha from data.class_weights: %s", alpha.tolist())
-        elif isinstance(alpha, list):
-            alpha = torch.tensor(alpha, dtype=torch.float32)
+        elif isinstance(section.alpha, list):
+            alpha = torch.tensor(section.alpha, dtype=torch.float32)
+        else:
+            alpha = section.alpha
         return FocalLoss(alpha=alpha, gamma=section.gamma, task=kind)
     if kind == "multiclass":
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=section.label_smoothing)
@@ -68,6 +70,7 @@ class _SmoothedBCE(nn.Module):
 
     def __init__(self, pos_weight: torch.Tensor | None, smoothing: float) -> None:
         super().__init__()
+        self.pos_weight: torch.Tensor | None
         self.register_buffer("pos_weight", pos_weight, persistent=False)
         self.smoothing = smoothing
 
@@ -112,7 +115,7 @@ class ClassifierTask(L.LightningModule):
         self.epoch_metrics: dict[str, float] = {}
         self.val_threshold: float | list[float] | None = None
         if config.trainer.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def eval_model(self) -> nn.Module:
@@ -211,6 +214,7 @@ class ClassifierTask(L.LightningModule):
     def configure_optimizers(self):
         optim, schedule = self.config.optim, self.config.schedule
         parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
         if optim.name == "sgd":
             optimizer = torch.optim.SGD(
                 parameters,
@@ -226,8 +230,9 @@ class ClassifierTask(L.LightningModule):
         if schedule.name == "none":
             return optimizer
         if schedule.name == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_size, schedule.gamma)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+            step = torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_size, schedule.gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
+        scheduler: torch.optim.lr_scheduler.LRScheduler
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if schedule.name == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -28,10 +28,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from attnscope.data.module import DataModule
+from attnscope.engine.build import build_model
+from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
-from attnscope.engine.metrics import head_size, task_kind
+from attnscope.engine.metrics import task_kind
 from attnscope.engine.rundir import (
-    AtomicCheckpointIO,
     RunPaths,
     read_json,
     save_weights,
@@ -41,7 +42,6 @@ from attnscope.engine.rundir import (
 from attnscope.engine.task import ClassifierTask, seed_all
 from attnscope.errors import ConfigError
 from attnscope.fileio import atomic_write
-from attnscope.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class RunRecorder(Callback):
         self.history = list(state_dict["history"])
         self.best_value, self.best_epoch = state_dict["best_value"], state_dict["best_epoch"]
 
-    def on_train_epoch_start(self, trainer: L.Trainer, task: ClassifierTask) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
     def _improved(self, value: float) -> bool:
@@ -96,7 +96,8 @@ class RunRecorder(Callback):
             return True
         return value > self.best_value if self.mode == "max" else value < self.best_value
 
-    def on_train_epoch_end(self, trainer: L.Trainer, task: ClassifierTask) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        assert isinstance(task, ClassifierTask), "RunRecorder records an attnscope ClassifierTask"
         task.finish_train_epoch()
         epoch = trainer.current_epoch
         row = {
@@ -169,17 +170,6 @@ def resolve_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.model.name}-{stamp}"
 
 
-def build_model(config: RunConfig, num_classes: int, multilabel: bool, channels: int) -> torch.nn.Module:
-    kind = task_kind(num_classes, multilabel)
-    return create_model(
-        config.model.name,
-        num_classes=head_size(kind, num_classes),
-        in_chans=channels,
-        pretrained=config.model.pretrained,
-        **config.model.options,
-    )
-
-
 class _RunLog:
     """Copies attnscope's log records (INFO and up) into RUN/train.log while a run lasts."""
 
@@ -247,7 +237,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         torch.set_num_threads(config.trainer.threads)
     paths = RunPaths(resolve_run_dir(config))
     config.run_dir = str(paths.root)
-    rank_zero = rank_zero_only.rank == 0
+    rank_zero = getattr(rank_zero_only, "rank", 0) == 0
     if rank_zero and not resume and paths.config.exists() and not os.environ.get(RUN_DIR_ENV):
         raise ConfigError(
             f"{paths.root} already holds a run; continue it with --resume {paths.root}, or choose another --run-dir"

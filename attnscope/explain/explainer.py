@@ -1,6 +1,6 @@
 """Explain a trained run: its attention maps and CAMs side by side, drawn and scored.
 
-``explain_run`` takes a run, a set of images (files, the run's own split, or
+``explain`` takes a run, a set of images (files, the run's own split, or
 another source) and a list of methods; for each image it writes one overlay
 figure (input | every attention tap | every CAM), the raw maps as ``.npz``, and
 a row per method to ``scores.csv``: deletion and insertion AUC always,
@@ -9,32 +9,35 @@ pointing game, energy and Jaccard when the images have masks.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import re
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from attnscope.data.loader import BatchLoader
-from attnscope.engine.inference import LoadedRun, evaluation_rows, file_loader, load_run
 from attnscope.engine.metrics import class_probabilities, probabilities
+from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import ConfigError
 from attnscope.explain.cam import CAM_METHODS, create_cam, normalise, predicted_classes
 from attnscope.explain.overlay import upsample, write_attention_grid
-from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write
+from attnscope.layers.tap import capture_attention, native_maps
+from attnscope.names import EXPLAIN_METHODS
 
 log = logging.getLogger(__name__)
 
-METHODS = ("attention", *CAM_METHODS)
+METHODS = EXPLAIN_METHODS
 SCORE_NAMES = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc")
 
 
@@ -62,37 +65,42 @@ class BatchExplanation:
 
 
 def explain_batch(
-    run: LoadedRun,
+    run: Run,
     images_u8: torch.Tensor,
     methods: list[str],
-    cam_layers: list[str] | None = None,
+    cam_layers: Sequence[str] | None = None,
     require_attention: bool = False,
 ) -> BatchExplanation:
     """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class.
 
-    A model without spatial attention maps (a plain or SE network) has no attention to show:
+    The logits and the attention maps come from one captured forward pass. A model
+    without spatial attention maps (a plain or SE network) has no attention to show:
     that is an error when ``require_attention`` (the user asked for it by name), else skipped.
     """
+    model = run.model()
     inputs, _ = run.transform(images_u8)
-    with torch.no_grad():
-        logits = run.model(inputs)
+    want_attention = "attention" in methods
+    capture: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+        capture_attention(model, detach=True) if want_attention else contextlib.nullcontext({})
+    )
+    with torch.no_grad(), capture as captured:
+        logits = model(inputs)
     targets = predicted_classes(logits) if run.kind != "multilabel" else logits.argmax(1)
     maps: dict[str, torch.Tensor] = {}
     raw: dict[str, torch.Tensor] = {}
-    if "attention" in methods:
-        with torch.no_grad(), capture_attention(run.model, detach=True) as captured:
-            run.model(inputs)
+    if want_attention:
         native = native_maps(captured)
         if not native and (require_attention or methods == ["attention"]):
             raise ConfigError(
-                f"{run.config.model.name} has no spatial attention maps to show; "
+                f"{run.name} has no spatial attention maps to show; "
                 "use a CAM method (--method gradcam) or a model with spatial attention"
             )
         for tap, values in upsample(native, tuple(inputs.shape[-2:])).items():
             maps[f"attention:{tap}"], raw[f"attention:{tap}"] = normalise(values), native[tap]
+    layers = list(cam_layers) if cam_layers else None
     for method in methods:
         if method in CAM_METHODS:
-            result = create_cam(method, run.model, cam_layers).compute(inputs, targets)
+            result = create_cam(method, model, layers).compute(inputs, targets)
             maps[method] = result.maps
             raw[method] = next(iter(result.raw.values())) if len(result.raw) == 1 else result.maps
     probs = class_probabilities(probabilities(logits, run.kind), run.kind)
@@ -100,7 +108,7 @@ def explain_batch(
 
 
 def score_batch(
-    run: LoadedRun, explanation: BatchExplanation, masks: torch.Tensor | None, steps: int = 16, threshold: float = 0.5
+    run: Run, explanation: BatchExplanation, masks: torch.Tensor | None, steps: int = 16, threshold: float = 0.5
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per label: localisation scores (when ``masks``) and deletion/insertion AUC, each (B,)."""
     activation = "sigmoid" if run.kind == "multilabel" else "auto"
@@ -110,7 +118,7 @@ def score_batch(
         if masks is not None:
             entry.update(localisation_scores(values, masks[:, 0], threshold))
         curves = deletion_insertion(
-            run.model, explanation.inputs, values, explanation.targets, steps, activation=activation
+            run.model(), explanation.inputs, values, explanation.targets, steps, activation=activation
         )
         entry["deletion_auc"], entry["insertion_auc"] = curves["deletion_auc"], curves["insertion_auc"]
         scores[label] = entry
@@ -136,106 +144,133 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def explain_run(
-    run_dir: str | Path,
-    out: str | Path,
-    images: list[str] | None = None,
-    methods=("all",),
-    source: str | None = None,
-    source_options: dict | None = None,
-    split: str = "test",
-    count: int | None = 16,
-    weights: str = "best",
-    steps: int = 16,
-    cam_layers: list[str] | None = None,
-    skip_bad: bool = False,
-    progress: bool = True,
-    alpha: float = 0.4,
-    cmap: str = "jet",
-    run: LoadedRun | None = None,
-    loader: BatchLoader | None = None,
-) -> dict:
-    """Overlays, raw maps and ``scores.csv`` for ``images`` (or the first ``count`` of a split/source).
+@dataclass(frozen=True)
+class ExplainOptions(DataSelection):
+    """What to explain (default: the first ``count`` images of the test split) and how.
 
-    Overlays blend ``cmap`` (any matplotlib colour map) over the image with weight ``alpha``.
-    ``run`` and ``loader`` (the split's or source's) spare reading them again when the caller has them.
+    ``methods``: ``all`` or names from :data:`METHODS`; ``count`` 0 or None: every
+    image; ``steps``: points of the deletion/insertion curves; ``cam_layers``: CAM
+    target layers (default: the model's); overlays blend ``cmap`` (a matplotlib
+    colour map) over the image with weight ``alpha``; ``out`` default ``RUN/explain``.
     """
-    if not 0 <= alpha <= 1:
-        raise ConfigError(f"alpha={alpha} must lie in [0, 1] (the heat map's weight over the image)")
-    from matplotlib import colormaps
 
-    if cmap not in colormaps:
-        raise ConfigError(f"unknown colour map {cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)")
-    run = run or load_run(run_dir, weights)
-    explicit_attention = "attention" in methods and "all" not in methods
-    methods = resolve_methods(list(methods))
-    out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="attnscope-explain-") as scratch:
-        if images:
-            loader = file_loader(run, images, scratch, skip_bad, progress)
-        elif loader is None:
-            loader = evaluation_rows(run, source, source_options, split, progress, skip_bad)
-        manifest = loader.decoded.manifest
-        total = len(loader.sampler) if not count else min(count, len(loader.sampler))
-        rows: list[dict] = []
-        figures: list[Path] = []
-        done = 0
-        with tqdm(total=total, desc="explain", disable=not progress, leave=False) as bar:
-            for batch in loader:
-                take = min(len(batch["row"]), total - done)
-                if take <= 0:
-                    break
-                images_u8 = batch["image"][:take]
-                masks = batch["mask"][:take] if "mask" in batch else None
-                explanation = explain_batch(run, images_u8, methods, cam_layers, explicit_attention)
-                scores = score_batch(run, explanation, masks, steps)
-                for position, row in enumerate(batch["row"][:take].tolist()):
-                    identifier = manifest.ids[row]
-                    target = int(explanation.targets[position])
-                    truth = manifest.label_text(row) if not images else ""
-                    title = (
-                        f"{identifier}\n{'true ' + truth + ', ' if truth else ''}"
-                        f"p({run.classes[target]})={float(explanation.probabilities[position]):.2f}"
-                    )
-                    figures.append(
-                        write_attention_grid(
-                            images_u8[position : position + 1],
-                            {k: v[position : position + 1] for k, v in explanation.maps.items()},
-                            [title],
-                            out / "overlays" / f"{_safe(identifier)}.png",
-                            alpha,
-                            cmap,
-                            normalise_maps=False,
-                        )
-                    )
-                    buffer = io.BytesIO()
-                    np.savez_compressed(buffer, **{_safe(k): v[position].numpy() for k, v in explanation.raw.items()})
-                    atomic_write(out / "maps" / f"{_safe(identifier)}.npz", buffer.getvalue())
-                    for label, values in scores.items():
-                        rows.append(
-                            {
-                                "id": identifier,
-                                "truth": truth,
-                                "target": run.classes[target],
-                                "probability": float(explanation.probabilities[position]),
-                                "method": label,
-                                **{name: float(values[name][position]) for name in SCORE_NAMES if name in values},
-                            }
-                        )
-                done += take
-                bar.update(take)
+    methods: Sequence[str] = ("all",)
+    count: int | None = 16
+    steps: int = 16
+    cam_layers: Sequence[str] = ()
+    alpha: float = 0.4
+    cmap: str = "jet"
+    out: str | Path | None = None
+
+    def check(self) -> None:
+        super().check()
+        from matplotlib import colormaps
+
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the heat map's weight over the image)")
+        if self.cmap not in colormaps:
+            raise ConfigError(
+                f"unknown colour map {self.cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)"
+            )
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain` wrote: ``summary`` is the mean of every score per method."""
+
+    out: Path
+    images: int
+    methods: list[str]
+    summary: dict[str, dict[str, float]]
+    overlays: list[Path]
+    has_masks: bool
+
+
+def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
+    """Overlays (``overlays/``), raw maps (``maps/*.npz``) and ``scores.csv`` for the selected images."""
+    options = options or ExplainOptions()
+    options.check()
+    explicit_attention = "attention" in options.methods and "all" not in options.methods
+    methods = resolve_methods(list(options.methods))
+    out = Path(options.out) if options.out is not None else run.root / "explain"
+    loader = run.loader(options)
+    total = len(loader.sampler) if not options.count else min(options.count, len(loader.sampler))
+    rows: list[dict] = []
+    overlays: list[Path] = []
+    done = 0
+    with tqdm(total=total, desc="explain", disable=not run.progress, leave=False) as bar:
+        for batch in loader:
+            take = min(len(batch["row"]), total - done)
+            if take <= 0:
+                break
+            images_u8 = batch["image"][:take]
+            explanation = explain_batch(run, images_u8, methods, options.cam_layers, explicit_attention)
+            scores = score_batch(run, explanation, batch["mask"][:take] if "mask" in batch else None, options.steps)
+            for position, row in enumerate(batch["row"][:take].tolist()):
+                record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
+                overlays.append(_write_image(images_u8, explanation, position, record, out, options))
+                rows += [
+                    {
+                        **record,
+                        "method": label,
+                        **{name: float(values[name][position]) for name in SCORE_NAMES if name in values},
+                    }
+                    for label, values in scores.items()
+                ]
+            done += take
+            bar.update(take)
+    has_masks = _write_scores(rows, out / "scores.csv")
+    return Explanation(out, done, list(dict.fromkeys(r["method"] for r in rows)), _summary(rows), overlays, has_masks)
+
+
+def _image_record(
+    run: Run, loader: BatchLoader, row: int, explanation: BatchExplanation, position: int, labelled: bool
+) -> dict:
+    """The id, truth (when the images are labelled), explained class and its probability of one image."""
+    manifest = loader.decoded.manifest
+    return {
+        "id": manifest.ids[row],
+        "truth": manifest.label_text(row) if labelled else "",
+        "target": run.classes[int(explanation.targets[position])],
+        "probability": float(explanation.probabilities[position]),
+    }
+
+
+def _write_image(
+    images_u8: torch.Tensor,
+    explanation: BatchExplanation,
+    position: int,
+    record: dict,
+    out: Path,
+    options: ExplainOptions,
+) -> Path:
+    """One image's overlay figure and its raw maps (``.npz``); returns the figure's path."""
+    truth = f"true {record['truth']}, " if record["truth"] else ""
+    title = f"{record['id']}\n{truth}p({record['target']})={record['probability']:.2f}"
+    name = _safe(record["id"])
+    figure = write_attention_grid(
+        images_u8[position : position + 1],
+        {k: v[position : position + 1] for k, v in explanation.maps.items()},
+        [title],
+        out / "overlays" / f"{name}.png",
+        options.alpha,
+        options.cmap,
+        normalise_maps=False,
+    )
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {_safe(k): v[position].numpy() for k, v in explanation.raw.items()}
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(out / "maps" / f"{name}.npz", buffer.getvalue())
+    return figure
+
+
+def _write_scores(rows: list[dict], path: Path) -> bool:
+    """``scores.csv``, one row per image and method; True when it has localisation scores (masks)."""
     columns = ["id", "truth", "target", "probability", "method", *[n for n in SCORE_NAMES if any(n in r for r in rows)]]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    atomic_write(out / "scores.csv", buffer.getvalue())
-    return {
-        "out": str(out),
-        "images": done,
-        "methods": list(dict.fromkeys(r["method"] for r in rows)),
-        "summary": _summary(rows),
-        "overlays": [str(f) for f in figures],
-        "has_masks": "pointing_game" in columns,
-    }
+    atomic_write(path, buffer.getvalue())
+    return "pointing_game" in columns

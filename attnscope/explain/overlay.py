@@ -8,6 +8,7 @@ available to whoever asked for them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,10 @@ from torch.nn import functional as F
 
 from attnscope.explain.cam import normalise
 from attnscope.layers.tap import capture_attention, native_maps
+
+if TYPE_CHECKING:
+    from attnscope.data.loader import BatchLoader
+    from attnscope.engine.run import Run
 
 
 def upsample(maps: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -47,7 +52,7 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor) -> dict[str, to
     """Spatial attention maps of ``model`` on normalised ``images``, upsampled to their size (B, H, W)."""
     with capture_attention(model, detach=True) as maps:
         model(images)
-    return spatial_maps(maps, tuple(images.shape[-2:]))
+    return spatial_maps(maps, (images.shape[-2], images.shape[-1]))
 
 
 def write_attention_grid(
@@ -60,8 +65,9 @@ def write_attention_grid(
     normalise_maps: bool = True,
 ) -> Path:
     """A figure with one row per image: the input, then one overlay per map, titled by its key
-    (the seed's "input | pool-3 attention | pool-4 attention" figure). Maps are (B, H, W); they are
-    min-max scaled per image for display unless ``normalise_maps`` is False (already in [0, 1])."""
+    (the "input | pool-3 attention | pool-4 attention" figure of the AttnVGG melanoma tutorial).
+    Maps are (B, H, W); they are min-max scaled per image for display unless ``normalise_maps``
+    is False (already in [0, 1])."""
     import matplotlib.pyplot as plt
 
     from attnscope.engine.plots import save_figure
@@ -87,18 +93,18 @@ def write_attention_grid(
 
 
 @torch.no_grad()
-def write_run_attention_grid(run, loader, count: int, path: Path) -> Path:
-    """The first ``count`` images of ``loader`` with every tap of ``run``'s model, titled id, truth, probability.
-
-    ``run`` is an :class:`attnscope.engine.inference.LoadedRun`.
-    """
+def write_run_attention_grid(run: Run, loader: BatchLoader, count: int, path: Path) -> Path:
+    """The first ``count`` images of ``loader`` with every tap of ``run``'s model, titled id, truth, probability."""
     from attnscope.engine.metrics import class_probabilities, probabilities
 
     batch = next(iter(loader))
     images_u8 = batch["image"][:count]
     images, _ = run.transform(images_u8)
-    maps = {f"{tap} attention": values for tap, values in attention_maps(run.model, images).items()}
-    probs = class_probabilities(probabilities(run.model(images), run.kind), run.kind)
+    model = run.model()
+    with capture_attention(model, detach=True) as captured:
+        logits = model(images)
+    maps = {f"{tap} attention": values for tap, values in spatial_maps(captured, tuple(images.shape[-2:])).items()}
+    probs = class_probabilities(probabilities(logits, run.kind), run.kind)
     manifest = loader.decoded.manifest
     titles = []
     for position, row in enumerate(batch["row"][:count].tolist()):

@@ -1,6 +1,6 @@
 """One self-contained HTML page about a run: what it is, how well it does, where it looks.
 
-``write_report(run_dir)`` evaluates the run on its test split (metrics, ROC, PR,
+``write_report(run)`` evaluates the run on its test split (metrics, ROC, PR,
 confusion), draws its training curves, scores attention and CAMs on test images
 (localisation when the images have masks, faithfulness always), and builds a
 gallery of test images grouped by outcome, the most confident errors first,
@@ -11,22 +11,24 @@ beside it.
 
 from __future__ import annotations
 
-import base64
 import html
 import logging
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from attnscope.data.loader import BatchLoader
-from attnscope.engine.inference import LoadedRun, evaluate, evaluation_rows, load_run, predict_loader
+from attnscope.engine.inference import EvaluateOptions, Evaluation, evaluate, predict_loader
 from attnscope.engine.plots import save_figure
-from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
-from attnscope.explain.explainer import SCORE_NAMES, explain_batch, explain_run
+from attnscope.engine.run import DataSelection, Run
+from attnscope.engine.rundir import RunPaths, read_metrics_csv
+from attnscope.explain.explainer import SCORE_NAMES, ExplainOptions, Explanation, explain, explain_batch
 from attnscope.explain.overlay import write_attention_grid
 from attnscope.fileio import atomic_write
+from attnscope.htmlpage import document, png_file_uri
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,6 @@ th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-v
 .gallery figure { display: inline-block; vertical-align: top; width: 48%; margin-right: 1%; }
 .gallery img { max-width: 100%; } .muted { color: #777; }
 """
-
-
-def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def _number(value) -> str:
@@ -93,7 +91,7 @@ def outcome(kind: str, truth, predicted) -> str:
     return "correct" if np.array_equal(np.asarray(truth), np.asarray(predicted)) else "error"
 
 
-def probability_text(run: LoadedRun, probs: torch.Tensor) -> str:
+def probability_text(run: Run, probs: torch.Tensor) -> str:
     """``p(malignant) = 0.283`` (binary: the positive class), the top class, or every label."""
     if run.kind == "binary":
         return f"p({run.classes[1]}) = {float(probs):.3f}"
@@ -103,19 +101,16 @@ def probability_text(run: LoadedRun, probs: torch.Tensor) -> str:
     return ", ".join(f"p({name}) = {float(p):.3f}" for name, p in zip(run.classes, probs.tolist(), strict=True))
 
 
-def gallery_order(
-    run: LoadedRun, probs: torch.Tensor, labels: torch.Tensor, per_group: int
-) -> list[tuple[int, str, float]]:
+def gallery_order(run: Run, probs: torch.Tensor, labels: torch.Tensor, per_group: int) -> list[tuple[int, str, float]]:
     """(position, group, confidence of the prediction) for the gallery: errors first, the most confident first."""
     if run.kind == "binary":
-        threshold = 0.5 if run.threshold is None else float(run.threshold)
-        predicted = (probs >= threshold).long()
+        predicted = (probs >= run.binary_threshold).long()
         confidence = torch.where(predicted == 1, probs, 1 - probs)
     elif run.kind == "multiclass":
         predicted = probs.argmax(1)
         confidence = probs.max(1).values
     else:
-        thresholds = torch.tensor(run.threshold if isinstance(run.threshold, list) else [0.5] * len(run.classes))
+        thresholds = torch.tensor(run.label_thresholds)
         predicted = (probs >= thresholds).long()
         confidence = (probs - thresholds).abs().mean(1)
     groups: dict[str, list[tuple[int, float]]] = {}
@@ -123,97 +118,109 @@ def gallery_order(
         group = outcome(run.kind, labels[position].tolist(), predicted[position].tolist())
         groups.setdefault(group, []).append((position, float(confidence[position])))
     order = ["false positive", "false negative", "error", "true positive", "true negative", "correct"]
-    chosen = []
+    chosen: list[tuple[int, str, float]] = []
     for group in order:
         members = sorted(groups.get(group, []), key=lambda item: -item[1])[:per_group]
         chosen.extend((position, group, value) for position, value in members)
     return chosen
 
 
-def write_report(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    per_group: int = 4,
-    score_images: int = 32,
-    steps: int = 8,
-    weights: str = "best",
-    progress: bool = True,
-    evaluation: dict | None = None,
-    run: LoadedRun | None = None,
-    loader: BatchLoader | None = None,
-) -> Path:
-    """``RUN/report.html`` (or ``out``): config, metrics, plots, curves, scores, gallery.
+@dataclass(frozen=True)
+class ReportOptions:
+    """Where the page goes (default ``RUN/report.html``), how many gallery images per outcome group,
+    how many test images are scored, the steps of the deletion/insertion curves, and whether
+    unreadable test images are left out (``skip_bad``) instead of stopping."""
 
-    ``evaluation``: the result of :func:`attnscope.engine.inference.evaluate` on the
-    test split when it has just been computed (``attnscope evaluate``); else it is
-    computed. ``run`` and ``loader`` (the test split's) spare reading them again:
-    building the split once more costs seconds (10 s for the demo's generated set).
+    out: str | Path | None = None
+    per_group: int = 4
+    score_images: int = 32
+    steps: int = 8
+    skip_bad: bool = False
+
+
+@dataclass
+class Report:
+    """The page written, with the evaluation and the explanation scores it shows."""
+
+    path: Path
+    evaluation: Evaluation
+    explanation: Explanation
+
+
+def write_report(run: Run, options: ReportOptions | None = None, evaluation: Evaluation | None = None) -> Report:
+    """``RUN/report.html``: config, test metrics, plots, training curves, scores, gallery.
+
+    ``evaluation``: the run's test-split evaluation when it has just been computed
+    (``attnscope evaluate``); else it is computed here. The test split is read once
+    for everything (the run caches its loader).
     """
-    paths = RunPaths(Path(run_dir)).require()
-    out = Path(out) if out is not None else paths.root / "report.html"
-    work = paths.root / "report_files"
-    run = run or load_run(paths.root, weights)
-    loader = loader or evaluation_rows(run, progress=progress)
-    if evaluation is None:
-        evaluation = evaluate(
-            paths.root, paths.root / "evaluation", weights=weights, progress=progress, run=run, loader=loader
-        )
-    curves = training_curves(paths, work / "curves.png")
-    scores = explain_run(
-        paths.root,
-        work / "explain",
-        methods=["all"],
-        count=score_images,
-        weights=weights,
-        steps=steps,
-        progress=progress,
-        run=run,
-        loader=loader,
+    options = options or ReportOptions()
+    out = Path(options.out) if options.out is not None else run.root / "report.html"
+    work = run.root / "report_files"
+    test = DataSelection(split="test", skip_bad=options.skip_bad)
+    evaluation = evaluation or evaluate(run, EvaluateOptions(**asdict(test)))
+    curves = training_curves(run.paths, work / "curves.png")
+    scores = explain(
+        run,
+        ExplainOptions(
+            **asdict(test), methods=("all",), count=options.score_images, steps=options.steps, out=work / "explain"
+        ),
     )
-    probs, labels, rows = predict_loader(run, loader, progress=False)
-    manifest = loader.decoded.manifest
+    gallery = _gallery(run, run.loader(test), options.per_group, work / "gallery")
+    atomic_write(out, _page(run, evaluation, curves, scores, gallery))
+    return Report(out, evaluation, scores)
+
+
+def evaluate_with_report(
+    run: Run, options: EvaluateOptions | None = None, report: bool = True
+) -> tuple[Evaluation, Report | None]:
+    """Evaluate; when that evaluation is of the run's test split (what a report describes) and ``report``
+    is on, also write the report from it, reading the split once for both."""
+    options = options or EvaluateOptions()
+    evaluation = evaluate(run, options)
+    if not report or options.source is not None or options.images or options.split != "test":
+        return evaluation, None
+    return evaluation, write_report(run, ReportOptions(skip_bad=options.skip_bad), evaluation)
+
+
+def _gallery(run: Run, loader: BatchLoader, per_group: int, folder: Path) -> list[str]:
+    """HTML figures of test images grouped by outcome, each with every attention tap and Grad-CAM."""
+    probs, labels, rows = predict_loader(run, loader)
     chosen = gallery_order(run, probs, labels, per_group)
-    gallery_html = []
-    if chosen:
-        wanted = np.array([int(rows[position]) for position, _, _ in chosen])
-        batch = next(iter(BatchLoader(loader.decoded, wanted, len(wanted))))  # rows come back in cache order
-        explanation = explain_batch(run, batch["image"], ["attention", "gradcam"])
-        where = {row: index for index, row in enumerate(batch["row"].tolist())}
-        current = None
-        for number, (position, group, confidence) in enumerate(chosen):
-            row = int(rows[position])
-            index = where[row]
-            figure = write_attention_grid(
-                batch["image"][index : index + 1],
-                {k: v[index : index + 1] for k, v in explanation.maps.items()},
-                [manifest.ids[row]],
-                work / "gallery" / f"{number:03d}.png",
-                normalise_maps=False,
-            )
-            if group != current:
-                gallery_html.append(f"<h3>{html.escape(group)}</h3>")
-                current = group
-            caption = (
-                f"{html.escape(manifest.ids[row])}: true {html.escape(manifest.label_text(row))}; "
-                f"{html.escape(probability_text(run, probs[position]))}"
-            )
-            gallery_html.append(
-                f'<figure><img src="{data_uri(figure)}" alt="{html.escape(manifest.ids[row])}">'
-                f"<figcaption>{caption}</figcaption></figure>"
-            )
-    page = _page(run, paths, evaluation, curves, scores, gallery_html)
-    atomic_write(out, page)
-    return out
+    if not chosen:
+        return []
+    manifest = loader.decoded.manifest
+    wanted = np.array([int(rows[position]) for position, _, _ in chosen])
+    batch = next(iter(loader.subset(wanted)))  # rows come back in cache order
+    explanation = explain_batch(run, batch["image"], ["attention", "gradcam"])
+    where = {row: index for index, row in enumerate(batch["row"].tolist())}
+    parts, current = [], None
+    for number, (position, group, _) in enumerate(chosen):
+        row = int(rows[position])
+        index = where[row]
+        figure = write_attention_grid(
+            batch["image"][index : index + 1],
+            {k: v[index : index + 1] for k, v in explanation.maps.items()},
+            [manifest.ids[row]],
+            folder / f"{number:03d}.png",
+            normalise_maps=False,
+        )
+        if group != current:
+            parts.append(f"<h3>{html.escape(group)}</h3>")
+            current = group
+        caption = (
+            f"{html.escape(manifest.ids[row])}: true {html.escape(manifest.label_text(row))}; "
+            f"{html.escape(probability_text(run, probs[position]))}"
+        )
+        parts.append(
+            f'<figure><img src="{png_file_uri(figure)}" alt="{html.escape(manifest.ids[row])}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    return parts
 
 
-def _page(
-    run: LoadedRun, paths: RunPaths, evaluation: dict, curves: Path | None, scores: dict, gallery_html: list[str]
-) -> str:
-    config = run.config
-    best = read_json(paths.best) if paths.best.exists() else {}
-    summary = read_json(paths.data)
-    metrics = evaluation["metrics"]
-    metric_names = (
+def _metric_rows(run: Run, metrics: dict) -> list[list]:
+    names = (
         "auc",
         "ap",
         "accuracy",
@@ -225,48 +232,51 @@ def _page(
         "threshold",
         "rows",
     )
-    metric_rows = [
-        [name, metrics[name]] for name in metric_names if not isinstance(metrics.get(name), (list, type(None)))
-    ]
+    rows = [[name, metrics[name]] for name in names if not isinstance(metrics.get(name), (list, type(None)))]
     for key in ("auc_per_class", "ap_per_class"):
         for name, value in zip(run.classes, metrics.get(key) or [], strict=False):
-            metric_rows.append([f"{key[: -len('_per_class')]} ({name})", value])
-    config_rows = [
+            rows.append([f"{key[: -len('_per_class')]} ({name})", value])
+    return rows
+
+
+def _config_rows(run: Run) -> list[list]:
+    config, best, counts = run.config, run.best, run.summary["counts"]
+    return [
         ["model", config.model.name],
         ["data", f"{config.data.source} {config.data.source_options}"],
         ["classes", ", ".join(run.classes)],
         ["image size", config.data.image_size],
-        [
-            "images (train / val / test)",
-            " / ".join(str(summary["counts"][s]["rows"]) for s in ("train", "val", "test")),
-        ],
+        ["images (train / val / test)", " / ".join(str(counts[s]["rows"]) for s in ("train", "val", "test"))],
         ["loss", f"{config.loss.name}"],
         ["optimiser", f"{config.optim.name}, lr {config.optim.lr}"],
         ["epochs", config.trainer.epochs],
         ["best epoch", f"{best.get('epoch', -1) + 1} ({best.get('monitor')} {_number(best.get('value'))})"],
     ]
-    score_header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores["summary"].values())]]
-    score_rows = [[method, *[entry.get(n) for n in score_header[1:]]] for method, entry in scores["summary"].items()]
+
+
+def _page(run: Run, evaluation: Evaluation, curves: Path | None, scores: Explanation, gallery_html: list[str]) -> str:
+    score_header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores.summary.values())]]
+    score_rows = [[method, *[entry.get(n) for n in score_header[1:]]] for method, entry in scores.summary.items()]
     plots = "".join(
-        f'<img src="{data_uri(Path(p))}" alt="{name}" id="plot-{name}">' for name, p in evaluation["plots"].items()
+        f'<img src="{png_file_uri(p)}" alt="{name}" id="plot-{name}">' for name, p in evaluation.plots.items()
     )
-    where = "with masks: localisation and faithfulness" if scores["has_masks"] else "without masks: faithfulness only"
+    where = "with masks: localisation and faithfulness" if scores.has_masks else "without masks: faithfulness only"
     sections = [
-        f'<h1>attnscope report: {html.escape(paths.root.name)}</h1><p class="muted">{html.escape(str(paths.root))}</p>',
-        f'<section id="config"><h2>Run</h2>{_table(["setting", "value"], config_rows, numeric_from=2)}</section>',
+        f'<h1>attnscope report: {html.escape(run.root.name)}</h1><p class="muted">{html.escape(str(run.root))}</p>',
+        f'<section id="config"><h2>Run</h2>{_table(["setting", "value"], _config_rows(run), numeric_from=2)}</section>',
         f'<section id="metrics"><h2>Test metrics</h2>'
-        f"<p>{html.escape(evaluation['data'])}, thresholds chosen on validation.</p>"
-        f"{_table(['metric', 'value'], metric_rows)}</section>",
+        f"<p>{html.escape(evaluation.data)}, thresholds chosen on validation.</p>"
+        f"{_table(['metric', 'value'], _metric_rows(run, evaluation.metrics))}</section>",
         f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion</h2>{plots}</section>',
     ]
     if curves is not None:
         sections.append(
             f'<section id="curves"><h2>Training curves</h2>'
-            f'<img src="{data_uri(curves)}" alt="training curves"></section>'
+            f'<img src="{png_file_uri(curves)}" alt="training curves"></section>'
         )
     sections.append(
         f'<section id="scores"><h2>Where the model looks: scores</h2>'
-        f"<p>{scores['images']} test images, {where}. Pointing game, energy and Jaccard (map &ge; 0.5): "
+        f"<p>{scores.images} test images, {where}. Pointing game, energy and Jaccard (map &ge; 0.5): "
         f"higher is better; deletion AUC: lower is better; insertion AUC: higher is better.</p>"
         f"{_table(score_header, score_rows)}</section>"
     )
@@ -276,9 +286,4 @@ def _page(
         + "".join(gallery_html)
         + "</section>"
     )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>attnscope report: {html.escape(paths.root.name)}</title><style>{STYLE}</style></head><body>"
-        + "".join(sections)
-        + "</body></html>\n"
-    )
+    return document(f"attnscope report: {run.root.name}", STYLE, "".join(sections))

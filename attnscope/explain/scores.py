@@ -16,6 +16,7 @@ fast (high AUC). Maps are (B, H, W) at the image's size; masks (B, H, W), 0/1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ def target_probability(logits: torch.Tensor, targets: torch.Tensor, activation: 
 def blurred(images: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     """A strong Gaussian blur (sigma ~ 1/16 of the side): the start of the insertion curve."""
     sigma = sigma or max(images.shape[-1] / 16, 1.0)
-    radius = int(math.ceil(3 * sigma))
+    radius = math.ceil(3 * sigma)
     positions = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(positions**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
@@ -103,6 +104,48 @@ def area_under(curve: torch.Tensor) -> torch.Tensor:
     return (curve[:, :-1] + curve[:, 1:]).sum(1) / (2 * steps)
 
 
+def pixel_rank(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) maps -> (B, 1, H, W): each pixel's place in its map's order, highest value first (0)."""
+    batch, height, width = maps.shape
+    order = maps.flatten(1).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(height * width, device=maps.device).expand(batch, -1))
+    return rank.view(batch, 1, height, width)
+
+
+def _curve(
+    model: nn.Module,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    rank: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    activation: str,
+    chunk: int,
+) -> torch.Tensor:
+    """(B, steps + 1) target probabilities as the pixels move from ``start`` to ``end`` in rank order."""
+    batch, _, height, width = start.shape
+    counts = [round(k * height * width / steps) for k in range(steps + 1)]
+    # after k steps the first counts[k] pixels in map order come from `end`, the rest from `start`
+    stacked = torch.stack([torch.where(rank < count, end, start) for count in counts], 1).flatten(0, 1)
+    repeated = targets.repeat_interleave(steps + 1)
+    probabilities = torch.cat(
+        [
+            target_probability(model(stacked[i : i + chunk]), repeated[i : i + chunk], activation)
+            for i in range(0, len(stacked), chunk)
+        ]
+    )
+    return probabilities.view(batch, steps + 1).float()
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What deleted pixels become (default 0: the mean colour) and what insertion starts from (default a blur)."""
+
+    deletion: torch.Tensor | None = None
+    insertion: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def deletion_insertion(
     model: nn.Module,
@@ -110,17 +153,17 @@ def deletion_insertion(
     maps: torch.Tensor,
     targets: torch.Tensor,
     steps: int = 16,
-    deletion_baseline: torch.Tensor | None = None,
-    insertion_baseline: torch.Tensor | None = None,
     activation: str = "auto",
+    baselines: Baselines | None = None,
     chunk: int = 64,
 ) -> dict[str, torch.Tensor]:
     """Deletion and insertion curves (B, steps + 1) of the target probability, and their AUCs (B,).
 
     ``images`` are what the model takes (normalised); the deletion baseline is 0
-    there (the mean colour), the insertion baseline a blur of the image. Pixels
-    are taken in the order of each image's map, highest first.
+    there (the mean colour), the insertion baseline a blur of the image, unless
+    ``baselines`` gives others. Pixels are taken in the order of each image's map, highest first.
     """
+    baselines = baselines or Baselines()
     if steps < 1:
         raise ConfigError(f"steps={steps} must be at least 1")
     batch, _, height, width = images.shape
@@ -129,29 +172,13 @@ def deletion_insertion(
     was_training = model.training
     model.eval()
     try:
-        zero = torch.zeros_like(images) if deletion_baseline is None else deletion_baseline.expand_as(images)
-        blur = blurred(images) if insertion_baseline is None else insertion_baseline.expand_as(images)
-        order = maps.flatten(1).argsort(dim=1, descending=True)
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(height * width, device=maps.device).expand(batch, -1))
-        rank = rank.view(batch, 1, height, width)
-        counts = [round(k * height * width / steps) for k in range(steps + 1)]
-        curves = {}
-        for name, start, end in (("deletion", images, zero), ("insertion", blur, images)):
-            values = []
-            for count in counts:
-                # the first `count` pixels in map order come from `end`, the rest from `start`
-                changed = rank < count
-                values.append(torch.where(changed, end, start))
-            stacked = torch.stack(values, 1).flatten(0, 1)  # (B * (S + 1), C, H, W)
-            repeated = targets.repeat_interleave(steps + 1)
-            probabilities = torch.cat(
-                [
-                    target_probability(model(stacked[i : i + chunk]), repeated[i : i + chunk], activation)
-                    for i in range(0, len(stacked), chunk)
-                ]
-            )
-            curves[name] = probabilities.view(batch, steps + 1).float()
+        zero = torch.zeros_like(images) if baselines.deletion is None else baselines.deletion.expand_as(images)
+        blur = blurred(images) if baselines.insertion is None else baselines.insertion.expand_as(images)
+        rank = pixel_rank(maps)
+        curves = {
+            name: _curve(model, start, end, rank, targets, steps, activation, chunk)
+            for name, start, end in (("deletion", images, zero), ("insertion", blur, images))
+        }
     finally:
         model.train(was_training)
     return {

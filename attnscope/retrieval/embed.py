@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from tqdm.auto import tqdm
 from attnscope.data.loader import BatchLoader
 from attnscope.errors import ConfigError, DataError
 from attnscope.layers.tap import capture_attention, native_maps
+
+if TYPE_CHECKING:
+    from attnscope.engine.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,7 @@ def embed_images(model: nn.Module, images: torch.Tensor, config: EmbeddingConfig
     blocks = []
     for name in stages:
         features = hooks.outputs[name]
-        weights = attention_weights(maps, tuple(features.shape[-2:])) if maps else None
+        weights = attention_weights(maps, (features.shape[-2], features.shape[-1])) if maps else None
         blocks += pool_stage(features, weights)
     return l2_normalise(torch.cat(blocks, dim=1))
 
@@ -176,11 +180,11 @@ class Embeddings:
     rows: np.ndarray
 
 
-def embed(run, loader: BatchLoader, config: EmbeddingConfig, progress: bool = True) -> Embeddings:
-    """Embeddings of every image of ``loader`` with the model of ``run`` (a LoadedRun), before any PCA."""
-    model = run.model.eval()
+def embed(run: Run, loader: BatchLoader, config: EmbeddingConfig) -> Embeddings:
+    """Embeddings of every image of ``loader`` with the model of ``run``, before any PCA."""
+    model = run.model()
     vectors, rows = [], []
-    for batch in tqdm(loader, desc="embed", disable=not progress, leave=False, unit="batch"):
+    for batch in tqdm(loader, desc="embed", disable=not run.progress, leave=False, unit="batch"):
         images, _ = run.transform(batch["image"])
         vectors.append(embed_images(model, images, config))
         rows.append(batch["row"])

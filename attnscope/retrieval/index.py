@@ -6,7 +6,8 @@ Kinds (cosine similarity: embeddings are L2-normalised, so inner product):
 - ``ivf``: an inverted file of ``nlist`` k-means cells (trained on at most 64 points a cell), ``nprobe``
   of them searched;
 - ``hnsw``: a navigable small-world graph of ``M`` links, ``ef_search`` candidates;
-- ``lsh``: random-rotation hyperplane hashing to ``nbits`` bits, Hamming ranking (the seed's LSH).
+- ``lsh``: random-rotation hyperplane hashing to ``nbits`` bits, Hamming ranking (sign random
+  projections, Charikar 2002).
 
 With ``fp16`` the flat, IVF and HNSW indexes keep their vectors as float16
 (scalar quantiser), half the memory. Whatever the kind, the returned neighbours
@@ -28,27 +29,24 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from attnscope.errors import ConfigError, RetrievalError
 from attnscope.fileio import atomic_directory
+from attnscope.names import INDEX_KINDS, INDEX_PARAMS
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-KINDS = ("flat", "ivf", "hnsw", "lsh")
+KINDS = INDEX_KINDS
 # FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
 TRAIN_POINTS_PER_CELL = 64
 ROW_FIELDS = ("id", "label", "path", "source")
-DEFAULT_PARAMS = {
-    "flat": {},
-    "ivf": {"nlist": 0, "nprobe": 16},
-    "hnsw": {"M": 32, "ef_search": 64, "ef_construction": 80},
-    "lsh": {"nbits": 0, "rerank": 10},
-}
+DEFAULT_PARAMS = INDEX_PARAMS
 
 
 def _faiss():
@@ -128,7 +126,7 @@ class SimilarityIndex:
     params: dict
     embedding: EmbeddingConfig
     meta: dict
-    faiss_index: object
+    faiss_index: Any  # a faiss.Index (faiss ships no type information)
     vectors: np.ndarray
     rows: list[dict] = field(default_factory=list)
     pca: PCA | None = None
@@ -150,11 +148,14 @@ class SimilarityIndex:
         embedding: EmbeddingConfig,
         meta: dict,
         params: dict | None = None,
-        fp16: bool = False,
         pca: PCA | None = None,
         thumbs: np.ndarray | None = None,
     ) -> SimilarityIndex:
-        """Build an index of ``vectors`` (N, D), training it on them where the kind needs it."""
+        """Build an index of ``vectors`` (N, D), training it on them where the kind needs it.
+
+        A float16 embedding (``embedding.dtype``) is also searched by a float16 FAISS index.
+        """
+        fp16 = embedding.dtype == "float16"
         if len(vectors) != len(rows):
             raise ConfigError(f"{len(vectors)} vectors for {len(rows)} rows")
         if len(vectors) == 0:
@@ -241,22 +242,12 @@ class SimilarityIndex:
     @classmethod
     def load(cls, path: str | Path) -> SimilarityIndex:
         """Read an index folder written by :meth:`save`, checking that its parts agree."""
-        faiss = _faiss()
         folder = Path(path)
-        header_path = folder / "index.json"
-        if not header_path.is_file():
-            raise RetrievalError(f"{folder} is not an attnscope index (no index.json); build one with attnscope index")
+        header = _read_header(folder)
         try:
-            header = json.loads(header_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise RetrievalError(f"{header_path} is not valid JSON ({error.msg}); rebuild the index") from error
-        if header.get("format") != FORMAT:
-            raise RetrievalError(
-                f"{folder} has index format {header.get('format')!r}; this attnscope reads "
-                f"format {FORMAT}: rebuild the index"
+            faiss_index = _faiss().deserialize_index(
+                np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8)
             )
-        try:
-            faiss_index = faiss.deserialize_index(np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8))
             vectors = np.load(folder / "vectors.npy")
             with open(folder / "rows.csv", newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
@@ -292,6 +283,23 @@ class SimilarityIndex:
             pca,
             thumbs,
         )
+
+
+def _read_header(folder: Path) -> dict:
+    """``index.json`` of an index folder, checked to be one this attnscope reads."""
+    header_path = folder / "index.json"
+    if not header_path.is_file():
+        raise RetrievalError(f"{folder} is not an attnscope index (no index.json); build one with attnscope index")
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RetrievalError(f"{header_path} is not valid JSON ({error.msg}); rebuild the index") from error
+    if header.get("format") != FORMAT:
+        raise RetrievalError(
+            f"{folder} has index format {header.get('format')!r}; this attnscope reads format {FORMAT}: "
+            "rebuild the index"
+        )
+    return dict(header)
 
 
 def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from attnscope.fileio import atomic_write
+from attnscope.htmlpage import document, png_array_uri
 from attnscope.retrieval.index import SimilarityIndex
 
 DISPLAY_PX = 96
@@ -26,18 +24,9 @@ img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #
 """
 
 
-def png_data_uri(image: np.ndarray) -> str:
-    """A PNG data URI of a uint8 (H, W) or (H, W, C) image."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _figure(thumb: np.ndarray | None, caption: str, css: str = "") -> str:
     picture = (
-        f'<img src="{png_data_uri(thumb)}" alt="{html.escape(caption)}">'
+        f'<img src="{png_array_uri(thumb)}" alt="{html.escape(caption)}">'
         if thumb is not None
         else '<div class="missing">no thumbnail</div>'
     )
@@ -64,12 +53,9 @@ def write_search_page(index: SimilarityIndex, result, out: str | Path, index_pat
             figures.append(_figure(thumb, caption))
         sections.append(f'<div class="query">{"".join(figures)}</div>')
     title = f"Similar images in {Path(index_path).name}"
-    page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{len(index)} indexed images ({html.escape(index.kind)} index, model "
-        f"{html.escape(str(index.meta.get('model')))}); cosine similarity under each neighbour.</p>"
-        + "".join(sections)
-        + "</body></html>\n"
+    body = (
+        f"<h1>{html.escape(title)}</h1><p>{len(index)} indexed images ({html.escape(index.kind)} index, model "
+        f"{html.escape(str(index.meta.get('model')))}); cosine similarity under each neighbour.</p>" + "".join(sections)
     )
+    page = document(title, STYLE, body)
     return atomic_write(out, page)

@@ -8,12 +8,10 @@ two models are not comparable even when their sizes agree.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +20,15 @@ from torch.nn import functional as F
 
 from attnscope._version import __version__
 from attnscope.data.loader import BatchLoader
-from attnscope.engine.inference import LoadedRun, evaluation_rows, file_loader, load_run
+from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write
-from attnscope.retrieval.embed import Embeddings, EmbeddingConfig, embed, fit_pca
+from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 64
-
-
-def weights_fingerprint(path: Path) -> str:
-    """SHA-256 of a weights file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def label_names(labels: np.ndarray, classes: list[str]) -> list[str]:
@@ -84,69 +73,85 @@ def loader_images(loader: BatchLoader, positions: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass(frozen=True)
+class IndexOptions(DataSelection):
+    """What to index (default: the run's training split, the images already diagnosed), where
+    (default ``RUN/index``), with which FAISS ``kind`` and ``params``, and how to embed.
+
+    The embedding fields (``stages``, ``attention_pooling``, ``taps``, ``pca_dim``, ``fp16``)
+    left at their defaults with ``add`` mean "the index's own"; set, they must equal it.
+    """
+
+    split: str = "train"
+    out: str | Path | None = None
+    kind: str = "flat"
+    params: Mapping[str, int] = field(default_factory=dict)
+    stages: Sequence[str] = ()
+    attention_pooling: bool = False
+    taps: Sequence[str] = ()
+    pca_dim: int = 0
+    fp16: bool = False
+    thumbnails: bool = True
+    add: bool = False
+
+    def embedding(self) -> EmbeddingConfig:
+        return EmbeddingConfig(
+            stages=tuple(self.stages),
+            attention_pooling=self.attention_pooling,
+            taps=tuple(self.taps),
+            pca_dim=self.pca_dim,
+            dtype="float16" if self.fp16 else "float32",
+        )
+
+    def sets_embedding(self) -> bool:
+        return self.embedding() != EmbeddingConfig()
+
+
+@dataclass
+class IndexSummary:
+    """What :func:`build_index` did: images added, the index's size, vector width, kind and parameters."""
+
+    out: Path
+    added: int
+    count: int
+    dim: int
+    kind: str
+    params: dict
+    skipped: int
+
+
 def embed_gallery(
-    run: LoadedRun, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool, progress: bool
+    run: Run, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool
 ) -> tuple[Embeddings, list[dict], np.ndarray | None]:
-    embedded = embed(run, loader, config, progress)
+    embedded = embed(run, loader, config)
     rows = loader_rows(loader, embedded.rows, run.classes)
     thumbs = thumbnails(loader_images(loader, embedded.rows)) if with_thumbnails else None
     return embedded, rows, thumbs
 
 
-def check_same_model(index: SimilarityIndex, run: LoadedRun, weights: str, index_path: Path) -> None:
+def check_same_model(index: SimilarityIndex, run: Run, index_path: Path) -> None:
     """Refuse a run whose weights are not those the index was built with."""
-    fingerprint = weights_fingerprint(run.paths.weights(weights))
+    fingerprint = run.weights_sha256()
     if fingerprint != index.meta.get("weights_sha256"):
         raise RetrievalError(
-            f"{index_path} was built with {index.meta.get('model')} weights {index.meta.get('weights_sha256', '?')[:12]} "
-            f"from {index.meta.get('run')}, but {run.paths.weights(weights)} is {fingerprint[:12]} "
-            f"({run.config.model.name}): embeddings of other weights cannot be compared; "
-            f"rebuild the index with attnscope index {run.paths.root} --out {index_path}"
+            f"{index_path} was built with {index.meta.get('model')} weights "
+            f"{index.meta.get('weights_sha256', '?')[:12]} "
+            f"from {index.meta.get('run')}, but {run.weights_path()} is {fingerprint[:12]} "
+            f"({run.name}): embeddings of other weights cannot be compared; "
+            f"rebuild the index with attnscope index {run.root} --out {index_path}"
         )
 
 
-def build_index(
-    run_dir: str | Path,
-    out: str | Path,
-    source: str | None = None,
-    source_options: dict | None = None,
-    split: str = "train",
-    kind: str = "flat",
-    params: dict | None = None,
-    embedding: EmbeddingConfig | None = None,
-    fp16: bool = False,
-    with_thumbnails: bool = True,
-    add: bool = False,
-    weights: str = "best",
-    skip_bad: bool = False,
-    progress: bool = True,
-    run: LoadedRun | None = None,
-    loader: BatchLoader | None = None,
-) -> dict:
-    """Index the run's ``split`` (or every row of another source) at ``out``; with ``add``, extend the index there.
-
-    ``run`` and ``loader`` (from :func:`load_run` and :func:`evaluation_rows`) spare reading them again.
-    """
-    out = Path(out)
-    run = run or load_run(run_dir, weights)
-    existing = None
-    if add:
-        if not (out / "index.json").is_file():
-            raise RetrievalError(f"--add: {out} holds no index yet; build it first without --add")
-        existing = SimilarityIndex.load(out)
-        check_same_model(existing, run, weights, out)
-        if embedding is not None and embedding != existing.embedding:
-            raise RetrievalError(
-                f"--add: {out} embeds with {existing.embedding.to_dict()}, not "
-                f"{embedding.to_dict()}; leave the embedding options out to reuse the index's"
-            )
-        embedding = existing.embedding
-    embedding = embedding or EmbeddingConfig()
-    loader = loader or evaluation_rows(run, source, source_options, split, progress, skip_bad)
-    embedded, rows, thumbs = embed_gallery(
-        run, loader, embedding, with_thumbnails if existing is None else existing.thumbs is not None, progress
-    )
-    described = source or f"{run.paths.root} ({split} split)"
+def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
+    """Index the selected images at ``options.out``; with ``add``, extend the index there."""
+    options = options or IndexOptions()
+    out = Path(options.out) if options.out is not None else run.root / "index"
+    existing = _existing_index(run, options, out) if options.add else None
+    embedding = existing.embedding if existing is not None else options.embedding()
+    loader = run.loader(options)
+    with_thumbnails = options.thumbnails if existing is None else existing.thumbs is not None
+    embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails)
+    described = options.source or f"{run.root} ({options.split} split)"
     if existing is not None:
         _refuse_duplicates(existing, rows, out)
         existing.add(existing.reduce(embedded.vectors), rows, thumbs)
@@ -157,27 +162,42 @@ def build_index(
         vectors = pca.apply(embedded.vectors) if pca is not None else embedded.vectors
         meta = {
             "attnscope": __version__,
-            "run": str(run.paths.root.resolve()),
-            "weights": weights,
-            "weights_sha256": weights_fingerprint(run.paths.weights(weights)),
-            "model": run.config.model.name,
+            "run": str(run.root.resolve()),
+            "weights": run.weights,
+            "weights_sha256": run.weights_sha256(),
+            "model": run.name,
             "classes": run.classes,
             "raw_dim": int(embedded.vectors.shape[1]),
             "data": [described],
         }
-        index = SimilarityIndex.create(kind, vectors, rows, embedding, meta, params, fp16, pca, thumbs)
+        index = SimilarityIndex.create(
+            kind=options.kind,
+            vectors=vectors,
+            rows=rows,
+            embedding=embedding,
+            meta=meta,
+            params=dict(options.params),
+            pca=pca,
+            thumbs=thumbs,
+        )
     index.save(out)
     skipped = len(loader.decoded.manifest.rejected)
     log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
-    return {
-        "out": str(out),
-        "added": len(rows),
-        "count": len(index),
-        "dim": index.dim,
-        "kind": index.kind,
-        "params": index.params,
-        "skipped": skipped,
-    }
+    return IndexSummary(out, len(rows), len(index), index.dim, index.kind, index.params, skipped)
+
+
+def _existing_index(run: Run, options: IndexOptions, out: Path) -> SimilarityIndex:
+    """The index at ``out`` that ``add`` extends, checked against the run and the embedding options."""
+    if not (out / "index.json").is_file():
+        raise RetrievalError(f"--add: {out} holds no index yet; build it first without --add")
+    existing = SimilarityIndex.load(out)
+    check_same_model(existing, run, out)
+    if options.sets_embedding() and options.embedding() != existing.embedding:
+        raise RetrievalError(
+            f"--add: {out} embeds with {existing.embedding.to_dict()}, not "
+            f"{options.embedding().to_dict()}; leave the embedding options out to reuse the index's"
+        )
+    return existing
 
 
 def _refuse_duplicates(index: SimilarityIndex, rows: list[dict], out: Path) -> None:
@@ -201,34 +221,28 @@ class SearchResult:
 
 
 def open_index(
-    index_path: str | Path, run_dir: str | Path | None = None, run: LoadedRun | None = None
-) -> tuple[SimilarityIndex, LoadedRun]:
-    """The index at ``index_path`` and the run it was built from (or ``run_dir``/``run``), checked to match."""
+    index_path: str | Path, run: Run | None = None, run_dir: str | Path | None = None, progress: bool = True
+) -> tuple[SimilarityIndex, Run]:
+    """The index at ``index_path`` and the run it was built from (or ``run``/``run_dir``), checked to match."""
     index_path = Path(index_path)
     index = SimilarityIndex.load(index_path)
-    weights = index.meta.get("weights", "best")
     if run is None:
         run_dir = run_dir or index.meta.get("run")
         if not run_dir or not Path(run_dir).is_dir():
             raise RetrievalError(
                 f"{index_path} was built from run {run_dir!r}, which is not there; pass the run folder with --run"
             )
-        run = load_run(run_dir, weights)
-    check_same_model(index, run, weights, index_path)
+        run = Run.open(run_dir, index.meta.get("weights", "best"), progress=progress)
+    check_same_model(index, run, index_path)
     return index, run
 
 
 def search_loader(
-    index: SimilarityIndex,
-    run: LoadedRun,
-    loader: BatchLoader,
-    k: int = 10,
-    progress: bool = True,
-    with_labels: bool = False,
+    index: SimilarityIndex, run: Run, loader: BatchLoader, k: int = 10, with_labels: bool = False
 ) -> SearchResult:
     """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
     known, and shown beside each query)."""
-    embedded = embed(run, loader, index.embedding, progress)
+    embedded = embed(run, loader, index.embedding)
     positions, similarities = index.search(index.reduce(embedded.vectors), k)
     manifest = loader.decoded.manifest
     queries = [
@@ -255,10 +269,10 @@ def search_images(
     progress: bool = True,
 ) -> tuple[SimilarityIndex, SearchResult]:
     """The ``k`` nearest indexed images of each image file (or folder of them)."""
-    index, run = open_index(index_path, run_dir)
-    with tempfile.TemporaryDirectory(prefix="attnscope-search-") as scratch:
-        loader = file_loader(run, images, scratch, skip_bad, progress)
-        return index, search_loader(index, run, loader, k, progress)
+    index, run = open_index(index_path, run_dir=run_dir, progress=progress)
+    with run:
+        loader = run.loader(DataSelection(images=tuple(images), skip_bad=skip_bad))
+        return index, search_loader(index, run, loader, k)
 
 
 def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:

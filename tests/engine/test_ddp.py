@@ -2,10 +2,10 @@
 
 import pytest
 
-from attnscope.engine.inference import evaluation_rows, load_run, predict_loader
+from attnscope.engine.inference import predict_loader
 from attnscope.engine.metrics import summarize
+from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
-
 from tests.runs import TINY, run_cli
 
 
@@ -31,8 +31,8 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_across_them(tmp_path):
     last = history[-1]
     # validation has 24 rows: both processes' 12 were gathered before computing
     assert last["val/rows"] == 24 and last["train/rows"] == 112
-    run = load_run(run_dir, "last")
-    probs, labels, _ = predict_loader(run, evaluation_rows(run, split="val", progress=False), progress=False)
+    run = Run.open(run_dir, "last", progress=False)
+    probs, labels, _ = predict_loader(run, run.loader(DataSelection(split="val")))
     whole = summarize(probs, labels, run.kind, run.classes)
     assert last["val/auc"] == pytest.approx(whole["auc"], abs=1e-6)
     assert last["val/accuracy"] == pytest.approx(whole["accuracy"], abs=1e-6)

@@ -9,7 +9,6 @@ import time
 import torch
 
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
-
 from tests.runs import TINY, run_cli
 
 EPOCHS = "4"

@@ -1,15 +1,16 @@
+import itertools
 import math
 
 import pytest
 import torch
 
 from attnscope.engine.config import load_config
-from attnscope.engine.inference import evaluation_rows, load_run, predict_loader
+from attnscope.engine.inference import predict_loader
 from attnscope.engine.metrics import summarize
+from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, load_weights, read_json, read_metrics_csv
 from attnscope.engine.train import train
 from attnscope.errors import ConfigError
-
 from tests.runs import tiny_settings
 
 
@@ -41,8 +42,8 @@ def test_best_is_the_epoch_with_the_highest_val_auc_and_its_weights_reproduce_it
     history = read_metrics_csv(paths.metrics)
     best = read_json(paths.best)
     assert best["epoch"] == max(range(len(history)), key=lambda e: history[e]["val/auc"])
-    run = load_run(trained_run, "best")
-    probs, labels, _ = predict_loader(run, evaluation_rows(run, split="val", progress=False), progress=False)
+    run = Run.open(trained_run, "best", progress=False)
+    probs, labels, _ = predict_loader(run, run.loader(DataSelection(split="val")))
     again = summarize(probs, labels, run.kind, run.classes)
     assert again["auc"] == pytest.approx(best["value"], abs=1e-6)
     assert again["threshold"] == pytest.approx(best["threshold"], abs=1e-6)
@@ -125,7 +126,7 @@ def test_warmup_cosine_rises_then_falls_to_the_floor():
 
     factors = [warmup_cosine(step, 4, 20, 0.1) for step in range(20)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert factors[4] == pytest.approx(1.0) and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[4] == pytest.approx(1.0) and all(a >= b for a, b in itertools.pairwise(factors[4:]))
     assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
 
 

@@ -6,14 +6,15 @@ import shutil
 
 import pytest
 
-from attnscope.explain.report import write_report
+from attnscope.engine.run import Run
+from attnscope.explain.report import ReportOptions, write_report
 
 SECTIONS = ("config", "metrics", "plots", "curves", "scores", "gallery")
 
 
 @pytest.fixture(scope="module")
 def report(trained_run):
-    return write_report(trained_run, per_group=2, score_images=6, steps=4, progress=False)
+    return write_report(Run.open(trained_run, progress=False), ReportOptions(per_group=2, score_images=6, steps=4)).path
 
 
 def test_the_report_is_one_self_contained_file(report):

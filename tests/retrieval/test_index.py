@@ -81,7 +81,7 @@ def test_save_load_round_trip_keeps_results_rows_pca_and_thumbnails(tmp_path):
 
 def test_float16_storage_halves_the_vectors_and_keeps_the_ranking():
     gallery, queries = unit_vectors(400, 32, 7), unit_vectors(30, 32, 8)
-    index = SimilarityIndex.create("flat", gallery, rows_for(400), EmbeddingConfig(dtype="float16"), META, fp16=True)
+    index = SimilarityIndex.create("flat", gallery, rows_for(400), EmbeddingConfig(dtype="float16"), META)
     assert index.vectors.dtype == np.float16
     positions, _ = index.search(queries, 1)
     truth, _ = brute_force(queries, gallery, 1)

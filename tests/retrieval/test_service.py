@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from attnscope.engine.inference import evaluation_rows, load_run
+from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import RetrievalError
-from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, build_index, result_rows, search_images
+from attnscope.retrieval import SimilarityIndex, build_index, result_rows, search_images
 from attnscope.retrieval.page import write_search_page
-from attnscope.retrieval.service import loader_images
+from attnscope.retrieval.service import IndexOptions, loader_images
 
 
 def split_rows(run_dir, split):
@@ -22,8 +22,8 @@ def split_rows(run_dir, split):
 
 def write_queries(run_dir, folder, count=3):
     """PNG files of the first training images, decoded at the run's size (so they embed identically)."""
-    run = load_run(run_dir)
-    loader = evaluation_rows(run, split="train", progress=False)
+    run = Run.open(run_dir, progress=False)
+    loader = run.loader(DataSelection(split="train"))
     positions = np.arange(count)
     folder.mkdir()
     ids = []
@@ -35,10 +35,10 @@ def write_queries(run_dir, folder, count=3):
 
 
 def test_index_holds_each_training_image_once_and_finds_a_copy_of_it_first(trained_run, tmp_path):
-    embedding = EmbeddingConfig(attention_pooling=True)
-    result = build_index(trained_run, tmp_path / "idx", embedding=embedding, progress=False)
+    run = Run.open(trained_run, progress=False)
+    result = build_index(run, IndexOptions(out=tmp_path / "idx", attention_pooling=True))
     train = split_rows(trained_run, "train")
-    assert result["count"] == result["added"] == len(train)
+    assert result.count == result.added == len(train)
     index = SimilarityIndex.load(tmp_path / "idx")
     assert sorted(row["id"] for row in index.rows) == sorted(row["id"] for row in train)
     labels = {row["id"]: row["class"] for row in train}
@@ -62,7 +62,8 @@ def test_index_holds_each_training_image_once_and_finds_a_copy_of_it_first(train
 
 
 def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):
-    build_index(trained_run, tmp_path / "idx", kind="hnsw", progress=False)
+    run = Run.open(trained_run, progress=False)
+    build_index(run, IndexOptions(out=tmp_path / "idx", kind="hnsw"))
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
     weights = other / "checkpoints" / "best.safetensors"
@@ -74,16 +75,9 @@ def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):
     with pytest.raises(RetrievalError, match="embeddings of other weights cannot be compared; rebuild"):
         search_images(tmp_path / "idx", [tmp_path / "queries"], run_dir=other, progress=False)
     with pytest.raises(RetrievalError, match="already in"):
-        build_index(trained_run, tmp_path / "idx", add=True, progress=False)
+        build_index(run, IndexOptions(out=tmp_path / "idx", add=True))
     with pytest.raises(RetrievalError, match="embeds with"):
-        build_index(
-            trained_run,
-            tmp_path / "idx",
-            split="val",
-            add=True,
-            progress=False,
-            embedding=EmbeddingConfig(attention_pooling=True),
-        )
-    added = build_index(trained_run, tmp_path / "idx", split="val", add=True, progress=False)
-    assert added["count"] == len(split_rows(trained_run, "train")) + len(split_rows(trained_run, "val"))
+        build_index(run, IndexOptions(out=tmp_path / "idx", split="val", add=True, attention_pooling=True))
+    added = build_index(run, IndexOptions(out=tmp_path / "idx", split="val", add=True))
+    assert added.count == len(split_rows(trained_run, "train")) + len(split_rows(trained_run, "val"))
     assert SimilarityIndex.load(tmp_path / "idx").kind == "hnsw"

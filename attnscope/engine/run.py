@@ -1,0 +1,312 @@
+"""``Run``: a trained run, opened. The one way the run-level functions hold a run.
+
+A run is read from its directory alone: ``config.yaml`` rebuilds the model,
+``data.json`` gives the classes and the normalisation, ``best.json`` the
+operating threshold chosen on validation, and a safetensors file the weights.
+``Run.open`` reads only those small files; the model and the decoded images are
+built on first use and kept, so evaluating, explaining and indexing the same
+run in one process decodes its data once and builds its model once.
+
+Which images a run-level function reads is a :class:`DataSelection`: image
+files (or folders of them), every row of another source, or one of the run's
+own splits, re-derived from its config and checked against ``split.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from attnscope.data.augment import AugmentConfig, BatchTransform
+from attnscope.data.cache import load_images
+from attnscope.data.loader import BatchLoader
+from attnscope.data.manifest import Manifest, check_bad_rows
+from attnscope.data.module import DataConfig, DataModule, default_cache_dir, load_source
+from attnscope.data.sources.files import IMAGE_EXTENSIONS
+from attnscope.engine.build import build_model
+from attnscope.engine.config import RunConfig, load_config
+from attnscope.engine.metrics import task_kind
+from attnscope.engine.rundir import RunPaths, load_weights, read_json
+from attnscope.errors import CheckpointError, ConfigError, DataError
+from attnscope.names import SPLITS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Which images to read: ``images`` (files or folders), else every row of ``source``, else ``split``.
+
+    ``skip_bad`` leaves out rows that cannot be read (they are listed, never dropped
+    silently) instead of stopping at the first. Options dataclasses of the run-level
+    functions extend this one, so every function selects its images the same way.
+    """
+
+    split: str = "test"
+    source: str | None = None
+    source_options: Mapping[str, Any] = field(default_factory=dict)
+    images: Sequence[str | Path] = ()
+    skip_bad: bool = False
+
+    def selection(self) -> DataSelection:
+        """Just the selection (an options object may carry more fields)."""
+        return DataSelection(**{f.name: getattr(self, f.name) for f in fields(DataSelection)})
+
+    def check(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"split={self.split!r}: use one of {', '.join(SPLITS)}")
+        if self.source_options and self.source is None:
+            raise ConfigError("source options (--data-option) need a source (--data SOURCE)")
+        if self.images and self.source is not None:
+            raise ConfigError("give image files or a source (--data), not both")
+
+    def describe(self) -> str:
+        """``test split``, the source's name, or ``N image file(s)``: what a result says it was computed on."""
+        if self.images:
+            return f"{len(self.images)} image file(s)"
+        return self.source if self.source is not None else f"{self.split} split"
+
+    def key(self) -> str:
+        """A string that identifies the selection, for caching its loader."""
+        values = {f.name: getattr(self, f.name) for f in fields(DataSelection)}
+        values["images"] = [str(p) for p in self.images]
+        return json.dumps(values, sort_keys=True, default=str)
+
+
+class Run:
+    """A trained run directory; build with :meth:`open`.
+
+    ``run.model()`` (the ``weights`` chosen at opening, or ``run.model("last")``)
+    and ``run.loader(selection)`` are built on first use and cached. Images given
+    as files are decoded into a scratch folder that :meth:`close` removes (so does
+    leaving a ``with`` block, or the run being garbage-collected).
+    """
+
+    def __init__(
+        self,
+        paths: RunPaths,
+        config: RunConfig,
+        summary: dict,
+        best: dict,
+        weights: str = "best",
+        progress: bool = True,
+    ) -> None:
+        self.paths, self.config, self.summary, self.best = paths, config, summary, best
+        self.weights, self.progress = weights, progress
+        self.classes: list[str] = list(summary["classes"])
+        self.multilabel = bool(summary["multilabel"])
+        self.kind = task_kind(len(self.classes), self.multilabel)
+        self._models: dict[Path, nn.Module] = {}
+        self._loaders: dict[str, BatchLoader] = {}
+        self._data: dict[bool, DataModule] = {}
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
+        """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model."""
+        paths = RunPaths(Path(path)).require()
+        best = read_json(paths.best) if paths.best.exists() else {}
+        run = cls(paths, load_config(paths.config), read_json(paths.data), best, weights, progress)
+        if not run.weights_path().is_file():
+            raise CheckpointError(f"{run.weights_path()}: no weights file; has the run finished an epoch yet?")
+        return run
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the scratch folder of decoded image files; the cached loaders over it go with it."""
+        if self._scratch is not None:
+            self._loaders = {k: v for k, v in self._loaders.items() if not json.loads(k)["images"]}
+            self._scratch.cleanup()
+            self._scratch = None
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+    @property
+    def channels(self) -> int:
+        return len(self.summary["mean"])
+
+    @property
+    def threshold(self) -> float | list[float] | None:
+        """The operating threshold chosen on validation (Youden), recorded in ``best.json``."""
+        return self.best.get("threshold")
+
+    @property
+    def binary_threshold(self) -> float:
+        """A binary run's operating threshold (0.5 where validation recorded none)."""
+        return float(self.threshold) if isinstance(self.threshold, (int, float)) else 0.5
+
+    @property
+    def label_thresholds(self) -> list[float]:
+        """A multi-label run's threshold per label (0.5 where validation recorded none)."""
+        if isinstance(self.threshold, list):
+            return [float(t) for t in self.threshold]
+        return [0.5] * len(self.classes)
+
+    @cached_property
+    def transform(self) -> BatchTransform:
+        """Normalisation of uint8 batches as in training, without augmentation."""
+        return BatchTransform(
+            AugmentConfig(), tuple(self.summary["mean"]), tuple(self.summary["std"]), self.image_size, self.channels
+        )
+
+    def weights_path(self, weights: str | None = None) -> Path:
+        return self.paths.weights(weights or self.weights)
+
+    def weights_sha256(self, weights: str | None = None) -> str:
+        """SHA-256 of a weights file: what an index or a served prediction names its model by."""
+        digest = hashlib.sha256()
+        with open(self.weights_path(weights), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def model(self, weights: str | None = None) -> nn.Module:
+        """The model with ``weights`` (default: those chosen at opening), in eval mode; built once."""
+        path = self.weights_path(weights)
+        if path not in self._models:
+            self._models[path] = self._load_model(path)
+        return self._models[path]
+
+    def _load_model(self, path: Path) -> nn.Module:
+        model = build_model(self.config, len(self.classes), self.multilabel, self.channels, pretrained=False)
+        try:
+            model.load_state_dict(load_weights(path), strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{path} does not fit {self.name} as configured in {self.paths.config}: {error}"
+            ) from error
+        return model.eval()
+
+    def loader(self, data: DataSelection | None = None) -> BatchLoader:
+        """Batches of the selected images, each row once, in order; built once per selection."""
+        data = (data or DataSelection()).selection()
+        data.check()
+        key = data.key()
+        if key not in self._loaders:
+            if data.images:
+                self._loaders[key] = self._file_loader(data.images, data.skip_bad)
+            elif data.source is not None:
+                self._loaders[key] = self._source_loader(data.source, dict(data.source_options), data.skip_bad)
+            else:
+                self._loaders[key] = self._split_loader(data.split, data.skip_bad)
+        return self._loaders[key]
+
+    def _data_config(self, skip_bad: bool) -> DataConfig:
+        return replace(self.config.data, progress=self.progress, skip_bad=skip_bad or self.config.data.skip_bad)
+
+    def _batch_size(self) -> int:
+        return self.config.data.eval_batch_size or self.config.data.batch_size
+
+    def _split_loader(self, split: str, skip_bad: bool) -> BatchLoader:
+        """One of the run's splits; every split comes from one reading of the data."""
+        if skip_bad not in self._data:
+            data = DataModule(self._data_config(skip_bad)).setup()
+            check_same_split(data, self.paths)
+            self._data[skip_bad] = data
+        data = self._data[skip_bad]
+        if len(data.rows(split)) == 0:
+            raise DataError(
+                f"{self.root} has no {split} split (data.{split}_fraction is 0); "
+                "use another split (--split val), or other data (--data)"
+            )
+        return data.ordered_loader(split)
+
+    def _source_loader(self, source: str, options: dict, skip_bad: bool) -> BatchLoader:
+        """Every row of another source, decoded as the run's data were."""
+        manifest = load_source(source, **options)
+        self._check_classes(manifest)
+        config = self._data_config(skip_bad)
+        return self._decode(manifest, config.cache_dir or default_cache_dir(), config.skip_bad)
+
+    def _file_loader(self, images: Sequence[str | Path], skip_bad: bool) -> BatchLoader:
+        """Image files (or folders of them), decoded into this run's scratch folder."""
+        if not images:
+            raise DataError("no images given; pass image files or folders, or --csv FILE")
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="attnscope-images-")
+        manifest = image_manifest(expand_images(images), self.classes)
+        return self._decode(manifest, self._scratch.name, skip_bad)
+
+    def _decode(self, manifest: Manifest, cache_dir: str | Path, skip_bad: bool) -> BatchLoader:
+        data = self.config.data
+        decoded = load_images(
+            manifest, data.image_size, data.mode, cache_dir, data.workers, data.pixel_limit, self.progress
+        )
+        check_bad_rows(decoded.manifest, skip_bad)
+        return BatchLoader(decoded, np.arange(len(decoded.manifest)), self._batch_size())
+
+    def _check_classes(self, manifest: Manifest) -> None:
+        if manifest.num_classes != len(self.classes) or manifest.multilabel != self.multilabel:
+            raise DataError(
+                f"{manifest.source} has classes {manifest.classes} but the run {self.root} was "
+                f"trained on {self.classes}; use data with the same classes"
+            )
+
+
+def check_same_split(data: DataModule, paths: RunPaths) -> None:
+    """The split re-derived from the config must be the one the run trained with."""
+    recorded = paths.root / "split.csv"
+    if not recorded.exists():
+        return
+    with open(recorded, newline="", encoding="utf-8") as handle:
+        then = {row["id"]: row["split"] for row in csv.DictReader(handle)}
+    now = dict(zip(data.manifest.ids, data.split_names(), strict=True))
+    if then != now:
+        changed = sorted(set(then.items()) ^ set(now.items()))[:3]
+        raise DataError(
+            f"the data of {paths.root} changed since training (split.csv differs, e.g. {changed}); "
+            "evaluate with --data on the new data instead"
+        )
+
+
+def expand_images(images: Sequence[str | Path]) -> list[str]:
+    """Image paths, with each folder replaced by the image files under it (sorted)."""
+    paths: list[str] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise DataError(f"{item}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(str(p) for p in found)
+        else:
+            paths.append(str(item))
+    return paths
+
+
+def image_manifest(images: Sequence[str | Path], classes: list[str]) -> Manifest:
+    """A label-less manifest of image files (labels are zeros) for prediction."""
+    paths = [str(Path(p)) for p in images]
+    return Manifest(
+        "predict",
+        [Path(p).name for p in paths],
+        np.zeros(len(paths), dtype=np.int64),
+        classes,
+        paths=paths,
+        rows=list(range(1, len(paths) + 1)),
+    )

@@ -1,0 +1,40 @@
+"""``explain_batch`` and ``explain``: one captured pass gives the logits and the attention, maps match a reference."""
+
+import torch
+
+from attnscope.engine.run import Run
+from attnscope.explain.cam import normalise
+from attnscope.explain.explainer import ExplainOptions, explain, explain_batch
+from attnscope.explain.overlay import upsample
+from attnscope.layers.tap import capture_attention
+
+
+def test_one_forward_pass_gives_the_logits_and_the_attention(trained_run):
+    run = Run.open(trained_run, progress=False)
+    model = run.model()
+    images_u8 = next(iter(run.loader()))["image"][:4]
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        result = explain_batch(run, images_u8, ["attention"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    inputs, _ = run.transform(images_u8)
+    with torch.no_grad(), capture_attention(model) as maps:
+        logits = model(inputs)
+    assert torch.equal(result.targets, (torch.sigmoid(logits[:, 0]) >= 0.5).long())  # binary: the predicted class
+    for tap in ("pool3", "pool4"):
+        reference = normalise(upsample({tap: maps[tap].mean(1)}, (32, 32))[tap])
+        torch.testing.assert_close(result.maps[f"attention:{tap}"], reference)
+        torch.testing.assert_close(result.raw[f"attention:{tap}"], maps[tap][:, 0])
+
+
+def test_explain_writes_one_overlay_and_one_score_row_per_image_and_method(trained_run, tmp_path):
+    run = Run.open(trained_run, progress=False)
+    result = explain(run, ExplainOptions(methods=("attention", "gradcam"), count=3, steps=2, out=tmp_path))
+    assert result.images == 3 and len(result.overlays) == 3 and all(p.is_file() for p in result.overlays)
+    assert result.methods == ["attention:pool3", "attention:pool4", "gradcam"] and result.has_masks
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3
+    assert set(result.summary) == set(result.methods) and all(s["images"] == 3 for s in result.summary.values())
