@@ -15,7 +15,7 @@ PIP_FLAGS := --disable-pip-version-check -c constraints.txt $(if $(WHEELS),--fin
 # elsewhere a note says how, and the tests that need it are skipped.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench clean fashion-mnist chromium
+.PHONY: test demo bench lint format clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,20 @@ test: $(STAMP) fashion-mnist chromium
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/attnscope demo --out runs/demo
 
+# Lint and types: ruff (rules and format, pyproject.toml's [tool.ruff]) over the package, the
+# benchmarks and the tests; mypy over the package at the strictness stated in [tool.mypy].
+# CI runs it before the tests; `make format` applies ruff's fixes and formatting.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check attnscope benchmarks tests
+	$(VENV)/bin/ruff format --check attnscope benchmarks tests
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix attnscope benchmarks tests
+	$(VENV)/bin/ruff format attnscope benchmarks tests
+
 bench: $(STAMP)
-	$(PY) benchmarks/layers.py
+	$(PY) -m benchmarks.layers
 
 clean:
 	rm -rf $(VENV) .pytest_cache
