@@ -1,8 +1,8 @@
 """What does each attention type buy? The same backbone with none, SE, CBAM, grid and local attention.
 
-    python benchmarks/ablation.py --out benchmarks/results/ablation-cpu.jsonl
-    python benchmarks/ablation.py --quick                    # a smoke run: tiny sets, 1 epoch
-    python benchmarks/ablation.py --table benchmarks/results/ablation-cpu.jsonl   # README's tables
+    python -m benchmarks.ablation --out benchmarks/results/ablation-cpu.jsonl
+    python -m benchmarks.ablation --quick                    # a smoke run: tiny sets, 1 epoch
+    python -m benchmarks.ablation --table benchmarks/results/ablation-cpu.jsonl   # README's tables
 
 Equal budget: every attention type trains with the same recipe, data, number of
 epochs and seeds; only the model changes. The backbone is ``resnet_tiny`` (one
@@ -30,23 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from attnscope.engine.config import load_config  # noqa: E402
-from attnscope.engine.inference import evaluate, evaluation_rows, load_run  # noqa: E402
-from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv  # noqa: E402
-from attnscope.engine.train import train  # noqa: E402
-from attnscope.explain.explainer import explain_run  # noqa: E402
-from common import add_result_arguments, append_records, choose, print_table, provenance, run_facts  # noqa: E402
-from localisation import settings_for  # noqa: E402
+from attnscope.engine.config import load_config
+from attnscope.engine.inference import evaluate
+from attnscope.engine.run import Run
+from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
+from attnscope.engine.train import train
+from attnscope.explain.explainer import ExplainOptions, explain
+from benchmarks.common import add_result_arguments, append_records, choose, print_table, provenance, run_facts
+from benchmarks.localisation import settings_for
 
 ATTENTION: dict[str, tuple[str, dict]] = {
     "none": ("resnet_tiny", {}),
@@ -99,9 +96,8 @@ def one_run(
     history = read_metrics_csv(paths.metrics)
     epoch_seconds = [row["seconds"] for row in history]
     train_rows = read_json(paths.data)["counts"]["train"]["rows"]
-    run = load_run(run_dir)
-    loader = evaluation_rows(run, None, None, "test", False, False)
-    metrics = evaluate(run_dir, run_dir / "evaluation", progress=False, run=run, loader=loader)["metrics"]
+    run = Run.open(run_dir, progress=False)
+    metrics = evaluate(run).metrics
     record = {
         "benchmark": "ablation",
         "setting": setting,
@@ -110,7 +106,7 @@ def one_run(
         "model_options": config.model.options,
         "seed": seed,
         "epochs": len(history),
-        "params": sum(p.numel() for p in run.model.parameters()),
+        "params": sum(p.numel() for p in run.model().parameters()),
         "s_per_epoch": round(statistics.median(epoch_seconds), 1),
         "train_img_per_s": round(train_rows / statistics.median(epoch_seconds), 1),
         "wall_s": round(wall, 1),
@@ -120,19 +116,11 @@ def one_run(
     if metrics.get("auc") is not None:
         record["test_auc"] = round(metrics["auc"], 4)
     if setting != "fashion_mnist":
-        result = explain_run(
-            run_dir,
-            run_dir / "explain",
-            methods=["attention", "gradcam"] if attention != "none" and attention != "se" else ["gradcam"],
-            count=images,
-            steps=2,
-            progress=False,
-            run=run,
-            loader=loader,
-        )
+        methods = ("attention", "gradcam") if attention not in ("none", "se") else ("gradcam",)
+        result = explain(run, ExplainOptions(methods=methods, count=images, steps=2))
         record["maps"] = {
             method: {score: round(scores[score], 4) for score in MAP_SCORES}
-            for method, scores in result["summary"].items()
+            for method, scores in result.summary.items()
         }
     return record
 

@@ -1,9 +1,10 @@
-"""Images per second to a normalised, augmented 224 batch: a seed-style pipeline against attnscope's.
+"""Images per second to a normalised, augmented 224 batch: a tutorial-style pipeline against attnscope's.
 
-    python benchmarks/data_pipeline.py               # 2,000 JPEGs of 512x512, written to a temporary folder
-    python benchmarks/data_pipeline.py --count 500
+    python -m benchmarks.data_pipeline               # 2,000 JPEGs of 512x512, written to a temporary folder
+    python -m benchmarks.data_pipeline --count 500
 
-(a) seed-style: per item in ``__getitem__``, decode the full JPEG, convert, resize
+(a) tutorial-style (the AttnVGG melanoma tutorial's per-item pipeline, recorded as
+``seed_style``): per item in ``__getitem__``, decode the full JPEG, convert, resize
     the shorter side to 256, random-crop 224, rotate and flip with Pillow, make a
     tensor and normalise; a default DataLoader (no workers), and the same with 2.
 (b) attnscope cold: the first epoch, which builds the decode cache (JPEG draft
@@ -28,12 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnscope.data import AugmentConfig, BatchLoader, BatchTransform, load_images  # noqa: E402
-from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from attnscope.data.sources import from_csv  # noqa: E402
-from attnscope.data.sources.synthetic import render_lesion  # noqa: E402
+from attnscope.data import AugmentConfig, BatchLoader, BatchTransform, load_images
+from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from attnscope.data.sources import from_csv
+from attnscope.data.sources.synthetic import render_lesion
 
 SIZE = 224
 BATCH = 32
@@ -115,7 +114,7 @@ def main() -> int:
         transform = BatchTransform(
             AugmentConfig(rotation=10, hflip=True, vflip=True), IMAGENET_MEAN, IMAGENET_STD, SIZE, 3
         )
-        print("seed-style pipeline ...", file=sys.stderr, flush=True)
+        print("tutorial-style pipeline ...", file=sys.stderr, flush=True)
         seed_rate = seed_style_rate(manifest.paths, manifest.labels, workers=0)
         seed_rate_workers = seed_style_rate(manifest.paths, manifest.labels, workers=args.workers)
         print("attnscope cold and warm ...", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Fashion-MNIST from scratch on this machine: test accuracy, wall time, images per second.
 
-    python benchmarks/fashion_mnist.py --out benchmarks/results/fashion_mnist-cpu.jsonl
-    python benchmarks/fashion_mnist.py --set trainer.epochs=1 --set model.options.width=8     # a quick check
+    python -m benchmarks.fashion_mnist --out benchmarks/results/fashion_mnist-cpu.jsonl
+    python -m benchmarks.fashion_mnist --set trainer.epochs=1 --set model.options.width=8     # a quick check
 
 Trains the shipped ``fashion_mnist`` config (``attnscope train --config fashion_mnist``)
 on the 60,000 training images (10% held out for validation, which alone chooses
@@ -18,22 +18,19 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from attnscope.engine.config import load_config  # noqa: E402
-from attnscope.engine.inference import evaluate  # noqa: E402
-from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv  # noqa: E402
-from attnscope.engine.train import train  # noqa: E402
-from common import add_result_arguments, append_records, print_table  # noqa: E402
+from attnscope.engine.config import load_config
+from attnscope.engine.inference import evaluate
+from attnscope.engine.run import Run
+from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
+from attnscope.engine.train import train
+from benchmarks.common import add_result_arguments, append_records, print_table
 
 
 def render_table(records: list[dict]) -> str:
@@ -67,7 +64,7 @@ def main() -> None:
         paths = RunPaths(run_dir)
         history = read_metrics_csv(paths.metrics)
         best = read_json(paths.best)
-        test = evaluate(run_dir, run_dir / "evaluation", progress=False)["metrics"]
+        test = evaluate(Run.open(run_dir, progress=False)).metrics
         train_rows = read_json(paths.data)["counts"]["train"]["rows"]
     train_seconds = sum(row["seconds"] for row in history)
     record = {

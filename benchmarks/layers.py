@@ -1,7 +1,7 @@
 """Forward+backward time and memory of every attention layer, one JSON object per layer.
 
-    python benchmarks/layers.py                    # B=16, C=128, 28x28, k=7 on the CPU
-    python benchmarks/layers.py --device cuda --out benchmarks/results/layers-h100.jsonl
+    python -m benchmarks.layers                    # B=16, C=128, 28x28, k=7 on the CPU
+    python -m benchmarks.layers --device cuda --out benchmarks/results/layers-h100.jsonl
 
 Time: the median of ``--repeats`` forward+backward passes, the layers timed in
 turn round by round, so that a noisy neighbour slows them alike. Memory on the
@@ -35,17 +35,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnscope.fileio import atomic_write  # noqa: E402
-from attnscope.layers import (  # noqa: E402
+from attnscope.fileio import atomic_write
+from attnscope.layers import (
     CBAM,
     GlobalSelfAttention,
     GridAttention,
     LocalSelfAttention,
     SqueezeExcite,
 )
-from attnscope.profiling import saved_tensor_bytes  # noqa: E402
+from attnscope.profiling import saved_tensor_bytes
 
 LAYERS = ("grid", "se", "cbam", "global", "local_naive", "local")
 MB = 2**20
@@ -140,9 +138,11 @@ def peak_memory_bytes(layer: nn.Module, inputs: tuple[torch.Tensor, ...], device
 
 def measure_memory_in_child(name: str, args: argparse.Namespace) -> dict:
     """Run this script for one layer in a fresh process and read its memory figures."""
-    command = [sys.executable, __file__, "--child", name, *args.forwarded]
+    command = [sys.executable, "-m", "benchmarks.layers", "--child", name, *args.forwarded]
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, cwd=Path(__file__).resolve().parents[1]
+    )
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {name} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])

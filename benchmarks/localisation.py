@@ -1,8 +1,8 @@
 """Does the attention point at what matters? Attention against every CAM on the same models.
 
-    python benchmarks/localisation.py --out benchmarks/results/localisation-cpu.jsonl
-    python benchmarks/localisation.py --quick            # a smoke run: tiny sets, 1 epoch
-    python benchmarks/localisation.py --table benchmarks/results/localisation-cpu.jsonl   # README's table
+    python -m benchmarks.localisation --out benchmarks/results/localisation-cpu.jsonl
+    python -m benchmarks.localisation --quick            # a smoke run: tiny sets, 1 epoch
+    python -m benchmarks.localisation --table benchmarks/results/localisation-cpu.jsonl   # README's table
 
 Trains the same small attention model (attn_vgg_tiny, grid attention on pool-3
 and pool-4) on
@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
-from attnscope.engine.config import load_config  # noqa: E402
-from attnscope.engine.rundir import RunPaths, read_json  # noqa: E402
-from attnscope.engine.train import train  # noqa: E402
-from attnscope.explain.explainer import explain_run  # noqa: E402
+from attnscope.engine.config import load_config
+from attnscope.engine.run import Run
+from attnscope.engine.rundir import RunPaths, read_json
+from attnscope.engine.train import train
+from attnscope.explain.explainer import ExplainOptions, explain
+from benchmarks.common import add_result_arguments, append_records, choose, print_table
 
 
 def settings_for(name: str, quick: bool) -> list[str]:
@@ -102,15 +99,9 @@ def main() -> None:
             train(config)
             seconds = time.perf_counter() - started
             best = read_json(RunPaths(run_dir).best)
-            result = explain_run(
-                run_dir,
-                run_dir / "explain",
-                methods=["all"],
-                count=min(args.images, 40) if args.quick else args.images,
-                steps=args.steps,
-                progress=False,
-            )
-            for method, scores in result["summary"].items():
+            options = ExplainOptions(count=min(args.images, 40) if args.quick else args.images, steps=args.steps)
+            result = explain(Run.open(run_dir, progress=False), options)
+            for method, scores in result.summary.items():
                 record = {
                     "setting": name,
                     "method": method,

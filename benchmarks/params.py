@@ -1,7 +1,7 @@
 """Parameter counts of every registered model, one JSON object per model.
 
-    python benchmarks/params.py              # JSON lines
-    python benchmarks/params.py --markdown   # the README's table
+    python -m benchmarks.params              # JSON lines
+    python -m benchmarks.params --markdown   # the README's table
 
 Counts use a 1000-class head, as in the papers, so they can be compared with
 them. ``vgg16_bn_dense`` adds torchvision's three dense layers to VGG16-BN's
@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnscope.models import list_models, model_summary  # noqa: E402
+from attnscope.models import list_models, model_summary
 
 RATIO_BASES = ("resnet50", "vgg16_bn")
 TORCHVISION_DENSE_HEAD = ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))

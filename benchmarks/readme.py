@@ -1,7 +1,7 @@
 """Regenerate the README's result tables from the JSON lines under benchmarks/results/.
 
-    python benchmarks/readme.py            # rewrite every generated block of README.md
-    python benchmarks/readme.py --check    # exit 1 if a block differs from what its results give
+    python -m benchmarks.readme            # rewrite every generated block of README.md
+    python -m benchmarks.readme --check    # exit 1 if a block differs from what its results give
 
 A generated block sits between two markers; the first names the command that
 prints it (a benchmark script and its ``--table`` file)::
@@ -26,10 +26,10 @@ BLOCK = re.compile(r"(<!-- table: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /tab
 
 def render(command: str) -> str:
     """The markdown a block's command prints (run from the repository root)."""
-    script, *arguments = shlex.split(command)
-    if not script.startswith("benchmarks/"):
-        raise SystemExit(f"README block command {command!r}: must run a script under benchmarks/")
-    result = subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True)
+    words = shlex.split(command)
+    if words[:2] != ["python", "-m"] or len(words) < 3 or not words[2].startswith("benchmarks."):
+        raise SystemExit(f"README block command {command!r}: must be python -m benchmarks.NAME ...")
+    result = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"README block command {command!r} failed:\n{result.stderr[-2000:]}")
     return result.stdout.rstrip("\n") + "\n"
@@ -60,10 +60,9 @@ def main() -> int:
     updated, changed = regenerate(text)
     if args.check:
         for command in changed:
-            print(f"out of date: {command} (run python benchmarks/readme.py)", file=sys.stderr)
+            print(f"out of date: {command} (run python -m benchmarks.readme)", file=sys.stderr)
         return 1 if changed else 0
     if changed:
-        sys.path.insert(0, str(ROOT))
         from attnscope.fileio import atomic_write
 
         atomic_write(args.readme, updated)

@@ -1,9 +1,9 @@
 """Retrieval quality on Fashion-MNIST and index speed on a million random vectors.
 
-    python benchmarks/retrieval.py --out benchmarks/results/retrieval-cpu.jsonl
-    python benchmarks/retrieval.py --part fashion_mnist --run RUN      # reuse a trained run
-    python benchmarks/retrieval.py --part vectors --vectors 20000       # a quick look at the indexes
-    python benchmarks/retrieval.py --table benchmarks/results/retrieval-cpu.jsonl   # README's tables
+    python -m benchmarks.retrieval --out benchmarks/results/retrieval-cpu.jsonl
+    python -m benchmarks.retrieval --part fashion_mnist --run RUN      # reuse a trained run
+    python -m benchmarks.retrieval --part vectors --vectors 20000       # a quick look at the indexes
+    python -m benchmarks.retrieval --table benchmarks/results/retrieval-cpu.jsonl   # README's tables
 
 ``fashion_mnist``: a model trained with the shipped recipe (``--config
 fashion_mnist``) on ``attn_resnet_tiny`` (grid attention, so that there are maps
@@ -31,23 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from attnscope.engine.config import load_config  # noqa: E402
-from attnscope.engine.inference import evaluation_rows, load_run  # noqa: E402
-from attnscope.engine.rundir import read_metrics_csv, RunPaths  # noqa: E402
-from attnscope.engine.train import train  # noqa: E402
-from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca  # noqa: E402
-from attnscope.retrieval.metrics import average_precision, recall_at_k  # noqa: E402
-from common import add_result_arguments, append_records, choose, print_table, provenance, run_facts  # noqa: E402
+from attnscope.engine.config import load_config
+from attnscope.engine.run import DataSelection, Run
+from attnscope.engine.rundir import RunPaths, read_metrics_csv
+from attnscope.engine.train import train
+from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca
+from attnscope.retrieval.metrics import average_precision, recall_at_k
+from benchmarks.common import add_result_arguments, append_records, choose, print_table, provenance, run_facts
 
 PARTS = ("fashion_mnist", "fashion_mnist_indexes", "vectors")
 KS = (1, 5, 10)
@@ -69,15 +65,22 @@ def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | No
     return run_dir
 
 
+def idx_loaders(run: Run, directory: str | None) -> tuple:
+    """Loaders over every Fashion-MNIST training image (the gallery) and test image (the queries)."""
+    options = {"directory": directory} if directory else {}
+    return tuple(
+        run.loader(DataSelection(source="idx", source_options={**options, "split": split}))
+        for split in ("train", "test")
+    )
+
+
 def fashion_mnist(
     run_dir: Path | None, root: Path, epochs: int | None, quick: bool, directory: str | None
 ) -> list[dict]:
     """mAP and recall@k of each embedding, test images against the training images."""
     run_dir = run_dir or trained_run(root, epochs, quick, directory)
-    run = load_run(run_dir)
-    options = {"directory": directory} if directory else {}
-    gallery_loader = evaluation_rows(run, "idx", {**options, "split": "train"}, progress=False)
-    query_loader = evaluation_rows(run, "idx", {**options, "split": "test"}, progress=False)
+    run = Run.open(run_dir, progress=False)
+    gallery_loader, query_loader = idx_loaders(run, directory)
     gallery_labels = gallery_loader.decoded.manifest.labels
     query_labels = query_loader.decoded.manifest.labels
     history = read_metrics_csv(RunPaths(run_dir).metrics)
@@ -85,9 +88,9 @@ def fashion_mnist(
     for attention in (False, True):
         config = EmbeddingConfig(stages=STAGES, attention_pooling=attention)
         started = time.perf_counter()
-        gallery = embed(run, gallery_loader, config, progress=False)
+        gallery = embed(run, gallery_loader, config)
         embed_seconds = time.perf_counter() - started
-        queries = embed(run, query_loader, config, progress=False)
+        queries = embed(run, query_loader, config)
         for pca_dim in (0, 128):
             pca = fit_pca(gallery.vectors, pca_dim) if pca_dim else None
             g = pca.apply(gallery.vectors) if pca else gallery.vectors
@@ -158,8 +161,10 @@ def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[
                 truth = positions
             recall = float(np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions, truth, strict=True)]))
             batch = queries[:1000]
-            batch_ms = _median_ms(lambda: index.search(batch, 10), 3) / len(batch)
-            single_ms = statistics.median(_median_ms(lambda q=q: index.search(q[None], 10), 1) for q in queries[:100])
+            batch_ms = _median_ms(lambda index=index, batch=batch: index.search(batch, 10), 3) / len(batch)
+            single_ms = statistics.median(
+                _median_ms(lambda q=q, index=index: index.search(q[None], 10), 1) for q in queries[:100]
+            )
             record = {
                 "benchmark": "retrieval",
                 **facts,
@@ -184,15 +189,10 @@ def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[
 
 def fashion_mnist_indexes(run_dir: Path, directory: str | None) -> list[dict]:
     """The index kinds on real embeddings: attention-pooled, PCA-128, training images against test images."""
-    run = load_run(run_dir)
-    options = {"directory": directory} if directory else {}
+    run = Run.open(run_dir, progress=False)
     config = EmbeddingConfig(stages=STAGES, attention_pooling=True)
-    gallery = embed(
-        run, evaluation_rows(run, "idx", {**options, "split": "train"}, progress=False), config, progress=False
-    )
-    queries = embed(
-        run, evaluation_rows(run, "idx", {**options, "split": "test"}, progress=False), config, progress=False
-    )
+    gallery_loader, query_loader = idx_loaders(run, directory)
+    gallery, queries = embed(run, gallery_loader, config), embed(run, query_loader, config)
     pca = fit_pca(gallery.vectors, 128)
     return compare_indexes(
         pca.apply(gallery.vectors), pca.apply(queries.vectors), {"part": "fashion_mnist_indexes", "run": str(run_dir)}

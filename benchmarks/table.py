@@ -1,6 +1,6 @@
 """Render a layer-benchmark JSONL file as the markdown table of the README.
 
-python benchmarks/table.py benchmarks/results/layers-cpu.jsonl
+python -m benchmarks.table benchmarks/results/layers-cpu.jsonl
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("results", type=Path)
     args = parser.parse_args()
     if not args.results.is_file():
-        parser.error(f"{args.results} does not exist; write one with: python benchmarks/layers.py --out {args.results}")
+        parser.error(f"{args.results} does not exist; write one with: python -m benchmarks.layers --out {args.results}")
     records = []
     for number, line in enumerate(args.results.read_text().splitlines(), start=1):
         if line.strip():

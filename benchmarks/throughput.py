@@ -1,8 +1,9 @@
 """Training and inference images per second of whole models, and what each speed option buys.
 
-    python benchmarks/throughput.py --out benchmarks/results/throughput-cpu.jsonl
-    python benchmarks/throughput.py --device cuda --batch 128 --variants fp32,amp --out benchmarks/results/throughput-<gpu>.jsonl
-    python benchmarks/throughput.py --models resnet_tiny --size 64 --steps 2     # a quick check
+    python -m benchmarks.throughput --out benchmarks/results/throughput-cpu.jsonl
+    python -m benchmarks.throughput --device cuda --batch 128 --variants fp32,amp \
+        --out benchmarks/results/throughput-<gpu>.jsonl
+    python -m benchmarks.throughput --models resnet_tiny --size 64 --steps 2     # a quick check
 
 For each model and variant: a training step (forward, cross-entropy, backward, SGD
 step) and an inference pass (no_grad) on random images, ``--steps`` timed after
@@ -19,18 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from attnscope.models import create_model  # noqa: E402
-from common import add_result_arguments, append_records, choose, print_table  # noqa: E402
+from attnscope.models import create_model
+from benchmarks.common import add_result_arguments, append_records, choose, print_table
 
 MODELS = ("attn_vgg16_bn", "resnet50", "se_resnet50", "cbam_resnet50", "local_resnet26")
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "amp")

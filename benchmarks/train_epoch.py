@@ -1,7 +1,7 @@
 """Seconds per training step and per epoch of a model through attnscope's engine (Lightning loop).
 
-    python benchmarks/train_epoch.py                                   # attn_vgg16_bn, 224 px, batch 32
-    python benchmarks/train_epoch.py --model attn_vgg_tiny --size 64 --steps 3 --variants fp32
+    python -m benchmarks.train_epoch                                   # attn_vgg16_bn, 224 px, batch 32
+    python -m benchmarks.train_epoch --model attn_vgg_tiny --size 64 --steps 3 --variants fp32
 
 Each variant trains ``--steps`` timed batches (after ``--warmup`` untimed ones)
 of generated lesions through the real training task (uint8 batch -> on-device
@@ -22,24 +22,19 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from common import append_records, choose  # noqa: E402
-from attnscope.data.module import DataModule  # noqa: E402
-from attnscope.engine.config import load_config  # noqa: E402
-from attnscope.engine.task import ClassifierTask  # noqa: E402
-from attnscope.engine.train import LoaderModule, build_model  # noqa: E402
+from attnscope.data.module import DataModule
+from attnscope.engine.build import build_model
+from attnscope.engine.config import load_config
+from attnscope.engine.task import ClassifierTask
+from attnscope.engine.train import LoaderModule
+from benchmarks.common import append_records, choose
 
 VARIANTS = {
     "fp32": {"trainer.precision": "32-true", "trainer.channels_last": False},

@@ -1,23 +1,20 @@
 """The attention ablation runs end to end: equal budgets, sound records, both tables."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 from attnscope.models import create_model
+from tests.benchmarks import bench, run_in_root
 from tests.benchmarks.test_retrieval_benchmark import write_idx
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "ablation.py"
+BENCH = bench("ablation")
 
 
 def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path):
     write_idx(tmp_path)
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
+    result = run_in_root(
         [
-            sys.executable,
-            str(SCRIPT),
+            *BENCH,
             "--quick",
             "--fashion-mnist",
             str(tmp_path),
@@ -55,10 +52,10 @@ def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path
     assert len([m for m in maps["cbam"] if m.startswith("attention:")]) == 4  # one spatial gate per block
     for scores in (s for methods in maps.values() for s in methods.values()):
         assert all(0 <= scores[name] <= 1 for name in ("pointing_game", "energy", "jaccard"))
-    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True).stdout
+    table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True).stdout
     assert "| none | " in table and "| 1 | 1 |" in table and "| 1.00x |" in table  # one epoch, one seed
     assert "| cluttered | grid |" in table and "no spatial map" in table
     assert table.rstrip().endswith(
-        f"by `python benchmarks/ablation.py --quick --fashion-mnist {tmp_path} --settings "
+        f"by `python -m benchmarks.ablation --quick --fashion-mnist {tmp_path} --settings "
         f"fashion_mnist,cluttered,speed --attention none,cbam,grid --out {out}`."
     )

@@ -1,16 +1,15 @@
 """The data-pipeline benchmark runs end to end on a few images and reports consistent figures."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipeline.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("data_pipeline")
 
 
 def test_reports_rates_and_ratios_that_agree(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
+    result = run_in_root(
+        [*BENCH, "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,12 +2,12 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "fashion_mnist.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("fashion_mnist")
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -17,10 +17,9 @@ FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 )
 def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
+    result = run_in_root(
         [
-            sys.executable,
-            str(SCRIPT),
+            *BENCH,
             "--set",
             "trainer.epochs=1",
             "--set",
@@ -42,6 +41,6 @@ def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     assert 0.5 < record["test_accuracy"] < 1  # one epoch of a width-4 net is far from chance
     assert record["goal_0.94_in_600s"] == (record["test_accuracy"] >= 0.94 and record["wall_s"] <= 600)
     assert json.loads(out.read_text()) == record
-    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
+    table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True)
     row = table.stdout.strip().splitlines()[-1]
     assert row.startswith(f"| 1 | {record['test_accuracy']:.4f} |") and row.endswith("| not met |")

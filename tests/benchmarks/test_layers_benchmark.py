@@ -1,18 +1,16 @@
 """The layer benchmark runs end to end at a tiny size and its records are sound."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "layers.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("layers")
 
 
 def test_prints_one_sound_record_per_layer_and_writes_the_same_file(tmp_path):
     out = tmp_path / "results" / "layers.jsonl"
     command = [
-        sys.executable,
-        str(SCRIPT),
+        *BENCH,
         "--batch",
         "2",
         "--channels",
@@ -28,7 +26,7 @@ def test_prints_one_sound_record_per_layer_and_writes_the_same_file(tmp_path):
         "--out",
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = run_in_root(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["layer"] for r in records] == ["grid", "se", "cbam", "global", "local_naive", "local"]
@@ -45,6 +43,6 @@ def test_prints_one_sound_record_per_layer_and_writes_the_same_file(tmp_path):
 
 
 def test_an_unknown_layer_is_refused_by_name():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--layers", "nonlocal"], capture_output=True, text=True)
+    result = run_in_root([*BENCH, "--layers", "nonlocal"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid choice: 'nonlocal'" in result.stderr

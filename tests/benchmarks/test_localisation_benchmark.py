@@ -1,29 +1,16 @@
 """The localisation benchmark runs end to end on a tiny setting and reports every method's scores."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "localisation.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("localisation")
 
 
 def test_scores_every_method_and_checks_the_goals(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--quick",
-            "--settings",
-            "lesions_supervised",
-            "--images",
-            "6",
-            "--steps",
-            "2",
-            "--out",
-            str(out),
-        ],
+    result = run_in_root(
+        [*BENCH, "--quick", "--settings", "lesions_supervised", "--images", "6", "--steps", "2", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,17 +1,15 @@
 """The parameter table script covers every model and states the seed's dense-layer point."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import attnscope
+from tests.benchmarks import bench, run_in_root
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "params.py"
+BENCH = bench("params")
 
 
 def test_one_record_per_model_plus_the_dense_vgg():
-    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True)
+    result = run_in_root([*BENCH], capture_output=True, text=True, check=True)
     rows = {row["model"]: row for row in map(json.loads, result.stdout.splitlines())}
     assert set(rows) == set(attnscope.list_models()) | {"vgg16_bn_dense"}
     assert rows["vgg16_bn_dense"]["params"] == 138_365_992  # torchvision's vgg16_bn
@@ -20,6 +18,6 @@ def test_one_record_per_model_plus_the_dense_vgg():
 
 
 def test_markdown_table_has_a_row_per_record():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--markdown"], capture_output=True, text=True, check=True)
+    result = run_in_root([*BENCH, "--markdown"], capture_output=True, text=True, check=True)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| model |") and len(lines) == 2 + len(attnscope.list_models()) + 1

@@ -4,24 +4,22 @@ import pathlib
 import subprocess
 import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "readme.py"
-ROOT = SCRIPT.parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README_TOOL = [sys.executable, "-m", "benchmarks.readme"]
 
 
 def test_every_generated_table_of_the_readme_is_up_to_date():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*README_TOOL, "--check"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (ROOT / "README.md").read_text().count("<!-- table: ") >= 6
 
 
 def test_a_stale_table_is_reported_then_rewritten(tmp_path):
-    command = "benchmarks/fashion_mnist.py --table benchmarks/results/fashion_mnist-cpu.jsonl"
+    command = "python -m benchmarks.fashion_mnist --table benchmarks/results/fashion_mnist-cpu.jsonl"
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n<!-- table: {command} -->\n| old |\n<!-- /table -->\nafter\n")
-    check = subprocess.run(
-        [sys.executable, str(SCRIPT), "--readme", str(readme), "--check"], capture_output=True, text=True
-    )
+    check = subprocess.run([*README_TOOL, "--readme", str(readme), "--check"], capture_output=True, text=True, cwd=ROOT)
     assert check.returncode == 1 and f"out of date: {command}" in check.stderr
-    subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme)], check=True, capture_output=True)
-    fresh = subprocess.run([sys.executable, *command.split()], cwd=ROOT, capture_output=True, text=True).stdout
+    subprocess.run([*README_TOOL, "--readme", str(readme)], check=True, capture_output=True, cwd=ROOT)
+    fresh = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT, capture_output=True, text=True).stdout
     assert readme.read_text() == f"# x\n\n<!-- table: {command} -->\n{fresh}<!-- /table -->\nafter\n"

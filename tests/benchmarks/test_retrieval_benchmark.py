@@ -2,14 +2,13 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 
+from tests.benchmarks import bench, run_in_root
 from tests.data.test_sources_arrays import idx_bytes
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "retrieval.py"
+BENCH = bench("retrieval")
 
 
 def write_idx(folder: pathlib.Path) -> None:
@@ -28,10 +27,9 @@ def write_idx(folder: pathlib.Path) -> None:
 def test_reports_sound_retrieval_and_index_figures(tmp_path):
     write_idx(tmp_path)
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
+    result = run_in_root(
         [
-            sys.executable,
-            str(SCRIPT),
+            *BENCH,
             "--quick",
             "--fashion-mnist",
             str(tmp_path),
@@ -68,6 +66,6 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     assert [r["kind"] for r in on_embeddings] == ["flat", "ivf", "ivf", "hnsw", "hnsw", "lsh"]
     assert all(r["count"] == 300 and r["queries"] == 60 and r["dim"] == 128 for r in on_embeddings)
     assert on_embeddings[0]["recall@10"] == 1.0 and on_embeddings[1]["recall@10"] == 1.0  # 7 cells, 16 probed
-    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(out)], capture_output=True, text=True)
+    table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True)
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
-    assert "Measured " in table.stdout and "by `python benchmarks/retrieval.py --quick" in table.stdout
+    assert "Measured " in table.stdout and "by `python -m benchmarks.retrieval --quick" in table.stdout

@@ -1,19 +1,17 @@
 """The throughput benchmark runs end to end on tiny models and reports ratios that agree with its rates."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("throughput")
 
 
 def test_reports_rates_per_variant_and_ratios_to_fp32(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
+    result = run_in_root(
         [
-            sys.executable,
-            str(SCRIPT),
+            *BENCH,
             "--models",
             "resnet_tiny",
             "--size",
@@ -41,5 +39,5 @@ def test_reports_rates_per_variant_and_ratios_to_fp32(tmp_path):
         ratio = summary["ratios"]["resnet_tiny"][record["variant"]]["train"]
         assert abs(ratio - record["train_img_per_s"] / base["train_img_per_s"]) < 0.01
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
-    refused = subprocess.run([sys.executable, str(SCRIPT), "--variants", "bf16,fp32"], capture_output=True, text=True)
+    refused = run_in_root([*BENCH, "--variants", "bf16,fp32"], capture_output=True, text=True)
     assert refused.returncode == 2 and "first variant must be fp32" in refused.stderr

@@ -1,19 +1,17 @@
 """The training-step benchmark runs end to end on a tiny model and reports consistent figures."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_epoch.py"
+from tests.benchmarks import bench, run_in_root
+
+BENCH = bench("train_epoch")
 
 
 def test_reports_steps_epoch_and_ratios_to_the_baseline(tmp_path):
     out = tmp_path / "records.jsonl"
-    result = subprocess.run(
+    result = run_in_root(
         [
-            sys.executable,
-            str(SCRIPT),
+            *BENCH,
             "--model",
             "attn_vgg_tiny",
             "--size",

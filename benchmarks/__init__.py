@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and accuracy scripts that print JSON. Run each as ``python -m benchmarks.NAME``."""
