@@ -310,18 +310,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _print_metrics(result: Evaluation) -> None:
     metrics = result.metrics
-    shown = (
-        "auc",
-        "ap",
-        "accuracy",
-        "balanced_accuracy",
-        "sensitivity",
-        "specificity",
-        "sensitivity_youden",
-        "specificity_youden",
-    )
     print(f"{result.data} ({metrics['rows']} images, {result.kind}):")
-    for name in shown:
+    for name in names.HEADLINE_METRICS:
         if name in metrics:
             print(f"  {name:<20} {metrics[name]:.4f}")
     if isinstance(metrics.get("threshold"), float):

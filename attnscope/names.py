@@ -9,6 +9,18 @@ equals the registry it names.
 from __future__ import annotations
 
 SPLITS = ("train", "val", "test")
+# the scalar metrics of an evaluation, in the order they are shown (CLI, report); the ``_youden``
+# pair is at the operating threshold chosen on validation
+HEADLINE_METRICS = (
+    "auc",
+    "ap",
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "sensitivity_youden",
+    "specificity_youden",
+)
 WEIGHTS = ("best", "last")
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

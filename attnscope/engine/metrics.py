@@ -27,6 +27,8 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from attnscope.names import HEADLINE_METRICS
+
 log = logging.getLogger(__name__)
 
 KINDS = ("binary", "multiclass", "multilabel")
@@ -184,16 +186,7 @@ def summarize(
     return _multiclass_summary(probs, targets.long(), classes, split)
 
 
-MEAN_KEYS = (
-    "auc",
-    "ap",
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "sensitivity_youden",
-    "specificity_youden",
-)
+MEAN_KEYS = HEADLINE_METRICS
 
 
 def _multilabel_summary(

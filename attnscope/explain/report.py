@@ -29,6 +29,7 @@ from attnscope.explain.explainer import SCORE_NAMES, ExplainOptions, Explanation
 from attnscope.explain.overlay import write_attention_grid
 from attnscope.fileio import atomic_write
 from attnscope.htmlpage import document, png_file_uri
+from attnscope.names import HEADLINE_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -220,18 +221,7 @@ def _gallery(run: Run, loader: BatchLoader, per_group: int, folder: Path) -> lis
 
 
 def _metric_rows(run: Run, metrics: dict) -> list[list]:
-    names = (
-        "auc",
-        "ap",
-        "accuracy",
-        "balanced_accuracy",
-        "sensitivity",
-        "specificity",
-        "sensitivity_youden",
-        "specificity_youden",
-        "threshold",
-        "rows",
-    )
+    names = (*HEADLINE_METRICS, "threshold", "rows")
     rows = [[name, metrics[name]] for name in names if not isinstance(metrics.get(name), (list, type(None)))]
     for key in ("auc_per_class", "ap_per_class"):
         for name, value in zip(run.classes, metrics.get(key) or [], strict=False):
