@@ -257,7 +257,9 @@ def _print_best(result: TrainResult) -> None:
 
 def _parser_demo(verbs: Any) -> None:
     parser = verbs.add_parser("demo", help="train, evaluate, explain and index a model on built-in synthetic lesions")
-    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo, replaced)")
+    parser.add_argument(
+        "--out", default="runs/demo", help="run directory (default runs/demo; an earlier demo run there is replaced)"
+    )
     parser.add_argument("--epochs", type=int, help="override the demo's epochs")
     _add_settings(parser)
     _add_common(parser, skip_bad=False)
@@ -436,7 +438,12 @@ def _parser_index(verbs: Any) -> None:
         "with the run's model and saves a searchable index folder.",
     )
     _add_run(parser)
-    parser.add_argument("--out", required=True, metavar="INDEX", help="index folder (replaced whole when written)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="INDEX",
+        help="a new index folder (an existing attnscope index only with --add or --force)",
+    )
     _add_data(parser, "index", split="train")
     parser.add_argument(
         "--kind",
@@ -463,6 +470,7 @@ def _parser_index(verbs: Any) -> None:
     parser.add_argument("--fp16", action="store_true", help="store vectors and the index in float16 (half the memory)")
     parser.add_argument("--no-thumbnails", action="store_true", help="keep no thumbnails (search --html shows none)")
     parser.add_argument("--add", action="store_true", help="add these images to the index at --out")
+    parser.add_argument("--force", action="store_true", help="replace the attnscope index at --out")
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_index(args))
 
@@ -482,6 +490,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         thumbnails=not args.no_thumbnails,
         add=args.add,
+        force=args.force,
     )
     with _open_run(args) as run:
         result = build_index(run, options)

@@ -20,8 +20,10 @@ from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.inference import Evaluation, evaluate
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.train import TrainResult, train
+from attnscope.errors import DataError
 from attnscope.explain.overlay import write_run_attention_grid
 from attnscope.explain.report import Report, write_report
+from attnscope.fileio import MARKER, read_marker, write_marker
 from attnscope.retrieval.page import write_search_page
 from attnscope.retrieval.service import IndexOptions, IndexSummary, build_index, open_index, search_loader
 
@@ -34,7 +36,8 @@ GRID_IMAGES = 8
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Where the demo's run goes (replaced if it holds a run), optional epochs, and extra ``--set`` settings."""
+    """Where the demo's run goes (an earlier demo run there is replaced; nothing else ever is), optional
+    epochs, and extra ``--set`` settings."""
 
     out: str | Path = "runs/demo"
     epochs: int | None = None
@@ -76,8 +79,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     started = time.perf_counter()
     config = demo_config(options)
     run_dir = Path(str(config.run_dir))
-    if run_dir.exists() and (run_dir / "config.yaml").exists():
-        shutil.rmtree(run_dir)  # the demo's folder is the demo's own: start it afresh
+    _start_afresh(run_dir)
     log.info(
         "attnscope demo: %s on %s (%s images, %d px), %d epochs",
         config.model.name,
@@ -94,6 +96,21 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         index = build_index(run, IndexOptions(out=run_dir / "index", attention_pooling=True))
         page = _similar_page(run, index.out, run_dir / "similar.html")
     return DemoResult(config, training, evaluation, grid, report, index, page, time.perf_counter() - started)
+
+
+def _start_afresh(run_dir: Path) -> None:
+    """Remove the demo's previous run at ``run_dir``, and only that: a folder the demo made (its marker)."""
+    if run_dir.exists() or run_dir.is_symlink():
+        marker = read_marker(run_dir) if run_dir.is_dir() and not run_dir.is_symlink() else None
+        if marker is None or marker.get("kind") != "run" or not marker.get("demo"):
+            raise DataError(
+                f"{run_dir} exists and is not a demo run attnscope made (no {MARKER} marker of one); the demo "
+                "replaces only its own earlier run: choose another --out (a demo run made before attnscope marked "
+                "its folders has no marker: remove it yourself if you want it gone)"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_marker(run_dir, "run", demo=True)
 
 
 def _similar_page(run: Run, index_dir: Path, out: Path) -> Path:

@@ -1,13 +1,25 @@
-"""Atomic file writing: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writing, and the markers that tell attnscope's own folders from a user's.
+
+A reader sees the old file or the new one, never half of one. A folder attnscope
+creates for a run or an index carries a marker file (``.attnscope``, naming its
+kind); attnscope replaces a folder only when it carries the marker of the same
+kind, and never deletes or replaces anything else.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from attnscope.errors import ConfigError, DataError
+
+MARKER = ".attnscope"
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str = "utf-8") -> Path:
@@ -42,21 +54,59 @@ def _mode_for(target: Path) -> int:
         return 0o666 & ~_umask()
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty sibling folder to fill; on success it replaces ``path`` in two renames.
+def write_marker(folder: str | os.PathLike[str], kind: str, **facts: Any) -> Path:
+    """Mark ``folder`` as attnscope's own ``kind`` (``run``, ``index``), with any ``facts`` about it."""
+    return atomic_write(Path(folder) / MARKER, json.dumps({"kind": kind, **facts}) + "\n")
 
+
+def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The marker of an attnscope folder, or None where there is none (a user's folder, a file)."""
+    try:
+        values = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def check_replaceable(folder: str | os.PathLike[str], kind: str, replace: bool, hint: str) -> None:
+    """Refuse to write over an existing ``folder`` unless attnscope made it as ``kind`` and ``replace`` is set.
+
+    ``hint`` says how a user asks for the replacement (e.g. ``pass --force to replace it``).
+    """
+    target = Path(folder)
+    if not target.exists() and not target.is_symlink():
+        return
+    marker = read_marker(target) if target.is_dir() and not target.is_symlink() else None
+    if marker is None or marker.get("kind") != kind:
+        raise DataError(
+            f"{target} exists and is not an attnscope {kind} (it has no {MARKER} marker of one); attnscope never "
+            "replaces a folder or file it did not make: choose a new path"
+        )
+    if not replace:
+        raise ConfigError(f"{target} already holds an attnscope {kind}; {hint}")
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike[str], kind: str, replace: bool = False, hint: str = "pass --force to replace it"
+) -> Iterator[Path]:
+    """Yield an empty sibling folder to fill; on success it becomes ``path`` in one or two renames.
+
+    The folder is marked as attnscope's ``kind``. An existing ``path`` is replaced only
+    when it is attnscope's own ``kind`` and ``replace`` is set (:func:`check_replaceable`).
     Readers see the old folder or the new one. If the block fails, the partial
     folder is removed and ``path`` is left as it was. Between the two renames
     (the old folder moved aside, the new one not yet in place) a crash leaves the
     old folder beside ``path`` as ``.<name>.old-*``, whole, not deleted.
     """
     target = Path(path)
+    check_replaceable(target, kind, replace, hint)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         os.chmod(staging, 0o777 & ~_umask())
         yield staging
+        write_marker(staging, kind)
         if target.exists():
             aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
             os.replace(target, aside / target.name)

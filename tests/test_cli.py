@@ -546,3 +546,27 @@ def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, capsys):
     assert f"similarity index of the {train_rows} training images" in printed
     page = (demo / "similar.html").read_text()
     assert page.count("<img") == 6 * (1 + 8) and page.count("truth: <b>") == 6
+
+
+def test_index_and_demo_never_replace_what_they_did_not_make(cli_run, capsys):
+    """Regression: `index --out RUN` deleted the run, `index --out runs` every run, `demo --out RUN` a run."""
+    weights = (cli_run / "checkpoints" / "best.safetensors").read_bytes()
+    for out in (cli_run, cli_run.parent):
+        assert cli.main(["index", str(cli_run), "--out", str(out), "--no-progress"]) == cli.EXIT_ERROR
+        err = capsys.readouterr().err
+        assert f"{out} exists and is not an attnscope index" in err and "Traceback" not in err
+    assert cli.main(["demo", "--out", str(cli_run), "--no-progress"]) == cli.EXIT_ERROR
+    assert "is not a demo run attnscope made" in capsys.readouterr().err
+    assert (cli_run / "checkpoints" / "best.safetensors").read_bytes() == weights
+    assert (cli_run / "config.yaml").is_file() and (cli_run.parent / "run.yaml").is_file()
+
+
+def test_the_demo_replaces_its_own_earlier_run(tmp_path):
+    from attnscope.demo import _start_afresh
+    from attnscope.fileio import read_marker
+
+    demo = tmp_path / "demo"
+    _start_afresh(demo)
+    (demo / "old.txt").write_text("from the last demo")
+    _start_afresh(demo)
+    assert [p.name for p in demo.iterdir()] == [".attnscope"] and read_marker(demo) == {"kind": "run", "demo": True}

@@ -45,15 +45,18 @@ def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path):
     from attnscope.fileio import atomic_directory
 
     target = tmp_path / "index"
-    with atomic_directory(target) as folder:
+    with atomic_directory(target, "index", replace=True) as folder:
         (folder / "a.txt").write_text("first")
     assert (target / "a.txt").read_text() == "first"
     with pytest.raises(RuntimeError, match="half way"):
-        with atomic_directory(target) as folder:
+        with atomic_directory(target, "index", replace=True) as folder:
             (folder / "a.txt").write_text("second")
             raise RuntimeError("half way")
     assert (target / "a.txt").read_text() == "first"
-    with atomic_directory(target) as folder:
+    with atomic_directory(target, "index", replace=True) as folder:
         (folder / "b.txt").write_text("third")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder's files are gone with it
+    assert sorted(p.name for p in target.iterdir()) == [
+        ".attnscope",
+        "b.txt",
+    ]  # the old folder's files are gone with it
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no staging or set-aside folder left

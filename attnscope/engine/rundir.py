@@ -24,8 +24,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+import os
+import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +38,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from attnscope.errors import CheckpointError
-from attnscope.fileio import atomic_write
+from attnscope.errors import CheckpointError, ConfigError, DataError
+from attnscope.fileio import atomic_write, read_marker, write_marker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,99 @@ class RunPaths:
                 f"{self.root} is not a run directory (no config.yaml); pass the folder `attnscope train` printed"
             )
         return self
+
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """The lock a training process holds on its run directory for the whole run.
+
+    ``RUN/.lock`` is created exclusively and names the holder (pid, host, start). A
+    second process gets a ConfigError naming the holder. A lock whose process is
+    gone (same host, pid no longer alive: a killed run) is stale and is taken over;
+    a lock from another host is never second-guessed.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_NAME
+
+    def __enter__(self) -> RunLock:
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None and not _stale(holder):
+                    raise ConfigError(
+                        f"{self.path.parent} is being trained by process {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('started')}; wait for it to finish or choose "
+                        f"another --run-dir (if that process is gone, remove {self.path})"
+                    ) from None
+                log.warning("taking over the stale lock %s (%s)", self.path, holder or "unreadable")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "started": datetime.now().isoformat(timespec="seconds"),
+                    },
+                    handle,
+                )
+            return self
+        raise ConfigError(f"{self.path}: could not take the run's lock; try again")
+
+    def __exit__(self, *exc: object) -> None:
+        holder = self.holder()
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+    def holder(self) -> dict | None:
+        """Who holds the lock (pid, host, started), or None if the file cannot be read."""
+        try:
+            values = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return values if isinstance(values, dict) else None
+
+
+def _stale(holder: dict) -> bool:
+    """True when the lock's process is known to be gone: same host, pid not alive."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
+    """Create the run directory, or check that an existing one may be trained into.
+
+    A new run goes into a new folder, an empty one, or attnscope's own run folder of
+    a start that failed before writing ``config.yaml``; never into a user's folder.
+    """
+    root = paths.root
+    if resume:
+        paths.require()
+        return
+    if paths.config.exists():
+        raise ConfigError(f"{root} already holds a run; continue it with --resume {root}, or choose another --run-dir")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        marker = read_marker(root) if root.is_dir() else None
+        if marker is None or marker.get("kind") != "run":
+            raise DataError(
+                f"{root} exists and is not an empty folder or an attnscope run; attnscope creates a run only in "
+                "a new or empty folder: choose another --run-dir"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    if read_marker(root) is None:
+        write_marker(root, "run")
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:

@@ -33,7 +33,9 @@ from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
 from attnscope.engine.metrics import task_kind
 from attnscope.engine.rundir import (
+    RunLock,
     RunPaths,
+    prepare_run_dir,
     read_json,
     save_weights,
     write_json,
@@ -238,18 +240,16 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     paths = RunPaths(resolve_run_dir(config))
     config.run_dir = str(paths.root)
     rank_zero = getattr(rank_zero_only, "rank", 0) == 0
-    if rank_zero and not resume and paths.config.exists() and not os.environ.get(RUN_DIR_ENV):
-        raise ConfigError(
-            f"{paths.root} already holds a run; continue it with --resume {paths.root}, or choose another --run-dir"
-        )
-    paths.root.mkdir(parents=True, exist_ok=True)
     launched = os.environ.get(RUN_DIR_ENV)
+    if launched is not None:  # a process DDP launched: the launching process prepared and locked the run
+        return _train(config, paths, resume, rank_zero)
+    prepare_run_dir(paths, resume)
     os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches
     try:
-        return _train(config, paths, resume, rank_zero)
+        with RunLock(paths.root):
+            return _train(config, paths, resume, rank_zero)
     finally:
-        if launched is None:
-            os.environ.pop(RUN_DIR_ENV, None)
+        os.environ.pop(RUN_DIR_ENV, None)
 
 
 def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) -> TrainResult:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from attnscope.errors import ConfigError, RetrievalError
-from attnscope.fileio import atomic_directory
+from attnscope.fileio import atomic_directory, read_marker, write_marker
 from attnscope.names import INDEX_KINDS, INDEX_PARAMS
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
 
@@ -212,9 +212,12 @@ class SimilarityIndex:
         _, found = self.faiss_index.search(_as_float32(queries), candidates)
         return rerank(queries, self.vectors, found, k)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the index folder at ``path``, replacing any index there only once it is whole."""
+    def save(self, path: str | Path, replace: bool = False) -> Path:
+        """Write the index folder at ``path``; with ``replace``, an index already there is replaced once the
+        new one is whole. Anything else at ``path`` (a run, a user's folder) is never replaced."""
         faiss = _faiss()
+        if replace and read_marker(path) is None and _is_index_folder(Path(path)):
+            write_marker(path, "index")  # an index written before folders carried markers
         header = {
             "format": FORMAT,
             "kind": self.kind,
@@ -224,7 +227,8 @@ class SimilarityIndex:
             "embedding": self.embedding.to_dict(),
             **self.meta,
         }
-        with atomic_directory(path) as folder:
+        hint = "pass --force to replace it, or --add to add images to it"
+        with atomic_directory(path, "index", replace=replace, hint=hint) as folder:
             (folder / "index.faiss").write_bytes(faiss.serialize_index(self.faiss_index).tobytes())
             np.save(folder / "vectors.npy", self.vectors)
             buffer = io.StringIO()
@@ -283,6 +287,13 @@ class SimilarityIndex:
             pca,
             thumbs,
         )
+
+
+def _is_index_folder(folder: Path) -> bool:
+    try:
+        return _read_header(folder).get("format") == FORMAT
+    except RetrievalError:
+        return False
 
 
 def _read_header(folder: Path) -> dict:

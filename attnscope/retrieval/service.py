@@ -80,6 +80,7 @@ class IndexOptions(DataSelection):
 
     The embedding fields (``stages``, ``attention_pooling``, ``taps``, ``pca_dim``, ``fp16``)
     left at their defaults with ``add`` mean "the index's own"; set, they must equal it.
+    ``force`` replaces an index already at ``out``; nothing but an attnscope index is ever replaced.
     """
 
     split: str = "train"
@@ -93,6 +94,7 @@ class IndexOptions(DataSelection):
     fp16: bool = False
     thumbnails: bool = True
     add: bool = False
+    force: bool = False
 
     def embedding(self) -> EmbeddingConfig:
         return EmbeddingConfig(
@@ -180,7 +182,7 @@ def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
             pca=pca,
             thumbs=thumbs,
         )
-    index.save(out)
+    index.save(out, replace=options.add or options.force)
     skipped = len(loader.decoded.manifest.rejected)
     log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
     return IndexSummary(out, len(rows), len(index), index.dim, index.kind, index.params, skipped)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnscope.errors import ConfigError, RetrievalError
+from attnscope.errors import ConfigError, DataError, RetrievalError
 from attnscope.retrieval.embed import EmbeddingConfig, fit_pca
 from attnscope.retrieval.index import SimilarityIndex, resolve_params
 
@@ -133,7 +133,7 @@ def test_a_failed_save_keeps_the_previous_index_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", fail)
     with pytest.raises(OSError, match="disk full"):
-        new.save(tmp_path / "idx")
+        new.save(tmp_path / "idx", replace=True)
     monkeypatch.undo()
     assert len(SimilarityIndex.load(tmp_path / "idx")) == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
@@ -147,3 +147,30 @@ def test_ivf_trains_on_a_seeded_sample_of_distinct_rows():
     assert len(np.unique(sample)) == 30 and set(sample[:, 0]) <= set(range(100))
     np.testing.assert_array_equal(sample, training_sample(data, 30))  # same seed, same sample
     assert training_sample(data, 500) is data
+
+
+def test_save_replaces_only_an_attnscope_index_and_only_when_asked(tmp_path):
+    """Regression: `index --out DIR` used to delete whatever DIR was (a run, a folder of runs)."""
+    index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    precious = tmp_path / "runs"
+    (precious / "r" / "checkpoints").mkdir(parents=True)
+    (precious / "r" / "checkpoints" / "best.safetensors").write_bytes(b"weights")
+    for target in (precious, precious / "r", precious / "r" / "checkpoints" / "best.safetensors"):
+        with pytest.raises(DataError, match="is not an attnscope index .*never replaces a folder or file it did not"):
+            index.save(target, replace=True)
+    assert (precious / "r" / "checkpoints" / "best.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in precious.iterdir()) == ["r"]
+    index.save(tmp_path / "idx")
+    with pytest.raises(ConfigError, match="already holds an attnscope index; pass --force to replace it, or --add"):
+        index.save(tmp_path / "idx")
+    bigger = SimilarityIndex.create("flat", unit_vectors(12, 8, 1), rows_for(12), EmbeddingConfig(), META)
+    bigger.save(tmp_path / "idx", replace=True)
+    assert len(SimilarityIndex.load(tmp_path / "idx")) == 12
+
+
+def test_an_index_written_before_markers_can_still_be_extended(tmp_path):
+    index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    index.save(tmp_path / "idx")
+    (tmp_path / "idx" / ".attnscope").unlink()  # as an index of an earlier attnscope
+    index.save(tmp_path / "idx", replace=True)
+    assert len(SimilarityIndex.load(tmp_path / "idx")) == 10
