@@ -9,11 +9,13 @@ kind, and never deletes or replaces anything else.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,26 @@ def _mode_for(target: Path) -> int:
         return target.stat().st_mode & 0o7777
     except FileNotFoundError:
         return 0o666 & ~_umask()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (OWASP's advice on
+    CSV injection); numbers and other text pass unchanged. Every CSV attnscope writes goes through it."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document of ``header`` and ``rows``, every text cell made :func:`spreadsheet_safe`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([spreadsheet_safe(name) for name in header])
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+    return buffer.getvalue()
 
 
 def write_marker(folder: str | os.PathLike[str], kind: str, **facts: Any) -> Path:

@@ -570,3 +570,67 @@ def test_the_demo_replaces_its_own_earlier_run(tmp_path):
     (demo / "old.txt").write_text("from the last demo")
     _start_afresh(demo)
     assert [p.name for p in demo.iterdir()] == [".attnscope"] and read_marker(demo) == {"kind": "run", "demo": True}
+
+
+def test_file_names_that_look_like_formulas_are_neutralised_in_every_csv(cli_run, tmp_path, capsys):
+    """Regression: ids and names starting with = + - @ went raw into the CSVs clinicians open in a spreadsheet."""
+    folder = tmp_path / "q"
+    folder.mkdir()
+    for name in ("=HYPERLINK(1).png", "+b.png", "@c.png"):
+        Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(folder / name)
+    (folder / "-broken.png").write_bytes(b"not an image")
+    expected = ["'+b.png", "'=HYPERLINK(1).png", "'@c.png"]
+    assert (
+        cli.main(
+            ["predict", str(cli_run), str(folder), "--out", str(tmp_path / "p.csv"), "--skip-bad", "--no-progress"]
+        )
+        == 0
+    )
+    assert sorted(r["id"] for r in csv.DictReader((tmp_path / "p.csv").open())) == expected
+    assert next(csv.DictReader((tmp_path / "p.bad_rows.csv").open()))["id"] == "'-broken.png"
+    (folder / "-broken.png").unlink()
+    assert (
+        cli.main(
+            [
+                "explain",
+                str(cli_run),
+                str(folder),
+                "--method",
+                "gradcam",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "e"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert sorted(r["id"] for r in csv.DictReader((tmp_path / "e" / "scores.csv").open())) == expected
+    assert cli.main(["index", str(cli_run), "--out", str(tmp_path / "idx"), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["search", str(tmp_path / "idx"), str(folder), "-k", "1", "--out", str(tmp_path / "s.csv"), "--no-progress"]
+        )
+        == 0
+    )
+    assert sorted(r["query"] for r in csv.DictReader((tmp_path / "s.csv").open())) == expected
+
+
+def test_a_split_with_formula_like_ids_is_recognised_when_read_back(tmp_path):
+    from types import SimpleNamespace
+
+    from attnscope.data.manifest import Manifest
+    from attnscope.engine.run import check_same_split
+    from attnscope.engine.rundir import RunPaths
+
+    manifest = Manifest(
+        "s", ["=a", "b"], np.array([0, 1]), ["x", "y"], paths=["a.png", "b.png"], splits=["train", "test"]
+    )
+    manifest.write_csv(tmp_path / "split.csv")
+    assert "'=a" in (tmp_path / "split.csv").read_text()
+    data = SimpleNamespace(manifest=manifest, split_names=lambda: ["train", "test"])
+    check_same_split(data, RunPaths(tmp_path))  # the same split: no error
+    data = SimpleNamespace(manifest=manifest, split_names=lambda: ["test", "test"])
+    with pytest.raises(attnscope.DataError, match="changed since training"):
+        check_same_split(data, RunPaths(tmp_path))

@@ -60,3 +60,18 @@ def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path):
         "b.txt",
     ]  # the old folder's files are gone with it
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no staging or set-aside folder left
+
+
+def test_cells_a_spreadsheet_would_run_are_neutralised():
+    """OWASP's advice on CSV injection: text starting with = + - @ tab or CR gets a leading quote."""
+    import csv
+    import io
+
+    from attnscope.fileio import csv_text, spreadsheet_safe
+
+    for text in ('=HYPERLINK("http://x")', "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(text) == "'" + text
+    for value in ("a=b", "benign", "", -1.5, 3, None):
+        assert spreadsheet_safe(value) == value
+    text = csv_text(["id", "=class"], [["=1+1", -0.25], ["ok", "@x"]])
+    assert list(csv.reader(io.StringIO(text))) == [["id", "'=class"], ["'=1+1", "-0.25"], ["ok", "'@x"]]

@@ -10,9 +10,7 @@ are left out and written to ``bad_rows.csv``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from attnscope.errors import DataError
-from attnscope.fileio import atomic_write
+from attnscope.fileio import atomic_write, csv_text
 
 MAX_LISTED_BAD_ROWS = 50
 
@@ -173,32 +171,21 @@ class Manifest:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the rows (id, path, label, class, group, split) as a CSV, atomically."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["id", "path", "label", "class", "group", "split"])
+        rows = []
         for i in range(len(self)):
             label = "|".join(str(int(v)) for v in self.labels[i]) if self.multilabel else int(self.labels[i])
-            writer.writerow(
-                [
-                    self.ids[i],
-                    self.paths[i] if self.paths else f"#{i}",
-                    label,
-                    self.label_text(i),
-                    self.groups[i] if self.groups else "",
-                    self.splits[i] if self.splits else "",
-                ]
+            path_cell = self.paths[i] if self.paths else f"#{i}"
+            group = self.groups[i] if self.groups else ""
+            rows.append(
+                [self.ids[i], path_cell, label, self.label_text(i), group, self.splits[i] if self.splits else ""]
             )
-        return atomic_write(path, buffer.getvalue())
+        return atomic_write(path, csv_text(["id", "path", "label", "class", "group", "split"], rows))
 
 
 def write_bad_rows(rows: Sequence[BadRow], path: str | Path) -> Path:
     """Write bad rows (source, row, id, reason) as a CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["source", "row", "id", "reason"])
-    for row in rows:
-        writer.writerow([row.source, "" if row.row is None else row.row, row.id, row.reason])
-    return atomic_write(path, buffer.getvalue())
+    cells = [[row.source, "" if row.row is None else row.row, row.id, row.reason] for row in rows]
+    return atomic_write(path, csv_text(["source", "row", "id", "reason"], cells))
 
 
 def check_bad_rows(manifest: Manifest, skip_bad: bool) -> Manifest:

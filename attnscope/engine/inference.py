@@ -8,7 +8,6 @@ return a dataclass. Thresholds always come from validation (recorded in
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from attnscope.engine.metrics import class_probabilities, probabilities, summari
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
 from attnscope.errors import ConfigError, DataError
-from attnscope.fileio import atomic_write
+from attnscope.fileio import atomic_write, csv_text
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +125,12 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
     kept = loader.decoded.manifest
     per_class = class_probabilities(probs, run.kind).numpy()
     names = predicted_names(probs, run)
-    lines = [["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"]]
+    lines = []
     for position, row in enumerate(rows.tolist()):
         path = kept.paths[row] if kept.paths else ""
         lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
     out = Path(options.out) if options.out is not None else run.root / "predictions.csv"
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(lines)
-    atomic_write(out, buffer.getvalue())
+    atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
     bad = write_bad_rows(kept.rejected, out.with_name(out.stem + ".bad_rows.csv")) if kept.rejected else None
     return Predictions(out, len(rows), len(kept.rejected), bad)
 

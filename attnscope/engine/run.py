@@ -39,6 +39,7 @@ from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.metrics import task_kind
 from attnscope.engine.rundir import RunPaths, load_weights, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
+from attnscope.fileio import spreadsheet_safe
 from attnscope.names import SPLITS
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,8 @@ def check_same_split(data: DataModule, paths: RunPaths) -> None:
         return
     with open(recorded, newline="", encoding="utf-8") as handle:
         then = {row["id"]: row["split"] for row in csv.DictReader(handle)}
-    now = dict(zip(data.manifest.ids, data.split_names(), strict=True))
+    # ids were written spreadsheet-safe: compare them as written
+    now = dict(zip(map(spreadsheet_safe, data.manifest.ids), data.split_names(), strict=True))
     if then != now:
         changed = sorted(set(then.items()) ^ set(now.items()))[:3]
         raise DataError(

@@ -10,7 +10,6 @@ pointing game, energy and Jaccard when the images have masks.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import logging
 import math
@@ -31,7 +30,7 @@ from attnscope.errors import ConfigError
 from attnscope.explain.cam import CAM_METHODS, create_cam, normalise, predicted_classes
 from attnscope.explain.overlay import upsample, write_attention_grid
 from attnscope.explain.scores import deletion_insertion, localisation_scores
-from attnscope.fileio import atomic_write
+from attnscope.fileio import atomic_write, csv_text
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.names import EXPLAIN_METHODS
 
@@ -267,10 +266,10 @@ def _write_image(
 def _write_scores(rows: list[dict], path: Path) -> bool:
     """``scores.csv``, one row per image and method; True when it has localisation scores (masks)."""
     columns = ["id", "truth", "target", "probability", "method", *[n for n in SCORE_NAMES if any(n in r for r in rows)]]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    atomic_write(path, buffer.getvalue())
+    cells = [[_cell(row.get(column, "")) for column in columns] for row in rows]
+    atomic_write(path, csv_text(columns, cells))
     return "pointing_game" in columns
+
+
+def _cell(value: object) -> object:
+    return "" if isinstance(value, float) and math.isnan(value) else value

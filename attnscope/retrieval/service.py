@@ -7,8 +7,6 @@ two models are not comparable even when their sizes agree.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from attnscope._version import __version__
 from attnscope.data.loader import BatchLoader
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import RetrievalError
-from attnscope.fileio import atomic_write
+from attnscope.fileio import atomic_write, csv_text
 from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
 
@@ -300,8 +298,6 @@ def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:
 
 
 def write_results_csv(lines: list[dict], out: str | Path) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["query", "query_path", "rank", "id", "label", "similarity", "path"])
-    writer.writeheader()
-    writer.writerows(lines)
-    return atomic_write(out, buffer.getvalue())
+    """The neighbours as a CSV, one row per (query, rank)."""
+    columns = ["query", "query_path", "rank", "id", "label", "similarity", "path"]
+    return atomic_write(out, csv_text(columns, ([line[c] for c in columns] for line in lines)))

@@ -132,3 +132,29 @@ def test_subset_and_without_keep_every_column_aligned(lesion_folder):
     assert len(part) == 10 and part.ids[0] == "ISIC_0001" and part.groups[4] == "P3"
     assert [b.reason for b in part.rejected] == ["corrupt", "too big"] and part.rejected[1].row == 7
     np.testing.assert_array_equal(part.labels, np.delete(manifest.labels, [0, 5]))
+
+
+def test_a_label_cell_cannot_make_millions_of_classes(lesion_folder):
+    """Regression: `2e6` made 2,000,001 classes and `1e30` raised OverflowError."""
+    rows = [
+        "image_id,target",
+        "ISIC_0000,1",
+        "ISIC_0001,2e6",
+        "ISIC_0002,1e30",
+        "ISIC_0003,inf",
+        "ISIC_0004,nan",
+        "ISIC_0005,10000",
+        "ISIC_0006,1.0",
+    ]
+    (lesion_folder / "huge.csv").write_text("\n".join(rows) + "\n")
+    manifest = from_csv(lesion_folder / "huge.csv", lesion_folder / "train")
+    reasons = {bad.id: bad.reason for bad in manifest.rejected}
+    assert manifest.ids == ["ISIC_0000", "ISIC_0006"] and manifest.labels.tolist() == [1, 1]
+    assert manifest.classes == ["0", "1"]
+    assert reasons["ISIC_0001"] == "label '2e6' is in exponent notation; write a class index as a plain integer"
+    assert reasons["ISIC_0002"] == "label '1e30' is in exponent notation; write a class index as a plain integer"
+    assert reasons["ISIC_0003"] == reasons["ISIC_0004"].replace("nan", "inf") == "label 'inf' is not an integer"
+    assert reasons["ISIC_0005"] == (
+        "label 10000 is out of range (must be non-negative and below 10000; "
+        "name the classes with classes=[...] for more)"
+    )

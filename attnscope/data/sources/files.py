@@ -17,6 +17,9 @@ from attnscope.names import SPLITS
 
 log = logging.getLogger(__name__)
 
+# class indices without a list of class names: a sane bound, so that one mistyped cell
+# cannot turn a task into millions of classes
+MAX_CLASSES = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -52,10 +55,13 @@ def _parse_label(value: str, classes: list[str] | None) -> tuple[int | None, str
         return None, f"label {value!r} is not a class index{known}"
     if not number.is_integer():
         return None, f"label {value!r} is not an integer"
+    if "e" in text.lower():  # 2e6 would silently make two million classes
+        return None, f"label {value!r} is in exponent notation; write a class index as a plain integer"
     label = int(number)
-    if label < 0 or (classes is not None and label >= len(classes)):
-        upper = f"below {len(classes)}" if classes is not None else "non-negative"
-        return None, f"label {label} is out of range (must be {upper})"
+    if label < 0 or label >= (len(classes) if classes is not None else MAX_CLASSES):
+        upper = f"below {len(classes)}" if classes is not None else f"non-negative and below {MAX_CLASSES}"
+        more = "" if classes is not None else "; name the classes with classes=[...] for more"
+        return None, f"label {label} is out of range (must be {upper}{more})"
     return label, None
 
 
