@@ -7,6 +7,9 @@ the file, the row or the option at fault and say what would fix it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class AttnscopeError(Exception):
     """Base class of every error attnscope raises on purpose."""
@@ -30,3 +33,22 @@ class TrainingError(AttnscopeError):
 
 class RetrievalError(AttnscopeError):
     """A similarity index is missing, damaged, or does not match the model or the queries."""
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (YAML reads ``yes`` as True, which is no number of epochs)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_option(key: str, value: Any, ok: Callable[[Any], bool], rule: str) -> None:
+    """Raise ConfigError ``key=value rule`` unless ``ok(value)``: how every config value is checked at load."""
+    try:
+        good = bool(ok(value))
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise ConfigError(f"{key}={value!r} {rule}")

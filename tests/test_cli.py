@@ -634,3 +634,20 @@ def test_a_split_with_formula_like_ids_is_recognised_when_read_back(tmp_path):
     data = SimpleNamespace(manifest=manifest, split_names=lambda: ["test", "test"])
     with pytest.raises(attnscope.DataError, match="changed since training"):
         check_same_split(data, RunPaths(tmp_path))
+
+
+def test_a_value_no_run_could_use_is_refused_before_any_image_is_decoded(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = [
+        "train",
+        *TINY,
+        "--cache-dir",
+        str(cache),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "supervision.kind=bogus",
+    ]
+    assert cli.main(argv) == cli.EXIT_ERROR
+    assert "supervision.kind='bogus' is not a kind: use one of dice, energy" in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "run").exists()

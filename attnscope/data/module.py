@@ -22,16 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, BatchTransform, dataset_mean_std
+from attnscope.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    BatchTransform,
+    check_config,
+    dataset_mean_std,
+)
 from attnscope.data.balance import class_weights, oversample, undersample
 from attnscope.data.cache import DecodedSet, load_images
-from attnscope.data.decode import DEFAULT_PIXEL_LIMIT
+from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
 from attnscope.data.sources.files import CsvLayout
 from attnscope.data.splits import assign_splits, check_splits
-from attnscope.errors import ConfigError
+from attnscope.errors import ConfigError, check_option, is_integer, is_number
 from attnscope.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -128,7 +135,53 @@ class DataConfig:
                     f"augment has no option(s) {bad}; its options are: {', '.join(sorted(augment_known))}"
                 )
             values["augment"] = AugmentConfig(**values["augment"])
-        return cls(**values)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse values no run could use, naming the option; the source's options are checked by name
+        (nothing is read yet)."""
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source={self.source!r}: unknown; known sources: {', '.join(sorted(SOURCES))}")
+        check_option("data.source_options", self.source_options, lambda v: isinstance(v, dict), "must be a mapping")
+        unknown = sorted(set(self.source_options) - set(source_options(self.source)))
+        if unknown:
+            raise ConfigError(
+                f"data source {self.source!r} has no option(s) {unknown}; its options are: "
+                f"{', '.join(source_options(self.source))}"
+            )
+        positive_integer = (lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")
+        for key in ("image_size", "batch_size", "pixel_limit"):
+            check_option(f"data.{key}", getattr(self, key), *positive_integer)
+        check_option(
+            "data.eval_batch_size",
+            self.eval_batch_size,
+            lambda v: v is None or positive_integer[0](v),
+            "must be null or an integer >= 1",
+        )
+        check_option(
+            "data.workers",
+            self.workers,
+            lambda v: v is None or (is_integer(v) and v >= 0),
+            "must be null or an integer >= 0",
+        )
+        check_option("data.mode", self.mode, lambda v: v in MODES, f"is not one of {', '.join(MODES)}")
+        check_option(
+            "data.normalize", self.normalize, lambda v: v in ("dataset", "imagenet"), "is not one of dataset, imagenet"
+        )
+        for key in ("val_fraction", "test_fraction"):
+            check_option(f"data.{key}", getattr(self, key), lambda v: is_number(v) and 0 <= v < 1, "must lie in [0, 1)")
+        check_option("data.seed", self.seed, is_integer, "must be an integer")
+        for key in ("undersample", "oversample"):
+            check_option(
+                f"data.{key}",
+                getattr(self, key),
+                lambda v: v is None or isinstance(v, dict),
+                "must be null or a mapping of class names to counts",
+            )
+        if isinstance(self.augment, AugmentConfig):
+            check_config(self.augment)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,10 +191,7 @@ class DataModule:
     """Source to loaders for one config; see the module docstring."""
 
     def __init__(self, config: DataConfig) -> None:
-        if config.normalize not in ("dataset", "imagenet"):
-            raise ConfigError(f"normalize={config.normalize!r}: use 'dataset' or 'imagenet'")
-        if config.batch_size < 1:
-            raise ConfigError(f"batch_size={config.batch_size} must be at least 1")
+        config.check()
         self.config = config
         self.decoded: DecodedSet | None = None
         self.splits: np.ndarray | None = None

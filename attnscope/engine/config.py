@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ from typing import Any
 import yaml
 
 from attnscope.data.module import DataConfig
-from attnscope.errors import ConfigError
-from attnscope.names import LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES
+from attnscope.errors import ConfigError, check_option, is_integer, is_number
+from attnscope.names import LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
 
 
 @dataclass
@@ -157,6 +159,93 @@ class RunConfig:
             raise ConfigError(f"trainer.ema_decay={self.trainer.ema_decay} must lie strictly between 0 and 1")
         if not 0 <= self.loss.label_smoothing < 1:
             raise ConfigError(f"loss.label_smoothing={self.loss.label_smoothing} must lie in [0, 1)")
+        _check_model(self.model)
+        _check_training(self)
+        self.data.check()
+
+
+def _check_model(section: ModelSection) -> None:
+    """The model is registered and takes the options given (nothing is built)."""
+    from attnscope.models import model_entry
+
+    entry = model_entry(section.name)
+    unknown = sorted(set(section.options) - set(entry.options()))
+    if unknown:
+        raise ConfigError(
+            f"model.options: {section.name} has no option(s) {unknown}; its options are: {', '.join(entry.options())}"
+        )
+    check_option(
+        "model.pretrained", section.pretrained, lambda v: isinstance(v, (bool, str)), "must be true, false or a path"
+    )
+
+
+def _number(
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> Callable[[Any], bool]:
+    """A rule: a number (an integer) in the range, or also None when ``optional``."""
+
+    def ok(value: Any) -> bool:
+        if value is None:
+            return optional
+        if not (is_integer(value) if integer else is_number(value)):
+            return False
+        return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+
+    return ok
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _weights(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _number(0)(w) for k, w in value.items())
+
+
+def _alpha(value: Any) -> bool:
+    return _number(0, 1, optional=True)(value) or (isinstance(value, list) and all(map(_number(0, 1), value)))
+
+
+def _devices(value: Any) -> bool:
+    return _number(1, integer=True)(value) or isinstance(value, str)
+
+
+# (key, rule, what the rule asks): every value of these sections is checked when a config is loaded
+TRAINING_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("supervision.kind", lambda v: v in SUPERVISION_KINDS, f"is not a kind: use one of {', '.join(SUPERVISION_KINDS)}"),
+    ("supervision.weights", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 0.001, pool4: 0.01}"),
+    ("loss.gamma", _number(0), "must be a number >= 0"),
+    ("loss.alpha", _alpha, "must be null, a number in [0, 1], or one such number per class"),
+    ("optim.weight_decay", _number(0), "must be a number >= 0"),
+    ("optim.momentum", _number(0, 1, high_open=True), "must lie in [0, 1)"),
+    ("schedule.step_size", _number(1, integer=True), "must be an integer >= 1"),
+    ("schedule.gamma", _number(0, low_open=True), "must be a number > 0"),
+    ("schedule.warmup_epochs", _number(0), "must be a number >= 0"),
+    ("schedule.min_lr_ratio", _number(0, 1), "must lie in [0, 1]"),
+    ("schedule.pct_start", _number(0, 1, low_open=True, high_open=True), "must lie in (0, 1)"),
+    ("trainer.epochs", _number(1, integer=True), "must be an integer >= 1"),
+    ("trainer.num_nodes", _number(1, integer=True), "must be an integer >= 1"),
+    ("trainer.devices", _devices, "must be a number of devices >= 1, or a string such as auto or 0,1"),
+    ("trainer.grad_clip", _number(0, low_open=True, optional=True), "must be null or a number > 0"),
+    ("trainer.threads", _number(1, integer=True, optional=True), "must be null or an integer >= 1"),
+    ("trainer.seed", is_integer, "must be an integer"),
+    ("trainer.accelerator", _name, "must be a non-empty name"),
+    ("trainer.strategy", _name, "must be a non-empty name"),
+    ("trainer.precision", _name, "must be a non-empty name"),
+    ("trainer.monitor", _name, "must be a non-empty name"),
+)
+
+
+def _check_training(config: RunConfig) -> None:
+    """Every value of the loss, supervision, optimiser, schedule and trainer sections, by its rule."""
+    for key, ok, rule in TRAINING_RULES:
+        section, option = key.split(".")
+        check_option(key, getattr(getattr(config, section), option), ok, rule)
 
 
 def _refuse_unknown(where: str, values: dict, kind: type) -> None:

@@ -74,3 +74,37 @@ def test_the_shipped_melanoma_config_is_the_seed_recipe():
     assert (config.data.augment.rotation, config.data.augment.hflip, config.data.augment.vflip) == (10, True, True)
     assert (config.optim.name, config.optim.lr, config.loss.name) == ("adam", 1e-4, "focal")
     assert config.model.name == "attn_vgg16_bn" and config.data.image_size == 224
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("supervision.kind=bogus", "supervision.kind='bogus' is not a kind: use one of dice, energy"),
+        ("supervision.weights={pool3: -1}", "supervision.weights={'pool3': -1} must map attention taps to weights"),
+        ("loss.gamma=-1", "loss.gamma=-1 must be a number >= 0"),
+        ("loss.alpha=[0.5, 2]", "loss.alpha=[0.5, 2] must be null, a number in [0, 1]"),
+        ("optim.momentum=1", "optim.momentum=1 must lie in [0, 1)"),
+        ("schedule.step_size=0", "schedule.step_size=0 must be an integer >= 1"),
+        ("schedule.pct_start=1", "schedule.pct_start=1 must lie in (0, 1)"),
+        ("trainer.epochs=1.5", "trainer.epochs=1.5 must be an integer >= 1"),
+        ("trainer.devices=0", "trainer.devices=0 must be a number of devices >= 1"),
+        ("trainer.grad_clip=0", "trainer.grad_clip=0 must be null or a number > 0"),
+        ("trainer.seed=yes", "trainer.seed=True must be an integer"),
+        ("model.name=resnet51", "unknown model 'resnet51'; known models:"),
+        (
+            "model.options={normalise: softmax}",
+            "attn_vgg_tiny has no option(s) ['normalise']; its options are: normalize",
+        ),
+        ("data.source=nope", "data.source='nope': unknown; known sources: cluttered, csv"),
+        ("data.source_options={bogus: 1}", "data source 'synthetic_lesions' has no option(s) ['bogus']"),
+        ("data.image_size=0", "data.image_size=0 must be an integer >= 1"),
+        ("data.mode=CMYK", "data.mode='CMYK' is not one of RGB, L"),
+        ("data.val_fraction=1", "data.val_fraction=1 must lie in [0, 1)"),
+        ("data.augment={p: 2}", "augment p=2 must lie in [0, 1]"),
+    ],
+)
+def test_every_value_is_checked_when_the_config_is_loaded(setting, message):
+    """Regression: supervision.kind=bogus was accepted (and recorded) when supervision.weights was empty."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [setting])
+    assert message in str(error.value)
