@@ -84,7 +84,7 @@ class TrainerSection:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "32-true"  # or auto: bf16-mixed where the device has native bf16, else 32-true
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None

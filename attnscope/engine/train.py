@@ -32,6 +32,7 @@ from attnscope.engine.build import build_model
 from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
 from attnscope.engine.metrics import task_kind
+from attnscope.engine.precision import AUTO, FLOAT32, resolve_precision
 from attnscope.engine.rundir import (
     RunLock,
     RunPaths,
@@ -212,6 +213,7 @@ def make_trainer(config: RunConfig, paths: RunPaths, callbacks: list[Callback], 
 
 
 def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoch: int) -> L.Trainer:
+    precision: Any = resolve_precision(section.precision, section.accelerator)  # Lightning checks the name
     return L.Trainer(
         default_root_dir=paths.root,
         max_epochs=section.epochs,
@@ -219,7 +221,7 @@ def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoc
         devices=section.devices,
         num_nodes=section.num_nodes,
         strategy=section.strategy,
-        precision=section.precision,
+        precision=precision,
         gradient_clip_val=section.grad_clip,
         logger=TensorBoardLogger(paths.root, name="tensorboard", version=""),
         callbacks=callbacks,
@@ -256,6 +258,9 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
     with _RunLog(paths.log):
         seed_all(config.trainer.seed)
         log.info("run %s: %s on %s", paths.root, config.model.name, config.data.source)
+        if config.trainer.precision == AUTO:
+            chosen = resolve_precision(AUTO, config.trainer.accelerator)
+            log.info("precision auto: %s (%s native bfloat16)", chosen, "has" if chosen != FLOAT32 else "no")
         data = DataModule(config.data).setup()
         manifest = data.manifest
         kind = task_kind(manifest.num_classes, manifest.multilabel)
