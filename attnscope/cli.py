@@ -11,6 +11,7 @@ traceback, and the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -583,9 +584,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"attnscope: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # the machine's, not the input's: a full disk, a folder without permission
+        if args.debug:
+            raise
+        print(f"attnscope: error: {describe_os_error(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("attnscope: interrupted", file=sys.stderr)
         return 130
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an error of the file system: what, where, and what to do."""
+    where = f"{error.filename}: " if error.filename else ""
+    what = error.strerror or str(error)
+    if error.errno in FULL_DISK:
+        return (
+            f"{where}{what}: the disk (or a size limit) is full; free space and run again "
+            "(attnscope writes files whole or not at all, so nothing was left half-written)"
+        )
+    return f"{where}{what} (run with --debug for the traceback)"
 
 
 class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]

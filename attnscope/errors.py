@@ -7,7 +7,7 @@ the file, the row or the option at fault and say what would fix it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -52,3 +52,13 @@ def check_option(key: str, value: Any, ok: Callable[[Any], bool], rule: str) -> 
         good = False
     if not good:
         raise ConfigError(f"{key}={value!r} {rule}")
+
+
+def refuse_unknown(where: str, values: Any, known: Iterable[str]) -> None:
+    """Raise ConfigError unless ``values`` is a mapping whose keys are all ``known``, naming the others."""
+    names = sorted(known)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of option: value, got {values!r}")
+    unknown = sorted(str(key) for key in values if key not in names)
+    if unknown:
+        raise ConfigError(f"{where} has no option(s) {unknown}; its options are: {', '.join(names)}")

@@ -12,8 +12,11 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,7 +24,55 @@ from typing import Any
 
 from attnscope.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 MARKER = ".attnscope"
+# every temporary file or folder attnscope makes is named .<name>.<host>~<pid>~<tag>.tmp, so that
+# one left by a killed process can be told from a live one's and swept on the next start
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^~/]+)~(?P<pid>\d+)~[^/]*\.tmp$")
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of a temporary name for ``name`` owned by this process (see :func:`sweep_temporaries`)."""
+    return f".{name}.{socket.gethostname()}~{os.getpid()}~"
+
+
+def process_gone(host: object, pid: object) -> bool:
+    """True when the process ``pid`` of ``host`` is known to be gone: this host, and no such pid alive."""
+    if host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files and folders a killed attnscope process left in ``folder``; those removed.
+
+    Only names of attnscope's temporary pattern whose process (same host) is gone are
+    touched: a live process's work in progress and everything else are left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not process_gone(match["host"], int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.warning("removed %d temporary file(s) left by a killed process in %s", len(removed), folder)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str = "utf-8") -> Path:
@@ -33,7 +84,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode(encoding) if isinstance(data, str) else data
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=temporary_prefix(target.name), suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have
         os.chmod(temporary, _mode_for(target))
@@ -124,7 +175,8 @@ def atomic_directory(
     target = Path(path)
     check_replaceable(target, kind, replace, hint)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    sweep_temporaries(target.parent)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=temporary_prefix(target.name), suffix=".tmp"))
     try:
         os.chmod(staging, 0o777 & ~_umask())
         yield staging

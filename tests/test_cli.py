@@ -350,7 +350,7 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
         == 0
     )
     header = (out / "scores.csv").read_text().splitlines()[0]
-    assert header == "id,truth,target,probability,method,deletion_auc,insertion_auc"
+    assert header == "id,path,truth,target,probability,method,deletion_auc,insertion_auc"
     assert "no masks" in capsys.readouterr().out
     assert cli.main(["explain", str(cli_run), "--method", "scorecam", "--no-progress"]) == 1
     assert "unknown explanation method(s) ['scorecam']" in capsys.readouterr().err

@@ -75,3 +75,26 @@ def test_cells_a_spreadsheet_would_run_are_neutralised():
         assert spreadsheet_safe(value) == value
     text = csv_text(["id", "=class"], [["=1+1", -0.25], ["ok", "@x"]])
     assert list(csv.reader(io.StringIO(text))) == [["id", "'=class"], ["'=1+1", "-0.25"], ["ok", "'@x"]]
+
+
+def test_temporaries_of_killed_processes_are_swept_and_nothing_else(tmp_path):
+    import os
+    import socket
+
+    from tests.processes import exited_pid
+
+    host = socket.gethostname()
+    dead_file = tmp_path / f".best.json.{host}~{exited_pid()}~x1y2.tmp"
+    dead_folder = tmp_path / f".index.{host}~{exited_pid()}~abc.tmp"
+    live = tmp_path / f".metrics.csv.{host}~{os.getpid()}~q.tmp"
+    other_host = tmp_path / f".best.json.elsewhere~{exited_pid()}~q.tmp"
+    users = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / f".x.{host}~1~.tmpfile"]
+    for path in (dead_file, live, other_host, *users):
+        path.write_text("x")
+    dead_folder.mkdir()
+    (dead_folder / "rows.csv").write_text("x")
+    assert sorted(fileio.sweep_temporaries(tmp_path)) == sorted([dead_file, dead_folder])
+    assert all(p.exists() for p in (live, other_host, *users))
+    # what atomic_write makes while it writes follows the pattern, with this process as owner
+    name = fileio.temporary_prefix("best.json") + "abc.tmp"
+    assert fileio._TEMPORARY.match(name)["pid"] == str(os.getpid())

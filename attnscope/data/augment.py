@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnscope.errors import ConfigError
+from attnscope.errors import ConfigError, check_option, is_number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,14 +51,20 @@ class AugmentConfig:
 
 
 def check_config(config: AugmentConfig) -> None:
-    if not 0 <= config.p <= 1:
-        raise ConfigError(f"augment p={config.p} must lie in [0, 1]")
-    if config.crop_scale is not None:
-        low, high = config.crop_scale
-        if not 0 < low <= high <= 1:
-            raise ConfigError(f"augment crop_scale={config.crop_scale} must satisfy 0 < low <= high <= 1")
-    if config.rotation < 0 or config.color_jitter < 0:
-        raise ConfigError("augment rotation and color_jitter must be >= 0")
+    """Refuse augmentation values no run could use, naming the option (``data.augment.<option>``)."""
+    check_option("data.augment.p", config.p, lambda v: is_number(v) and 0 <= v <= 1, "must lie in [0, 1]")
+    check_option(
+        "data.augment.crop_scale",
+        config.crop_scale,
+        lambda v: v is None or (len(v) == 2 and all(map(is_number, v)) and 0 < v[0] <= v[1] <= 1),
+        "must be null or [low, high] with 0 < low <= high <= 1",
+    )
+    for key in ("rotation", "color_jitter"):
+        check_option(f"data.augment.{key}", getattr(config, key), lambda v: is_number(v) and v >= 0, "must be >= 0")
+    for key in ("hflip", "vflip", "rot90"):
+        check_option(
+            f"data.augment.{key}", getattr(config, key), lambda v: isinstance(v, bool), "must be true or false"
+        )
 
 
 def sample_geometry(batch: int, config: AugmentConfig, device: torch.device) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ they are converted in memory and not written to disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import shutil
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES, decode_image, resize_and_crop
 from attnscope.data.manifest import Manifest
 from attnscope.errors import DataError
+from attnscope.fileio import sweep_temporaries, temporary_prefix
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +133,45 @@ def _valid(folder: Path, count: int, size: int, mode: str, has_masks: bool) -> d
 def build_cache(
     manifest: Manifest, folder: Path, size: int, mode: str, pixel_limit: int, workers: int, progress: bool
 ) -> dict:
-    """Decode every image of ``manifest`` into ``folder`` (built aside, then renamed into place)."""
-    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    """Decode every image of ``manifest`` into ``folder`` (built aside, then renamed into place).
+
+    Whatever fails (a full disk, a killed worker, an interrupt), the half-built
+    folder is removed; one left by a killed process is swept on the next build.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(folder.parent)
+    temporary = folder.with_name(f"{temporary_prefix(folder.name)}build.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
+    temporary.mkdir()
+    try:
+        meta = _build_into(temporary, manifest, size, mode, pixel_limit, workers, progress)
+        _commit_cache(
+            temporary, folder, lambda: _valid(folder, len(manifest), size, mode, manifest.has_masks) is not None
+        )
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return meta
+
+
+def _build_into(
+    temporary: Path, manifest: Manifest, size: int, mode: str, pixel_limit: int, workers: int, progress: bool
+) -> dict:
+    """Allocate the arrays in ``temporary``, decode into them and write ``meta.json``; the metadata."""
     count = len(manifest)
     images_path = temporary / "images.npy"
-    np.lib.format.open_memmap(
-        images_path, mode="w+", dtype=np.uint8, shape=(count, size, size, _channels(mode))
-    ).flush()
-    masks_path = None
-    if manifest.has_masks:
-        masks_path = temporary / "masks.npy"
-        np.lib.format.open_memmap(masks_path, mode="w+", dtype=np.uint8, shape=(count, size, size)).flush()
+    masks_path = temporary / "masks.npy" if manifest.has_masks else None
+    try:
+        _allocate(images_path, (count, size, size, _channels(mode)))
+        if masks_path is not None:
+            _allocate(masks_path, (count, size, size))
+    except OSError as error:
+        raise DataError(
+            f"{temporary.parent}: no room for the decode cache of {count} images ({error.strerror or error}); "
+            "free space there or point data.cache_dir (--cache-dir) at a disk with room"
+        ) from error
     paths: list[str] = manifest.paths or []
     mask_paths: list[str | None] = list(manifest.mask_paths or [None] * count)
-    jobs = [(i, paths[i], mask_paths[i]) for i in range(count)]
     decode = partial(
         _decode_chunk,
         str(images_path),
@@ -155,10 +181,12 @@ def build_cache(
         pixel_limit=pixel_limit,
     )
     try:
-        failures = _decode_jobs(decode, jobs, workers, progress)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        failures = _decode_jobs(decode, [(i, paths[i], mask_paths[i]) for i in range(count)], workers, progress)
+    except BrokenProcessPool as error:
+        raise DataError(
+            f"{manifest.source}: a decoding worker died (killed, or out of memory); nothing was cached. "
+            "Try again with fewer data.workers"
+        ) from error
     meta = {
         "version": CACHE_VERSION,
         "count": count,
@@ -170,8 +198,26 @@ def build_cache(
         "masks_crc": sampled_checksum(masks_path) if masks_path else None,
     }
     (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-    _commit_cache(temporary, folder, lambda: _valid(folder, count, size, mode, manifest.has_masks) is not None)
     return meta
+
+
+def _allocate(path: Path, shape: tuple[int, ...]) -> None:
+    """An .npy file of ``shape`` uint8 zeros with every block reserved on disk.
+
+    A memory-mapped file is sparse: a disk that fills while workers write into it
+    kills them with SIGBUS. Reserving the blocks first (posix_fallocate) turns a full
+    disk into one OSError here, before any image is decoded.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    array.flush()
+    del array
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
 
 
 def _decode_jobs(

@@ -8,8 +8,11 @@ the target and the centre cropped. Every failure is a DataError naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,10 @@ from attnscope.errors import DataError
 
 MODES = ("RGB", "L")
 DEFAULT_PIXEL_LIMIT = 100_000_000  # 10,000 x 10,000; whole-slide images need a higher limit, set on purpose
+# the centre crop of a longer side more than 20 times the shorter keeps under 5% of the image, and
+# resizing a 1 x 1,000,000 strip to the cache size would need 224 x 224,000,000 pixels
+MAX_ASPECT_RATIO = 20
+_PILLOW_LIMIT = threading.Lock()
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -38,6 +45,41 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image if image.mode == mode else image.convert(mode)
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(pixel_limit: int) -> Iterator[None]:
+    """Let Pillow open what ``pixel_limit`` allows: our limit, checked next, is the one that applies.
+
+    Pillow warns above its own MAX_IMAGE_PIXELS (89.5 M) and refuses above twice
+    that; the documented limit of attnscope is ``pixel_limit``, so Pillow's is raised
+    to it for the opening (under a lock: it is a module-wide setting).
+    """
+    with _PILLOW_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(before or 0, pixel_limit)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _check_geometry(path: Path, size: tuple[int, int], pixel_limit: int) -> None:
+    """Refuse an image with too many pixels (a decompression bomb) or an absurd shape, before decoding it."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise DataError(f"{path}: an image of {width} x {height} pixels has nothing to decode")
+    if width * height > pixel_limit:
+        raise DataError(
+            f"{path}: {width} x {height} pixels is above the limit of {pixel_limit:,} (a decompression bomb?); "
+            "raise data.pixel_limit if the file is trusted"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise DataError(
+            f"{path}: {width} x {height} pixels is a strip, not an image (sides more than {MAX_ASPECT_RATIO}:1); "
+            "crop it to the region of interest"
+        )
 
 
 def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image:
@@ -65,16 +107,10 @@ def decode_image(
         raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _pillow_pixel_limit(pixel_limit):
             image = Image.open(path)
         with image:
-            pixels = image.size[0] * image.size[1]
-            if pixels > pixel_limit:
-                raise DataError(
-                    f"{path}: {image.size[0]} x {image.size[1]} pixels is above the limit of "
-                    f"{pixel_limit:,} (a decompression bomb?); raise pixel_limit if the file is trusted"
-                )
+            _check_geometry(path, image.size, pixel_limit)
             target_mode = "L" if mask else mode
             if image.format == "JPEG" and not mask:
                 shorter = min(image.size)
@@ -94,6 +130,8 @@ def decode_image(
         raise DataError(f"{path}: file not found") from error
     except UnidentifiedImageError as error:
         raise DataError(f"{path}: not an image Pillow can read (corrupt, or not an image)") from error
+    except MemoryError as error:
+        raise DataError(f"{path}: not enough memory to decode this image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: truncated or corrupt image ({error})") from error
     return (array > 127).astype(np.uint8) if mask else array

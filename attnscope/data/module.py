@@ -11,10 +11,13 @@ depends on nothing of training.
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import json
 import logging
 import os
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -38,7 +41,7 @@ from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
 from attnscope.data.sources.files import CsvLayout
 from attnscope.data.splits import assign_splits, check_splits
-from attnscope.errors import ConfigError, check_option, is_integer, is_number
+from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -79,15 +82,70 @@ def source_options(name: str) -> list[str]:
     return names + ([f.name for f in fields(layout)] if layout is not None else [])
 
 
-def load_source(name: str, **options: Any) -> Manifest:
-    """The manifest of source ``name``; unknown names and options are refused with the valid ones."""
-    function = SOURCES.get(name)
-    if function is None:
-        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
+def source_option_types(name: str) -> dict[str, Any]:
+    """Option name -> its type hint, for source ``name`` (its parameters and its layout's fields)."""
+    hints = {k: v for k, v in typing.get_type_hints(SOURCES[name]).items() if k != "return"}
+    layout = SOURCE_LAYOUTS.get(name)
+    if layout is not None:
+        hints |= {f.name: hint for f in fields(layout) for hint in [typing.get_type_hints(layout)[f.name]]}
+    return hints
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether a config value fits a source option's type hint (paths and names must be text)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(argument, value) for argument in arguments)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return is_integer(value)
+    if hint is float:
+        return is_number(value)
+    if hint in (str, Path):
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_fits(arguments[0], v) for v in value) if arguments else True
+    return True
+
+
+def check_source_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse unknown options of source ``name``, and values of the wrong kind, naming them."""
     accepted = source_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"data source {name!r} has no option(s) {unknown}; its options are: {', '.join(accepted)}")
+    hints = source_option_types(name)
+    for option, value in options.items():
+        if option in hints and not _fits(hints[option], value):
+            read_as = "a flag" if isinstance(value, bool) else "a number" if is_number(value) else "a list or mapping"
+            quote = f" (YAML read {value!r} as {read_as}: quote text, e.g. {option}='{value}')"
+            raise ConfigError(
+                f"data option {option}={value!r} does not fit source {name!r}: it must be "
+                f"{_describe(hints[option])}{quote if not isinstance(value, str) else ''}"
+            )
+
+
+def _describe(hint: Any) -> str:
+    names = {str: "text", Path: "a path", int: "an integer", float: "a number", bool: "true or false"}
+    arguments = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in arguments))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_describe(arguments[0])}" if arguments else "a list"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def load_source(name: str, **options: Any) -> Manifest:
+    """The manifest of source ``name``; unknown names, options and values of the wrong kind are refused."""
+    function = SOURCES.get(name)
+    if function is None:
+        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
+    check_source_options(name, options)
     return function(**options)
 
 
@@ -122,18 +180,10 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
         """A config from plain values (a YAML file, the CLI); unknown keys are refused by name."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"data config has no option(s) {unknown}; its options are: {', '.join(sorted(known))}")
+        refuse_unknown("data config", values, cls.__dataclass_fields__)
         values = dict(values)
-        if isinstance(values.get("augment"), dict):
-            augment_known = set(AugmentConfig.__dataclass_fields__)
-            bad = sorted(set(values["augment"]) - augment_known)
-            if bad:
-                raise ConfigError(
-                    f"augment has no option(s) {bad}; its options are: {', '.join(sorted(augment_known))}"
-                )
+        if "augment" in values and not isinstance(values["augment"], AugmentConfig):
+            refuse_unknown("augment", values["augment"], AugmentConfig.__dataclass_fields__)
             values["augment"] = AugmentConfig(**values["augment"])
         config = cls(**values)
         config.check()
@@ -142,15 +192,10 @@ class DataConfig:
     def check(self) -> None:
         """Refuse values no run could use, naming the option; the source's options are checked by name
         (nothing is read yet)."""
-        if self.source not in SOURCES:
+        if not isinstance(self.source, str) or self.source not in SOURCES:
             raise ConfigError(f"data.source={self.source!r}: unknown; known sources: {', '.join(sorted(SOURCES))}")
         check_option("data.source_options", self.source_options, lambda v: isinstance(v, dict), "must be a mapping")
-        unknown = sorted(set(self.source_options) - set(source_options(self.source)))
-        if unknown:
-            raise ConfigError(
-                f"data source {self.source!r} has no option(s) {unknown}; its options are: "
-                f"{', '.join(source_options(self.source))}"
-            )
+        check_source_options(self.source, self.source_options)
         positive_integer = (lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")
         for key in ("image_size", "batch_size", "pixel_limit"):
             check_option(f"data.{key}", getattr(self, key), *positive_integer)

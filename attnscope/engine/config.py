@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from attnscope.data.module import DataConfig
-from attnscope.errors import ConfigError, check_option, is_integer, is_number
+from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.names import LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
 
 
@@ -153,12 +153,16 @@ class RunConfig:
             ("optim.lr", self.optim.lr),
         )
         for key, number in positive:
-            if not isinstance(number, (int, float)) or number <= 0:
-                raise ConfigError(f"{key}={number!r} must be a positive number")
-        if self.trainer.ema_decay is not None and not 0 < self.trainer.ema_decay < 1:
-            raise ConfigError(f"trainer.ema_decay={self.trainer.ema_decay} must lie strictly between 0 and 1")
-        if not 0 <= self.loss.label_smoothing < 1:
-            raise ConfigError(f"loss.label_smoothing={self.loss.label_smoothing} must lie in [0, 1)")
+            check_option(key, number, _number(0, low_open=True), "must be a positive number")
+        check_option(
+            "trainer.ema_decay",
+            self.trainer.ema_decay,
+            _number(0, 1, low_open=True, high_open=True, optional=True),
+            "must be null or lie strictly between 0 and 1",
+        )
+        check_option(
+            "loss.label_smoothing", self.loss.label_smoothing, _number(0, 1, high_open=True), "must lie in [0, 1)"
+        )
         _check_model(self.model)
         _check_training(self)
         self.data.check()
@@ -169,7 +173,8 @@ def _check_model(section: ModelSection) -> None:
     from attnscope.models import model_entry
 
     entry = model_entry(section.name)
-    unknown = sorted(set(section.options) - set(entry.options()))
+    check_option("model.options", section.options, lambda v: isinstance(v, dict), "must be a mapping of option: value")
+    unknown = sorted(map(str, set(section.options) - set(entry.options())))
     if unknown:
         raise ConfigError(
             f"model.options: {section.name} has no option(s) {unknown}; its options are: {', '.join(entry.options())}"
@@ -249,10 +254,7 @@ def _check_training(config: RunConfig) -> None:
 
 
 def _refuse_unknown(where: str, values: dict, kind: type) -> None:
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where} has no option(s) {unknown}; its options are: {', '.join(sorted(known))}")
+    refuse_unknown(where, values, (f.name for f in dataclasses.fields(kind)))
 
 
 def named_configs() -> list[str]:

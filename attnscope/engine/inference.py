@@ -7,7 +7,6 @@ return a dataclass. Thresholds always come from validation (recorded in
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import write_bad_rows
-from attnscope.data.sources.files import IMAGE_EXTENSIONS, resolve_image
+from attnscope.data.sources.files import IMAGE_EXTENSIONS, read_csv_rows, resolve_image
 from attnscope.engine.metrics import class_probabilities, probabilities, summarize
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
@@ -48,7 +47,12 @@ def predict_loader(
 
 @dataclass(frozen=True)
 class EvaluateOptions(DataSelection):
-    """What to evaluate on (default: the run's test split) and where the results go (default ``RUN/evaluation``)."""
+    """What to evaluate on (default: the run's test split) and where the results go.
+
+    The default folder is ``RUN/evaluation`` for the test split and one of its own for
+    any other data (``RUN/evaluation-val``, ``RUN/evaluation-<source>-<hash>``), so an
+    evaluation on new data never overwrites the test split's.
+    """
 
     out: str | Path | None = None
 
@@ -80,7 +84,7 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     probs, labels, _ = predict_loader(run, loader, description="evaluate")
     data = options.describe()
     metrics = summarize(probs, labels, run.kind, run.classes, threshold=run.threshold, split=data)
-    out = Path(options.out) if options.out is not None else run.root / "evaluation"
+    out = Path(options.out) if options.out is not None else run.root / options.folder_name("evaluation")
     result = Evaluation(run.root, run.weights, data, run.kind, run.classes, metrics, out)
     write_json(
         out / "metrics.json",
@@ -146,25 +150,26 @@ def predicted_names(probs: torch.Tensor, run: Run) -> list[str]:
 
 
 def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str | Path | None = None) -> list[str]:
-    """Image paths listed in ``column`` of a CSV (relative to ``image_root`` or the CSV's folder)."""
+    """Image paths listed in ``column`` of a CSV, each under ``image_root`` (default: the CSV's folder).
+
+    A name that leads outside the root (``../``, an absolute path, a link pointing out)
+    is refused with its row: a CSV must not reach files its root does not hold.
+    """
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root else csv_path.parent
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if column not in (reader.fieldnames or []):
-                raise DataError(
-                    f"{csv_path}: no column {column!r}; its columns are {reader.fieldnames}; "
-                    "name the image column with --column"
-                )
-            names = [row[column] for row in reader]
-    except OSError as error:
-        raise DataError(f"{csv_path}: cannot be read ({error})") from error
-    paths = []
-    for number, name in enumerate(names, start=2):
+    rows = read_csv_rows(csv_path, {"--column": column}, hint="; name the image column with --column")
+    paths, outside = [], []
+    for line, row in rows:
+        name = (row[column] or "").strip()
         path, problem = resolve_image(root, name, IMAGE_EXTENSIONS)
+        if problem is not None and "outside" in problem:
+            outside.append(f"line {line}: {problem}")
         # an unresolved name stays as given: decoding then reports it as a bad row with its reason
         paths.append(str(path) if path is not None else str(root / name))
-        if problem:
-            log.debug("%s row %d: %s", csv_path, number, problem)
+    if outside:
+        listed = "\n  ".join(outside[:20])
+        raise DataError(
+            f"{csv_path}: {len(outside)} row(s) name files outside the image root {root} "
+            f"(pass --image-root to widen it, or fix the rows):\n  {listed}"
+        )
     return paths

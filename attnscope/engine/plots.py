@@ -6,6 +6,7 @@ multi-label; the binary ROC marks the validation (Youden) operating point.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from pathlib import Path
@@ -18,6 +19,12 @@ import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
 from attnscope.fileio import atomic_write
+
+
+def literal_text() -> contextlib.AbstractContextManager:
+    """Figures made inside show text as written: a file or class named ``price$x$.png`` is not
+    matplotlib mathtext (which would fail to parse, or render as a formula)."""
+    return matplotlib.rc_context({"text.parse_math": False})
 
 
 def save_figure(figure: plt.Figure, path: Path) -> Path:
@@ -134,9 +141,10 @@ def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure
 def write_evaluation_plots(
     probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str], summary: dict, out: Path
 ) -> dict[str, Path]:
-    """``roc.png``, ``pr.png`` and ``confusion.png`` in ``out``."""
-    return {
-        "roc": save_figure(roc_figure(probs, labels, kind, classes, summary), out / "roc.png"),
-        "pr": save_figure(pr_figure(probs, labels, kind, classes, summary), out / "pr.png"),
-        "confusion": save_figure(confusion_figure(summary, kind, classes), out / "confusion.png"),
-    }
+    """``roc.png``, ``pr.png`` and ``confusion.png`` in ``out`` (class names shown as written)."""
+    with literal_text():
+        return {
+            "roc": save_figure(roc_figure(probs, labels, kind, classes, summary), out / "roc.png"),
+            "pr": save_figure(pr_figure(probs, labels, kind, classes, summary), out / "pr.png"),
+            "confusion": save_figure(confusion_figure(summary, kind, classes), out / "confusion.png"),
+        }

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -37,7 +38,7 @@ from attnscope.data.sources.files import IMAGE_EXTENSIONS
 from attnscope.engine.build import build_model
 from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.metrics import task_kind
-from attnscope.engine.rundir import RunPaths, load_weights, read_json
+from attnscope.engine.rundir import RunPaths, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
 from attnscope.fileio import spreadsheet_safe
 from attnscope.names import SPLITS
@@ -78,6 +79,16 @@ class DataSelection:
             return f"{len(self.images)} image file(s)"
         return self.source if self.source is not None else f"{self.split} split"
 
+    def folder_name(self, stem: str) -> str:
+        """``stem`` for the test split (``evaluation``), ``stem-val``, or ``stem-<source>-<hash of its
+        options>``: results on different data never share, and so never overwrite, a folder."""
+        if self.images:
+            return f"{stem}-images-{hashlib.sha256(self.key().encode()).hexdigest()[:8]}"
+        if self.source is not None:
+            options = json.dumps(dict(self.source_options), sort_keys=True, default=str)
+            return f"{stem}-{self.source}-{hashlib.sha256(options.encode()).hexdigest()[:8]}"
+        return stem if self.split == "test" else f"{stem}-{self.split}"
+
     def key(self) -> str:
         """A string that identifies the selection, for caching its loader."""
         values = {f.name: getattr(self, f.name) for f in fields(DataSelection)}
@@ -117,7 +128,7 @@ class Run:
     def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
         """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model."""
         paths = RunPaths(Path(path)).require()
-        best = read_json(paths.best) if paths.best.exists() else {}
+        best = read_best(paths)
         run = cls(paths, load_config(paths.config), read_json(paths.data), best, weights, progress)
         if not run.weights_path().is_file():
             raise CheckpointError(f"{run.weights_path()}: no weights file; has the run finished an epoch yet?")
@@ -302,11 +313,23 @@ def expand_images(images: Sequence[str | Path]) -> list[str]:
 
 
 def image_manifest(images: Sequence[str | Path], classes: list[str]) -> Manifest:
-    """A label-less manifest of image files (labels are zeros) for prediction."""
+    """A label-less manifest of image files (labels are zeros) for prediction.
+
+    Each id is the file's path relative to the folder all the files share, so that
+    ``p1/scan.png`` and ``p2/scan.png`` keep apart in every output; a file given
+    twice is refused (its results would be written twice under one name).
+    """
     paths = [str(Path(p)) for p in images]
+    absolute = [os.path.abspath(p) for p in paths]
+    seen: dict[str, str] = {}
+    for given, full in zip(paths, absolute, strict=True):
+        if full in seen:
+            raise DataError(f"{given}: the same image is given twice (also as {seen[full]}); give each file once")
+        seen[full] = given
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute]) if absolute else ""
     return Manifest(
         "predict",
-        [Path(p).name for p in paths],
+        [os.path.relpath(p, common) for p in absolute],
         np.zeros(len(paths), dtype=np.int64),
         classes,
         paths=paths,

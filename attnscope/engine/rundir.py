@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from attnscope.errors import CheckpointError, ConfigError, DataError
-from attnscope.fileio import atomic_write, read_marker, write_marker
+from attnscope.fileio import atomic_write, process_gone, read_marker, sweep_temporaries, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,7 @@ class RunLock:
 
 def _stale(holder: dict) -> bool:
     """True when the lock's process is known to be gone: same host, pid not alive."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return process_gone(holder.get("host"), holder.get("pid"))
 
 
 def prepare_run_dir(paths: RunPaths, resume: bool) -> None:
@@ -202,6 +194,45 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
     """The model's state dict as safetensors, atomically."""
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
     return atomic_write(path, save_safetensors(tensors, metadata=metadata or {}))
+
+
+BEST_KEY = "best"
+
+
+def save_best(model: torch.nn.Module, paths: RunPaths, record: dict[str, Any], metadata: dict[str, str]) -> None:
+    """The best epoch's weights with their record (epoch, metrics, validation threshold) inside them.
+
+    The record travels in the safetensors metadata, so weights and threshold are
+    committed by one rename: a kill between the two writes leaves ``best.json`` (the
+    readable copy) one epoch behind, and :func:`read_best` trusts the weights' own.
+    """
+    record = _null_nan(record)
+    save_weights(model, paths.best_weights, {**metadata, BEST_KEY: json.dumps(record)})
+    write_json(paths.best, record)
+
+
+def read_best(paths: RunPaths) -> dict[str, Any]:
+    """The best epoch's record: the one inside the best weights, else ``best.json``, else empty."""
+    if paths.best_weights.is_file():
+        try:
+            with safe_open(paths.best_weights, framework="pt") as handle:
+                recorded = (handle.metadata() or {}).get(BEST_KEY)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{paths.best_weights}: not a readable safetensors file ({error})") from error
+        if recorded is not None:
+            try:
+                values = json.loads(recorded)
+            except ValueError as error:
+                raise CheckpointError(f"{paths.best_weights}: its best-epoch record is damaged ({error})") from error
+            if isinstance(values, dict):
+                return values
+    return read_json(paths.best) if paths.best.exists() else {}
+
+
+def sweep_run(paths: RunPaths) -> None:
+    """Remove what killed sessions of this run left half-written (temporary files of atomic writes)."""
+    for folder in (paths.root, paths.checkpoints):
+        sweep_temporaries(folder)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

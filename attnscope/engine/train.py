@@ -37,9 +37,10 @@ from attnscope.engine.rundir import (
     RunLock,
     RunPaths,
     prepare_run_dir,
-    read_json,
+    read_best,
+    save_best,
     save_weights,
-    write_json,
+    sweep_run,
     write_metrics_csv,
 )
 from attnscope.engine.task import ClassifierTask, seed_all
@@ -126,17 +127,14 @@ class RunRecorder(Callback):
             write_metrics_csv(self.paths.metrics, self.history)
             save_weights(task.eval_model, self.paths.last_weights, meta)
             if improved:
-                save_weights(task.eval_model, self.paths.best_weights, meta)
-                write_json(
-                    self.paths.best,
-                    {
-                        "epoch": epoch,
-                        "monitor": self.monitor,
-                        "value": self.best_value,
-                        "threshold": task.val_threshold,
-                        "metrics": row,
-                    },
-                )
+                record = {
+                    "epoch": epoch,
+                    "monitor": self.monitor,
+                    "value": self.best_value,
+                    "threshold": task.val_threshold,
+                    "metrics": row,
+                }
+                save_best(task.eval_model, self.paths, record, meta)
         # every process takes part (DDP); only global rank 0 writes
         trainer.save_checkpoint(self.paths.last_state, weights_only=False)
         if trainer.is_global_zero:
@@ -249,6 +247,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches
     try:
         with RunLock(paths.root):
+            sweep_run(paths)
             return _train(config, paths, resume, rank_zero)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
@@ -283,7 +282,7 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
             for message in (".*on_after_batch_transfer.*", ".*LeafSpec.*"):
                 warnings.filterwarnings("ignore", message=message)
             trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
-        best = read_json(paths.best) if trainer.is_global_zero and paths.best.exists() else {}
+        best = read_best(paths) if trainer.is_global_zero else {}
     return TrainResult(paths.root, best, trainer.is_global_zero)
 
 

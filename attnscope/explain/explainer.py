@@ -191,8 +191,9 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     options.check()
     explicit_attention = "attention" in options.methods and "all" not in options.methods
     methods = resolve_methods(list(options.methods))
-    out = Path(options.out) if options.out is not None else run.root / "explain"
+    out = Path(options.out) if options.out is not None else run.root / options.folder_name("explain")
     loader = run.loader(options)
+    names = _FileNames()
     total = len(loader.sampler) if not options.count else min(options.count, len(loader.sampler))
     rows: list[dict] = []
     overlays: list[Path] = []
@@ -207,7 +208,8 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
             scores = score_batch(run, explanation, batch["mask"][:take] if "mask" in batch else None, options.steps)
             for position, row in enumerate(batch["row"][:take].tolist()):
                 record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
-                overlays.append(_write_image(images_u8, explanation, position, record, out, options))
+                name = names.unique(record["id"])
+                overlays.append(_write_image(images_u8, explanation, position, record, out / name, options))
                 rows += [
                     {
                         **record,
@@ -225,14 +227,31 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
 def _image_record(
     run: Run, loader: BatchLoader, row: int, explanation: BatchExplanation, position: int, labelled: bool
 ) -> dict:
-    """The id, truth (when the images are labelled), explained class and its probability of one image."""
+    """The id, file, truth (when the images are labelled), explained class and its probability of one image."""
     manifest = loader.decoded.manifest
     return {
         "id": manifest.ids[row],
+        "path": manifest.paths[row] if manifest.paths else "",
         "truth": manifest.label_text(row) if labelled else "",
         "target": run.classes[int(explanation.targets[position])],
         "probability": float(explanation.probabilities[position]),
     }
+
+
+class _FileNames:
+    """One file name per image: its id made safe, with ``-2``, ``-3`` where two ids make the same name."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def unique(self, image_id: str) -> str:
+        base = _safe(image_id)
+        name, number = base, 1
+        while name.lower() in self.used:  # case-insensitive: macOS and Windows file systems
+            number += 1
+            name = f"{base}-{number}"
+        self.used.add(name.lower())
+        return name
 
 
 def _write_image(
@@ -240,13 +259,13 @@ def _write_image(
     explanation: BatchExplanation,
     position: int,
     record: dict,
-    out: Path,
+    out_name: Path,
     options: ExplainOptions,
 ) -> Path:
-    """One image's overlay figure and its raw maps (``.npz``); returns the figure's path."""
+    """One image's overlay figure and its raw maps (``.npz``), ``out_name`` being ``OUT/<name>``; the figure's path."""
     truth = f"true {record['truth']}, " if record["truth"] else ""
     title = f"{record['id']}\n{truth}p({record['target']})={record['probability']:.2f}"
-    name = _safe(record["id"])
+    out, name = out_name.parent, out_name.name
     figure = write_attention_grid(
         images_u8[position : position + 1],
         {k: v[position : position + 1] for k, v in explanation.maps.items()},
@@ -265,7 +284,15 @@ def _write_image(
 
 def _write_scores(rows: list[dict], path: Path) -> bool:
     """``scores.csv``, one row per image and method; True when it has localisation scores (masks)."""
-    columns = ["id", "truth", "target", "probability", "method", *[n for n in SCORE_NAMES if any(n in r for r in rows)]]
+    columns = [
+        "id",
+        "path",
+        "truth",
+        "target",
+        "probability",
+        "method",
+        *[n for n in SCORE_NAMES if any(n in r for r in rows)],
+    ]
     cells = [[_cell(row.get(column, "")) for column in columns] for row in rows]
     atomic_write(path, csv_text(columns, cells))
     return "pointing_game" in columns

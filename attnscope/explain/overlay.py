@@ -19,6 +19,8 @@ from attnscope.explain.cam import normalise
 from attnscope.layers.tap import capture_attention, native_maps
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from attnscope.data.loader import BatchLoader
     from attnscope.engine.run import Run
 
@@ -68,19 +70,26 @@ def write_attention_grid(
     (the "input | pool-3 attention | pool-4 attention" figure of the AttnVGG melanoma tutorial).
     Maps are (B, H, W); they are min-max scaled per image for display unless ``normalise_maps``
     is False (already in [0, 1])."""
+    from attnscope.engine.plots import literal_text, save_figure
+
+    shown = {name: (normalise(values) if normalise_maps else values).numpy() for name, values in maps.items()}
+    with literal_text():
+        return save_figure(_grid_figure(images_u8, shown, titles, alpha, cmap), path)
+
+
+def _grid_figure(
+    images_u8: torch.Tensor, shown: dict[str, np.ndarray], titles: list[str], alpha: float, cmap: str
+) -> Figure:
     import matplotlib.pyplot as plt
 
-    from attnscope.engine.plots import save_figure
-
-    columns = ["input", *maps]
+    columns = ["input", *shown]
     rows = images_u8.shape[0]
     figure, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows + 0.3), squeeze=False)
     pictures = images_u8.permute(0, 2, 3, 1).float().numpy() / 255.0
     if pictures.shape[-1] == 1:
         pictures = pictures[..., 0]
-    shown = {name: (normalise(values) if normalise_maps else values).numpy() for name, values in maps.items()}
     for row in range(rows):
-        cells = [pictures[row]] + [overlay(pictures[row], shown[name][row], alpha, cmap) for name in maps]
+        cells = [pictures[row]] + [overlay(pictures[row], shown[name][row], alpha, cmap) for name in shown]
         for column, cell in enumerate(cells):
             axes_cell = axes[row][column]
             axes_cell.imshow(cell, cmap="gray" if cell.ndim == 2 else None, vmin=0, vmax=1)
@@ -89,7 +98,7 @@ def write_attention_grid(
             if row == 0:
                 axes_cell.set_title(columns[column], fontsize=9)
         axes[row][0].set_ylabel(titles[row], fontsize=8)
-    return save_figure(figure, path)
+    return figure
 
 
 @torch.no_grad()

@@ -72,7 +72,7 @@ def training_curves(paths: RunPaths, out: Path) -> Path | None:
         return None
     history = read_metrics_csv(paths.metrics)
     epochs = [row["epoch"] + 1 for row in history]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))  # no user text: no literal_text() needed
     for axis, metric in zip(axes, ("loss", "auc"), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             values = [row.get(f"{split}/{metric}", math.nan) for row in history]

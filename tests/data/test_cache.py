@@ -10,6 +10,7 @@ from attnscope.data.decode import decode_image
 from attnscope.data.manifest import BadRowsError, Manifest, check_bad_rows
 from attnscope.data.sources import from_csv
 from tests.data.conftest import write_image
+from tests.processes import exited_pid
 
 
 def test_cache_holds_exactly_what_decoding_gives_and_is_reused(lesion_folder, tmp_path, caplog):
@@ -104,3 +105,49 @@ def test_arrays_are_converted_in_memory():
     assert load_images(manifest, 20, "RGB").images.shape == (4, 20, 20, 3)
     with pytest.raises(DataError, match="need a cache_dir"):
         load_images(Manifest("files", ["a"], np.zeros(1, dtype=np.int64), ["x"], paths=["a.jpg"]), 8)
+
+
+def test_a_full_disk_is_one_error_before_decoding_and_leaves_nothing(lesion_folder, tmp_path, monkeypatch):
+    import errno
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    with pytest.raises(
+        DataError, match=r"cache: no room for the decode cache of 12 images \(No space left on device\)"
+    ):
+        load_images(manifest, 16, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def _die(*args, **kwargs):
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_one_error_and_leaves_nothing(lesion_folder, tmp_path, monkeypatch):
+    import attnscope.data.cache as cache
+
+    monkeypatch.setattr(cache, "_decode_chunk", _die)  # workers are forked: they run the patched function
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    with pytest.raises(DataError, match="a decoding worker died .* Try again with fewer data.workers"):
+        load_images(manifest, 16, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_killed_builds_leftovers_are_swept_and_a_live_ones_kept(lesion_folder, tmp_path):
+    import socket
+
+    cache_dir = tmp_path / "cache"
+    host = socket.gethostname()
+    dead = cache_dir / f".0123abcd.{host}~{exited_pid()}~build.tmp"
+    live = cache_dir / f".4567cdef.{host}~{os.getppid()}~build.tmp"
+    elsewhere = cache_dir / f".89abcdef.other-host~{exited_pid()}~build.tmp"
+    for folder in (dead, live, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"\0" * 1000)
+    manifest = from_csv(lesion_folder / "marking.csv", lesion_folder / "train")
+    load_images(manifest, 16, cache_dir=cache_dir, workers=1, progress=False)
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+    assert len([p for p in cache_dir.iterdir() if not p.name.startswith(".")]) == 1

@@ -92,3 +92,45 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     path = write_image(tmp_path / "big.png", size=(300, 300), mode="L")
     with pytest.raises(DataError, match=r"300 x 300 pixels is above the limit of 10,000"):
         decode_image(path, 8, pixel_limit=10_000)
+
+
+def png_header(path, width, height):
+    """A PNG whose header claims ``width`` x ``height`` pixels and holds no pixel data: what
+    Pillow reads to learn the size, so the limits are tested without allocating the image."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_the_documented_pixel_limit_is_the_one_that_applies(tmp_path):
+    # 95 M pixels: above Pillow's own warning limit (89.5 M), below attnscope's 100 M: not refused as a bomb
+    with pytest.raises(DataError, match="truncated or corrupt") as allowed:
+        decode_image(png_header(tmp_path / "a.png", 9_500, 10_000), 8)
+    assert "limit" not in str(allowed.value) and "too many pixels" not in str(allowed.value)
+    with pytest.raises(DataError, match=r"10001 x 10000 pixels is above the limit of 100,000,000"):
+        decode_image(png_header(tmp_path / "b.png", 10_001, 10_000), 8)
+    # a raised limit is honoured beyond Pillow's refusal at 179 M pixels; Pillow's own setting is restored
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        decode_image(png_header(tmp_path / "c.png", 20_000, 10_000), 8, pixel_limit=300_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+@pytest.mark.parametrize("size", [(1, 1_000_000), (1_000_000, 1), (21, 1), (3, 200)])
+def test_strips_are_refused_before_they_are_decoded(tmp_path, size):
+    path = tmp_path / "strip.png"
+    Image.new("L", size).save(path)  # a 1 x 1,000,000 strip is 1 KB of PNG
+    with pytest.raises(DataError, match=rf"{size[0]} x {size[1]} pixels is a strip, not an image"):
+        decode_image(path, 224)
+
+
+def test_a_long_but_plausible_image_decodes(tmp_path):
+    path = tmp_path / "panoramic.png"
+    Image.new("L", (400, 20), 200).save(path)  # 20:1, a dental panoramic is about 2.5:1
+    assert decode_image(path, 16, mode="L").tolist() == np.full((16, 16), 200).tolist()

@@ -116,3 +116,24 @@ def test_fashion_mnist_keeps_its_official_test_set():
     assert counts["test"]["rows"] == 10000 and counts["train"]["rows"] + counts["val"]["rows"] == 60000
     assert counts["val"]["per_class"] == [900] * 10  # stratified: 15% of each class's 6,000
     assert data.mean[0] == pytest.approx(0.286, abs=0.003)  # Fashion-MNIST's published mean intensity
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "message"),
+    [
+        (
+            "folder",
+            {"root": 2024},
+            r"data option root=2024 does not fit source 'folder': it must be text or a path "
+            r"\(YAML read 2024 as a number: quote text, e\.g\. root='2024'\)",
+        ),
+        ("folder", {"root": "x", "follow_symlinks": "yes"}, r"follow_symlinks='yes' .* must be true or false$"),
+        ("synthetic_lesions", {"count": 2.5}, r"count=2\.5 .* must be an integer"),
+        ("csv", {"csv_path": "a.csv", "classes": [0, 1]}, r"classes=\[0, 1\] .* must be a list of text or null"),
+    ],
+)
+def test_source_options_of_the_wrong_kind_are_refused_by_name(source, options, message):
+    with pytest.raises(ConfigError, match=message):
+        load_source(source, **options)
+    with pytest.raises(ConfigError, match=message):
+        DataConfig.from_dict({"source": source, "source_options": options})

@@ -158,3 +158,56 @@ def test_a_label_cell_cannot_make_millions_of_classes(lesion_folder):
         "label 10000 is out of range (must be non-negative and below 10000; "
         "name the classes with classes=[...] for more)"
     )
+
+
+def test_an_id_completed_with_an_extension_cannot_reach_outside_through_a_link(tmp_path):
+    secret = write_image(tmp_path / "secret" / "s.jpg")
+    root = tmp_path / "images"
+    write_image(root / "inside.jpg")
+    (root / "p1.jpg").symlink_to(secret)  # found by adding .jpg to the id p1
+    (root / "sub").symlink_to(secret.parent, target_is_directory=True)
+    (root / "alias.jpg").symlink_to(root / "inside.jpg")  # a link that stays inside is fine
+    (tmp_path / "list.csv").write_text("image_id,target\np1,0\nsub/s,1\nalias,0\ninside,1\n")
+    manifest = from_csv(tmp_path / "list.csv", root)
+    assert manifest.ids == ["alias", "inside"]
+    reasons = {bad.id: bad.reason for bad in manifest.rejected}
+    assert set(reasons) == {"p1", "sub/s"}
+    assert all("outside the image root" in reason and "follow_symlinks" in reason for reason in reasons.values())
+    trusting = from_csv(tmp_path / "list.csv", root, follow_symlinks=True)
+    assert len(trusting) == 4 and trusting.paths[0].endswith("p1.jpg")
+
+
+def test_a_folder_source_does_not_follow_links_out_of_its_root(tmp_path):
+    secret = write_image(tmp_path / "secret" / "s.png")
+    root = tmp_path / "data"
+    write_image(root / "benign" / "a.png")
+    write_image(root / "malignant" / "b.png")
+    (root / "malignant" / "leak.png").symlink_to(secret)
+    manifest = from_folder(root)
+    assert manifest.ids == ["benign/a.png", "malignant/b.png"]
+    assert [(bad.id, "outside" in bad.reason) for bad in manifest.rejected] == [("malignant/leak.png", True)]
+    with pytest.raises(BadRowsError, match="leak.png"):
+        check_bad_rows(manifest, skip_bad=False)
+    assert len(from_folder(root, follow_symlinks=True)) == 3
+
+
+def test_rows_with_missing_or_extra_cells_are_bad_rows_not_crashes(lesion_folder):
+    (lesion_folder / "short.csv").write_text("image_id,target\nISIC_0000\nISIC_0001,1,extra\nISIC_0002,0\n")
+    manifest = from_csv(lesion_folder / "short.csv", lesion_folder / "train")
+    assert manifest.ids == ["ISIC_0002"]
+    reasons = {bad.row: bad.reason for bad in manifest.rejected}
+    assert reasons == {
+        2: "1 cells but the header has 2 (no 'target')",
+        3: "3 cells but the header has 2",
+    }
+
+
+def test_an_unreadable_csv_is_one_error_naming_the_file_and_what_to_do(lesion_folder):
+    latin = lesion_folder / "latin1.csv"
+    latin.write_bytes("image_id,target\nISIC_0000,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv: not UTF-8 text \(it holds the byte 0xe9.*save the CSV as UTF-8"):
+        from_csv(latin, lesion_folder / "train")
+    huge = lesion_folder / "huge.csv"
+    huge.write_text("image_id,target\n" + "x" * 200_000 + ",1\n")
+    with pytest.raises(DataError, match=r"huge.csv line \d+: not readable as CSV \(field larger than field limit"):
+        from_csv(huge, lesion_folder / "train")

@@ -100,7 +100,7 @@ def test_the_shipped_melanoma_config_is_the_seed_recipe():
         ("data.image_size=0", "data.image_size=0 must be an integer >= 1"),
         ("data.mode=CMYK", "data.mode='CMYK' is not one of RGB, L"),
         ("data.val_fraction=1", "data.val_fraction=1 must lie in [0, 1)"),
-        ("data.augment={p: 2}", "augment p=2 must lie in [0, 1]"),
+        ("data.augment={p: 2}", "data.augment.p=2 must lie in [0, 1]"),
     ],
 )
 def test_every_value_is_checked_when_the_config_is_loaded(setting, message):

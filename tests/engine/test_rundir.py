@@ -14,13 +14,8 @@ from attnscope.engine.rundir import RunLock, RunPaths, prepare_run_dir
 from attnscope.engine.train import train
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import read_marker, write_marker
+from tests.processes import exited_pid
 from tests.runs import TINY, tiny_settings
-
-
-def exited_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def test_a_user_folder_is_never_trained_into(tmp_path):
@@ -87,3 +82,46 @@ def test_two_trainings_into_one_run_directory(tmp_path):
     # refused while the first holds the lock (or, had it finished first, because the folder holds its run)
     assert f"is being trained by process {first.pid}" in second.stderr or "already holds a run" in second.stderr
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 6  # the first run's epochs alone
+
+
+def test_the_best_weights_carry_their_threshold_so_a_kill_between_writes_cannot_mismatch(tmp_path, monkeypatch):
+    import torch
+
+    from attnscope.engine import rundir
+
+    paths = RunPaths(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    rundir.save_best(model, paths, {"epoch": 1, "threshold": 0.3, "value": float("nan")}, {"model": "m"})
+    assert (
+        rundir.read_best(paths) == json.loads(paths.best.read_text()) == {"epoch": 1, "threshold": 0.3, "value": None}
+    )
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process dies after the weights were renamed into place, before best.json
+
+    torch.nn.init.constant_(model.weight, 7.0)
+    monkeypatch.setattr(rundir, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_best(model, paths, {"epoch": 2, "threshold": 0.7}, {"model": "m"})
+    assert json.loads(paths.best.read_text())["epoch"] == 1  # the readable copy is behind
+    assert rundir.read_best(paths) == {"epoch": 2, "threshold": 0.7}  # the weights' own record wins
+    assert rundir.load_weights(paths.best_weights)["weight"].eq(7.0).all()
+    # weights written before records travelled with them: best.json is read
+    rundir.save_weights(model, paths.best_weights)
+    assert rundir.read_best(paths)["epoch"] == 1
+
+
+def test_training_sweeps_what_a_killed_session_left_half_written(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_marker(run_dir, "run")
+    host = socket.gethostname()
+    leftovers = [
+        run_dir / f".metrics.csv.{host}~{exited_pid()}~a.tmp",
+        run_dir / "checkpoints" / f".last.ckpt.{host}~{exited_pid()}~b.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"\0" * 4096)
+    train(load_config(None, tiny_settings(run_dir, epochs=1)))
+    assert not any(path.exists() for path in leftovers)
+    assert not [p for p in run_dir.rglob("*.tmp")]

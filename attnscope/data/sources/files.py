@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,25 +24,37 @@ MAX_CLASSES = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-def resolve_image(root: Path, name: str, extensions: Sequence[str]) -> tuple[Path | None, str | None]:
+def resolve_image(
+    root: Path, name: str, extensions: Sequence[str], follow_symlinks: bool = False
+) -> tuple[Path | None, str | None]:
     """The file ``name`` names under ``root`` (adding an extension if it has none), or why not.
 
     A name that leads outside ``root`` (``../../etc/passwd``, an absolute path, a
-    symbolic link pointing out) is refused before its existence is looked at.
+    symbolic link pointing out, also one found by adding an extension) is refused
+    before its existence is looked at; ``follow_symlinks`` allows links that point
+    out (a link farm of a data set kept elsewhere), never ``..`` or absolute names.
     """
     root = root.resolve()
-    candidate = (root / name).resolve()
-    if not candidate.is_relative_to(root):
+    lexical = Path(os.path.normpath(root / name))
+    if not lexical.is_relative_to(root):
         return None, f"'{name}' resolves outside the image root {root}"
-    if candidate.suffix.lower() in extensions and candidate.is_file():
+    candidates = [lexical] if lexical.suffix.lower() in extensions else []
+    candidates += [
+        lexical.with_name(lexical.name + variant)
+        for extension in extensions
+        for variant in (extension, extension.upper())
+    ]
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        if not follow_symlinks and not candidate.resolve().is_relative_to(root):
+            return None, (
+                f"'{name}' is a link to {candidate.resolve()}, outside the image root {root}; "
+                "copy the file in, or set follow_symlinks=true for a link farm you trust"
+            )
         return candidate, None
-    for extension in extensions:
-        for variant in (extension, extension.upper()):
-            with_extension = candidate.with_name(candidate.name + variant)
-            if with_extension.is_file():
-                return with_extension, None
-    tried = f" (also tried {', '.join(extensions)})" if candidate.suffix.lower() not in extensions else ""
-    return None, f"image file not found: {candidate}{tried}"
+    tried = f" (also tried {', '.join(extensions)})" if lexical.suffix.lower() not in extensions else ""
+    return None, f"image file not found: {lexical}{tried}"
 
 
 def _parse_label(value: str, classes: list[str] | None) -> tuple[int | None, str | None]:
@@ -84,6 +97,7 @@ class CsvLayout:
     one column of names joined by ``multilabel_separator`` (``none_label``, e.g.
     "No Finding", means none). An id without an extension finds its file by
     trying ``extensions``; masks are found under ``mask_root`` (default: the images').
+    Files must lie under their root; ``follow_symlinks`` also takes links that point out.
     """
 
     id_column: str = "image_id"
@@ -96,6 +110,7 @@ class CsvLayout:
     multilabel_separator: str | None = None
     none_label: str | None = None
     extensions: Sequence[str] = IMAGE_EXTENSIONS
+    follow_symlinks: bool = False
 
     @classmethod
     def from_options(cls, options: dict) -> CsvLayout:
@@ -169,11 +184,13 @@ def from_csv(csv_path: str | Path, image_root: str | Path | None = None, **optio
     )
     parsed = _CsvRows()
     seen: dict[str, int] = {}
-    for line, row in _read_csv(csv_path, layout):
+    for line, row in read_csv_rows(csv_path, layout.wanted_columns()):
         image_id = (row[layout.id_column] or "").strip()
-        path, label, mask_path, problem = _parse_row(
-            row, image_id, line, seen, root, masks_root, layout, class_names, parsed.tokens_seen
-        )
+        path, label, mask_path, problem = None, None, None, cell_count_problem(row)
+        if problem is None:
+            path, label, mask_path, problem = _parse_row(
+                row, image_id, line, seen, root, masks_root, layout, class_names, parsed.tokens_seen
+            )
         split = (row[layout.split_column] or "").strip().lower() if layout.split_column else None
         if problem is None and layout.split_column and split not in SPLITS:
             problem = f"split {row[layout.split_column]!r} is not one of {list(SPLITS)}"
@@ -190,20 +207,47 @@ def from_csv(csv_path: str | Path, image_root: str | Path | None = None, **optio
     return _csv_manifest(str(csv_path), parsed, layout, class_names)
 
 
-def _read_csv(csv_path: Path, layout: CsvLayout) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) of every data row, after checking the header has the layout's columns."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise DataError(f"{csv_path}: empty file, expected a header row such as 'image_id,target'")
-        missing = [
-            f"{option}={column!r}"
-            for option, column in layout.wanted_columns().items()
-            if column not in reader.fieldnames
-        ]
-        if missing:
-            raise DataError(f"{csv_path}: no column for {', '.join(missing)}; the columns are {reader.fieldnames}")
-        return [(reader.line_num, row) for row in reader]
+def read_csv_rows(csv_path: Path, wanted: dict[str, str], hint: str = "") -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of every data row of a UTF-8 CSV with the ``wanted`` columns (option -> column).
+
+    Every way a CSV can be unreadable (not UTF-8, a malformed or huge field, a
+    missing column) is a DataError naming the file and the line. A row with fewer
+    or more cells than the header is returned with ``None`` for its missing cells
+    and the extra ones under the key ``None``: the caller makes it a bad row.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            try:
+                if not reader.fieldnames:
+                    raise DataError(f"{csv_path}: empty file, expected a header row such as 'image_id,target'")
+                missing = [
+                    f"{option}={column!r}" for option, column in wanted.items() if column not in reader.fieldnames
+                ]
+                if missing:
+                    raise DataError(
+                        f"{csv_path}: no column for {', '.join(missing)}; the columns are {reader.fieldnames}{hint}"
+                    )
+                return [(reader.line_num, row) for row in reader]
+            except csv.Error as error:
+                raise DataError(f"{csv_path} line {reader.line_num}: not readable as CSV ({error})") from error
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{csv_path}: not UTF-8 text (it holds the byte {error.object[error.start]:#04x}, as Latin-1 or "
+            "Windows-1252 files do); save the CSV as UTF-8"
+        ) from error
+    except OSError as error:
+        raise DataError(f"{csv_path}: cannot be read ({error.strerror or error})") from error
+
+
+def cell_count_problem(row: dict) -> str | None:
+    """Why a row from :func:`read_csv_rows` has the wrong number of cells, or None."""
+    if None in row:
+        return f"{len(row) - 1 + len(row[None])} cells but the header has {len(row) - 1}"
+    empty = [column for column, value in row.items() if value is None]
+    if empty:
+        return f"{len(row) - len(empty)} cells but the header has {len(row)} (no {', '.join(map(repr, empty))})"
+    return None
 
 
 def _parse_row(
@@ -223,13 +267,14 @@ def _parse_row(
     if image_id in seen:
         return None, None, None, f"duplicate id, first seen on row {seen[image_id]}"
     seen[image_id] = line
-    path, problem = resolve_image(root, image_id, layout.suffixes)
+    path, problem = resolve_image(root, image_id, layout.suffixes, layout.follow_symlinks)
     if problem is not None:
         return None, None, None, problem
     label, problem = _parse_row_label(row, layout, class_names, tokens_seen)
     if problem is not None or layout.mask_column is None:
         return path, label, None, problem
-    mask_path, problem = resolve_image(masks_root, (row[layout.mask_column] or "").strip(), layout.suffixes)
+    mask_name = (row[layout.mask_column] or "").strip()
+    mask_path, problem = resolve_image(masks_root, mask_name, layout.suffixes, layout.follow_symlinks)
     return path, label, mask_path, problem and f"mask: {problem}"
 
 
@@ -276,8 +321,14 @@ def _csv_manifest(source: str, parsed: _CsvRows, layout: CsvLayout, class_names:
     )
 
 
-def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Manifest:
-    """A manifest from ``root/<class name>/**/<image>``; class names sorted give the indices."""
+def from_folder(
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, follow_symlinks: bool = False
+) -> Manifest:
+    """A manifest from ``root/<class name>/**/<image>``; class names sorted give the indices.
+
+    A file (or class folder) that is a link leading outside ``root`` is a bad row
+    unless ``follow_symlinks``: its pixels would otherwise end up in shared thumbnails.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -285,7 +336,8 @@ def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
     if not class_dirs:
         raise DataError(f"{root}: expected one sub-folder per class (e.g. {root}/benign, {root}/malignant), found none")
     extensions = tuple(e.lower() for e in extensions)
-    ids, paths, labels, ignored = [], [], [], []
+    inside = root.resolve()
+    ids, paths, labels, ignored, rejected = [], [], [], [], []
     for index, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.suffix.lower() in extensions]
@@ -293,7 +345,15 @@ def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
         if not images:
             log.warning("%s: class folder %r holds no images", root, class_dir.name)
         for path in images:
-            ids.append(str(path.relative_to(root)))
+            name = str(path.relative_to(root))
+            if not follow_symlinks and not path.resolve().is_relative_to(inside):
+                reason = (
+                    f"a link to {path.resolve()}, outside {inside}; copy the file in, "
+                    "or set follow_symlinks=true for a link farm you trust"
+                )
+                rejected.append(BadRow(str(root), None, name, reason))
+                continue
+            ids.append(name)
             paths.append(str(path))
             labels.append(index)
     if ignored:
@@ -303,4 +363,5 @@ def from_folder(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
             len(ignored),
             ", ".join(str(p.relative_to(root)) for p in ignored[:10]),
         )
-    return Manifest(str(root), ids, np.array(labels, dtype=np.int64), [d.name for d in class_dirs], paths=paths)
+    classes = [d.name for d in class_dirs]
+    return Manifest(str(root), ids, np.array(labels, dtype=np.int64), classes, paths=paths, rejected=rejected)
