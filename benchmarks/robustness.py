@@ -84,6 +84,7 @@ class Tally:
     kind: str
     outcomes: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    files_changed: list[str] = field(default_factory=list)  # outside the tool's outputs: also data lost
 
     def add(self, outcome: str, detail: str = "") -> None:
         self.outcomes[outcome] += 1
@@ -91,11 +92,13 @@ class Tally:
             self.examples[outcome].append(detail[:300])
 
     def record(self) -> dict:
+        counts = {o.replace(" ", "_"): self.outcomes[o] for o in OUTCOMES}
+        counts["data_lost"] += len(self.files_changed)
         return {
             "kind": self.kind,
-            "inputs": sum(self.outcomes[o] for o in OUTCOMES if o != "data lost") or self.outcomes["data lost"],
-            **{o.replace(" ", "_"): self.outcomes[o] for o in OUTCOMES},
-            "examples": self.examples,
+            "inputs": sum(self.outcomes.values()),
+            **counts,
+            "examples": self.examples | ({"files changed": self.files_changed[:5]} if self.files_changed else {}),
         }
 
 
@@ -448,10 +451,10 @@ def measure(scale: float, seed: int, kinds: list[str]) -> list[dict]:
             fuzz_csv(tallies["csv"], folder / "csv", counts["csv"])
         if "option" in kinds:
             fuzz_options(tallies["option"], counts["option"])
-        changed = [name for name, digest in before.items() if folder_digest(bystander).get(name) != digest]
-        changed += [name for name, digest in inputs.items() if folder_digest(folder / "images").get(name) != digest]
-        for name in changed:
-            tallies[kinds[0]].add("data lost", f"{name} changed")
+        after, inputs_after = folder_digest(bystander), folder_digest(folder / "images") if files else {}
+        changed = [name for name, digest in before.items() if after.get(name) != digest]
+        changed += [name for name, digest in inputs.items() if inputs_after.get(name) != digest]
+        tallies[kinds[0]].files_changed += changed
     return [{**tally.record(), "seed": seed, "scale": scale, **facts()} for tally in tallies.values()]
 
 

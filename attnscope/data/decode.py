@@ -9,6 +9,7 @@ the target and the centre cropped. Every failure is a DataError naming the file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import warnings
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnscope.errors import DataError
+
+log = logging.getLogger(__name__)
 
 MODES = ("RGB", "L")
 DEFAULT_PIXEL_LIMIT = 100_000_000  # 10,000 x 10,000; whole-slide images need a higher limit, set on purpose
@@ -95,23 +98,13 @@ def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image
     return image.crop((left, top, left + size, top + size))
 
 
-def decode_image(
-    path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT, mask: bool = False
-) -> np.ndarray:
-    """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L.
-
-    ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
-    values above 127 become 1 and the rest 0.
-    """
-    if mode not in MODES:
-        raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
-    path = Path(path)
+def _decode(path: Path, size: int, target_mode: str, pixel_limit: int, mask: bool) -> np.ndarray:
+    """The decoding of :func:`decode_image`, every failure a DataError naming the file."""
     try:
         with _pillow_pixel_limit(pixel_limit):
             image = Image.open(path)
         with image:
             _check_geometry(path, image.size, pixel_limit)
-            target_mode = "L" if mask else mode
             if image.format == "JPEG" and not mask:
                 shorter = min(image.size)
                 if shorter > 2 * size:
@@ -121,7 +114,7 @@ def decode_image(
             oriented.load()
             converted = _to_mode(oriented, target_mode)
             resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-            array = np.asarray(resize_and_crop(converted, size, resample), dtype=np.uint8)
+            return np.asarray(resize_and_crop(converted, size, resample), dtype=np.uint8)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -134,4 +127,23 @@ def decode_image(
         raise DataError(f"{path}: not enough memory to decode this image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: truncated or corrupt image ({error})") from error
+
+
+def decode_image(
+    path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT, mask: bool = False
+) -> np.ndarray:
+    """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L.
+
+    ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
+    values above 127 become 1 and the rest 0.
+    """
+    if mode not in MODES:
+        raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
+    path = Path(path)
+    # Pillow warns of damage it reads past (corrupt EXIF, short TIFF tags): logged, not printed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask)
+    for warning in caught:
+        log.debug("%s: %s", path, warning.message)
     return (array > 127).astype(np.uint8) if mask else array

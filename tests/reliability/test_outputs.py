@@ -1,0 +1,119 @@
+"""Regressions of the reliability issue, end to end through the CLI: outputs never collide,
+nothing outside an image root is read, and bad input is one line."""
+
+import csv
+import errno
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnscope import cli
+
+
+def save(path, seed=0, size=(32, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_evaluating_other_data_never_overwrites_the_test_splits_evaluation(trained_run, capsys):
+    assert cli.main(["evaluate", str(trained_run), "--no-progress"]) == 0
+    test_metrics = (trained_run / "evaluation" / "metrics.json").read_text()
+    other = ["--data", "synthetic_lesions", "--data-option", "count=30", "--data-option", "size=32"]
+    assert cli.main(["evaluate", str(trained_run), *other, "--data-option", "seed=4", "--no-progress"]) == 0
+    assert cli.main(["evaluate", str(trained_run), *other, "--data-option", "seed=5", "--no-progress"]) == 0
+    assert (trained_run / "evaluation" / "metrics.json").read_text() == test_metrics
+    folders = sorted(p.name for p in trained_run.glob("evaluation-synthetic_lesions-*"))
+    assert len(folders) == 2  # one per data: seed 4 and seed 5 are different images
+    for folder in folders:
+        assert json.loads((trained_run / folder / "metrics.json").read_text())["metrics"]["rows"] == 30
+    printed = capsys.readouterr().out
+    assert all(folder in printed for folder in folders)
+
+
+def test_two_images_with_one_name_in_two_folders_are_explained_apart(trained_run, tmp_path):
+    first, second = save(tmp_path / "p1" / "scan.png", 1), save(tmp_path / "p2" / "scan.png", 2)
+    out = tmp_path / "explained"
+    options = ["--method", "gradcam", "--steps", "2", "--no-progress"]
+    assert cli.main(["explain", str(trained_run), str(first), str(second), *options, "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p1_scan.png.png", "p2_scan.png.png"]
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["p1_scan.png.npz", "p2_scan.png.npz"]
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [(row["id"], row["path"]) for row in rows] == [("p1/scan.png", str(first)), ("p2/scan.png", str(second))]
+    # ids that make the same file name get their own, numbered
+    third = save(tmp_path / "p1_scan.png", 3)
+    again = tmp_path / "again"
+    assert (
+        cli.main(["explain", str(trained_run), str(first), str(second), str(third), *options, "--out", str(again)]) == 0
+    )
+    names = sorted(p.name for p in (again / "overlays").iterdir())
+    assert names == ["p1_scan.png-2.png", "p1_scan.png.png", "p2_scan.png.png"]
+
+
+def test_the_same_image_given_twice_is_refused(trained_run, tmp_path, capsys):
+    image = save(tmp_path / "a.png")
+    assert cli.main(["predict", str(trained_run), str(image), str(tmp_path / "." / "a.png"), "--no-progress"]) == 1
+    assert "the same image is given twice" in capsys.readouterr().err
+
+
+def test_predict_csv_never_reads_outside_its_image_root(trained_run, tmp_path, capsys):
+    secret = save(tmp_path / "secret" / "s.jpg")
+    save(tmp_path / "images" / "ok.png")
+    listing = tmp_path / "images" / "list.csv"
+    listing.write_text(f"path\nok.png\n../secret/s.jpg\n{secret}\n")
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(trained_run), "--csv", str(listing), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "2 row(s) name files outside the image root" in err and "line 3:" in err and "line 4:" in err
+    assert "Traceback" not in err and not out.exists()
+    wider = ["--image-root", str(tmp_path)]
+    listing.write_text("path\nimages/ok.png\nsecret/s.jpg\n")
+    assert (
+        cli.main(["predict", str(trained_run), "--csv", str(listing), *wider, "--out", str(out), "--no-progress"]) == 0
+    )
+    assert len(list(csv.DictReader(out.open()))) == 2
+
+
+def test_file_names_with_dollar_signs_are_drawn_as_written(trained_run, tmp_path):
+    image = save(tmp_path / "price$\\bogus$.png")
+    out = tmp_path / "explained"
+    argv = ["explain", str(trained_run), str(image), "--method", "gradcam", "--steps", "2", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert len(list((out / "overlays").iterdir())) == 1
+
+
+def test_skip_bad_skips_a_strip_that_would_exhaust_memory(trained_run, tmp_path, capsys):
+    good = save(tmp_path / "good.png")
+    strip = tmp_path / "strip.png"
+    Image.new("L", (1, 1_000_000)).save(strip)
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(trained_run), str(good), str(strip), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 1
+    assert "1 x 1000000 pixels is a strip, not an image" in capsys.readouterr().err
+    assert cli.main([*argv, "--skip-bad"]) == 0
+    assert [row["id"] for row in csv.DictReader(out.open())] == ["good.png"]
+    assert "strip.png" in (tmp_path / "p.bad_rows.csv").read_text()
+
+
+def test_a_number_where_a_path_belongs_is_one_line(trained_run, capsys):
+    argv = ["evaluate", str(trained_run), "--data", "folder", "--data-option", "root=2024", "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "root=2024" in err and "quote text, e.g. root='2024'" in err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES])
+def test_a_full_disk_anywhere_is_one_line(trained_run, monkeypatch, capsys, code):
+    from attnscope.engine import inference
+
+    def full(*args, **kwargs):
+        raise OSError(code, "No space left on device" if code != errno.EACCES else "Permission denied", "metrics.json")
+
+    monkeypatch.setattr(inference, "write_json", full)
+    assert cli.main(["evaluate", str(trained_run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("attnscope: error: metrics.json: ")
+    assert ("free space and run again" in err) == (code != errno.EACCES)
