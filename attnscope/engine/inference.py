@@ -21,7 +21,7 @@ from attnscope.engine.metrics import class_probabilities, probabilities, summari
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
 from attnscope.errors import ConfigError, DataError
-from attnscope.fileio import atomic_write, csv_text
+from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     data = options.describe()
     metrics = summarize(probs, labels, run.kind, run.classes, threshold=run.threshold, split=data)
     out = Path(options.out) if options.out is not None else run.root / options.folder_name("evaluation")
+    sweep_temporaries(out)
     result = Evaluation(run.root, run.weights, data, run.kind, run.classes, metrics, out)
     write_json(
         out / "metrics.json",
@@ -134,6 +135,7 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
         path = kept.paths[row] if kept.paths else ""
         lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
     out = Path(options.out) if options.out is not None else run.root / "predictions.csv"
+    sweep_temporaries(out.parent)
     atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
     bad = write_bad_rows(kept.rejected, out.with_name(out.stem + ".bad_rows.csv")) if kept.rejected else None
     return Predictions(out, len(rows), len(kept.rejected), bad)

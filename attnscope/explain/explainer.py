@@ -30,7 +30,7 @@ from attnscope.errors import ConfigError
 from attnscope.explain.cam import CAM_METHODS, create_cam, normalise, predicted_classes
 from attnscope.explain.overlay import upsample, write_attention_grid
 from attnscope.explain.scores import deletion_insertion, localisation_scores
-from attnscope.fileio import atomic_write, csv_text
+from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.names import EXPLAIN_METHODS
 
@@ -192,6 +192,8 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     explicit_attention = "attention" in options.methods and "all" not in options.methods
     methods = resolve_methods(list(options.methods))
     out = Path(options.out) if options.out is not None else run.root / options.folder_name("explain")
+    for folder in (out, out / "overlays", out / "maps"):
+        sweep_temporaries(folder)
     loader = run.loader(options)
     names = _FileNames()
     total = len(loader.sampler) if not options.count else min(options.count, len(loader.sampler))

@@ -27,7 +27,7 @@ from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
 from attnscope.explain.explainer import SCORE_NAMES, ExplainOptions, Explanation, explain, explain_batch
 from attnscope.explain.overlay import write_attention_grid
-from attnscope.fileio import atomic_write
+from attnscope.fileio import atomic_write, sweep_temporaries
 from attnscope.htmlpage import document, png_file_uri
 from attnscope.names import HEADLINE_METRICS
 
@@ -157,6 +157,7 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
     """
     options = options or ReportOptions()
     out = Path(options.out) if options.out is not None else run.root / "report.html"
+    sweep_temporaries(out.parent)
     work = run.root / "report_files"
     test = DataSelection(split="test", skip_bad=options.skip_bad)
     evaluation = evaluation or evaluate(run, EvaluateOptions(**asdict(test)))

@@ -117,3 +117,23 @@ def test_a_full_disk_anywhere_is_one_line(trained_run, monkeypatch, capsys, code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("attnscope: error: metrics.json: ")
     assert ("free space and run again" in err) == (code != errno.EACCES)
+
+
+def test_what_a_killed_evaluate_or_explain_left_half_written_is_swept_by_the_next(trained_run, tmp_path):
+    import socket
+
+    from tests.processes import exited_pid
+
+    host = socket.gethostname()
+    evaluation, explained = trained_run / "evaluation", tmp_path / "explained"
+    leftovers = [
+        evaluation / f".metrics.json.{host}~{exited_pid()}~k.tmp",
+        explained / "overlays" / f".a.png.png.{host}~{exited_pid()}~k.tmp",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    assert cli.main(["evaluate", str(trained_run), "--no-progress"]) == 0
+    argv = ["explain", str(trained_run), "--count", "1", "--method", "gradcam", "--steps", "2", "--out", str(explained)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert not any(path.exists() for path in leftovers)
