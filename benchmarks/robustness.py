@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import numpy as np
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -297,6 +298,22 @@ SPECIAL_CELLS = [
 CELLS = st.one_of(st.sampled_from(SPECIAL_CELLS), st.text(CELL_ALPHABET, max_size=12))
 
 
+def seeded(examples: int, seed: int) -> Callable[[Callable], Callable]:
+    """hypothesis run the same every time for ``seed``: a fixed seed, no example database."""
+
+    def decorate(test: Callable) -> Callable:
+        return hypothesis.seed(seed)(
+            settings(
+                max_examples=examples,
+                database=None,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            )(test)
+        )
+
+    return decorate
+
+
 def csv_bytes(data: st.DataObject) -> bytes:
     """A CSV file's bytes: a header with the columns the source reads (most of the time), then rows."""
     header = data.draw(st.sampled_from([["image_id", "target", "patient_id"], ["image_id", "target"], ["id", "x"]]))
@@ -327,7 +344,7 @@ def _outside(path: str, root: Path) -> bool:
     return not Path(path).resolve().is_relative_to(root)
 
 
-def fuzz_csv(tally: Tally, folder: Path, examples: int) -> None:
+def fuzz_csv(tally: Tally, folder: Path, examples: int, seed: int) -> None:
     from attnscope.data.sources.files import from_csv
     from attnscope.engine.inference import images_from_csv
 
@@ -342,13 +359,7 @@ def fuzz_csv(tally: Tally, folder: Path, examples: int) -> None:
         text = content.decode("utf-8-sig")
         return sum(1 for row in csv.reader(io.StringIO(text, newline="")) if row) - 1
 
-    @settings(
-        max_examples=examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded(examples, seed)
     @given(st.data())
     def one_csv(data: st.DataObject) -> None:
         content = csv_bytes(data)
@@ -400,18 +411,12 @@ YAML_VALUES = st.recursive(
 )
 
 
-def fuzz_options(tally: Tally, examples: int) -> None:
+def fuzz_options(tally: Tally, examples: int, seed: int) -> None:
     from attnscope.engine.config import load_config
 
     keys = known_keys() + ["model.options.width", "data.source_options.root", "optim.nope", "nope", "data..x", ""]
 
-    @settings(
-        max_examples=examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded(examples, seed)
     @given(
         st.lists(st.tuples(st.sampled_from(keys), YAML_VALUES, st.booleans()), min_size=1, max_size=3),
         st.text(CELL_ALPHABET, max_size=8),
@@ -448,9 +453,9 @@ def measure(scale: float, seed: int, kinds: list[str]) -> list[dict]:
         if "cache" in kinds:
             fuzz_cache(tallies["cache"], files, folder / "cache")
         if "csv" in kinds:
-            fuzz_csv(tallies["csv"], folder / "csv", counts["csv"])
+            fuzz_csv(tallies["csv"], folder / "csv", counts["csv"], seed)
         if "option" in kinds:
-            fuzz_options(tallies["option"], counts["option"])
+            fuzz_options(tallies["option"], counts["option"], seed)
         after, inputs_after = folder_digest(bystander), folder_digest(folder / "images") if files else {}
         changed = [name for name, digest in before.items() if after.get(name) != digest]
         changed += [name for name, digest in inputs.items() if inputs_after.get(name) != digest]
