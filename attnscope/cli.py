@@ -540,6 +540,48 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser_export(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "export",
+        help="the run's model as ONNX, checked with onnxruntime",
+        description="Exports the run's model (uint8 images in, logits out, normalisation inside) with a dynamic "
+        "batch axis, checks it with onnxruntime against PyTorch on the run's test images, and writes it.",
+    )
+    _add_run(parser)
+    parser.add_argument("--format", default="onnx", choices=names.EXPORT_FORMATS, help="(default onnx)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--with-maps", action="store_true", help="also output every spatial attention tap")
+    parser.add_argument("--out", help="output file (default RUN/model.onnx)")
+    parser.add_argument("--check-images", type=int, default=64, help="images the check runs (default 64)")
+    _add_data(parser, "check on")
+    _add_common(parser)
+    parser.set_defaults(handler=lambda args: _cmd_export(args))
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from attnscope.engine.export import ExportOptions, export
+
+    options = ExportOptions(
+        **_selection(args),
+        format=args.format,
+        opset=args.opset,
+        with_maps=args.with_maps,
+        out=args.out,
+        check_images=args.check_images,
+    )
+    with _open_run(args) as run:
+        result = export(run, options)
+    for name, shape in result.outputs.items():
+        print(f"  {name:<24} {' x '.join(map(str, shape))}")
+    maps = f", maps {result.max_map_difference:.1e}" if result.max_map_difference is not None else ""
+    print(
+        f"checked with onnxruntime on {result.images_checked} images: largest difference logits "
+        f"{result.max_logit_difference:.1e}{maps}; {result.same_class} of {result.images_checked} same class"
+    )
+    print(f"ONNX opset {result.opset} ({result.seconds:.1f} s): {result.out}")
+    return 0
+
+
 # --- the program --------------------------------------------------------------------------------------------
 
 VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
@@ -552,6 +594,7 @@ VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_report,
     _parser_index,
     _parser_search,
+    _parser_export,
     _parser_demo,
 )
 

@@ -34,6 +34,8 @@ DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "clutte
 CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam")
 EXPLAIN_METHODS = ("attention", *CAM_METHODS)
 
+EXPORT_FORMATS = ("onnx",)
+
 INDEX_KINDS = ("flat", "ivf", "hnsw", "lsh")
 INDEX_PARAMS = {
     "flat": {},

@@ -141,14 +141,22 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
     return Predictions(out, len(rows), len(kept.rejected), bad)
 
 
-def predicted_names(probs: torch.Tensor, run: Run) -> list[str]:
-    """The predicted class(es) of each row, at the validation threshold (binary, multi-label) or arg-max."""
+def decisions(probs: torch.Tensor, run: Run) -> torch.Tensor:
+    """Each row's decision as the run makes it: (N,) class indices, arg-max (multi-class) or at the
+    validation threshold (binary); (N, K) 0/1 per label at each label's threshold (multi-label)."""
     if run.kind == "multiclass":
-        return [run.classes[i] for i in probs.argmax(1).tolist()]
+        return probs.argmax(1)
     if run.kind == "binary":
-        return [run.classes[int(p >= run.binary_threshold)] for p in probs.tolist()]
-    thresholds = torch.tensor(run.label_thresholds)
-    return ["|".join(c for c, on in zip(run.classes, row, strict=True) if on) for row in (probs >= thresholds).tolist()]
+        return (probs >= run.binary_threshold).long()
+    return (probs >= torch.tensor(run.label_thresholds)).long()
+
+
+def predicted_names(probs: torch.Tensor, run: Run) -> list[str]:
+    """The predicted class(es) of each row (:func:`decisions`), by name; labels joined by ``|``."""
+    decided = decisions(probs, run).tolist()
+    if run.kind != "multilabel":
+        return [run.classes[i] for i in decided]
+    return ["|".join(c for c, on in zip(run.classes, row, strict=True) if on) for row in decided]
 
 
 def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str | Path | None = None) -> list[str]:
