@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.names import SUPERVISION_KINDS
+from attnscope.names import FOCAL_ALPHA_MODES, SUPERVISION_KINDS
 
 TASKS = ("binary", "multiclass", "multilabel")
 REDUCTIONS = ("mean", "sum", "none")
@@ -41,7 +41,11 @@ class FocalLoss(nn.Module):
     multi-hot targets (B, C)). ``alpha``: None (no weighting); a scalar, the
     weight of the positive class (binary, multi-label; negatives get 1 - alpha)
     or of every class (multi-class); or a per-class tensor (multi-class: weight of
-    the true class; multi-label: positive weight per label).
+    the true class; multi-label: positive weight per label). That is Lin et al.
+    2017's meaning (``alpha_mode="class"``, torchvision's too); ``alpha_mode="scale"``
+    is the AttnVGG melanoma tutorial's: every sample's loss times the scalar ``alpha``,
+    positives and negatives alike. Only ``alpha=None`` with ``gamma=0`` is exactly
+    (binary) cross-entropy.
     """
 
     def __init__(
@@ -50,8 +54,11 @@ class FocalLoss(nn.Module):
         gamma: float = 2.0,
         task: str = "binary",
         reduction: str = "mean",
+        alpha_mode: str = "class",
     ) -> None:
         super().__init__()
+        if alpha_mode not in FOCAL_ALPHA_MODES:
+            raise ConfigError(f"focal loss alpha_mode={alpha_mode!r}: use one of {FOCAL_ALPHA_MODES}")
         if task not in TASKS:
             raise ConfigError(f"focal loss task={task!r}: use one of {TASKS}")
         if reduction not in REDUCTIONS:
@@ -63,17 +70,30 @@ class FocalLoss(nn.Module):
             alpha = torch.tensor(float(alpha))
         if alpha is not None and task == "binary" and alpha.numel() != 1:
             raise ConfigError("binary focal loss takes a scalar alpha (the positive class's weight)")
+        if alpha is not None and alpha_mode == "scale" and alpha.numel() != 1:
+            raise ConfigError(
+                "focal loss alpha_mode='scale' multiplies every sample by one number: give a scalar alpha"
+            )
+        self.alpha_mode = alpha_mode
         self.alpha: torch.Tensor | None
         self.register_buffer("alpha", None if alpha is None else alpha.float(), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.task == "multiclass":
-            return _reduce(self._multiclass(logits, target.long()), self.reduction)
-        if self.task == "binary":
-            logits = logits.reshape(-1)
-            target = target.reshape(-1)
-        return _reduce(self._sigmoid(logits, target.to(logits.dtype)), self.reduction)
+            loss = self._multiclass(logits, target.long())
+        else:
+            if self.task == "binary":
+                logits = logits.reshape(-1)
+                target = target.reshape(-1)
+            loss = self._sigmoid(logits, target.to(logits.dtype))
+        return _reduce(loss, self.reduction)
+
+    def _scale(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """``loss`` times alpha where alpha means a scale (None where it does not)."""
+        if self.alpha is None or self.alpha_mode != "scale":
+            return None
+        return loss * self.alpha.to(loss.device)
 
     def _sigmoid(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # log p_t and log(1 - p_t) from log-sigmoid: exact for any logit
@@ -84,6 +104,9 @@ class FocalLoss(nn.Module):
         if self.gamma:
             log_not_p_t = target * log_not_p + (1 - target) * log_p
             loss = loss * torch.exp(self.gamma * log_not_p_t)
+        scaled = self._scale(loss)
+        if scaled is not None:
+            return scaled
         if self.alpha is not None:
             alpha = self.alpha.to(logits.device)
             loss = loss * (target * alpha + (1 - target) * (1 - alpha))
@@ -95,7 +118,7 @@ class FocalLoss(nn.Module):
         if self.gamma:
             # 1 - p_t, computed as -expm1(log p_t) to keep precision when p_t is near 1
             loss = loss * (-torch.expm1(log_p_t)).clamp_min(0).pow(self.gamma)
-        if self.alpha is not None:
+        if self.alpha is not None:  # a scalar is the same in both meanings here: every class's weight
             alpha = self.alpha.to(logits.device)
             loss = loss * (alpha[target] if alpha.numel() > 1 else alpha)
         return loss

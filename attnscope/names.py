@@ -26,6 +26,9 @@ WEIGHTS = ("best", "last")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 LOSSES = ("focal", "ce")
+# what the focal loss's alpha means: "class", Lin et al. 2017 (positives alpha, negatives 1 - alpha; per class
+# in multi-class); "scale", the AttnVGG melanoma tutorial's (every sample's loss times alpha)
+FOCAL_ALPHA_MODES = ("class", "scale")
 SUPERVISION_KINDS = ("dice", "energy")
 MONITOR_MODES = ("max", "min")
 

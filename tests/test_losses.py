@@ -143,3 +143,42 @@ def test_attention_mask_loss_refuses_unknown_taps_and_channel_maps():
         AttentionMaskLoss({"se": 1.0})({"se": torch.rand(1, 16)}, square_mask())
     with pytest.raises(ConfigError, match="kind"):
         AttentionMaskLoss({"a": 1.0}, kind="l2")
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_focal_alpha_as_a_scale_multiplies_every_sample_as_the_tutorial_does(task):
+    shape = (40,) if task == "binary" else (10, 4)
+    logits, target = torch.randn(shape) * 3, torch.randint(0, 2, shape).float()
+    ours = FocalLoss(alpha=0.25, gamma=2.0, task=task, reduction="none", alpha_mode="scale")(logits, target)
+    p = torch.sigmoid(logits.double())
+    p_t = target * p + (1 - target) * (1 - p)
+    expected = -(0.25 * (1 - p_t) ** 2.0 * torch.log(p_t))  # positives and negatives alike
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-7)
+    # Lin et al.'s meaning weighs the negatives by 0.75: three times the tutorial's weight
+    lin = FocalLoss(alpha=0.25, gamma=2.0, task=task, reduction="none")(logits, target)
+    negatives = target == 0
+    torch.testing.assert_close(lin[negatives], 3 * ours[negatives])
+    torch.testing.assert_close(lin[~negatives], ours[~negatives])
+
+
+def test_focal_is_cross_entropy_only_without_alpha():
+    logits, target = torch.randn(30) * 2, torch.randint(0, 2, (30,)).float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weighted = FocalLoss(alpha=0.25, gamma=0.0, reduction="none")(logits, target)
+    torch.testing.assert_close(weighted, bce * torch.where(target == 1, 0.25, 0.75))
+    scaled = FocalLoss(alpha=0.25, gamma=0.0, reduction="none", alpha_mode="scale")(logits, target)
+    torch.testing.assert_close(scaled, 0.25 * bce)
+    torch.testing.assert_close(FocalLoss(alpha=None, gamma=0.0, reduction="none")(logits, target), bce)
+
+
+def test_focal_alpha_mode_is_checked_with_the_values_it_needs():
+    with pytest.raises(ConfigError, match=r"alpha_mode='lin': use one of \('class', 'scale'\)"):
+        FocalLoss(alpha_mode="lin")
+    with pytest.raises(ConfigError, match="multiplies every sample by one number"):
+        FocalLoss(alpha=torch.tensor([0.2, 0.3, 0.5]), task="multiclass", alpha_mode="scale")
+    from attnscope.engine.config import load_config
+
+    for setting in ("loss.alpha=[0.2, 0.8]", "data.class_weights=true"):
+        with pytest.raises(ConfigError, match="alpha_mode=scale multiplies every sample by one number"):
+            load_config(None, ["loss.alpha_mode=scale", setting])
+    assert load_config(None, ["loss.alpha_mode=scale"]).loss.alpha == 0.25

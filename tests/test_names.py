@@ -25,6 +25,7 @@ def test_every_list_equals_the_registry_it_names():
         ("optim.name", names.OPTIMIZERS),
         ("schedule.name", names.SCHEDULES),
         ("loss.name", names.LOSSES),
+        ("loss.alpha_mode", names.FOCAL_ALPHA_MODES),
         ("trainer.mode", names.MONITOR_MODES),
     ],
 )

@@ -21,7 +21,7 @@ import yaml
 
 from attnscope.data.module import DataConfig
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
-from attnscope.names import LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
+from attnscope.names import FOCAL_ALPHA_MODES, LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
 
 
 @dataclass
@@ -39,6 +39,7 @@ class LossSection:
 
     name: str = "focal"
     alpha: float | list[float] | None = 0.25
+    alpha_mode: str = "class"  # Lin et al. 2017's meaning; "scale": the AttnVGG melanoma tutorial's
     gamma: float = 2.0
     label_smoothing: float = 0.0
 
@@ -226,6 +227,7 @@ TRAINING_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("supervision.weights", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 0.001, pool4: 0.01}"),
     ("loss.gamma", _number(0), "must be a number >= 0"),
     ("loss.alpha", _alpha, "must be null, a number in [0, 1], or one such number per class"),
+    ("loss.alpha_mode", lambda v: v in FOCAL_ALPHA_MODES, f"is not a mode: use one of {', '.join(FOCAL_ALPHA_MODES)}"),
     ("optim.weight_decay", _number(0), "must be a number >= 0"),
     ("optim.momentum", _number(0, 1, high_open=True), "must lie in [0, 1)"),
     ("schedule.step_size", _number(1, integer=True), "must be an integer >= 1"),
@@ -251,6 +253,11 @@ def _check_training(config: RunConfig) -> None:
     for key, ok, rule in TRAINING_RULES:
         section, option = key.split(".")
         check_option(key, getattr(getattr(config, section), option), ok, rule)
+    if config.loss.alpha_mode == "scale" and (isinstance(config.loss.alpha, list) or config.data.class_weights):
+        raise ConfigError(
+            "loss.alpha_mode=scale multiplies every sample by one number: give a single loss.alpha, "
+            "without data.class_weights (per-class weights need alpha_mode: class)"
+        )
 
 
 def _refuse_unknown(where: str, values: dict, kind: type) -> None:

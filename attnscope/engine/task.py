@@ -55,7 +55,7 @@ def build_loss(config: RunConfig, kind: str, class_weights: torch.Tensor | None)
             alpha = torch.tensor(section.alpha, dtype=torch.float32)
         else:
             alpha = section.alpha
-        return FocalLoss(alpha=alpha, gamma=section.gamma, task=kind)
+        return FocalLoss(alpha=alpha, gamma=section.gamma, task=kind, alpha_mode=section.alpha_mode)
     if kind == "multiclass":
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=section.label_smoothing)
     pos_weight = None
