@@ -2,7 +2,8 @@
 
 - ``attn="se"`` / ``"cbam"``: the attention module sits in every block after the
   last batch norm of the residual branch, before the addition (Hu et al. 2018),
-  as ``layerX.Y.attn``.
+  as ``layerX.Y.attn``; ``attn_stages`` keeps it to chosen stages (and the same
+  for ``attn="local"``).
 - ``attn="local"``: every 3x3 convolution of the blocks becomes a
   ``LocalSelfAttention`` (Ramachandran et al. 2019); the stem convolution stays.
 - ``global_attn``: a ``GlobalSelfAttention`` block after the chosen stages, as
@@ -121,16 +122,22 @@ class Bottleneck(nn.Module):
 Block = type[BasicBlock] | type[Bottleneck]
 
 
+def stage_numbers(option: str, values: Sequence[int]) -> tuple[int, ...]:
+    """``values`` as sorted stage numbers 1-4; anything else is a ConfigError naming ``option``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"{option}={values!r}: give a list of stages numbered 1 to 4, e.g. [3, 4]")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4 for s in values):
+        raise ConfigError(f"{option}={list(values)!r}: stages are numbered 1 to 4")
+    return tuple(sorted(set(values)))
+
+
 def global_stages(global_attn: bool | Sequence[int] | None) -> tuple[int, ...]:
     """The stages (1-4) after which a global self-attention block is added."""
     if global_attn is True:
         return DEFAULT_GLOBAL_STAGES
     if not global_attn:
         return ()
-    stages = tuple(sorted(set(global_attn)))
-    if not all(isinstance(s, int) and 1 <= s <= 4 for s in stages):
-        raise ConfigError(f"global_attn={list(global_attn)!r}: stages are numbered 1 to 4")
-    return stages
+    return stage_numbers("global_attn", global_attn)
 
 
 class ResNet(AttnClassifier):
@@ -147,6 +154,7 @@ class ResNet(AttnClassifier):
         width: int = 64,
         attn: str | None = None,
         attn_kwargs: dict | None = None,
+        attn_stages: Sequence[int] | None = None,
         global_attn: bool | Sequence[int] = False,
         global_heads: int = 8,
         local_kernel: int = 7,
@@ -162,6 +170,9 @@ class ResNet(AttnClassifier):
                 "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)"
             )
         options = BlockOptions(attn, attn_kwargs, local_kernel, local_heads)
+        if attn_stages is not None and attn is None:
+            raise ConfigError("attn_stages chooses where the block attention goes: give attn too (se, cbam or local)")
+        with_attention = stage_numbers("attn_stages", attn_stages) if attn_stages is not None else (1, 2, 3, 4)
         self.inplanes = width
         self.maxpool: nn.Module
         if stem == "small":
@@ -174,7 +185,8 @@ class ResNet(AttnClassifier):
         self.relu = nn.ReLU(inplace=True)
         self.stage_channels = []
         for index, blocks in enumerate(layers, start=1):
-            stage = self._make_stage(block, width * 2 ** (index - 1), blocks, 1 if index == 1 else 2, options)
+            chosen = options if index in with_attention else BlockOptions(None, None, local_kernel, local_heads)
+            stage = self._make_stage(block, width * 2 ** (index - 1), blocks, 1 if index == 1 else 2, chosen)
             setattr(self, f"layer{index}", stage)
             self.stage_channels.append(self.inplanes)
         self.global_attn = nn.ModuleDict(

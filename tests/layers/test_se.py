@@ -18,10 +18,11 @@ def test_zero_excitation_gives_a_gate_of_exactly_one_half():
     assert torch.equal(y, x * 0.5)
 
 
-def test_gate_is_the_squeeze_excite_formula():
-    layer = SqueezeExcite(32, rd_ratio=1 / 4)
+@pytest.mark.parametrize("pool_type", ["avg", "max"])
+def test_gate_is_the_squeeze_excite_formula(pool_type):
+    layer = SqueezeExcite(32, rd_ratio=1 / 4, pool_type=pool_type)
     x = torch.randn(2, 32, 5, 5)
-    squeezed = x.mean(dim=(2, 3))
+    squeezed = x.mean(dim=(2, 3)) if pool_type == "avg" else x.flatten(2).max(dim=2).values
     hidden = F.relu(F.linear(squeezed, layer.fc1.weight[:, :, 0, 0], layer.fc1.bias))
     expected = torch.sigmoid(F.linear(hidden, layer.fc2.weight[:, :, 0, 0], layer.fc2.bias))
     with capture_attention(layer) as maps:
@@ -60,3 +61,8 @@ def test_hard_sigmoid_gate():
 def test_unknown_gate_lists_the_known_ones():
     with pytest.raises(ConfigError, match="gate_layer='sigmod'.*hard_sigmoid"):
         SqueezeExcite(16, gate_layer="sigmod")
+
+
+def test_an_unknown_squeeze_is_refused_by_name():
+    with pytest.raises(ConfigError, match="SE pool_type='median': use one of avg, max"):
+        SqueezeExcite(8, pool_type="median")

@@ -87,6 +87,7 @@ RESNET_OPTIONS = {
     "width",
     "attn",
     "attn_kwargs",
+    "attn_stages",
     "global_attn",
     "global_heads",
     "local_kernel",

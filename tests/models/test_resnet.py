@@ -71,7 +71,14 @@ def test_global_attention_blocks_start_as_the_identity():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"attn": "grid"}, "attn_resnet"), ({"attn": "global"}, "global_attn"), ({"global_attn": [5]}, "1 to 4")],
+    [
+        ({"attn": "grid"}, "attn_resnet"),
+        ({"attn": "global"}, "global_attn"),
+        ({"global_attn": [5]}, "1 to 4"),
+        ({"attn": "se", "attn_stages": [0, 4]}, r"attn_stages=\[0, 4\]: stages are numbered 1 to 4"),
+        ({"attn": "se", "attn_stages": "34"}, "attn_stages='34': give a list of stages"),
+        ({"attn_stages": [3]}, "give attn too"),
+    ],
 )
 def test_bad_attention_options_are_named(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -99,6 +106,21 @@ def test_se_and_cbam_variants_are_the_backbone_with_attention():
     assert create_model("cbam_resnet18").layer3[1].attn.__class__.__name__ == "CBAM"
     assert create_model("resnet18", attn="se").layer1[0].attn is not None
     assert create_model("resnet18").layer1[0].attn is None
+
+
+@pytest.mark.parametrize("attn", ["se", "cbam"])
+def test_block_attention_on_chosen_stages_only(attn):
+    model = create_model("resnet18", attn=attn, attn_stages=[3, 4])
+    with_attention = {f"layer{s}": [b.attn is not None for b in getattr(model, f"layer{s}")] for s in range(1, 5)}
+    assert with_attention == {"layer1": [False] * 2, "layer2": [False] * 2, "layer3": [True] * 2, "layer4": [True] * 2}
+    # the parameters are the backbone's plus the attention of stages 3 and 4, block by block
+    every = create_model("resnet18", attn=attn)
+    backbone = sum(p.numel() for p in create_model("resnet18").parameters())
+    added = sum(p.numel() for s in (3, 4) for b in getattr(every, f"layer{s}") for p in b.attn.parameters())
+    assert sum(p.numel() for p in model.parameters()) == backbone + added
+    with capture_attention(model) as maps:
+        model(torch.randn(1, 3, 64, 64))
+    assert sorted({name.split(".")[0] for name in maps}) == ["layer3", "layer4"]
 
 
 def test_the_small_stem_keeps_28_px_images_at_full_resolution_into_the_first_stage():
