@@ -37,6 +37,7 @@ RESNET_URLS = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 
 
@@ -276,7 +277,9 @@ ARCHITECTURES: dict[str, tuple[Block, tuple[int, ...]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet26": (Bottleneck, (1, 2, 4, 1)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet38": (Bottleneck, (2, 3, 5, 2)),  # Ramachandran et al. 2019's ResNet-38
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
     "resnet_tiny": (BasicBlock, (1, 1, 1, 1)),
 }
 TINY_WIDTH = 16
@@ -314,12 +317,13 @@ def _register(name: str, architecture: str, attn: str | None = None, grid: bool 
     register_class(config, AttnResNet if grid else ResNet, fixed={"block": block, "layers": layers}, defaults=defaults)
 
 
-for _depth in ("resnet18", "resnet34", "resnet50"):
+for _depth in ("resnet18", "resnet34", "resnet50", "resnet101"):
     _register(_depth, _depth)
     _register(f"se_{_depth}", _depth, attn="se")
     _register(f"cbam_{_depth}", _depth, attn="cbam")
     _register(f"attn_{_depth}", _depth, grid=True)
 _register("local_resnet26", "resnet26", attn="local")
+_register("local_resnet38", "resnet38", attn="local")
 _register("local_resnet50", "resnet50", attn="local")
 _register("resnet_tiny", "resnet_tiny")
 _register("attn_resnet_tiny", "resnet_tiny", grid=True)

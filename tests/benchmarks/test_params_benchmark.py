@@ -21,3 +21,12 @@ def test_markdown_table_has_a_row_per_record():
     result = run_in_root([*BENCH, "--markdown"], capture_output=True, text=True, check=True)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| model |") and len(lines) == 2 + len(attnscope.list_models()) + 1
+
+
+def test_every_count_a_paper_publishes_is_met_within_one_percent():
+    result = run_in_root([*BENCH], capture_output=True, text=True, check=True)
+    rows = {row["model"]: row for row in map(json.loads, result.stdout.splitlines())}
+    checked = {name: row["ratio_to_published"] for name, row in rows.items() if "published_params" in row}
+    assert set(checked) >= {"se_resnet101", "cbam_resnet101", "local_resnet38", "resnet101"}
+    assert all(abs(ratio - 1) <= 0.01 for ratio in checked.values()), checked  # papers print 3-4 digits
+    assert rows["resnet101"]["params"] == 44_549_160  # torchvision's resnet101

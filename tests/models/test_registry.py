@@ -23,7 +23,12 @@ EXPECTED = {
     "attn_resnet34",
     "attn_resnet50",
     "local_resnet26",
+    "local_resnet38",
     "local_resnet50",
+    "resnet101",
+    "se_resnet101",
+    "cbam_resnet101",
+    "attn_resnet101",
     "resnet_tiny",
     "attn_resnet_tiny",
     "agcnn_resnet50",
@@ -31,6 +36,9 @@ EXPECTED = {
 }
 # Forward and backward of every model is run at this size; big models at a small one.
 SIZE = 32
+# the deeper ResNets repeat the blocks of resnet50 and local_resnet50: one input shape is enough for them
+DEEPER = {"resnet101", "se_resnet101", "cbam_resnet101", "attn_resnet101", "local_resnet38"}
+SHAPES = [(1, 14), (3, 1), (3, 2)]
 
 
 def test_lists_every_model_sorted():
@@ -57,8 +65,10 @@ def test_bad_arguments_are_named(kwargs, message):
         create_model("attn_vgg_tiny", **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-@pytest.mark.parametrize("in_chans, num_classes", [(1, 14), (3, 1), (3, 2)])
+@pytest.mark.parametrize(
+    "name, in_chans, num_classes",
+    [(name, *shape) for name in sorted(EXPECTED) for shape in (SHAPES[-1:] if name in DEEPER else SHAPES)],
+)
 def test_every_model_trains_on_a_tiny_input(name, in_chans, num_classes):
     model = create_model(name, num_classes=num_classes, in_chans=in_chans)
     config = model.default_cfg
