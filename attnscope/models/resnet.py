@@ -175,13 +175,7 @@ class ResNet(AttnClassifier):
             raise ConfigError("attn_stages chooses where the block attention goes: give attn too (se, cbam or local)")
         with_attention = stage_numbers("attn_stages", attn_stages) if attn_stages is not None else (1, 2, 3, 4)
         self.inplanes = width
-        self.maxpool: nn.Module
-        if stem == "small":
-            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.conv1, self.maxpool = self._make_stem(in_chans, width, stem)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.stage_channels = []
@@ -200,6 +194,14 @@ class ResNet(AttnClassifier):
         self.head_dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights(zero_init_residual)
+
+    @staticmethod
+    def _make_stem(in_chans: int, width: int, stem: str) -> tuple[nn.Conv2d, nn.Module]:
+        """The first convolution and what follows it: 7x7/2 and a max pool, or 3x3/1 and nothing."""
+        if stem == "small":
+            return nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
+        conv = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+        return conv, nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def _make_stage(self, block: Block, planes: int, blocks: int, stride: int, options: BlockOptions) -> nn.Sequential:
         downsample = None
