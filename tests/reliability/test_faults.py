@@ -138,7 +138,7 @@ def test_an_index_write_killed_at_seeded_points_leaves_the_old_index_or_the_new(
     rng = random.Random(5)
     command = [sys.executable, "-m", "attnscope", "index", str(trained_run), "--out", str(index), "--force"]
     staging = lambda: bool(list(tmp_path.glob(".gallery.*.tmp")))  # noqa: E731 - the new index being written
-    for _ in range(2):
+    for _ in range(2):  # killed while the new index is written: at once, then a seeded moment later
         kill_at([*command, "--no-progress"], staging, rng.uniform(0.0, 0.5))
         assert sorted(p.name for p in index.iterdir()) == complete  # the old one, whole, or the new one
         assert len(SimilarityIndex.load(index)) > 0
