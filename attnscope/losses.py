@@ -89,12 +89,6 @@ class FocalLoss(nn.Module):
             loss = self._sigmoid(logits, target.to(logits.dtype))
         return _reduce(loss, self.reduction)
 
-    def _scale(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """``loss`` times alpha where alpha means a scale (None where it does not)."""
-        if self.alpha is None or self.alpha_mode != "scale":
-            return None
-        return loss * self.alpha.to(loss.device)
-
     def _sigmoid(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # log p_t and log(1 - p_t) from log-sigmoid: exact for any logit
         log_p = F.logsigmoid(logits)
@@ -104,12 +98,10 @@ class FocalLoss(nn.Module):
         if self.gamma:
             log_not_p_t = target * log_not_p + (1 - target) * log_p
             loss = loss * torch.exp(self.gamma * log_not_p_t)
-        scaled = self._scale(loss)
-        if scaled is not None:
-            return scaled
         if self.alpha is not None:
             alpha = self.alpha.to(logits.device)
-            loss = loss * (target * alpha + (1 - target) * (1 - alpha))
+            # Lin et al.: alpha for positives, 1 - alpha for negatives; the tutorial: alpha for every sample
+            loss = loss * (alpha if self.alpha_mode == "scale" else target * alpha + (1 - target) * (1 - alpha))
         return loss
 
     def _multiclass(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from attnscope.errors import AttnscopeError
+from benchmarks.common import run_facts
 
 OUTCOMES = ("ok", "clear error", "unclear error", "traceback", "hang", "data lost")
 KINDS = ("image", "cache", "csv", "option")
@@ -460,13 +461,7 @@ def measure(scale: float, seed: int, kinds: list[str]) -> list[dict]:
         changed = [name for name, digest in before.items() if after.get(name) != digest]
         changed += [name for name, digest in inputs.items() if inputs_after.get(name) != digest]
         tallies[kinds[0]].files_changed += changed
-    return [{**tally.record(), "seed": seed, "scale": scale, **facts()} for tally in tallies.values()]
-
-
-def facts() -> dict:
-    from benchmarks.common import run_facts
-
-    return run_facts()
+    return [{**tally.record(), "seed": seed, "scale": scale, **run_facts()} for tally in tallies.values()]
 
 
 def markdown(records: list[dict]) -> str:

@@ -171,8 +171,8 @@ def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str 
     paths, outside = [], []
     for line, row in rows:
         name = (row[column] or "").strip()
-        path, problem = resolve_image(root, name, IMAGE_EXTENSIONS)
-        if problem is not None and "outside" in problem:
+        path, problem, leads_out = resolve_image(root, name, IMAGE_EXTENSIONS)
+        if leads_out:
             outside.append(f"line {line}: {problem}")
         # an unresolved name stays as given: decoding then reports it as a bad row with its reason
         paths.append(str(path) if path is not None else str(root / name))

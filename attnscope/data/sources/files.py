@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,9 +24,15 @@ MAX_CLASSES = 10_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-def resolve_image(
-    root: Path, name: str, extensions: Sequence[str], follow_symlinks: bool = False
-) -> tuple[Path | None, str | None]:
+class ImageLookup(NamedTuple):
+    """What :func:`resolve_image` found: the file, or why not (``outside``: the name leads out of the root)."""
+
+    path: Path | None
+    problem: str | None
+    outside: bool = False
+
+
+def resolve_image(root: Path, name: str, extensions: Sequence[str], follow_symlinks: bool = False) -> ImageLookup:
     """The file ``name`` names under ``root`` (adding an extension if it has none), or why not.
 
     A name that leads outside ``root`` (``../../etc/passwd``, an absolute path, a
@@ -37,7 +43,7 @@ def resolve_image(
     root = root.resolve()
     lexical = Path(os.path.normpath(root / name))
     if not lexical.is_relative_to(root):
-        return None, f"'{name}' resolves outside the image root {root}"
+        return ImageLookup(None, f"'{name}' resolves outside the image root {root}", outside=True)
     candidates = [lexical] if lexical.suffix.lower() in extensions else []
     candidates += [
         lexical.with_name(lexical.name + variant)
@@ -48,13 +54,14 @@ def resolve_image(
         if not candidate.is_file():
             continue
         if not follow_symlinks and not candidate.resolve().is_relative_to(root):
-            return None, (
+            reason = (
                 f"'{name}' is a link to {candidate.resolve()}, outside the image root {root}; "
                 "copy the file in, or set follow_symlinks=true for a link farm you trust"
             )
-        return candidate, None
+            return ImageLookup(None, reason, outside=True)
+        return ImageLookup(candidate, None)
     tried = f" (also tried {', '.join(extensions)})" if lexical.suffix.lower() not in extensions else ""
-    return None, f"image file not found: {lexical}{tried}"
+    return ImageLookup(None, f"image file not found: {lexical}{tried}")
 
 
 def _parse_label(value: str, classes: list[str] | None) -> tuple[int | None, str | None]:
@@ -267,14 +274,14 @@ def _parse_row(
     if image_id in seen:
         return None, None, None, f"duplicate id, first seen on row {seen[image_id]}"
     seen[image_id] = line
-    path, problem = resolve_image(root, image_id, layout.suffixes, layout.follow_symlinks)
+    path, problem, _ = resolve_image(root, image_id, layout.suffixes, layout.follow_symlinks)
     if problem is not None:
         return None, None, None, problem
     label, problem = _parse_row_label(row, layout, class_names, tokens_seen)
     if problem is not None or layout.mask_column is None:
         return path, label, None, problem
     mask_name = (row[layout.mask_column] or "").strip()
-    mask_path, problem = resolve_image(masks_root, mask_name, layout.suffixes, layout.follow_symlinks)
+    mask_path, problem, _ = resolve_image(masks_root, mask_name, layout.suffixes, layout.follow_symlinks)
     return path, label, mask_path, problem and f"mask: {problem}"
 
 
