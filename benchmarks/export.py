@@ -70,15 +70,17 @@ def measure(name: str, batches: list[int], rounds: int) -> list[dict]:
         for _ in range(rounds):  # alternate, one timed call each, so noise falls on both
             torch_rates += images_per_second(run_torch, images, 1)
             onnx_rates += images_per_second(run_onnx, images, 1)
-        torch_median, onnx_median = statistics.median(torch_rates), statistics.median(onnx_rates)
+        # rounded first, so that the record's ratio is the ratio of the figures it prints
+        torch_median = round(statistics.median(torch_rates), 2)
+        onnx_median = round(statistics.median(onnx_rates), 2)
         records.append(
             {
                 "model": name,
                 "architecture": model_name,
                 "image_size": size,
                 "batch": batch,
-                "torch_img_per_s": round(torch_median, 2),
-                "onnxruntime_img_per_s": round(onnx_median, 2),
+                "torch_img_per_s": torch_median,
+                "onnxruntime_img_per_s": onnx_median,
                 "ratio": round(onnx_median / torch_median, 3),
                 "max_logit_difference": difference,
                 "export_s": round(export_s, 1),
