@@ -582,6 +582,76 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve --------------------------------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_VARIABLE = "ATTNSCOPE_TOKEN"
+
+
+def _parser_serve(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "serve",
+        help="a web viewer and JSON API for a run's predictions, maps and similar cases",
+        description="Serves RUN on FastAPI + uvicorn: the viewer at /, the API under /v1 (OpenAPI docs at /docs). "
+        f"Binds to 127.0.0.1 unless told otherwise; the token may also come from ${TOKEN_VARIABLE}.",
+    )
+    _add_run(parser)
+    parser.add_argument("--index", help="a similarity index of the run (attnscope index) for /v1/similar")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    parser.add_argument("--token", help=f"require Authorization: Bearer TOKEN on the API (or set ${TOKEN_VARIABLE})")
+    parser.add_argument(
+        "--allow-no-token", action="store_true", help="listen beyond this machine without a token (a trusted network)"
+    )
+    parser.add_argument("--cors", metavar="ORIGIN", help="let pages of this origin call the API (default: none)")
+    parser.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch gathers (default 5 ms)")
+    parser.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
+    parser.set_defaults(handler=lambda args: _cmd_serve(args))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import uvicorn
+
+        from attnscope.serve.app import ServeOptions, create_app
+    except ImportError as error:
+        raise ConfigError(f"attnscope serve needs {error.name}: pip install 'attnscope[serve]'") from error
+    from pathlib import Path
+
+    from attnscope.engine.run import Run
+    from attnscope.retrieval.index import SimilarityIndex
+    from attnscope.serve import ModelService
+
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    if args.host not in LOOPBACK and token is None and not args.allow_no_token:
+        raise ConfigError(
+            f"--host {args.host} lets other machines reach the API: give --token (or ${TOKEN_VARIABLE}), "
+            "or --allow-no-token on a network you trust"
+        )
+    options = ServeOptions(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        token=token,
+        cors=args.cors,
+        max_upload_mb=args.max_upload_mb,
+        max_images=args.max_images,
+    )
+    run = Run.open(args.run, args.weights, progress=False)
+    index_path = Path(args.index) if args.index else None
+    index = SimilarityIndex.load(index_path) if index_path else None
+    app = create_app(ModelService(run, index, index_path), options)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {run.root} at http://{shown}:{args.port}/ (API docs: /docs); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbose == 0 else "info")
+    return 0
+
+
 # --- the program --------------------------------------------------------------------------------------------
 
 VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
@@ -595,6 +665,7 @@ VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_index,
     _parser_search,
     _parser_export,
+    _parser_serve,
     _parser_demo,
 )
 

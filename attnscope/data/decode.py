@@ -9,12 +9,14 @@ the target and the centre cropped. Every failure is a DataError naming the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -68,7 +70,7 @@ def _pillow_pixel_limit(pixel_limit: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = before
 
 
-def _check_geometry(path: Path, size: tuple[int, int], pixel_limit: int) -> None:
+def _check_geometry(path: Path | str, size: tuple[int, int], pixel_limit: int) -> None:
     """Refuse an image with too many pixels (a decompression bomb) or an absurd shape, before decoding it."""
     width, height = size
     if width < 1 or height < 1:
@@ -98,11 +100,14 @@ def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image
     return image.crop((left, top, left + size, top + size))
 
 
-def _decode(path: Path, size: int, target_mode: str, pixel_limit: int, mask: bool) -> np.ndarray:
-    """The decoding of :func:`decode_image`, every failure a DataError naming the file."""
+def _decode(
+    path: Path | str, size: int, target_mode: str, pixel_limit: int, mask: bool, data: BinaryIO | None = None
+) -> np.ndarray:
+    """The decoding of :func:`decode_image`, every failure a DataError naming the file (``path``; the
+    bytes are read from ``data`` when given, ``path`` then only names them)."""
     try:
         with _pillow_pixel_limit(pixel_limit):
-            image = Image.open(path)
+            image = Image.open(data if data is not None else path)
         with image:
             _check_geometry(path, image.size, pixel_limit)
             if image.format == "JPEG" and not mask:
@@ -137,13 +142,26 @@ def decode_image(
     ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
     values above 127 become 1 and the rest 0.
     """
+    array = _decode_logged(Path(path), size, mode, pixel_limit, mask, None)
+    return (array > 127).astype(np.uint8) if mask else array
+
+
+def decode_image_bytes(
+    data: bytes, name: str, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT
+) -> np.ndarray:
+    """:func:`decode_image` of an image held in memory (an upload), with the same guards; errors name ``name``."""
+    return _decode_logged(name, size, mode, pixel_limit, False, io.BytesIO(data))
+
+
+def _decode_logged(
+    path: Path | str, size: int, mode: str, pixel_limit: int, mask: bool, data: BinaryIO | None
+) -> np.ndarray:
     if mode not in MODES:
         raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
-    path = Path(path)
     # Pillow warns of damage it reads past (corrupt EXIF, short TIFF tags): logged, not printed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask)
+        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask, data)
     for warning in caught:
         log.debug("%s: %s", path, warning.message)
-    return (array > 127).astype(np.uint8) if mask else array
+    return array

@@ -1,0 +1,162 @@
+"""Dynamic batching: requests that arrive together share one forward pass, off the event loop.
+
+Each request submits its images under a key (what to compute, e.g. ``("explain",
+"gradcam")``). One consumer task waits for the oldest request's batch to fill, up
+to ``max_batch`` images or ``max_wait_ms`` after that request arrived, whichever
+comes first, then runs the batch in a single worker thread and hands every
+request its own results. While a batch runs, the next one gathers, so under load
+batches fill without waiting. The event loop never runs inference itself: the
+server keeps answering (health checks, uploads) while a batch computes.
+
+With ``enabled=False`` every request is its own batch, at once: the baseline the
+serving benchmark compares with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Hashable, list[Any]], list[Any]]
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    items: list[Any]
+    future: asyncio.Future[list[Any]]
+    arrived: float
+
+
+@dataclass
+class BatchStats:
+    """How many batches ran and how many items they held (the mean batch size is their ratio)."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+
+class DynamicBatcher:
+    """Gathers submitted items into batches per key and runs ``run_batch(key, items)`` in one worker thread.
+
+    ``run_batch`` returns one result per item, in order. Start with :meth:`start` inside
+    the event loop that will submit, stop with :meth:`stop`.
+    """
+
+    def __init__(self, run_batch: RunBatch, max_batch: int = 32, max_wait_ms: float = 5.0, enabled: bool = True):
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch={max_batch} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
+        self.run_batch, self.max_batch, self.max_wait, self.enabled = run_batch, max_batch, max_wait_ms / 1000, enabled
+        self.stats = BatchStats()
+        self._pending: deque[_Job] = deque()
+        self._executor: ThreadPoolExecutor | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnscope-inference")
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._consume(), name="attnscope-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is stopping"))
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
+        """The results of ``items``, computed in a batch with whatever else is waiting under ``key``."""
+        if self._wakeup is None:
+            raise RuntimeError("the batcher has not been started")
+        loop = asyncio.get_running_loop()
+        job = _Job(key, list(items), loop.create_future(), loop.time())
+        self._pending.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    async def _consume(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                if self.enabled:
+                    await self._fill()
+                jobs = self._take()
+                if jobs:
+                    await self._run(jobs)
+
+    def _waiting(self, key: Hashable) -> int:
+        return sum(len(job.items) for job in self._pending if job.key == key and not job.future.done())
+
+    async def _fill(self) -> None:
+        """Wait until the oldest request's key has a full batch, or its time is up."""
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        oldest = self._pending[0]
+        deadline = oldest.arrived + self.max_wait
+        while self._waiting(oldest.key) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take(self) -> list[_Job]:
+        """The oldest request and the others of its key that fit in one batch (requests are never split)."""
+        while self._pending and self._pending[0].future.done():  # its client went away
+            self._pending.popleft()
+        if not self._pending:
+            return []
+        if not self.enabled:
+            return [self._pending.popleft()]
+        key = self._pending[0].key
+        chosen: list[_Job] = []
+        count = 0
+        for job in self._pending:
+            if job.key != key or job.future.done():
+                continue
+            if chosen and count + len(job.items) > self.max_batch:
+                break
+            chosen.append(job)
+            count += len(job.items)
+        for job in chosen:
+            self._pending.remove(job)
+        return chosen
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        items = [item for job in jobs for item in job.items]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, jobs[0].key, items)
+        except Exception as error:  # every request of the batch learns why
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        self.stats.record(len(items))
+        start = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(results[start : start + len(job.items)])
+            start += len(job.items)

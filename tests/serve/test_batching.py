@@ -1,0 +1,155 @@
+"""Dynamic batching: requests gather into batches per key, in one worker thread, off the event loop."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from attnscope.serve.batching import DynamicBatcher
+
+
+class Recorder:
+    """A batch function that doubles its items and remembers every batch and the thread it ran in."""
+
+    def __init__(self, delay: float = 0.0, fail_on: object = None) -> None:
+        self.batches: list[tuple[object, list]] = []
+        self.threads: set[int] = set()
+        self.delay, self.fail_on = delay, fail_on
+
+    def __call__(self, key, items):
+        self.threads.add(threading.get_ident())
+        self.batches.append((key, list(items)))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on in items:
+            raise ValueError(f"cannot do {self.fail_on}")
+        return [item * 2 for item in items]
+
+
+async def serve(batcher, jobs):
+    """Start the batcher, submit ``jobs`` (key, items) at once, and return each job's results or exception."""
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(key, items) for key, items in jobs), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_requests_that_arrive_together_share_one_batch_and_get_their_own_results():
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch=32, max_wait_ms=50)
+    results = asyncio.run(serve(batcher, [("k", [i]) for i in range(10)]))
+    assert results == [[2 * i] for i in range(10)]
+    assert recorder.batches == [("k", list(range(10)))]
+    assert (batcher.stats.batches, batcher.stats.items, batcher.stats.largest) == (1, 10, 10)
+
+
+def test_a_batch_never_exceeds_max_batch_and_never_splits_a_request():
+    recorder = Recorder()
+    jobs = [("k", [3 * i, 3 * i + 1, 3 * i + 2]) for i in range(10)]
+    results = asyncio.run(serve(DynamicBatcher(recorder, max_batch=8, max_wait_ms=20), jobs))
+    assert results == [[2 * x for x in items] for _, items in jobs]
+    sizes = [len(items) for _, items in recorder.batches]
+    assert all(size <= 8 for size in sizes) and sum(sizes) == 30
+    assert all(size % 3 == 0 for size in sizes)  # whole requests only
+    assert [x for _, items in recorder.batches for x in items] == list(range(30))  # first come, first served
+
+
+def test_a_request_larger_than_max_batch_runs_alone():
+    recorder = Recorder()
+    results = asyncio.run(serve(DynamicBatcher(recorder, max_batch=4, max_wait_ms=5), [("k", list(range(6)))]))
+    assert results == [[2 * x for x in range(6)]]
+    assert recorder.batches == [("k", list(range(6)))]
+
+
+def test_keys_are_never_mixed_in_a_batch():
+    recorder = Recorder()
+    jobs = [(("predict",) if i % 2 else ("explain", "gradcam"), [i]) for i in range(8)]
+    results = asyncio.run(serve(DynamicBatcher(recorder, max_batch=32, max_wait_ms=30), jobs))
+    assert results == [[2 * i] for i in range(8)]
+    assert sorted((key, tuple(items)) for key, items in recorder.batches) == sorted(
+        [(("explain", "gradcam"), (0, 2, 4, 6)), (("predict",), (1, 3, 5, 7))]
+    )
+
+
+def test_with_batching_off_every_request_is_its_own_batch():
+    recorder = Recorder()
+    results = asyncio.run(serve(DynamicBatcher(recorder, max_batch=32, enabled=False), [("k", [i]) for i in range(5)]))
+    assert results == [[2 * i] for i in range(5)]
+    assert recorder.batches == [("k", [i]) for i in range(5)]
+
+
+def test_a_failing_batch_fails_its_own_requests_only_and_the_batcher_goes_on():
+    recorder = Recorder(fail_on=13)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch=2, max_wait_ms=20)
+        await batcher.start()
+        try:
+            first = await asyncio.gather(
+                batcher.submit("k", [13]), batcher.submit("k", [1]), batcher.submit("k", [2]), return_exceptions=True
+            )
+            later = await batcher.submit("k", [5])
+        finally:
+            await batcher.stop()
+        return first, later
+
+    first, later = asyncio.run(scenario())
+    assert isinstance(first[0], ValueError) and isinstance(first[1], ValueError)  # the batch [13, 1]
+    assert first[2] == [4] and later == [10]
+
+
+def test_inference_runs_in_one_worker_thread_while_the_event_loop_keeps_answering():
+    recorder = Recorder(delay=0.3)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch=1, max_wait_ms=0)
+        await batcher.start()
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            results = await asyncio.gather(batcher.submit("k", [1]), batcher.submit("k", [2]))
+        finally:
+            ticker.cancel()
+            await batcher.stop()
+        return results, ticks
+
+    results, ticks = asyncio.run(scenario())
+    assert results == [[2], [4]]
+    assert ticks >= 20  # 0.6 s of inference; a blocked loop would have ticked about once
+    assert len(recorder.threads) == 1 and threading.get_ident() not in recorder.threads
+
+
+def test_a_request_whose_client_went_away_is_not_computed():
+    recorder = Recorder(delay=0.2)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch=1, max_wait_ms=0)
+        await batcher.start()
+        try:
+            busy = asyncio.create_task(batcher.submit("k", [1]))
+            await asyncio.sleep(0.05)  # [1] is computing; [2] waits behind it
+            gone = asyncio.create_task(batcher.submit("k", [2]))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+            return await busy, await batcher.submit("k", [3])
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ([2], [6])
+    assert [items for _, items in recorder.batches] == [[1], [3]]
+
+
+def test_submitting_before_start_and_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch=0"):
+        DynamicBatcher(Recorder(), max_batch=0)
+    with pytest.raises(RuntimeError, match="not been started"):
+        asyncio.run(DynamicBatcher(Recorder()).submit("k", [1]))
