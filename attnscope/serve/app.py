@@ -122,6 +122,21 @@ class BodyLimit:
         await response({"type": "http"}, _no_body, send)
 
 
+class CountArrivals:
+    """ASGI middleware: every POST is reported to the batcher from its arrival, so a batch waits only for
+    requests that are on their way."""
+
+    def __init__(self, app: ASGIApp, batcher: DynamicBatcher) -> None:
+        self.app, self.batcher = app, batcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        with self.batcher.arriving():
+            await self.app(scope, receive, send)
+
+
 async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -163,6 +178,7 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
             CORSMiddleware, allow_origins=[options.cors], allow_methods=["GET", "POST"], allow_headers=["Authorization"]
         )
     app.add_middleware(BodyLimit, max_bytes=int(options.max_upload_mb * 1e6))
+    app.add_middleware(CountArrivals, batcher=batcher)
     return app
 
 
@@ -256,10 +272,13 @@ class _Api:
             arrays.append(await anyio.to_thread.run_sync(decode, Upload(name, data), limiter=self.limiter))
         return names, arrays
 
-    def answer(self, names: list[str], results: list[dict], **extra: Any) -> dict[str, Any]:
+    def answer(self, names: list[str], results: list[dict], **extra: Any) -> JSONResponse:
+        """The run's identity, ``extra``, and each image's result under its name (plain JSON types already,
+        so the response is written directly rather than through FastAPI's encoder)."""
         service = self.service
         named = [{"name": name, **result} for name, result in zip(names, results, strict=True)]
-        return {"run": service.run.root.name, "weights_sha256": service.weights_sha256, **extra, "results": named}
+        identity = {"run": service.run.root.name, "weights_sha256": service.weights_sha256}
+        return JSONResponse({**identity, **extra, "results": named})
 
     async def viewer(self) -> HTMLResponse:
         return HTMLResponse(self.page, headers={"Content-Security-Policy": CONTENT_POLICY})
@@ -275,7 +294,9 @@ class _Api:
         serving |= {"batches": stats.batches, "images": stats.items, "largest_batch": stats.largest}
         return {**self.service.card(), "serving": serving}
 
-    async def predict(self, images: Annotated[list[UploadFile], File(description="one or more images")]) -> dict:
+    async def predict(
+        self, images: Annotated[list[UploadFile], File(description="one or more images")]
+    ) -> JSONResponse:
         """Every class's probability and the decision at the run's validation threshold, per image."""
         names, arrays = await self.decoded(images)
         results = await self.batcher.submit(("predict",), arrays)
@@ -286,7 +307,7 @@ class _Api:
         self,
         images: Annotated[list[UploadFile], File(description="one or more images")],
         method: Annotated[str, Form(description="the CAM method shown beside the attention")] = "gradcam",
-    ) -> dict:
+    ) -> JSONResponse:
         """Every attention tap and ``method``'s CAM of the predicted class: heat map and overlay PNGs, raw values."""
         check_cam_method(method)
         names, arrays = await self.decoded(images)
@@ -297,7 +318,7 @@ class _Api:
         self,
         images: Annotated[list[UploadFile], File(description="one or more images")],
         k: Annotated[int, Form(description="how many similar cases")] = 8,
-    ) -> dict:
+    ) -> JSONResponse:
         """The ``k`` most similar indexed cases of each image, with their labels and thumbnails."""
         if self.service.index is None:
             raise RetrievalError("this server has no similarity index; start it with --index INDEX")

@@ -4,9 +4,12 @@ Each request submits its images under a key (what to compute, e.g. ``("explain",
 "gradcam")``). One consumer task waits for the oldest request's batch to fill, up
 to ``max_batch`` images or ``max_wait_ms`` after that request arrived, whichever
 comes first, then runs the batch in a single worker thread and hands every
-request its own results. While a batch runs, the next one gathers, so under load
-batches fill without waiting. The event loop never runs inference itself: the
-server keeps answering (health checks, uploads) while a batch computes.
+request its own results. It waits only while more requests are on their way (the
+web layer reports each request from its arrival, :meth:`DynamicBatcher.arriving`,
+while its upload is read and decoded): a lone request runs at once, with no added
+latency. While a batch runs, the next one gathers, so under load batches fill
+without waiting. The event loop never runs inference itself: the server keeps
+answering (health checks, uploads) while a batch computes.
 
 With ``enabled=False`` every request is its own batch, at once: the baseline the
 serving benchmark compares with.
@@ -15,9 +18,10 @@ serving benchmark compares with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +71,24 @@ class DynamicBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._open = 0  # requests that arrived and have not finished
+        self._submitted = 0  # of those, the ones that submitted and await their results
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count a request from its arrival to its end: while it has not submitted, a batch waits for it."""
+        self._open += 1
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()  # a request that ends without submitting must not be waited for
+
+    @property
+    def expected(self) -> int:
+        """Requests on their way: arrived, not yet submitted."""
+        return max(self._open - self._submitted, 0)
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnscope-inference")
@@ -91,8 +113,12 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(key, list(items), loop.create_future(), loop.time())
         self._pending.append(job)
+        self._submitted += 1
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self._submitted -= 1
 
     async def _consume(self) -> None:
         assert self._wakeup is not None
@@ -110,12 +136,17 @@ class DynamicBatcher:
         return sum(len(job.items) for job in self._pending if job.key == key and not job.future.done())
 
     async def _fill(self) -> None:
-        """Wait until the oldest request's key has a full batch, or its time is up."""
+        """Wait until the oldest request's key has a full batch, no more requests are on their way, or its
+        time is up."""
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         oldest = self._pending[0]
         deadline = oldest.arrived + self.max_wait
-        while self._waiting(oldest.key) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+        while (
+            self._waiting(oldest.key) < self.max_batch
+            and self.expected > 0
+            and (remaining := deadline - loop.time()) > 0
+        ):
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)

@@ -68,6 +68,7 @@ class ModelService:
         self.model = run.model()
         self.weights_sha256 = run.weights_sha256()
         self.taps = self._taps()
+        self.tested = self._test_metrics()  # read once: every prediction names its operating point
 
     def _taps(self) -> list[str]:
         """The model's spatial attention taps, found by one forward pass (which also warms the model up)."""
@@ -92,7 +93,7 @@ class ModelService:
 
     # --- the three answers ------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """Per image: every class's probability and the predicted class(es) at the validation threshold."""
         inputs, _ = self.run.transform(self._inputs(images))
@@ -176,7 +177,7 @@ class ModelService:
     def operating_point(self) -> dict[str, Any] | None:
         """The sensitivity and specificity at the validation threshold, measured on the test split when the run
         was evaluated with these weights (``RUN/evaluation``), else on the validation split; None if neither."""
-        tested = self.test_metrics()
+        tested = self.tested
         if tested is not None and "sensitivity_youden" in tested:
             return {
                 "split": "test",
@@ -192,7 +193,7 @@ class ModelService:
             }
         return None
 
-    def test_metrics(self) -> dict[str, Any] | None:
+    def _test_metrics(self) -> dict[str, Any] | None:
         """The headline metrics of ``RUN/evaluation/metrics.json`` if it was computed with the served weights."""
         path = self.run.root / "evaluation" / "metrics.json"
         if not path.is_file():
@@ -218,7 +219,7 @@ class ModelService:
             "mode": config.data.mode,
             "attention_taps": self.taps,
             "cam_methods": list(CAM_METHODS),
-            "test_metrics": self.test_metrics(),
+            "test_metrics": self.tested,
             "operating_point": self.operating_point(),
             "index": None
             if self.index is None

@@ -27,11 +27,18 @@ class Recorder:
         return [item * 2 for item in items]
 
 
+async def request(batcher, key, items):
+    """What the web layer does: the request is announced on arrival, then submits."""
+    with batcher.arriving():
+        await asyncio.sleep(0)  # reading and decoding the upload
+        return await batcher.submit(key, items)
+
+
 async def serve(batcher, jobs):
-    """Start the batcher, submit ``jobs`` (key, items) at once, and return each job's results or exception."""
+    """Start the batcher, send ``jobs`` (key, items) at once, and return each job's results or exception."""
     await batcher.start()
     try:
-        return await asyncio.gather(*(batcher.submit(key, items) for key, items in jobs), return_exceptions=True)
+        return await asyncio.gather(*(request(batcher, key, items) for key, items in jobs), return_exceptions=True)
     finally:
         await batcher.stop()
 
@@ -146,6 +153,39 @@ def test_a_request_whose_client_went_away_is_not_computed():
 
     assert asyncio.run(scenario()) == ([2], [6])
     assert [items for _, items in recorder.batches] == [[1], [3]]
+
+
+def test_a_lone_request_runs_at_once_and_a_batch_waits_only_for_requests_on_their_way():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch=32, max_wait_ms=2000)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            alone = await request(batcher, "k", [1])
+            alone_s = loop.time() - started
+
+            async def late():  # announced at once, submitted 0.2 s later
+                with batcher.arriving():
+                    await asyncio.sleep(0.2)
+                    return await batcher.submit("k", [3])
+
+            async def failing():  # announced, then fails before submitting (a bad upload)
+                with batcher.arriving():
+                    await asyncio.sleep(0.3)
+
+            started = loop.time()
+            together = await asyncio.gather(request(batcher, "k", [2]), late(), failing())
+            return alone, alone_s, together, loop.time() - started
+        finally:
+            await batcher.stop()
+
+    alone, alone_s, together, together_s = asyncio.run(scenario())
+    assert alone == [2] and alone_s < 1.0  # nothing else was coming: no 2 s wait
+    assert together[:2] == [[4], [6]] and together_s < 1.5
+    assert [items for _, items in recorder.batches] == [[1], [2, 3]]
 
 
 def test_submitting_before_start_and_bad_settings_are_refused():

@@ -95,7 +95,7 @@ def test_similar_cases_equal_attnscope_search_on_the_same_files(service, image_f
         assert png_pixels(answer["neighbours"][0]["thumbnail"]).shape[:2] == service.index.thumbs.shape[1:3]
 
 
-def test_the_operating_point_is_the_test_splits_once_the_run_is_evaluated_else_validations(service):
+def test_the_operating_point_is_the_test_splits_once_the_run_is_evaluated_else_validations(served_run, service):
     validation = service.run.best["metrics"]
     assert service.operating_point() == {
         "split": "val",
@@ -104,6 +104,7 @@ def test_the_operating_point_is_the_test_splits_once_the_run_is_evaluated_else_v
     }
     assert service.card()["test_metrics"] is None
     tested = evaluate(service.run, EvaluateOptions()).metrics
+    service = ModelService(Run.open(served_run, progress=False))  # the evaluation is read when a server starts
     assert service.operating_point() == {
         "split": "test",
         "sensitivity": tested["sensitivity_youden"],

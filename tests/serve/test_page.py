@@ -1,0 +1,106 @@
+"""The viewer page in a real browser (headless Chromium): upload an image, see what predict says."""
+
+import csv
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from attnscope.engine.inference import PredictOptions, predict
+from attnscope.engine.run import Run
+from attnscope.serve.app import ServeOptions, create_app
+from tests.explain.test_report import browser
+
+SCREENSHOT = "serve-page.png"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` on 127.0.0.1 in a thread, for as long as the ``with`` block lasts."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def predicted_with_the_cli_library(run_root: Path, image: Path, out: Path) -> dict:
+    with Run.open(run_root, progress=False) as run:
+        written = predict(run, PredictOptions(images=(image,), out=out))
+    with open(written.out, newline="") as handle:
+        return next(csv.DictReader(handle))
+
+
+def wait_for(driver, script: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"the page never satisfied: {script}")
+
+
+def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(service, image_files, tmp_path):
+    driver = browser()
+    try:
+        with BackgroundServer(create_app(service, ServeOptions())) as url:
+            driver.get(url + "/")
+            wait_for(driver, "return document.querySelectorAll('#method option').length > 0")
+            driver.find_element("id", "file").send_keys(str(image_files[0]))
+            state = wait_for(
+                driver, "return ['done', 'failed'].includes(document.body.dataset.state) && document.body.dataset.state"
+            )
+            assert state == "done", driver.find_element("id", "error").text
+            shown = driver.find_element("id", "probability")
+            driver.execute_script(
+                "const slider = document.getElementById('opacity');"
+                "slider.value = 70; slider.dispatchEvent(new Event('input'))"
+            )
+            # the screenshot is the test's artifact: kept in pytest's folder, or where ATTNSCOPE_ARTIFACTS says
+            screenshot = Path(os.environ.get("ATTNSCOPE_ARTIFACTS", tmp_path)) / SCREENSHOT
+            assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+            images = driver.execute_script(
+                "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+            )
+            heat = driver.execute_script(
+                "return Array.from(document.querySelectorAll('img.heat')).map(i => i.style.opacity)"
+            )
+            errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+            value, label = float(shown.get_attribute("data-value")), shown.get_attribute("data-class")
+            predicted = driver.find_element("id", "predicted").text
+            similar = driver.execute_script("return document.querySelectorAll('#similar figure').length")
+    finally:
+        driver.quit()
+    row = predicted_with_the_cli_library(service.run.root, image_files[0], tmp_path / "predictions.csv")
+    assert value == pytest.approx(float(row[f"prob_{label}"]), abs=1e-6)
+    assert predicted.startswith(f"predicted: {row['predicted']} (at the validation threshold")
+    assert errors == []
+    maps = [alt for alt, *_ in images if alt.startswith(("attention:", "gradcam"))]
+    assert maps == ["attention:pool3", "attention:pool4", "gradcam"]
+    assert heat == ["0.7"] * 3  # the opacity slider moved every heat map
+    assert len(images) >= 1 + 2 * 3 + similar and similar == 8
+    for alt, complete, width, height in images:
+        assert complete and width > 0 and height > 0, alt
