@@ -281,7 +281,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{QUERIES} test images and their most similar training images: {result.similar_page}"
     )
     print(f"demo finished in {result.seconds:.0f} s; everything is in {result.run_dir}")
+    print(f"to look at its predictions, maps and similar cases in a browser: {serve_command(result)}")
     return 0
+
+
+def serve_command(result: Any) -> str:
+    """The command that serves a demo's run and index, spelt as this program was called."""
+    import shlex
+    from pathlib import Path
+
+    program = sys.argv[0] if Path(sys.argv[0]).name == "attnscope" else "attnscope"
+    words = [program, "serve", str(result.run_dir), "--index", str(result.index.out)]
+    return " ".join(map(shlex.quote, words)) + "   (then open http://127.0.0.1:8000/)"
 
 
 # --- evaluate, report, predict ------------------------------------------------------------------------------

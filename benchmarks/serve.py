@@ -94,6 +94,11 @@ class Server:
             time.sleep(0.2)
         raise SystemExit(f"the server did not answer within {timeout} s")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -108,7 +113,22 @@ class Server:
             self.process.kill()
 
 
-async def load(url: str, images: list[bytes], requests: int, concurrency: int) -> dict:
+def load(server: Server, images: list[bytes], requests: int, concurrency: int) -> dict:
+    """:func:`drive` the server, with the CPU time the server and this client spent per request."""
+    import resource
+
+    def client_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    server_before, client_before = server.cpu_seconds(), client_cpu()
+    measured = asyncio.run(drive(server.url, images, requests, concurrency))
+    measured["server_cpu_ms"] = (server.cpu_seconds() - server_before) * 1000 / requests
+    measured["client_cpu_ms"] = (client_cpu() - client_before) * 1000 / requests
+    return measured
+
+
+async def drive(url: str, images: list[bytes], requests: int, concurrency: int) -> dict:
     """``requests`` predictions with ``concurrency`` in flight: rate, latency percentiles, errors."""
     import httpx2
 
@@ -159,7 +179,7 @@ def measure_levels(servers: dict[str, Server], images: list[bytes], args: argpar
         for _ in range(args.rounds):  # alternate, so that a noisy spell falls on both servers
             for name, server in servers.items():
                 before = served_batches(server.url)
-                rounds[name].append(asyncio.run(load(server.url, images, args.requests, concurrency)))
+                rounds[name].append(load(server, images, args.requests, concurrency))
                 after = served_batches(server.url)
                 done = batches.get(name, (0, 0))
                 batches[name] = (done[0] + after[0] - before[0], done[1] + after[1] - before[1])
@@ -184,17 +204,45 @@ def measure_levels(servers: dict[str, Server], images: list[bytes], args: argpar
 def measure_memory(server: Server, images: list[bytes], args: argparse.Namespace) -> dict:
     concurrency = max(args.concurrency)
     before = server.rss_mb()
-    measured = asyncio.run(load(server.url, images, args.memory_requests, concurrency))
+    measured = load(server, images, args.memory_requests, concurrency)
     after = server.rss_mb()
+    before, after = round(before, 1), round(after, 1)  # the growth is that of the figures recorded
     return {
         "kind": "memory",
         "server": "batched",
         "concurrency": concurrency,
         "requests": args.memory_requests,
-        "rss_before_mb": round(before, 1),
-        "rss_after_mb": round(after, 1),
+        "rss_before_mb": before,
+        "rss_after_mb": after,
         "growth_mb": round(after - before, 1),
         **{key: round(value, 2) for key, value in measured.items()},
+    }
+
+
+def measure_compute(run: Path, images: list[bytes], batch: int, rounds: int) -> dict:
+    """What the server's forward pass costs per image alone, at batch 1 and at ``batch`` (no HTTP, no decoding):
+    the most batching can gain on this machine."""
+    from attnscope.engine.run import Run
+    from attnscope.serve import ModelService, Upload
+
+    service = ModelService(Run.open(run, progress=False))
+    decoded = [service.decode(Upload(f"{n}.png", data)) for n, data in enumerate(images)]
+    decoded = (decoded * (batch // len(decoded) + 1))[:batch]
+    per_image: dict[int, list[float]] = {1: [], batch: []}
+    for _ in range(rounds):
+        for size in per_image:
+            service.predict(decoded[:size])  # warm-up of this shape
+            started = time.perf_counter()
+            for start in range(0, batch, size):
+                service.predict(decoded[start : start + size])
+            per_image[size].append((time.perf_counter() - started) * 1000 / batch)
+    alone, batched = statistics.median(per_image[1]), statistics.median(per_image[batch])
+    return {
+        "kind": "compute",
+        "batch": batch,
+        "ms_per_image_batch_1": round(alone, 3),
+        "ms_per_image_batched": round(batched, 3),
+        "gain": round(round(alone, 3) / round(batched, 3), 2),
     }
 
 
@@ -209,8 +257,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
         try:
             for server in servers.values():
                 server.wait()
-                asyncio.run(load(server.url, images, 32, 8))  # warm-up: first-call allocations, the model's caches
-            records = measure_levels(servers, images, args)
+                load(server, images, 32, 8)  # warm-up: first-call allocations, the model's caches
+            records = [measure_compute(run, images, max(args.concurrency), args.rounds)]
+            records += measure_levels(servers, images, args)
             if args.memory_requests:
                 records.append(measure_memory(servers["batched"], images, args))
         finally:
@@ -220,35 +269,62 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return [{**record, **facts} for record in records]
 
 
+def split_runs(records: list[dict]) -> list[list[dict]]:
+    """The records of each benchmark run in a results file (every run starts with its compute record)."""
+    runs: list[list[dict]] = []
+    for record in records:
+        if record["kind"] == "compute" or not runs:
+            runs.append([])
+        runs[-1].append(record)
+    return runs
+
+
 def markdown(records: list[dict]) -> str:
+    """The table of the file's last run, its notes, and the batched / unbatched ratio of every run recorded."""
     from benchmarks.common import provenance
 
+    runs = split_runs(records)
+    last = runs[-1]
     lines = [
-        "| server | concurrency | requests/s | p50 ms | p99 ms | errors | mean batch | batched / unbatched |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | requests/s | p50 ms | p99 ms | errors | mean batch | batched / unbatched "
+        "| CPU ms per request: server, client |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in (r for r in records if r["kind"] == "load"):
+    loads = [r for r in last if r["kind"] == "load"]
+    for r in loads:
         speedup = f"{r['speedup']:.2f}x" if "speedup" in r else ""
         lines.append(
             f"| {r['server']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['errors']} | {r['mean_batch']:.1f} | {speedup} |"
+            f"| {r['errors']} | {r['mean_batch']:.1f} | {speedup} "
+            f"| {r['server_cpu_ms']:.1f}, {r['client_cpu_ms']:.1f} |"
         )
-    memory = [r for r in records if r["kind"] == "memory"]
-    notes = []
-    for r in memory:
+    notes = [_note(r) for r in last if r["kind"] in ("memory", "compute")]
+    top = max(r["concurrency"] for r in loads)
+    ratios = [f"{r['speedup']:.2f}x" for run in runs for r in run if r.get("speedup") and r["concurrency"] == top]
+    if len(runs) > 1:
         notes.append(
+            f"Batched / unbatched at concurrency {top} in each of the {len(runs)} runs recorded: {', '.join(ratios)}."
+        )
+    bf16 = "with" if last[0].get("native_bf16") else "without"
+    return (
+        "\n".join(lines)
+        + f"\n\n{' '.join(notes)} Medians of {loads[0]['rounds']} alternating rounds of {loads[0]['requests']} "
+        f"requests (one 80 px PNG each, `POST /v1/predict`); client and server share the CPU {bf16} native bf16. "
+        + provenance(records)
+    )
+
+
+def _note(r: dict) -> str:
+    if r["kind"] == "memory":
+        return (
             f"Memory of the batched server over {r['requests']:,} more requests at concurrency {r['concurrency']}: "
             f"{r['rss_before_mb']:.0f} MB before, {r['rss_after_mb']:.0f} MB after ({r['growth_mb']:+.1f} MB), "
             f"{r['errors']} errors, {r['requests_per_s']:.1f} requests/s."
         )
-    loads = [r for r in records if r["kind"] == "load"]
-    bf16 = "with" if records and records[0].get("native_bf16") else "without"
-    rounds = loads[0]["rounds"] if loads else "?"
     return (
-        "\n".join(lines)
-        + f"\n\n{' '.join(notes)} Medians of {rounds} alternating rounds of {loads[0]['requests'] if loads else '?'} "
-        f"requests (one 80 px PNG each, `POST /v1/predict`); client and server share the CPU {bf16} native bf16. "
-        + provenance(records)
+        "The forward pass alone (`ModelService.predict`, no HTTP, no decoding) takes "
+        f"{r['ms_per_image_batch_1']:.2f} ms per image at batch 1 and {r['ms_per_image_batched']:.2f} "
+        f"at batch {r['batch']}: {r['gain']:.2f}x, what batching gains on the forward pass itself."
     )
 
 

@@ -544,6 +544,7 @@ def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, capsys):
         assert (demo / name).is_file(), name
     train_rows = sum(1 for line in (demo / "split.csv").read_text().splitlines() if line.endswith(",train"))
     assert f"similarity index of the {train_rows} training images" in printed
+    assert f"serve {demo} --index {demo / 'index'}   (then open http://127.0.0.1:8000/)" in printed
     page = (demo / "similar.html").read_text()
     assert page.count("<img") == 6 * (1 + 8) and page.count("truth: <b>") == 6
 
@@ -651,3 +652,11 @@ def test_a_value_no_run_could_use_is_refused_before_any_image_is_decoded(tmp_pat
     assert cli.main(argv) == cli.EXIT_ERROR
     assert "supervision.kind='bogus' is not a kind: use one of dice, energy" in capsys.readouterr().err
     assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+def test_serve_refuses_to_listen_beyond_this_machine_without_a_token(cli_run, capsys, monkeypatch):
+    monkeypatch.delenv("ATTNSCOPE_TOKEN", raising=False)
+    assert cli.main(["serve", str(cli_run), "--host", "0.0.0.0"]) == cli.EXIT_ERROR
+    assert "--host 0.0.0.0 lets other machines reach the API: give --token" in capsys.readouterr().err
+    assert cli.main(["serve", str(cli_run), "--token", "short"]) == cli.EXIT_ERROR
+    assert "--token must be at least 16 characters" in capsys.readouterr().err

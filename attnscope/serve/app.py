@@ -171,13 +171,13 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     app.state.batcher, app.state.service = batcher, service
     _add_error_handlers(app)
     _Api(service, batcher, options).register(app)
-    if options.cors:
+    app.add_middleware(BodyLimit, max_bytes=int(options.max_upload_mb * 1e6))
+    if options.cors:  # outside the body limit, so that a page of that origin can read a 413's message
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
             CORSMiddleware, allow_origins=[options.cors], allow_methods=["GET", "POST"], allow_headers=["Authorization"]
         )
-    app.add_middleware(BodyLimit, max_bytes=int(options.max_upload_mb * 1e6))
     app.add_middleware(CountArrivals, batcher=batcher)
     return app
 

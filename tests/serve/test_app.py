@@ -161,9 +161,15 @@ def test_cors_is_off_unless_an_origin_is_given(client, service):
     preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/v1/predict", headers=preflight).headers
     assert "access-control-allow-origin" not in client.get("/v1/model", headers={"Origin": preflight["Origin"]}).headers
-    with TestClient(create_app(service, ServeOptions(cors="https://viewer.example"))) as test_client:
+    options = ServeOptions(cors="https://viewer.example", max_upload_mb=0.1)
+    with TestClient(create_app(service, options)) as test_client:
         allowed = test_client.get("/v1/model", headers={"Origin": "https://viewer.example"})
         assert allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+        too_big = test_client.post(
+            "/v1/predict", files=files(os.urandom(200_000)), headers={"Origin": "https://viewer.example"}
+        )
+        assert too_big.status_code == 413  # and the page of that origin may read why
+        assert too_big.headers["access-control-allow-origin"] == "https://viewer.example"
         other = test_client.get("/v1/model", headers={"Origin": "https://elsewhere.example"})
         assert "access-control-allow-origin" not in other.headers
 
