@@ -340,6 +340,12 @@ def _parser_report(verbs: Any) -> None:
     parser.add_argument("--per-group", type=int, default=4, help="gallery images per outcome group (default 4)")
     parser.add_argument("--score-images", type=int, default=32, help="test images scored (default 32)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the deletion/insertion curves")
+    parser.add_argument(
+        "--method",
+        action="append",
+        metavar="METHOD",
+        help="methods scored, as explain's --method (default: default)",
+    )
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_report(args))
 
@@ -349,7 +355,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     with _open_run(args) as run:
         report = write_report(
-            run, ReportOptions(args.out, args.per_group, args.score_images, args.steps, args.skip_bad)
+            run,
+            ReportOptions(
+                args.out,
+                args.per_group,
+                args.score_images,
+                args.steps,
+                args.skip_bad,
+                tuple(args.method or ["default"]),
+            ),
         )
     print(f"report: {report.path}")
     return 0
@@ -390,7 +404,13 @@ def _parser_explain(verbs: Any) -> None:
         "--method",
         action="append",
         metavar="METHOD",
-        help=f"all (default) or one of {', '.join(names.EXPLAIN_METHODS)} (repeatable)",
+        help=f"default ({' '.join(names.DEFAULT_EXPLAIN_METHODS)}), all, or one of "
+        f"{', '.join(names.EXPLAIN_METHODS)} (repeatable)",
+    )
+    parser.add_argument("--eigen-smooth", action="store_true", help="layer CAMs: the first principal component")
+    parser.add_argument("--aug-smooth", action="store_true", help="average over flipped and brightened views")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="inputs per extra pass of score-, ablation-cam and the pixel methods"
     )
     _add_data(parser, "explain (with masks: score)")
     parser.add_argument("--count", type=int, default=16, help="images to explain (0: all; default 16)")
@@ -413,10 +433,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     options = ExplainOptions(
         **_selection(args),
-        methods=tuple(args.method or ["all"]),
+        methods=tuple(args.method or ["default"]),
         count=args.count,
         steps=args.steps,
         cam_layers=tuple(args.layer or ()),
+        eigen_smooth=args.eigen_smooth,
+        aug_smooth=args.aug_smooth,
+        batch_size=args.batch_size,
         alpha=args.alpha,
         cmap=args.cmap,
         out=args.out,

@@ -34,8 +34,24 @@ MONITOR_MODES = ("max", "min")
 
 DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "cluttered")
 
-CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam")
-EXPLAIN_METHODS = ("attention", *CAM_METHODS)
+# layer CAMs: one backward pass (the first six), none (eigencam), or one forward pass per channel (the last two)
+CAM_METHODS = (
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "gradcam_elementwise",
+    "eigencam",
+    "eigengradcam",
+    "scorecam",
+    "ablationcam",
+)
+# maps of the input's pixels: one forward pass per window (occlusion), or per step or sample (the others)
+PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad")
+EXPLAIN_METHODS = ("attention", *CAM_METHODS, *PIXEL_METHODS)
+# what explain and the report compute unless told otherwise: the maps that cost one pass each
+DEFAULT_EXPLAIN_METHODS = ("attention", "gradcam", "gradcam++", "xgradcam", "layercam")
 
 EXPORT_FORMATS = ("onnx",)
 

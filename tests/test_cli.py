@@ -352,8 +352,8 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
     header = (out / "scores.csv").read_text().splitlines()[0]
     assert header == "id,path,truth,target,probability,method,deletion_auc,insertion_auc"
     assert "no masks" in capsys.readouterr().out
-    assert cli.main(["explain", str(cli_run), "--method", "scorecam", "--no-progress"]) == 1
-    assert "unknown explanation method(s) ['scorecam']" in capsys.readouterr().err
+    assert cli.main(["explain", str(cli_run), "--method", "scorecam9", "--no-progress"]) == 1
+    assert "unknown explanation method(s) ['scorecam9']" in capsys.readouterr().err
     assert cli.main(["explain", str(cli_run), "--cmap", "nocolours", "--no-progress"]) == 1
     assert "unknown colour map 'nocolours'" in capsys.readouterr().err
 
@@ -660,3 +660,13 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_a_token(cli_run, ca
     assert "--host 0.0.0.0 lets other machines reach the API: give --token" in capsys.readouterr().err
     assert cli.main(["serve", str(cli_run), "--token", "short"]) == cli.EXIT_ERROR
     assert "--token must be at least 16 characters" in capsys.readouterr().err
+
+
+def test_explain_takes_every_method_and_the_smoothing_flags(cli_run, tmp_path, capsys):
+    argv = ["explain", str(cli_run), "--method", "eigengradcam", "--method", "smoothgrad", "--aug-smooth"]
+    assert cli.main([*argv, "--eigen-smooth", "--batch-size", "8", "--count", "2", "--out", str(tmp_path)]) == 0
+    assert "methods: eigengradcam, smoothgrad" in capsys.readouterr().out
+    assert cli.main(["explain", str(cli_run), "--method", "saliency", "--out", str(tmp_path)]) == cli.EXIT_ERROR
+    assert (
+        "unknown explanation method(s) ['saliency']; known: all, default, attention, gradcam" in capsys.readouterr().err
+    )

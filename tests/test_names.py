@@ -10,12 +10,14 @@ from attnscope import cli, names
 
 def test_every_list_equals_the_registry_it_names():
     from attnscope.data.module import SOURCES
-    from attnscope.explain.cam import CAM_METHODS
     from attnscope.explain.explainer import METHODS
+    from attnscope.explain.methods import CAM_METHODS, PIXEL_METHODS
     from attnscope.retrieval.index import DEFAULT_PARAMS, KINDS
 
     assert set(SOURCES) == set(names.DATA_SOURCES)
-    assert tuple(CAM_METHODS) == names.CAM_METHODS and METHODS == ("attention", *names.CAM_METHODS)
+    assert tuple(CAM_METHODS) == names.CAM_METHODS and tuple(PIXEL_METHODS) == names.PIXEL_METHODS
+    assert METHODS == ("attention", *names.CAM_METHODS, *names.PIXEL_METHODS)
+    assert set(names.DEFAULT_EXPLAIN_METHODS) <= set(METHODS)
     assert KINDS == names.INDEX_KINDS and DEFAULT_PARAMS == names.INDEX_PARAMS
 
 

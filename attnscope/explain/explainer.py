@@ -14,7 +14,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,13 @@ from attnscope.data.loader import BatchLoader
 from attnscope.engine.metrics import class_probabilities, probabilities
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import ConfigError
-from attnscope.explain.cam import CAM_METHODS, create_cam, normalise, predicted_classes
+from attnscope.explain.cam import normalise, predicted_classes
+from attnscope.explain.methods import CAM_METHODS, MAP_METHODS, create_cam
 from attnscope.explain.overlay import upsample, write_attention_grid
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
-from attnscope.names import EXPLAIN_METHODS
+from attnscope.names import DEFAULT_EXPLAIN_METHODS, EXPLAIN_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,18 @@ SCORE_NAMES = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_
 
 
 def resolve_methods(methods: list[str] | str) -> list[str]:
-    """``all`` or a list of method names, checked."""
+    """Method names, checked, with the groups expanded: ``default`` (attention and the four one-pass CAMs)
+    and ``all`` (every method, the slow perturbation ones too)."""
     if isinstance(methods, str):
         methods = [methods]
     if "all" in methods:
         return list(METHODS)
-    unknown = sorted(set(methods) - set(METHODS))
+    groups = {"default": DEFAULT_EXPLAIN_METHODS}
+    expanded = [name for method in methods for name in groups.get(method, (method,))]
+    unknown = sorted(set(expanded) - set(METHODS))
     if unknown:
-        raise ConfigError(f"unknown explanation method(s) {unknown}; known: all, {', '.join(METHODS)}")
-    return list(dict.fromkeys(methods))
+        raise ConfigError(f"unknown explanation method(s) {unknown}; known: all, default, {', '.join(METHODS)}")
+    return list(dict.fromkeys(expanded))
 
 
 @dataclass
@@ -69,6 +73,7 @@ def explain_batch(
     methods: list[str],
     cam_layers: Sequence[str] | None = None,
     require_attention: bool = False,
+    map_options: Mapping[str, Any] | None = None,
 ) -> BatchExplanation:
     """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class.
 
@@ -98,12 +103,20 @@ def explain_batch(
             maps[f"attention:{tap}"], raw[f"attention:{tap}"] = normalise(values), native[tap]
     layers = list(cam_layers) if cam_layers else None
     for method in methods:
-        if method in CAM_METHODS:
-            result = create_cam(method, model, layers).compute(inputs, targets)
+        if method in MAP_METHODS:
+            result = _map_method(method, model, layers, dict(map_options or {})).compute(inputs, targets)
             maps[method] = result.maps
             raw[method] = next(iter(result.raw.values())) if len(result.raw) == 1 else result.maps
     probs = class_probabilities(probabilities(logits, run.kind), run.kind)
     return BatchExplanation(inputs, targets, probs.gather(1, targets[:, None])[:, 0], maps, raw)
+
+
+def _map_method(method: str, model: torch.nn.Module, layers: list[str] | None, options: dict[str, Any]):
+    """``method`` with the options that apply to it: layers and ``eigen_smooth`` to the layer CAMs only."""
+    if method not in CAM_METHODS:
+        options.pop("eigen_smooth", None)
+        return create_cam(method, model, None, **options)
+    return create_cam(method, model, layers, **options)
 
 
 def score_batch(
@@ -147,16 +160,22 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float]]:
 class ExplainOptions(DataSelection):
     """What to explain (default: the first ``count`` images of the test split) and how.
 
-    ``methods``: ``all`` or names from :data:`METHODS`; ``count`` 0 or None: every
-    image; ``steps``: points of the deletion/insertion curves; ``cam_layers``: CAM
-    target layers (default: the model's); overlays blend ``cmap`` (a matplotlib
-    colour map) over the image with weight ``alpha``; ``out`` default ``RUN/explain``.
+    ``methods``: ``all`` or names from :data:`METHODS` (default: attention and the four
+    one-pass CAMs); ``count`` 0 or None: every image; ``steps``: points of the
+    deletion/insertion curves; ``cam_layers``: CAM target layers (default: the model's);
+    ``eigen_smooth`` (layer CAMs) and ``aug_smooth`` (every map method) as pytorch-grad-cam's;
+    ``batch_size``: inputs per extra pass of the perturbation and pixel methods; overlays
+    blend ``cmap`` (a matplotlib colour map) over the image with weight ``alpha``; ``out``
+    default ``RUN/explain``.
     """
 
-    methods: Sequence[str] = ("all",)
+    methods: Sequence[str] = ("default",)
     count: int | None = 16
     steps: int = 16
     cam_layers: Sequence[str] = ()
+    eigen_smooth: bool = False
+    aug_smooth: bool = False
+    batch_size: int = 64
     alpha: float = 0.4
     cmap: str = "jet"
     out: str | Path | None = None
@@ -165,12 +184,17 @@ class ExplainOptions(DataSelection):
         super().check()
         from matplotlib import colormaps
 
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the heat map's weight over the image)")
         if self.cmap not in colormaps:
             raise ConfigError(
                 f"unknown colour map {self.cmap!r}; e.g. jet, viridis, inferno, turbo (matplotlib's names)"
             )
+
+    def map_options(self) -> dict[str, Any]:
+        return {"eigen_smooth": self.eigen_smooth, "aug_smooth": self.aug_smooth, "batch_size": self.batch_size}
 
 
 @dataclass
@@ -189,7 +213,7 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     """Overlays (``overlays/``), raw maps (``maps/*.npz``) and ``scores.csv`` for the selected images."""
     options = options or ExplainOptions()
     options.check()
-    explicit_attention = "attention" in options.methods and "all" not in options.methods
+    explicit_attention = "attention" in options.methods  # asked for by name, not as part of a group
     methods = resolve_methods(list(options.methods))
     out = Path(options.out) if options.out is not None else run.root / options.folder_name("explain")
     for folder in (out, out / "overlays", out / "maps"):
@@ -206,7 +230,9 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
             if take <= 0:
                 break
             images_u8 = batch["image"][:take]
-            explanation = explain_batch(run, images_u8, methods, options.cam_layers, explicit_attention)
+            explanation = explain_batch(
+                run, images_u8, methods, options.cam_layers, explicit_attention, options.map_options()
+            )
             scores = score_batch(run, explanation, batch["mask"][:take] if "mask" in batch else None, options.steps)
             for position, row in enumerate(batch["row"][:take].tolist()):
                 record = _image_record(run, loader, row, explanation, position, labelled=not options.images)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,13 +131,15 @@ def gallery_order(run: Run, probs: torch.Tensor, labels: torch.Tensor, per_group
 class ReportOptions:
     """Where the page goes (default ``RUN/report.html``), how many gallery images per outcome group,
     how many test images are scored, the steps of the deletion/insertion curves, and whether
-    unreadable test images are left out (``skip_bad``) instead of stopping."""
+    unreadable test images are left out (``skip_bad``) instead of stopping, and the ``methods`` scored
+    (default: attention and the four one-pass CAMs; ``all`` or any of explain's)."""
 
     out: str | Path | None = None
     per_group: int = 4
     score_images: int = 32
     steps: int = 8
     skip_bad: bool = False
+    methods: Sequence[str] = ("default",)
 
 
 @dataclass
@@ -165,7 +168,11 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
     scores = explain(
         run,
         ExplainOptions(
-            **asdict(test), methods=("all",), count=options.score_images, steps=options.steps, out=work / "explain"
+            **asdict(test),
+            methods=tuple(options.methods),
+            count=options.score_images,
+            steps=options.steps,
+            out=work / "explain",
         ),
     )
     gallery = _gallery(run, run.loader(test), options.per_group, work / "gallery")

@@ -30,7 +30,7 @@ from attnscope.explain.explainer import explain_batch
 from attnscope.explain.overlay import overlay
 from attnscope.htmlpage import png_array_uri
 from attnscope.layers.tap import capture_attention, native_maps
-from attnscope.names import CAM_METHODS, HEADLINE_METRICS
+from attnscope.names import CAM_METHODS, HEADLINE_METRICS, PIXEL_METHODS
 from attnscope.retrieval.embed import embed_images
 from attnscope.retrieval.index import SimilarityIndex
 from attnscope.retrieval.service import check_same_model
@@ -218,7 +218,7 @@ class ModelService:
             "image_size": self.run.image_size,
             "mode": config.data.mode,
             "attention_taps": self.taps,
-            "cam_methods": list(CAM_METHODS),
+            "cam_methods": [*CAM_METHODS, *PIXEL_METHODS],
             "test_metrics": self.tested,
             "operating_point": self.operating_point(),
             "index": None
@@ -228,5 +228,6 @@ class ModelService:
 
 
 def check_cam_method(method: str) -> None:
-    if method not in CAM_METHODS:
-        raise ConfigError(f"method={method!r} is not a CAM method; use one of {', '.join(CAM_METHODS)}")
+    known = (*CAM_METHODS, *PIXEL_METHODS)
+    if method not in known:
+        raise ConfigError(f"method={method!r} is not a CAM or pixel method; use one of {', '.join(known)}")

@@ -38,3 +38,20 @@ def test_explain_writes_one_overlay_and_one_score_row_per_image_and_method(train
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 3
     assert set(result.summary) == set(result.methods) and all(s["images"] == 3 for s in result.summary.values())
+
+
+def test_every_kind_of_method_is_explained_scored_and_smoothed_as_asked(trained_run, tmp_path):
+    from attnscope.explain.methods import create_cam
+
+    run = Run.open(trained_run, progress=False)
+    methods = ("hirescam", "scorecam", "occlusion", "integrated_gradients")
+    options = ExplainOptions(methods=methods, count=2, steps=2, eigen_smooth=True, batch_size=16, out=tmp_path)
+    result = explain(run, options)
+    assert result.methods == list(methods) and all(result.summary[m]["images"] == 2 for m in methods)
+    assert {"pointing_game", "deletion_auc"} <= set(result.summary["occlusion"])
+    images_u8 = next(iter(run.loader()))["image"][:2]
+    batch = explain_batch(run, images_u8, ["scorecam", "occlusion"], map_options=options.map_options())
+    inputs, _ = run.transform(images_u8)
+    expected = create_cam("scorecam", run.model(), None, eigen_smooth=True).compute(inputs, batch.targets)
+    torch.testing.assert_close(batch.maps["scorecam"], expected.maps)  # eigen_smooth reached the layer CAM
+    assert batch.raw["occlusion"].shape == (2, 32, 32)  # and was left out of the pixel method

@@ -23,9 +23,10 @@ def png_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
 
 @pytest.fixture(scope="module")
 def served_run(trained_run, tmp_path_factory):
-    """A copy of the tiny run (tests here may add an evaluation to it) and an index of its training split."""
+    """A copy of the tiny run as training left it (other tests add evaluations to the shared one; tests here
+    add their own) and an index of its training split."""
     root = tmp_path_factory.mktemp("served") / "tiny"
-    shutil.copytree(trained_run, root)
+    shutil.copytree(trained_run, root, ignore=shutil.ignore_patterns("evaluation*", "explain*", "report*"))
     with Run.open(root, progress=False) as run:
         build_index(run, IndexOptions(out=root.parent / "index"))
     return root

@@ -14,7 +14,8 @@ from attnscope.data.decode import decode_image
 from attnscope.engine.inference import EvaluateOptions, PredictOptions, evaluate, predict
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import ConfigError, DataError, RetrievalError
-from attnscope.explain.cam import create_cam, normalise, predicted_classes
+from attnscope.explain.cam import normalise, predicted_classes
+from attnscope.explain.methods import create_cam
 from attnscope.explain.overlay import upsample
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.retrieval.index import SimilarityIndex
@@ -78,7 +79,7 @@ def test_explanations_hold_every_tap_and_the_cam_as_the_model_computes_them(serv
 
 
 def test_an_unknown_cam_method_is_refused_with_the_known_ones(service, image_files):
-    with pytest.raises(ConfigError, match="method='gradcam-9' is not a CAM method; use one of gradcam"):
+    with pytest.raises(ConfigError, match="method='gradcam-9' is not a CAM or pixel method; use one of gradcam"):
         service.explain(decoded(service, image_files[:1]), "gradcam-9")
 
 

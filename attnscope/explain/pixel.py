@@ -1,0 +1,116 @@
+"""Pixel-level attributions by gradients: integrated gradients and SmoothGrad.
+
+Both differentiate the target's score (the logit; a single logit scores class 0
+by its negative) with respect to the input, over batches of ``batch_size``
+modified copies of each image, and return a (B, H, W) map: ``raw`` as computed,
+``maps`` scaled to [0, 1] per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attnscope.errors import ConfigError
+from attnscope.explain.cam import CamResult, choose_targets, normalise, target_scores
+from attnscope.explain.perturbation import _check_batch_size, _chunks
+
+
+class PixelMethod:
+    """The machinery: targets from one forward pass, then input gradients of many modified copies."""
+
+    label = "pixels"
+
+    def __init__(self, model: nn.Module, batch_size: int = 64, progress: bool = False) -> None:
+        _check_batch_size(batch_size)
+        self.model, self.batch_size, self.progress = model, batch_size, progress
+
+    def __call__(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        return self.compute(images, targets).maps
+
+    def compute(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> CamResult:
+        if images.dim() != 4:
+            raise ConfigError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(images)
+            chosen = choose_targets(logits, targets, len(images))
+            raw = self.attribute(images.detach(), chosen)
+        finally:
+            self.model.train(was_training)
+        return CamResult(self.display(raw), {"input": raw}, chosen, logits)
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def display(raw: torch.Tensor) -> torch.Tensor:
+        return normalise(raw)
+
+    def gradients(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """d score(target) / d input for each of ``inputs`` (N, C, H, W), in batches."""
+        found = torch.empty_like(inputs)
+        for part in _chunks(len(inputs), self.batch_size, self.progress, self.label):
+            chunk = inputs[part].detach().requires_grad_(True)
+            with torch.enable_grad():
+                scores = target_scores(self.model(chunk), targets[part])
+                (found[part],) = torch.autograd.grad(scores.sum(), chunk)
+        return found
+
+
+class IntegratedGradients(PixelMethod):
+    """Sundararajan et al. 2017: ``(x - x0) * mean_k grad(x0 + a_k (x - x0))`` over ``steps`` points a_k at the
+    midpoints of [0, 1], from the baseline x0 = 0 (the dataset's mean, in normalised input); ``raw`` is its sum
+    over channels (signed: the attributions add up to score(x) - score(x0)); ``maps`` its positive part."""
+
+    label = "integrated gradients"
+
+    def __init__(self, model: nn.Module, steps: int = 32, batch_size: int = 64, progress: bool = False) -> None:
+        super().__init__(model, batch_size, progress)
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ConfigError(f"steps={steps!r} must be an integer >= 1")
+        self.steps = steps
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        alphas = (torch.arange(self.steps, dtype=images.dtype) + 0.5) / self.steps
+        path = alphas[:, None, None, None, None] * images[None]  # (steps, B, C, H, W), baseline 0
+        grads = self.gradients(path.flatten(0, 1), targets.repeat(self.steps)).view_as(path)
+        return (images * grads.mean(0)).sum(1)
+
+    @staticmethod
+    def display(raw: torch.Tensor) -> torch.Tensor:
+        return normalise(F.relu(raw))
+
+
+class SmoothGrad(PixelMethod):
+    """Smilkov et al. 2017: the saliency map (sum over channels of |d score / d input|) averaged over
+    ``samples`` copies of the image with Gaussian noise of ``noise`` x (max - min) of the image."""
+
+    label = "smoothgrad"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: int = 25,
+        noise: float = 0.15,
+        batch_size: int = 64,
+        progress: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, batch_size, progress)
+        if not (isinstance(samples, int) and samples >= 1) or not noise >= 0:
+            raise ConfigError(f"samples={samples!r} must be an integer >= 1 and noise={noise!r} >= 0")
+        self.samples, self.noise, self.seed = samples, noise, seed
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        spread = images.flatten(1).amax(1) - images.flatten(1).amin(1)
+        generator = torch.Generator().manual_seed(self.seed)  # the same noise every call: a map is repeatable
+        noise = torch.randn((self.samples, *images.shape), generator=generator, dtype=images.dtype)
+        noisy = images[None] + noise * (self.noise * spread)[None, :, None, None, None]
+        grads = self.gradients(noisy.flatten(0, 1), targets.repeat(self.samples)).view_as(noisy)
+        return grads.abs().sum(2).mean(0)

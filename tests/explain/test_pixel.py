@@ -1,0 +1,54 @@
+"""Integrated gradients and SmoothGrad against their formulas."""
+
+import pytest
+import torch
+
+from attnscope.errors import ConfigError
+from attnscope.explain.methods import create_cam
+from tests.explain.test_cam import Tiny
+
+
+def input_gradient(model, x, classes):
+    x = x.clone().requires_grad_(True)
+    score = model(x).gather(1, classes[:, None]).sum()
+    return torch.autograd.grad(score, x)[0]
+
+
+def test_integrated_gradients_equal_the_riemann_sum_written_out():
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 16, 16)
+    classes = torch.tensor([2, 0])
+    result = create_cam("integrated_gradients", model, steps=4, batch_size=3).compute(x, classes)
+    grads = sum(input_gradient(model, (k + 0.5) / 4 * x, classes) for k in range(4)) / 4
+    torch.testing.assert_close(result.raw["input"], (x * grads).sum(1), atol=1e-5, rtol=1e-4)
+
+
+def test_integrated_gradients_add_up_to_the_change_of_score_from_the_baseline():
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 16, 16)
+    classes = torch.tensor([1, 2])
+    raw = create_cam("integrated_gradients", model, steps=256).compute(x, classes).raw["input"]
+    with torch.no_grad():
+        change = (model(x) - model(torch.zeros_like(x))).gather(1, classes[:, None])[:, 0]
+    torch.testing.assert_close(raw.sum((1, 2)), change, atol=2e-3, rtol=2e-3)  # completeness
+
+
+def test_smoothgrad_averages_the_saliency_of_noisy_copies():
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 16, 16)
+    classes = torch.tensor([0, 1])
+    result = create_cam("smoothgrad", model, samples=5, noise=0.2, batch_size=4).compute(x, classes)
+    noise = torch.randn((5, *x.shape), generator=torch.Generator().manual_seed(0))
+    spread = x.flatten(1).amax(1) - x.flatten(1).amin(1)
+    maps = [input_gradient(model, x + noise[s] * 0.2 * spread[:, None, None, None], classes) for s in range(5)]
+    expected = torch.stack([m.abs().sum(1) for m in maps]).mean(0)
+    torch.testing.assert_close(result.raw["input"], expected, atol=1e-5, rtol=1e-4)
+    plain = create_cam("smoothgrad", model, samples=1, noise=0.0).compute(x, classes).raw["input"]
+    torch.testing.assert_close(plain, input_gradient(model, x, classes).abs().sum(1))  # no noise: saliency
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="steps=0 must be an integer >= 1"):
+        create_cam("integrated_gradients", Tiny(), steps=0)
+    with pytest.raises(ConfigError, match="samples=0 must be an integer >= 1"):
+        create_cam("smoothgrad", Tiny(), samples=0)
