@@ -112,24 +112,57 @@ def _zero_channels(channels: torch.Tensor) -> Callable[..., torch.Tensor]:
     return hook
 
 
-class Occlusion:
+class InputAttribution:
+    """A map of the input's pixels: targets from one forward pass, then ``attribute`` (raw (B, H, W)) and
+    ``display`` (the raw map scaled to [0, 1] per image); the model's mode is restored afterwards."""
+
+    label = "pixels"
+
+    def __init__(self, model: nn.Module, batch_size: int = 64, progress: bool = False) -> None:
+        _check_batch_size(batch_size)
+        self.model, self.batch_size, self.progress = model, batch_size, progress
+
+    def __call__(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        return self.compute(images, targets).maps
+
+    def compute(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> CamResult:
+        if images.dim() != 4:
+            raise ConfigError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(images)
+            chosen = choose_targets(logits, targets, len(images))
+            raw = self.attribute(images.detach(), chosen, logits)
+        finally:
+            self.model.train(was_training)
+        return CamResult(self.display(raw), {"input": raw}, chosen, logits)
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def display(raw: torch.Tensor) -> torch.Tensor:
+        return normalise(raw)
+
+
+class Occlusion(InputAttribution):
     """Zeiler & Fergus 2014 (MONAI's OcclusionSensitivity, Captum's Occlusion): a ``window`` x ``window`` square
     of the (normalised) input is set to 0, the dataset's mean, at every ``stride``; each pixel's value is the
     mean fall of the target's probability over the windows that cover it. ``raw`` keeps the signed map (a
     negative value: hiding the pixel raised the probability); ``maps`` its positive part, scaled to [0, 1].
     ``window`` 0 takes an eighth of the shorter side (at least 2), ``stride`` 0 half the window."""
 
+    label = "occlusion"
+
     def __init__(
         self, model: nn.Module, window: int = 0, stride: int = 0, batch_size: int = 64, progress: bool = False
     ) -> None:
-        _check_batch_size(batch_size)
+        super().__init__(model, batch_size, progress)
         if window < 0 or stride < 0:
             raise ConfigError(f"window={window} and stride={stride} must be >= 0 (0: chosen from the image size)")
-        self.model, self.window, self.stride = model, window, stride
-        self.batch_size, self.progress = batch_size, progress
-
-    def __call__(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        return self.compute(images, targets).maps
+        self.window, self.stride = window, stride
 
     def windows(self, height: int, width: int) -> tuple[int, list[tuple[int, int]]]:
         """The window's side and the top-left corner of every window (the last row and column reach the edge)."""
@@ -141,26 +174,19 @@ class Occlusion:
         return window, [(row, column) for row in rows for column in columns]
 
     @torch.no_grad()
-    def compute(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> CamResult:
-        if images.dim() != 4:
-            raise ConfigError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            logits = self.model(images)
-            chosen = choose_targets(logits, targets, len(images))
-            before = target_probabilities(logits, chosen)
-            window, corners = self.windows(*images.shape[-2:])
-            falls = self._falls(images, chosen, before, window, corners)
-        finally:
-            self.model.train(was_training)
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        window, corners = self.windows(*images.shape[-2:])
+        falls = self._falls(images, targets, target_probabilities(logits, targets), window, corners)
         total = torch.zeros(len(images), *images.shape[-2:])
         covered = torch.zeros(images.shape[-2:])
         for number, (row, column) in enumerate(corners):
             total[:, row : row + window, column : column + window] += falls[:, number, None, None]
             covered[row : row + window, column : column + window] += 1
-        raw = total / covered
-        return CamResult(normalise(F.relu(raw)), {"input": raw}, chosen, logits)
+        return total / covered
+
+    @staticmethod
+    def display(raw: torch.Tensor) -> torch.Tensor:
+        return normalise(F.relu(raw))
 
     def _falls(
         self, images: torch.Tensor, chosen: torch.Tensor, before: torch.Tensor, window: int, corners: list

@@ -8,49 +8,17 @@ modified copies of each image, and return a (B, H, W) map: ``raw`` as computed,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.explain.cam import CamResult, choose_targets, normalise, target_scores
-from attnscope.explain.perturbation import _check_batch_size, _chunks
+from attnscope.explain.cam import normalise, target_scores
+from attnscope.explain.perturbation import InputAttribution, _chunks
 
 
-class PixelMethod:
-    """The machinery: targets from one forward pass, then input gradients of many modified copies."""
-
-    label = "pixels"
-
-    def __init__(self, model: nn.Module, batch_size: int = 64, progress: bool = False) -> None:
-        _check_batch_size(batch_size)
-        self.model, self.batch_size, self.progress = model, batch_size, progress
-
-    def __call__(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        return self.compute(images, targets).maps
-
-    def compute(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> CamResult:
-        if images.dim() != 4:
-            raise ConfigError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                logits = self.model(images)
-            chosen = choose_targets(logits, targets, len(images))
-            raw = self.attribute(images.detach(), chosen)
-        finally:
-            self.model.train(was_training)
-        return CamResult(self.display(raw), {"input": raw}, chosen, logits)
-
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @staticmethod
-    def display(raw: torch.Tensor) -> torch.Tensor:
-        return normalise(raw)
+class PixelMethod(InputAttribution):
+    """Input gradients of many modified copies of each image, in batches."""
 
     def gradients(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """d score(target) / d input for each of ``inputs`` (N, C, H, W), in batches."""
@@ -76,7 +44,7 @@ class IntegratedGradients(PixelMethod):
             raise ConfigError(f"steps={steps!r} must be an integer >= 1")
         self.steps = steps
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         alphas = (torch.arange(self.steps, dtype=images.dtype) + 0.5) / self.steps
         path = alphas[:, None, None, None, None] * images[None]  # (steps, B, C, H, W), baseline 0
         grads = self.gradients(path.flatten(0, 1), targets.repeat(self.steps)).view_as(path)
@@ -107,7 +75,7 @@ class SmoothGrad(PixelMethod):
             raise ConfigError(f"samples={samples!r} must be an integer >= 1 and noise={noise!r} >= 0")
         self.samples, self.noise, self.seed = samples, noise, seed
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         spread = images.flatten(1).amax(1) - images.flatten(1).amin(1)
         generator = torch.Generator().manual_seed(self.seed)  # the same noise every call: a map is repeatable
         noise = torch.randn((self.samples, *images.shape), generator=generator, dtype=images.dtype)
