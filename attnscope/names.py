@@ -47,8 +47,9 @@ CAM_METHODS = (
     "scorecam",
     "ablationcam",
 )
-# maps of the input's pixels: one forward pass per window (occlusion), or per step or sample (the others)
-PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad")
+# maps of the input's pixels: one forward pass per window (occlusion), per step or sample (the next two), or
+# one backward pass (fullgrad)
+PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad", "fullgrad")
 EXPLAIN_METHODS = ("attention", *CAM_METHODS, *PIXEL_METHODS)
 # what explain and the report compute unless told otherwise: the maps that cost one pass each
 DEFAULT_EXPLAIN_METHODS = ("attention", "gradcam", "gradcam++", "xgradcam", "layercam")

@@ -32,7 +32,7 @@ from attnscope.explain.cam import (
     normalise,
 )
 from attnscope.explain.perturbation import AblationCAM, Occlusion, ScoreCAM
-from attnscope.explain.pixel import IntegratedGradients, SmoothGrad
+from attnscope.explain.pixel import FullGrad, IntegratedGradients, SmoothGrad
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": GradCAM,
@@ -50,6 +50,7 @@ PIXEL_METHODS: dict[str, type] = {
     "occlusion": Occlusion,
     "integrated_gradients": IntegratedGradients,
     "smoothgrad": SmoothGrad,
+    "fullgrad": FullGrad,
 }
 MAP_METHODS = {**CAM_METHODS, **PIXEL_METHODS}
 # options for the methods that batch extra passes; the others take them and leave them

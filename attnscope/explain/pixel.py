@@ -1,6 +1,6 @@
-"""Pixel-level attributions by gradients: integrated gradients and SmoothGrad.
+"""Pixel-level attributions by gradients: integrated gradients, SmoothGrad and FullGrad.
 
-Both differentiate the target's score (the logit; a single logit scores class 0
+The first two differentiate the target's score (the logit; a single logit scores class 0
 by its negative) with respect to the input, over batches of ``batch_size``
 modified copies of each image, and return a (B, H, W) map: ``raw`` as computed,
 ``maps`` scaled to [0, 1] per image.
@@ -82,3 +82,54 @@ class SmoothGrad(PixelMethod):
         noisy = images[None] + noise * (self.noise * spread)[None, :, None, None, None]
         grads = self.gradients(noisy.flatten(0, 1), targets.repeat(self.samples)).view_as(noisy)
         return grads.abs().sum(2).mean(0)
+
+
+class FullGrad(PixelMethod):
+    """Srinivas & Fleuret 2019, as pytorch-grad-cam computes it: |input gradient x input|, plus for every
+    convolution with a bias and every batch norm |output gradient x bias| (a batch norm's bias being
+    beta - mean x gamma / sqrt(var + eps)), each summed over channels, resized bilinearly to the input and
+    min-max scaled per image, then added up. One forward and one backward pass."""
+
+    label = "fullgrad"
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        layers = bias_layers(self.model)
+        captured: dict[str, torch.Tensor] = {}
+        handles = [module.register_forward_hook(_keep(name, captured)) for name, (module, _) in layers.items()]
+        try:
+            with torch.enable_grad():
+                inputs = images.detach().requires_grad_(True)
+                scores = target_scores(self.model(inputs), targets)
+                names = list(captured)
+                grads = torch.autograd.grad(scores.sum(), [inputs, *(captured[n] for n in names)])
+        finally:
+            for handle in handles:
+                handle.remove()
+        size = tuple(images.shape[-2:])
+        total = normalise((grads[0] * images).abs().sum(1))
+        for name, grad in zip(names, grads[1:], strict=True):
+            bias = layers[name][1].to(grad.dtype)
+            part = (grad * bias[None, :, None, None]).abs().sum(1, keepdim=True)
+            total = total + normalise(F.interpolate(part, size=size, mode="bilinear", align_corners=False)[:, 0])
+        return total
+
+
+def bias_layers(model: nn.Module) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """Every convolution with a bias and every batch norm with running statistics, with its (effective) bias."""
+    found: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.bias is not None:
+            found[name] = (module, module.bias.detach())
+        elif isinstance(module, nn.BatchNorm2d) and module.running_mean is not None and module.affine:
+            assert module.running_var is not None
+            scale = module.weight.detach() / torch.sqrt(module.running_var + module.eps)
+            found[name] = (module, module.bias.detach() - module.running_mean * scale)
+    return found
+
+
+def _keep(name: str, captured: dict[str, torch.Tensor]):
+    def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        captured[name] = output
+        return output.clone()  # later in-place operations change the copy, not the kept output
+
+    return hook

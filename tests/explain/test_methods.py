@@ -3,7 +3,7 @@
 import torch
 
 from attnscope.explain.cam import normalise
-from attnscope.explain.methods import MAP_METHODS, create_cam
+from attnscope.explain.methods import MAP_METHODS, PIXEL_METHODS, create_cam
 from tests.explain.test_cam import Tiny, all_hooks
 
 
@@ -28,7 +28,7 @@ def test_every_method_with_aug_smooth_leaves_no_hooks_and_gives_maps_in_range():
     x = torch.randn(1, 3, 16, 16)
     quick = {"integrated_gradients": {"steps": 2}, "smoothgrad": {"samples": 2}}
     for name in MAP_METHODS:
-        layers = "conv2" if name not in ("occlusion", "integrated_gradients", "smoothgrad") else None
+        layers = None if name in PIXEL_METHODS else "conv2"
         maps = create_cam(name, model, layers, aug_smooth=True, **quick.get(name, {}))(x)
         assert maps.shape == (1, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1, name
     assert all_hooks(model) == 0

@@ -52,3 +52,47 @@ def test_bad_settings_are_refused():
         create_cam("integrated_gradients", Tiny(), steps=0)
     with pytest.raises(ConfigError, match="samples=0 must be an integer >= 1"):
         create_cam("smoothgrad", Tiny(), samples=0)
+
+
+class TinyNorm(torch.nn.Module):
+    """conv (bias) -> batch norm -> relu -> conv (no bias) -> mean -> linear: both kinds of bias FullGrad reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(5)
+        self.conv2 = torch.nn.Conv2d(5, 4, 3, stride=2, padding=1, bias=False)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv2(torch.relu(self.norm(self.conv1(x)))).mean((2, 3)))
+
+
+def test_fullgrad_adds_the_input_and_every_bias_term_each_scaled_as_the_formula_says():
+    from torch.nn import functional as F
+
+    from attnscope.explain.cam import normalise
+
+    model = TinyNorm()
+    with torch.no_grad():  # running statistics and an affine transform that are not the identity
+        model.norm.running_mean.uniform_(-1, 1)
+        model.norm.running_var.uniform_(0.5, 2)
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 3, 12, 12)
+    classes = torch.tensor([2, 1])
+    ours = create_cam("fullgrad", model).compute(x, classes).raw["input"]
+    xs = x.clone().requires_grad_(True)
+    a1 = model.conv1(xs)
+    a2 = model.norm(a1)
+    score = model.head(model.conv2(torch.relu(a2)).mean((2, 3))).gather(1, classes[:, None]).sum()
+    gx, g1, g2 = torch.autograd.grad(score, [xs, a1, a2])
+    norm_bias = model.norm.bias - model.norm.running_mean * model.norm.weight / torch.sqrt(
+        model.norm.running_var + 1e-5
+    )
+    expected = normalise((gx * x).abs().sum(1))
+    for grad, bias in ((g1, model.conv1.bias), (g2, norm_bias)):
+        part = (grad * bias.detach()[None, :, None, None]).abs().sum(1, keepdim=True)
+        expected = expected + normalise(F.interpolate(part, size=(12, 12), mode="bilinear", align_corners=False)[:, 0])
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
