@@ -34,7 +34,8 @@ MONITOR_MODES = ("max", "min")
 
 DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "cluttered")
 
-# layer CAMs: one backward pass (the first six), none (eigencam), or one forward pass per channel (the last two)
+# layer CAMs: one backward pass (the first six), none (eigencam), one forward pass per channel (score-, ablation-),
+# or Grad-CAM times guided backpropagation (guided_gradcam: two backward passes)
 CAM_METHODS = (
     "gradcam",
     "gradcam++",
@@ -46,10 +47,11 @@ CAM_METHODS = (
     "eigengradcam",
     "scorecam",
     "ablationcam",
+    "guided_gradcam",
 )
 # maps of the input's pixels: one forward pass per window (occlusion), per step or sample (the next two), or
-# one backward pass (fullgrad)
-PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad", "fullgrad")
+# one backward pass (fullgrad, guided_backprop)
+PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad", "fullgrad", "guided_backprop")
 EXPLAIN_METHODS = ("attention", *CAM_METHODS, *PIXEL_METHODS)
 # what explain and the report compute unless told otherwise: the maps that cost one pass each
 DEFAULT_EXPLAIN_METHODS = ("attention", "gradcam", "gradcam++", "xgradcam", "layercam")

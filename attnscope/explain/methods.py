@@ -32,7 +32,7 @@ from attnscope.explain.cam import (
     normalise,
 )
 from attnscope.explain.perturbation import AblationCAM, Occlusion, ScoreCAM
-from attnscope.explain.pixel import FullGrad, IntegratedGradients, SmoothGrad
+from attnscope.explain.pixel import FullGrad, GuidedBackprop, GuidedGradCAM, IntegratedGradients, SmoothGrad
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": GradCAM,
@@ -45,12 +45,14 @@ CAM_METHODS: dict[str, type] = {
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
+    "guided_gradcam": GuidedGradCAM,
 }
 PIXEL_METHODS: dict[str, type] = {
     "occlusion": Occlusion,
     "integrated_gradients": IntegratedGradients,
     "smoothgrad": SmoothGrad,
     "fullgrad": FullGrad,
+    "guided_backprop": GuidedBackprop,
 }
 MAP_METHODS = {**CAM_METHODS, **PIXEL_METHODS}
 # options for the methods that batch extra passes; the others take them and leave them

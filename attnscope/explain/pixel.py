@@ -1,4 +1,5 @@
-"""Pixel-level attributions by gradients: integrated gradients, SmoothGrad and FullGrad.
+"""Pixel-level attributions by gradients: integrated gradients, SmoothGrad, FullGrad, guided backpropagation
+and guided Grad-CAM.
 
 The first two differentiate the target's score (the logit; a single logit scores class 0
 by its negative) with respect to the input, over batches of ``batch_size``
@@ -8,12 +9,16 @@ modified copies of each image, and return a (B, H, W) map: ``raw`` as computed,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.explain.cam import normalise, target_scores
+from attnscope.explain.cam import CamResult, GradCAM, normalise, target_scores
 from attnscope.explain.perturbation import InputAttribution, _chunks
 
 
@@ -133,3 +138,79 @@ def _keep(name: str, captured: dict[str, torch.Tensor]):
         return output.clone()  # later in-place operations change the copy, not the kept output
 
     return hook
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    """ReLU forward; backward passes a gradient only where the input was positive and the gradient is too."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp_min(0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp_min(0) * (out > 0)
+
+
+class _GuidedReLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GuidedReLUFunction.apply(x)
+
+
+@contextlib.contextmanager
+def guided_relus(model: nn.Module) -> Iterator[int]:
+    """Every ``nn.ReLU`` module of ``model`` swapped for a guided one while the block runs (put back after,
+    whatever happens); yields how many were swapped. ReLUs applied as functions are not guided."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.ReLU:
+                setattr(parent, name, _GuidedReLU())
+                swapped.append((parent, name, child))
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+class GuidedBackprop(PixelMethod):
+    """Springenberg et al. 2015: the input gradient with every ReLU passing back only positive gradients where
+    its input was positive; the map sums its absolute value over channels. Only ``nn.ReLU`` modules are
+    guided (attnscope's backbones use them; a ReLU called as a function, as inside the grid gate, is not)."""
+
+    label = "guided backprop"
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with guided_relus(self.model) as count:
+            if count == 0:
+                raise ConfigError(f"{type(self.model).__name__} has no nn.ReLU module to guide")
+            return self.gradients(images, targets).abs().sum(1)
+
+
+class GuidedGradCAM:
+    """Selvaraju et al. 2017: guided backpropagation times the (upsampled) Grad-CAM of the same class; fine
+    detail where the class's regions are."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module | str] | nn.Module | str | None = None,
+        eigen_smooth: bool = False,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> None:
+        self.cam = GradCAM(model, target_layers, eigen_smooth)
+        self.guided = GuidedBackprop(model, batch_size, progress)
+
+    def __call__(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        return self.compute(images, targets).maps
+
+    def compute(self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> CamResult:
+        cam = self.cam.compute(images, targets)
+        guided = self.guided.compute(images, cam.targets)
+        product = guided.raw["input"] * cam.maps
+        return CamResult(normalise(product), {"input": product}, cam.targets, cam.logits)

@@ -12,7 +12,7 @@ from attnscope.explain.methods import CAM_METHODS, MAP_METHODS, create_cam
 from attnscope.models import create_model
 
 QUICK = {"integrated_gradients": {"steps": 2}, "smoothgrad": {"samples": 2}}
-GRADIENT_CAMS = [name for name in CAM_METHODS if name not in ("scorecam", "ablationcam")]
+GRADIENT_CAMS = [name for name in CAM_METHODS if name not in ("scorecam", "ablationcam", "guided_gradcam")]
 
 
 class Tiny(nn.Module):

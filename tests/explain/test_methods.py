@@ -24,7 +24,9 @@ def test_aug_smooth_averages_the_flipped_and_brightened_views_of_the_same_class(
 
 
 def test_every_method_with_aug_smooth_leaves_no_hooks_and_gives_maps_in_range():
-    model = Tiny().eval()
+    from tests.explain.test_pixel import TinyModules
+
+    model = TinyModules().eval()  # nn.ReLU modules, for the guided methods
     x = torch.randn(1, 3, 16, 16)
     quick = {"integrated_gradients": {"steps": 2}, "smoothgrad": {"samples": 2}}
     for name in MAP_METHODS:

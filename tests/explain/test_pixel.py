@@ -96,3 +96,51 @@ def test_fullgrad_adds_the_input_and_every_bias_term_each_scaled_as_the_formula_
         part = (grad * bias.detach()[None, :, None, None]).abs().sum(1, keepdim=True)
         expected = expected + normalise(F.interpolate(part, size=(12, 12), mode="bilinear", align_corners=False)[:, 0])
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+
+
+class TinyModules(torch.nn.Module):
+    """conv -> ReLU module -> conv -> ReLU module (in place) -> mean -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.act1 = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(6, 5, 3, stride=2, padding=1)
+        self.act2 = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
+
+
+def guided_by_hand(model, x, classes):
+    """The backward pass written out: at each ReLU keep the gradient where the input was positive and the
+    gradient is positive; the convolutions' own backward (linear) by autograd."""
+    xs = x.clone().requires_grad_(True)
+    a1 = model.conv1(xs)
+    r1 = torch.relu(a1).detach().requires_grad_(True)
+    a2 = model.conv2(r1)
+    h, w = a2.shape[-2:]
+    g = model.head.weight[classes][:, :, None, None].expand_as(a2) / (h * w)  # d score / d ReLU-2 output
+    g = g.clamp_min(0) * (a2 > 0)
+    (g,) = torch.autograd.grad(a2, r1, grad_outputs=g)
+    g = g.clamp_min(0) * (a1 > 0)
+    (g,) = torch.autograd.grad(a1, xs, grad_outputs=g)
+    return g.abs().sum(1)
+
+
+def test_guided_backprop_and_guided_gradcam_equal_the_backward_pass_written_out():
+    from tests.explain.test_cam import all_hooks
+
+    model = TinyModules().eval()
+    x = torch.randn(2, 3, 12, 12)
+    classes = torch.tensor([0, 2])
+    guided = create_cam("guided_backprop", model).compute(x, classes).raw["input"]
+    torch.testing.assert_close(guided, guided_by_hand(model, x, classes), atol=1e-6, rtol=1e-5)
+    assert [type(m).__name__ for m in (model.act1, model.act2)] == ["ReLU", "ReLU"]  # put back
+    product = create_cam("guided_gradcam", model, "conv2").compute(x, classes).raw["input"]
+    gradcam = create_cam("gradcam", model, "conv2")(x, classes)
+    torch.testing.assert_close(product, guided * gradcam, atol=1e-6, rtol=1e-5)
+    assert all_hooks(model) == 0
+    with pytest.raises(ConfigError, match="has no nn.ReLU module to guide"):
+        create_cam("guided_backprop", Tiny())(x)
