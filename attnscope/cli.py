@@ -454,12 +454,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _print_scores(summary: dict[str, dict[str, float]]) -> None:
-    score_names = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc")
-    shown = [n for n in score_names if any(n in entry for entry in summary.values())]
+    from attnscope.explain.explainer import SCORE_NAMES
+
+    shown = [n for n in SCORE_NAMES if any(n in entry for entry in summary.values())]
     width = max([len(m) for m in summary] + [6])
-    print(f"{'method':<{width}}  " + "  ".join(f"{n:>13}" for n in shown))
+    columns = [max(len(n), 8) for n in shown]
+    print(f"{'method':<{width}}  " + "  ".join(f"{n:>{c}}" for n, c in zip(shown, columns, strict=True)))
     for method, entry in summary.items():
-        print(f"{method:<{width}}  " + "  ".join(f"{entry[n]:>13.3f}" if n in entry else f"{'':>13}" for n in shown))
+        cells = [f"{entry[n]:>{c}.3f}" if n in entry else " " * c for n, c in zip(shown, columns, strict=True)]
+        print(f"{method:<{width}}  " + "  ".join(cells))
 
 
 # --- index, search ------------------------------------------------------------------------------------------

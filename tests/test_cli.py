@@ -350,7 +350,8 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
         == 0
     )
     header = (out / "scores.csv").read_text().splitlines()[0]
-    assert header == "id,path,truth,target,probability,method,deletion_auc,insertion_auc"
+    faithfulness = "deletion_auc,insertion_auc,road_morf,road_lerf,drop_in_confidence,increase_in_confidence"
+    assert header == f"id,path,truth,target,probability,method,{faithfulness}"
     assert "no masks" in capsys.readouterr().out
     assert cli.main(["explain", str(cli_run), "--method", "scorecam9", "--no-progress"]) == 1
     assert "unknown explanation method(s) ['scorecam9']" in capsys.readouterr().err

@@ -93,15 +93,6 @@ def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
-def target_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Probability per image of its target class: softmax over classes, or for a single logit the sigmoid
-    (class 1) and one minus it (class 0)."""
-    if logits.shape[1] == 1:
-        positive = torch.sigmoid(logits[:, 0].float())
-        return torch.where(targets == 1, positive, 1 - positive)
-    return torch.softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]
-
-
 def normalise(maps: torch.Tensor) -> torch.Tensor:
     """(B, H, W) min-max scaled to [0, 1] per image; a constant map becomes zeros."""
     flat = maps.flatten(1)

@@ -3,8 +3,9 @@
 ``explain`` takes a run, a set of images (files, the run's own split, or
 another source) and a list of methods; for each image it writes one overlay
 figure (input | every attention tap | every CAM), the raw maps as ``.npz``, and
-a row per method to ``scores.csv``: deletion and insertion AUC always,
-pointing game, energy and Jaccard when the images have masks.
+a row per method to ``scores.csv``: deletion and insertion AUC, ROAD (MoRF and
+LeRF) and the confidence change always, pointing game, energy and Jaccard when
+the images have masks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from attnscope.errors import ConfigError
 from attnscope.explain.cam import normalise, predicted_classes
 from attnscope.explain.methods import CAM_METHODS, MAP_METHODS, create_cam
 from attnscope.explain.overlay import upsample, write_attention_grid
+from attnscope.explain.road import confidence_change, road
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
@@ -38,7 +40,17 @@ from attnscope.names import DEFAULT_EXPLAIN_METHODS, EXPLAIN_METHODS
 log = logging.getLogger(__name__)
 
 METHODS = EXPLAIN_METHODS
-SCORE_NAMES = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc")
+SCORE_NAMES = (
+    "pointing_game",
+    "energy",
+    "jaccard",
+    "deletion_auc",
+    "insertion_auc",
+    "road_morf",
+    "road_lerf",
+    "drop_in_confidence",
+    "increase_in_confidence",
+)
 
 
 def resolve_methods(methods: list[str] | str) -> list[str]:
@@ -122,17 +134,20 @@ def _map_method(method: str, model: torch.nn.Module, layers: list[str] | None, o
 def score_batch(
     run: Run, explanation: BatchExplanation, masks: torch.Tensor | None, steps: int = 16, threshold: float = 0.5
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Per label: localisation scores (when ``masks``) and deletion/insertion AUC, each (B,)."""
+    """Per label: localisation scores (when ``masks``), deletion/insertion AUC, ROAD (MoRF, LeRF) and the
+    confidence change, each (B,)."""
     activation = "sigmoid" if run.kind == "multilabel" else "auto"
     scores: dict[str, dict[str, torch.Tensor]] = {}
     for label, values in explanation.maps.items():
         entry: dict[str, torch.Tensor] = {}
         if masks is not None:
             entry.update(localisation_scores(values, masks[:, 0], threshold))
-        curves = deletion_insertion(
-            run.model(), explanation.inputs, values, explanation.targets, steps, activation=activation
-        )
+        model, inputs, targets = run.model(), explanation.inputs, explanation.targets
+        curves = deletion_insertion(model, inputs, values, targets, steps, activation=activation)
         entry["deletion_auc"], entry["insertion_auc"] = curves["deletion_auc"], curves["insertion_auc"]
+        removed = road(model, inputs, values, targets, activation=activation)
+        entry["road_morf"], entry["road_lerf"] = removed["road_morf"], removed["road_lerf"]
+        entry.update(confidence_change(model, inputs, values, targets, activation))
         scores[label] = entry
     return scores
 

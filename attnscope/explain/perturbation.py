@@ -22,9 +22,9 @@ from attnscope.explain.cam import (
     Context,
     choose_targets,
     normalise,
-    target_probabilities,
     target_scores,
 )
+from attnscope.explain.scores import target_probability
 
 
 def _chunks(count: int, size: int, progress: bool, label: str) -> Iterator[slice]:
@@ -73,7 +73,7 @@ class ScoreCAM(PerturbationCAM):
         for part in _chunks(len(pairs), self.batch_size, self.progress, "score-cam"):
             images, kept = pairs[part, 0], pairs[part, 1]
             masked = context.images[images] * masks[images, kept][:, None]
-            probabilities = target_probabilities(context.model(masked), context.targets[images])
+            probabilities = target_probability(context.model(masked), context.targets[images])
             weights[images, kept] = probabilities.float()
         return weights[..., None, None] * activations
 
@@ -176,7 +176,7 @@ class Occlusion(InputAttribution):
     @torch.no_grad()
     def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         window, corners = self.windows(*images.shape[-2:])
-        falls = self._falls(images, targets, target_probabilities(logits, targets), window, corners)
+        falls = self._falls(images, targets, target_probability(logits, targets), window, corners)
         total = torch.zeros(len(images), *images.shape[-2:])
         covered = torch.zeros(images.shape[-2:])
         for number, (row, column) in enumerate(corners):
@@ -200,6 +200,6 @@ class Occlusion(InputAttribution):
             for position, number in enumerate(hidden.tolist()):
                 row, column = corners[number]
                 occluded[position, :, row : row + window, column : column + window] = 0
-            after = target_probabilities(self.model(occluded), chosen[which])
+            after = target_probability(self.model(occluded), chosen[which])
             falls[which, hidden] = (before[which] - after).float()
         return falls
