@@ -34,9 +34,12 @@ def neighbour_kernel(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.tensor([[corner, side, corner], [side, 0.0, side], [corner, side, corner]], dtype=dtype)[None, None]
 
 
-def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tolerance: float = 1e-6) -> torch.Tensor:
+def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
     """``images`` (B, C, H, W) with the pixels of ``removed`` (B, H, W), True where removed, replaced so that each
-    equals the weighted mean of its neighbours (the kept pixels fixed, neighbours outside the image absent)."""
+    equals the weighted mean of its neighbours (the kept pixels fixed, neighbours outside the image absent).
+
+    The iteration stops when the residual has fallen by ``tolerance``: the values are then within about 1e-3 of
+    the exact solution, ten times below ROAD's noise of 0.01."""
     batch, channels, height, width = images.shape
     known = images.reshape(batch * channels, 1, height, width).float()
     mask = removed.float().repeat_interleave(channels, 0)[:, None]

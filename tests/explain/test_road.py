@@ -42,10 +42,12 @@ def test_linear_imputation_solves_the_neighbour_system():
     images = torch.randn(2, 3, 9, 8, generator=generator)
     removed = torch.rand(2, 9, 8, generator=generator) < 0.6
     removed[:, 0, 0] = False  # every hole touches a kept pixel
-    filled = linear_imputation(images, removed)
+    filled = linear_imputation(images, removed, tolerance=1e-7)
+    default = linear_imputation(images, removed)  # stops earlier: within ROAD's noise of 0.01 by far
     for b in range(2):
         expected = imputed_by_dense_solve(images[b].double(), removed[b]).float()
         torch.testing.assert_close(filled[b], expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(default[b], expected, atol=2e-3, rtol=0)
     assert torch.equal(filled[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)])
 
 
