@@ -409,6 +409,7 @@ def _parser_explain(verbs: Any) -> None:
     )
     parser.add_argument("--eigen-smooth", action="store_true", help="layer CAMs: the first principal component")
     parser.add_argument("--aug-smooth", action="store_true", help="average over flipped and brightened views")
+    parser.add_argument("--road", action="store_true", help="also score ROAD (MoRF/LeRF; eight passes a map)")
     parser.add_argument(
         "--batch-size", type=int, default=64, help="inputs per extra pass of score-, ablation-cam and the pixel methods"
     )
@@ -440,6 +441,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         eigen_smooth=args.eigen_smooth,
         aug_smooth=args.aug_smooth,
         batch_size=args.batch_size,
+        road=args.road,
         alpha=args.alpha,
         cmap=args.cmap,
         out=args.out,

@@ -350,7 +350,7 @@ def test_explain_image_files_without_masks_scores_faithfulness_only(cli_run, tmp
         == 0
     )
     header = (out / "scores.csv").read_text().splitlines()[0]
-    faithfulness = "deletion_auc,insertion_auc,road_morf,road_lerf,drop_in_confidence,increase_in_confidence"
+    faithfulness = "deletion_auc,insertion_auc,drop_in_confidence,increase_in_confidence"  # ROAD when asked
     assert header == f"id,path,truth,target,probability,method,{faithfulness}"
     assert "no masks" in capsys.readouterr().out
     assert cli.main(["explain", str(cli_run), "--method", "scorecam9", "--no-progress"]) == 1
@@ -665,8 +665,11 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_a_token(cli_run, ca
 
 def test_explain_takes_every_method_and_the_smoothing_flags(cli_run, tmp_path, capsys):
     argv = ["explain", str(cli_run), "--method", "eigengradcam", "--method", "smoothgrad", "--aug-smooth"]
-    assert cli.main([*argv, "--eigen-smooth", "--batch-size", "8", "--count", "2", "--out", str(tmp_path)]) == 0
-    assert "methods: eigengradcam, smoothgrad" in capsys.readouterr().out
+    assert (
+        cli.main([*argv, "--eigen-smooth", "--batch-size", "8", "--count", "2", "--road", "--out", str(tmp_path)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "methods: eigengradcam, smoothgrad" in printed and "road_morf" in printed and "road_lerf" in printed
     assert cli.main(["explain", str(cli_run), "--method", "saliency", "--out", str(tmp_path)]) == cli.EXIT_ERROR
     assert (
         "unknown explanation method(s) ['saliency']; known: all, default, attention, gradcam" in capsys.readouterr().err

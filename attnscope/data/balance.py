@@ -73,3 +73,13 @@ def class_weights(labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.
     if (counts == 0).any():
         raise ConfigError(f"class weights: classes {np.flatnonzero(counts == 0).tolist()} have no training row")
     return (len(chosen) / (num_classes * counts)).astype(np.float32)
+
+
+def masked_subset(rows_in_manifest: int, train_rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which manifest rows keep their masks for training when only ``fraction`` of the training images have
+    one (a seeded choice among the distinct training rows, the others' masks read as empty): (N,) bool."""
+    distinct = np.unique(train_rows)
+    keep = np.zeros(rows_in_manifest, dtype=bool)
+    chosen = np.random.default_rng((seed, 7)).choice(distinct, size=round(fraction * len(distinct)), replace=False)
+    keep[chosen] = True
+    return keep

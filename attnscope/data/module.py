@@ -33,7 +33,7 @@ from attnscope.data.augment import (
     check_config,
     dataset_mean_std,
 )
-from attnscope.data.balance import class_weights, oversample, undersample
+from attnscope.data.balance import class_weights, masked_subset, oversample, undersample
 from attnscope.data.cache import DecodedSet, load_images
 from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES
 from attnscope.data.loader import BatchLoader
@@ -169,6 +169,7 @@ class DataConfig:
     undersample: dict | None = None
     oversample: dict | None = None
     class_weights: bool = False
+    mask_fraction: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     normalize: str = "dataset"
     cache_dir: str | None = None
@@ -218,6 +219,9 @@ class DataConfig:
         for key in ("val_fraction", "test_fraction"):
             check_option(f"data.{key}", getattr(self, key), lambda v: is_number(v) and 0 <= v < 1, "must lie in [0, 1)")
         check_option("data.seed", self.seed, is_integer, "must be an integer")
+        check_option(
+            "data.mask_fraction", self.mask_fraction, lambda v: is_number(v) and 0 <= v <= 1, "must lie in [0, 1]"
+        )
         for key in ("undersample", "oversample"):
             check_option(
                 f"data.{key}",
@@ -244,6 +248,7 @@ class DataModule:
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
         self.weights: np.ndarray | None = None
+        self.mask_keep: np.ndarray | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -296,6 +301,8 @@ class DataModule:
         if config.class_weights:
             self.weights = class_weights(labels, train_rows, decoded.manifest.num_classes)
         self.decoded, self.splits, self.train_rows = decoded, splits, train_rows
+        if decoded.masks is not None and config.mask_fraction < 1:
+            self.mask_keep = masked_subset(len(decoded.manifest), train_rows, config.mask_fraction, config.seed)
         return self
 
     def split_names(self) -> list[str]:
@@ -328,6 +335,7 @@ class DataModule:
             rank=rank,
             world_size=world_size,
             even=train,
+            mask_keep=self.mask_keep if train else None,
         )
 
     def ordered_loader(self, split: str) -> BatchLoader:
@@ -376,6 +384,7 @@ class DataModule:
             "mean": list(self.mean),
             "std": list(self.std),
             "class_weights": None if self.weights is None else [float(w) for w in self.weights],
+            "train_rows_with_masks": None if self.mask_keep is None else int(self.mask_keep.sum()),
             "config": self.config.to_dict(),
         }
 

@@ -28,44 +28,72 @@ PERCENTILES = (20, 40, 60, 80)
 NOISE = 0.01
 
 
-def neighbour_kernel(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(1, 1, 3, 3): 1/6 for the four sides, 1/12 for the four corners, 0 in the centre."""
-    side, corner = 1 / 6, 1 / 12
-    return torch.tensor([[corner, side, corner], [side, 0.0, side], [corner, side, corner]], dtype=dtype)[None, None]
+def _neighbour_sum(values: torch.Tensor) -> torch.Tensor:
+    """(N, H, W): each pixel's 8 neighbours weighted 1/6 a side and 1/12 a corner (absent outside the image), by
+    shifted slices: on a CPU several times faster than a one-channel convolution."""
+    padded = F.pad(values, (1, 1, 1, 1))
+    height, width = values.shape[-2:]
+    side = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    corner = padded[:, :-2, :-2] + padded[:, :-2, 2:] + padded[:, 2:, :-2] + padded[:, 2:, 2:]
+    return side[:, :height, :width] / 6 + corner[:, :height, :width] / 12
+
+
+def _solve(known: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Conjugate gradients for the removed pixels (``mask`` 1) of (N, H, W) ``known``, from ``start``."""
+    degree = _neighbour_sum(torch.ones_like(known[:1]))
+
+    def apply(values: torch.Tensor) -> torch.Tensor:
+        return mask * (degree * values - _neighbour_sum(values))
+
+    target = mask * _neighbour_sum(known * (1 - mask))
+    solution = mask * start
+    residual = target - apply(solution)
+    direction = residual.clone()
+    squared = (residual**2).sum((1, 2))
+    limit = tolerance**2 * (target**2).sum((1, 2)).clamp_min(1e-30)
+    for _ in range(2 * sum(known.shape[-2:]) + 32):  # converged well within this from a coarse start
+        if bool((squared <= limit).all()):
+            break
+        product = apply(direction)
+        curvature = (direction * product).sum((1, 2))
+        step = torch.where(curvature > 0, squared / curvature.clamp_min(1e-30), torch.zeros_like(squared))
+        solution = solution + step[:, None, None] * direction
+        residual = residual - step[:, None, None] * product
+        new = (residual**2).sum((1, 2))
+        direction = residual + (new / squared.clamp_min(1e-30))[:, None, None] * direction
+        squared = new
+    return solution
+
+
+def _coarse_to_fine(known: torch.Tensor, mask: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The solution on a grid half the size, solved the same way, upsampled: a start from which the fine
+    grid needs few iterations (holes span many pixels, and plain CG crosses them a pixel a step)."""
+    height, width = known.shape[-2:]
+    if min(height, width) < 16:
+        return torch.zeros_like(known)
+    kept = 1 - mask
+    weight = F.avg_pool2d(kept[:, None], 2, ceil_mode=True)[:, 0]
+    coarse_known = F.avg_pool2d((known * kept)[:, None], 2, ceil_mode=True)[:, 0] / weight.clamp_min(1e-6)
+    coarse_mask = (weight == 0).to(known.dtype)  # a coarse pixel is known where any of its fine pixels is
+    coarse = (
+        coarse_known * (1 - coarse_mask)
+        + _solve(coarse_known, coarse_mask, _coarse_to_fine(coarse_known, coarse_mask, tolerance), tolerance)
+        * coarse_mask
+    )
+    return F.interpolate(coarse[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
 def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
     """``images`` (B, C, H, W) with the pixels of ``removed`` (B, H, W), True where removed, replaced so that each
     equals the weighted mean of its neighbours (the kept pixels fixed, neighbours outside the image absent).
 
-    The iteration stops when the residual has fallen by ``tolerance``: the values are then within about 1e-3 of
-    the exact solution, ten times below ROAD's noise of 0.01."""
+    Solved by conjugate gradients from a coarse-to-fine start; the iteration stops when the residual has fallen
+    below ``tolerance`` of the right-hand side: the values are then within about 1e-3 of the exact solution, ten
+    times below ROAD's noise of 0.01."""
     batch, channels, height, width = images.shape
-    known = images.reshape(batch * channels, 1, height, width).float()
-    mask = removed.float().repeat_interleave(channels, 0)[:, None]
-    kernel = neighbour_kernel()
-    degree = F.conv2d(torch.ones(1, 1, height, width), kernel, padding=1)
-
-    def apply(values: torch.Tensor) -> torch.Tensor:
-        return mask * (degree * values - F.conv2d(values, kernel, padding=1))
-
-    target = mask * F.conv2d(known * (1 - mask), kernel, padding=1)
-    solution = torch.zeros_like(known)
-    residual = target.clone()
-    direction = residual.clone()
-    squared = (residual**2).sum((1, 2, 3))
-    limit = tolerance**2 * squared.clamp_min(1e-30)
-    for _ in range(4 * (height + width) + 32):  # conjugate gradients; converged well within this
-        if bool((squared <= limit).all()):
-            break
-        product = apply(direction)
-        curvature = (direction * product).sum((1, 2, 3))
-        step = torch.where(curvature > 0, squared / curvature.clamp_min(1e-30), torch.zeros_like(squared))
-        solution = solution + step[:, None, None, None] * direction
-        residual = residual - step[:, None, None, None] * product
-        new = (residual**2).sum((1, 2, 3))
-        direction = residual + (new / squared.clamp_min(1e-30))[:, None, None, None] * direction
-        squared = new
+    known = images.reshape(batch * channels, height, width).float()
+    mask = removed.to(known.dtype).repeat_interleave(channels, 0)
+    solution = _solve(known, mask, _coarse_to_fine(known, mask, tolerance), tolerance)
     return (known * (1 - mask) + solution * mask).view(batch, channels, height, width).to(images.dtype)
 
 

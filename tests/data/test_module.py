@@ -137,3 +137,36 @@ def test_source_options_of_the_wrong_kind_are_refused_by_name(source, options, m
         load_source(source, **options)
     with pytest.raises(ConfigError, match=message):
         DataConfig.from_dict({"source": source, "source_options": options})
+
+
+def test_mask_fraction_keeps_the_masks_of_a_seeded_share_of_training_images_only(tmp_path):
+    def setup(fraction):
+        config = DataConfig(
+            source="synthetic_lesions",
+            source_options={"count": 80, "size": 40},
+            image_size=32,
+            batch_size=8,
+            oversample={"malignant": 2},  # repeated rows keep or lose their mask together
+            mask_fraction=fraction,
+            progress=False,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        return DataModule(config).setup()
+
+    data = setup(0.25)
+    distinct = np.unique(data.rows("train"))
+    kept = data.mask_keep
+    assert kept.sum() == round(0.25 * len(distinct)) and set(np.flatnonzero(kept)) <= set(distinct)
+    assert np.array_equal(setup(0.25).mask_keep, kept)  # seeded: the same images every time
+    decoded = data.decoded
+    for batch in data.train_loader():
+        for row, mask in zip(batch["row"].tolist(), batch["mask"], strict=True):
+            stored = torch.from_numpy(np.asarray(decoded.masks[decoded.index[row]]))
+            assert torch.equal(mask[0], stored if kept[row] else torch.zeros_like(stored))
+    for batch in data.val_loader():  # validation and test keep every mask: they are what maps are scored on
+        stored = np.stack([decoded.masks[decoded.index[row]] for row in batch["row"].tolist()])
+        assert torch.equal(batch["mask"][:, 0], torch.from_numpy(stored))
+    assert data.summary()["train_rows_with_masks"] == kept.sum()
+    assert setup(1.0).mask_keep is None and setup(1.0).summary()["train_rows_with_masks"] is None
+    with pytest.raises(ConfigError, match=r"data.mask_fraction=1.5 must lie in \[0, 1\]"):
+        setup(1.5)
