@@ -8,6 +8,7 @@ use, as for the gradient CAMs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -112,7 +113,7 @@ def _zero_channels(channels: torch.Tensor) -> Callable[..., torch.Tensor]:
     return hook
 
 
-class InputAttribution:
+class InputAttribution(ABC):
     """A map of the input's pixels: targets from one forward pass, then ``attribute`` (raw (B, H, W)) and
     ``display`` (the raw map scaled to [0, 1] per image); the model's mode is restored afterwards."""
 
@@ -139,8 +140,9 @@ class InputAttribution:
             self.model.train(was_training)
         return CamResult(self.display(raw), {"input": raw}, chosen, logits)
 
+    @abstractmethod
     def attribute(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, H, W) raw map of each image for its target."""
 
     @staticmethod
     def display(raw: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ class ServeOptions:
             )
         if self.token is not None and len(self.token) < 16:
             raise ConfigError(
-                "--token must be at least 16 characters; make one with "
-                "python -c 'import secrets; print(secrets.token_urlsafe())'"
+                "--token must be at least 16 characters; make one with Python's secrets.token_urlsafe() "
+                "or `openssl rand -base64 24`"
             )
 
 
