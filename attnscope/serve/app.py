@@ -320,8 +320,7 @@ class _Api:
         k: Annotated[int, Form(description="how many similar cases")] = 8,
     ) -> JSONResponse:
         """The ``k`` most similar indexed cases of each image, with their labels and thumbnails."""
-        if self.service.index is None:
-            raise RetrievalError("this server has no similarity index; start it with --index INDEX")
+        self.service.require_index()  # before the uploads are decoded
         if not 1 <= k <= self.options.max_k:
             raise ConfigError(f"k={k} must lie between 1 and {self.options.max_k}")
         names, arrays = await self.decoded(images)

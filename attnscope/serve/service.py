@@ -147,19 +147,18 @@ class ModelService:
     @torch.no_grad()
     def similar(self, images: list[np.ndarray], k: int) -> list[dict[str, Any]]:
         """Per image: its ``k`` most similar indexed cases (id, label, cosine similarity, thumbnail)."""
-        if self.index is None:
-            raise RetrievalError("this server has no similarity index; start it with --index INDEX")
+        index = self.require_index()
         inputs, _ = self.run.transform(self._inputs(images))
-        vectors = embed_images(self.model, inputs, self.index.embedding).numpy()
-        positions, similarities = self.index.search(self.index.reduce(vectors), k)
+        vectors = embed_images(self.model, inputs, index.embedding).numpy()
+        positions, similarities = index.search(index.reduce(vectors), k)
         results = []
         for found, scores in zip(positions.tolist(), similarities.tolist(), strict=True):
             neighbours = []
             for rank, (position, similarity) in enumerate(zip(found, scores, strict=True), 1):
                 if position < 0:
                     break
-                row = self.index.rows[position]
-                thumb = self.index.thumbs[position] if self.index.thumbs is not None else None
+                row = index.rows[position]
+                thumb = index.thumbs[position] if index.thumbs is not None else None
                 neighbours.append(
                     {
                         "rank": rank,
@@ -171,6 +170,12 @@ class ModelService:
                 )
             results.append({"neighbours": neighbours})
         return results
+
+    def require_index(self) -> SimilarityIndex:
+        """The index, or the error a similarity request gets from a server started without one."""
+        if self.index is None:
+            raise RetrievalError("this server has no similarity index; start it with --index INDEX")
+        return self.index
 
     # --- what the model is ------------------------------------------------------------------------------
 
