@@ -424,6 +424,9 @@ def _parser_explain(verbs: Any) -> None:
         help="heat map weight over the image (default 0.4, as the AttnVGG melanoma tutorial)",
     )
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map of the overlays (default jet)")
+    parser.add_argument(
+        "--no-overlays", action="store_true", help="scores and raw maps only (drawing is most of the time)"
+    )
     parser.add_argument("--out", help="output folder (default RUN/explain)")
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_explain(args))
@@ -442,6 +445,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         aug_smooth=args.aug_smooth,
         batch_size=args.batch_size,
         road=args.road,
+        overlays=not args.no_overlays,
         alpha=args.alpha,
         cmap=args.cmap,
         out=args.out,

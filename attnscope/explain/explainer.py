@@ -187,8 +187,9 @@ class ExplainOptions(DataSelection):
     ``eigen_smooth`` (layer CAMs) and ``aug_smooth`` (every map method) as pytorch-grad-cam's;
     ``batch_size``: inputs per extra pass of the perturbation and pixel methods; ``road``: score
     ROAD too (eight imputed images per map: the dearest score); overlays
-    blend ``cmap`` (a matplotlib colour map) over the image with weight ``alpha``; ``out``
-    default ``RUN/explain``.
+    blend ``cmap`` (a matplotlib colour map) over the image with weight ``alpha``, and
+    ``overlays=False`` draws none (scoring hundreds of images: drawing is most of the time);
+    ``out`` default ``RUN/explain``.
     """
 
     methods: Sequence[str] = ("default",)
@@ -199,6 +200,7 @@ class ExplainOptions(DataSelection):
     aug_smooth: bool = False
     batch_size: int = 64
     road: bool = False
+    overlays: bool = True
     alpha: float = 0.4
     cmap: str = "jet"
     out: str | Path | None = None
@@ -261,7 +263,8 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
             for position, row in enumerate(batch["row"][:take].tolist()):
                 record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
                 name = names.unique(record["id"])
-                overlays.append(_write_image(images_u8, explanation, position, record, out / name, options))
+                drawn = _write_image(images_u8, explanation, position, record, out / name, options)
+                overlays += [drawn] if drawn is not None else []
                 rows += [
                     {
                         **record,
@@ -313,20 +316,23 @@ def _write_image(
     record: dict,
     out_name: Path,
     options: ExplainOptions,
-) -> Path:
-    """One image's overlay figure and its raw maps (``.npz``), ``out_name`` being ``OUT/<name>``; the figure's path."""
+) -> Path | None:
+    """One image's raw maps (``.npz``) and, unless ``options.overlays`` is off, its overlay figure,
+    ``out_name`` being ``OUT/<name>``; the figure's path."""
     truth = f"true {record['truth']}, " if record["truth"] else ""
     title = f"{record['id']}\n{truth}p({record['target']})={record['probability']:.2f}"
     out, name = out_name.parent, out_name.name
-    figure = write_attention_grid(
-        images_u8[position : position + 1],
-        {k: v[position : position + 1] for k, v in explanation.maps.items()},
-        [title],
-        out / "overlays" / f"{name}.png",
-        options.alpha,
-        options.cmap,
-        normalise_maps=False,
-    )
+    figure = None
+    if options.overlays:
+        figure = write_attention_grid(
+            images_u8[position : position + 1],
+            {k: v[position : position + 1] for k, v in explanation.maps.items()},
+            [title],
+            out / "overlays" / f"{name}.png",
+            options.alpha,
+            options.cmap,
+            normalise_maps=False,
+        )
     buffer = io.BytesIO()
     arrays: dict[str, Any] = {_safe(k): v[position].numpy() for k, v in explanation.raw.items()}
     np.savez_compressed(buffer, **arrays)

@@ -38,6 +38,11 @@ def test_explain_writes_one_overlay_and_one_score_row_per_image_and_method(train
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 3
     assert set(result.summary) == set(result.methods) and all(s["images"] == 3 for s in result.summary.values())
+    scores_only = explain(
+        run, ExplainOptions(methods=("attention", "gradcam"), count=3, steps=2, out=tmp_path / "s", overlays=False)
+    )
+    assert scores_only.overlays == [] and not list((tmp_path / "s").rglob("*.png"))
+    assert scores_only.summary == result.summary and len(list((tmp_path / "s" / "maps").glob("*.npz"))) == 3
 
 
 def test_every_kind_of_method_is_explained_scored_and_smoothed_as_asked(trained_run, tmp_path):
