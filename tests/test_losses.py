@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.losses import AttentionMaskLoss, FocalLoss, dice_loss, energy_outside
+from attnscope.losses import AttentionConsistencyLoss, AttentionMaskLoss, FocalLoss, dice_loss, energy_outside
 
 
 def test_focal_gamma0_no_alpha_is_bce_exactly():
@@ -182,3 +182,52 @@ def test_focal_alpha_mode_is_checked_with_the_values_it_needs():
         with pytest.raises(ConfigError, match="alpha_mode=scale multiplies every sample by one number"):
             load_config(None, ["loss.alpha_mode=scale", setting])
     assert load_config(None, ["loss.alpha_mode=scale"]).loss.alpha == 0.25
+
+
+def flip_move(maps):
+    """A move for the consistency loss: a horizontal flip, nothing from outside."""
+    return maps.flip(-1), torch.ones_like(maps)
+
+
+def test_consistency_is_two_minus_twice_the_correlation_of_the_moved_map_and_the_map_of_the_moved():
+    torch.manual_seed(0)
+    first = {"pool3": torch.rand(3, 1, 4, 4), "pool4": torch.rand(3, 1, 2, 2)}
+    second = {"pool3": torch.rand(3, 1, 4, 4), "pool4": torch.rand(3, 1, 2, 2)}
+    loss = AttentionConsistencyLoss({"pool3": 0.5, "pool4": 2.0})(first, second, flip_move)
+    expected = 0.0
+    for name, weight in (("pool3", 0.5), ("pool4", 2.0)):
+        for a, b in zip(first[name], second[name], strict=True):
+            pair = torch.stack([a.flip(-1).flatten(), b.flatten()]).double()
+            expected += weight * 2 * (1 - torch.corrcoef(pair)[0, 1].item()) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_consistency_is_zero_for_maps_that_follow_the_content_and_not_for_maps_fixed_in_the_frame():
+    torch.manual_seed(0)
+    content = torch.rand(2, 1, 6, 6)
+    loss = AttentionConsistencyLoss({"gate": 1.0})
+    follows = loss({"gate": content}, {"gate": 3 * content.flip(-1) + 1}, flip_move)  # scale and offset are free
+    assert follows.item() == pytest.approx(0.0, abs=1e-6)
+    corner = torch.zeros(2, 1, 6, 6)
+    corner[..., 0, 0] = 1  # always the top-left cell, whatever the image shows
+    fixed = loss({"gate": corner}, {"gate": corner}, flip_move)
+    assert fixed.item() == pytest.approx(2 * (1 - (-1 / 35)))  # two single cells: correlation -1/35
+    flat = torch.full((2, 1, 6, 6), 0.99)  # gates open everywhere: no structure, nothing to reward
+    noisy = flat + 1e-4 * torch.randn(2, 1, 6, 6)
+    assert loss({"gate": noisy}, {"gate": flat + 1e-4 * torch.randn(2, 1, 6, 6)}, flip_move).item() > 1.5
+
+
+def test_consistency_leaves_out_what_came_from_outside_and_names_unknown_taps():
+
+    def half_outside(m):
+        inside = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+        return m * inside + (1 - inside) * 9, inside
+
+    maps = torch.tensor([[[[1.0, 5.0], [2.0, 3.0]]]])
+    other = torch.tensor([[[[1.0, -7.0], [2.0, 3.0]]]])
+    loss = AttentionConsistencyLoss({"gate": 1.0})({"gate": maps}, {"gate": other}, half_outside)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # the one disagreeing cell came from outside the image
+    with pytest.raises(ConfigError, match="pool9.*gate"):
+        AttentionConsistencyLoss({"pool9": 1.0})({"gate": maps}, {"gate": maps}, flip_move)
+    with pytest.raises(ConfigError, match="supervision.consistency"):
+        AttentionConsistencyLoss({})

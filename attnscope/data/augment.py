@@ -197,6 +197,18 @@ def apply_geometry(
     return transform(images, "bilinear"), (transform(masks, "nearest") if masks is not None else None)
 
 
+def warp_maps(maps: torch.Tensor, geometry: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float maps (B, C, h, w) moved by the geometry drawn for images, at the maps' own size,
+    and how much of each result comes from inside the original (1) rather than the padding (0).
+
+    The sampling matrices are in normalised coordinates, so the same geometry that
+    moved a 64 px image moves its 8x8 attention map; gradients flow through.
+    """
+    warped, _ = apply_geometry(maps, None, geometry)
+    inside, _ = apply_geometry(torch.ones_like(maps[:, :1]), None, geometry)
+    return warped, inside
+
+
 class BatchTransform(nn.Module):
     """uint8 batch -> float, augmented (training only) and normalised; masks follow the geometry.
 

@@ -46,10 +46,13 @@ class LossSection:
 
 @dataclass
 class SupervisionSection:
-    """Attention-mask supervision; off while ``weights`` is empty (e.g. {pool3: 0.001, pool4: 0.01})."""
+    """Attention supervision. Mask supervision is off while ``weights`` is empty (e.g. {pool3: 0.001,
+    pool4: 0.01}); ``consistency`` (tap -> weight) asks each tap's map to follow the training
+    augmentation's geometry (Guo et al. 2019) and needs no masks."""
 
     kind: str = "dice"
     weights: dict = field(default_factory=dict)
+    consistency: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -225,6 +228,7 @@ def _devices(value: Any) -> bool:
 TRAINING_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("supervision.kind", lambda v: v in SUPERVISION_KINDS, f"is not a kind: use one of {', '.join(SUPERVISION_KINDS)}"),
     ("supervision.weights", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 0.001, pool4: 0.01}"),
+    ("supervision.consistency", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 1.0}"),
     ("loss.gamma", _number(0), "must be a number >= 0"),
     ("loss.alpha", _alpha, "must be null, a number in [0, 1], or one such number per class"),
     ("loss.alpha_mode", lambda v: v in FOCAL_ALPHA_MODES, f"is not a mode: use one of {', '.join(FOCAL_ALPHA_MODES)}"),

@@ -20,12 +20,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric
 
-from attnscope.data.augment import BatchTransform
+from attnscope.data.augment import BatchTransform, apply_geometry, sample_geometry, warp_maps
 from attnscope.engine.config import RunConfig
 from attnscope.engine.metrics import EpochOutputs, probabilities, scalars, summarize
 from attnscope.errors import ConfigError, TrainingError
 from attnscope.layers.tap import capture_attention
-from attnscope.losses import AttentionMaskLoss, FocalLoss
+from attnscope.losses import AttentionConsistencyLoss, AttentionMaskLoss, FocalLoss
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,15 @@ class ClassifierTask(L.LightningModule):
                 "supervision.weights is set but the data have no masks; "
                 "use a source with masks (csv mask_column, synthetic_lesions, cluttered)"
             )
+        consistency = config.supervision.consistency
+        self.consistency = AttentionConsistencyLoss(consistency) if consistency else None
         self.ema = None
         if config.trainer.ema_decay is not None:
             self.ema = AveragedModel(
                 model, multi_avg_fn=get_ema_multi_avg_fn(config.trainer.ema_decay), use_buffers=True
             )
         self.attention_loss = MeanMetric()
+        self.consistency_loss = MeanMetric()
         self.train_outputs = EpochOutputs()
         self.val_outputs = EpochOutputs()
         self.epoch_metrics: dict[str, float] = {}
@@ -151,17 +154,44 @@ class ClassifierTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         seed_all(epoch_seed(self.config.trainer.seed, self.current_epoch, self.global_rank))
 
+    def _forward_with_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with capture_attention(self.model) as maps:
+            logits = self.model(images)
+        return logits, dict(maps)
+
+    def _consistent_step(
+        self, batch: dict, consistency: AttentionConsistencyLoss
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Guo et al. 2019: the batch and a moved copy in one pass; the classification loss of both
+        views, and the consistency of their maps. Returns (loss, logits of the batch, its maps)."""
+        images = batch["image"]
+        count = images.shape[0]
+        geometry = sample_geometry(count, self.transform.config, images.device)
+        moved, _ = apply_geometry(images, None, geometry)
+        both = torch.cat([images, moved.to(images.dtype)])
+        if self.config.trainer.channels_last:
+            both = both.contiguous(memory_format=torch.channels_last)
+        logits, maps = self._forward_with_maps(both)
+        first = {name: value[:count] for name, value in maps.items()}
+        second = {name: value[count:] for name, value in maps.items()}
+        loss = (self._loss(logits[:count], batch) + self._loss(logits[count:], batch)) / 2
+        disagreement = consistency(first, second, lambda m: warp_maps(m, geometry))
+        self.consistency_loss.update(disagreement.detach())
+        return loss + disagreement, logits[:count], first
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.supervision is not None:
-            with capture_attention(self.model) as maps:
-                logits = self.model(batch["image"])
+        if self.consistency is not None:
+            loss, logits, maps = self._consistent_step(batch, self.consistency)
+        elif self.supervision is not None:
+            logits, maps = self._forward_with_maps(batch["image"])
             loss = self._loss(logits, batch)
-            attention_loss = self.supervision(maps, batch["mask"])
-            self.attention_loss.update(attention_loss.detach())
-            loss = loss + attention_loss
         else:
             logits = self.model(batch["image"])
             loss = self._loss(logits, batch)
+        if self.supervision is not None:
+            attention_loss = self.supervision(maps, batch["mask"])
+            self.attention_loss.update(attention_loss.detach())
+            loss = loss + attention_loss
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, "
@@ -208,6 +238,9 @@ class ClassifierTask(L.LightningModule):
         if self.supervision is not None:
             values["train/attention_loss"] = float(self.attention_loss.compute())
             self.attention_loss.reset()
+        if self.consistency is not None:
+            values["train/consistency_loss"] = float(self.consistency_loss.compute())
+            self.consistency_loss.reset()
         self.epoch_metrics.update(values)
         self.log_dict({k: v for k, v in values.items() if not math.isnan(v)}, sync_dist=False)
 

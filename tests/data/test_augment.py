@@ -104,3 +104,36 @@ def test_the_broadcast_grid_equals_affine_grid():
 
     theta = torch.randn(5, 2, 3)
     torch.testing.assert_close(sampling_grid(theta, 7, 9), F.affine_grid(theta, [5, 1, 7, 9], align_corners=False))
+
+
+def test_maps_move_with_the_images_at_their_own_size():
+    """A map that is a block average of the image, moved, equals the block average of the moved image."""
+    from attnscope.data.augment import apply_geometry, sample_geometry, warp_maps
+
+    torch.manual_seed(1)
+    images = torch.rand(8, 1, 32, 32)
+    geometry = sample_geometry(8, AugmentConfig(rotation=0, rot90=True, hflip=True, vflip=True, p=0.5), images.device)
+    moved, _ = apply_geometry(images, None, geometry)
+    maps = torch.nn.functional.avg_pool2d(images, 8)
+    warped, inside = warp_maps(maps, geometry)
+    torch.testing.assert_close(warped, torch.nn.functional.avg_pool2d(moved, 8))
+    assert torch.equal(inside, torch.ones_like(inside))  # flips and turns bring nothing in from outside
+
+
+def test_a_rotated_map_knows_which_cells_came_from_outside():
+    from attnscope.data.augment import warp_maps
+
+    geometry = {
+        "angle": torch.tensor([30.0]),
+        "hflip": torch.tensor([False]),
+        "vflip": torch.tensor([False]),
+        "turns": torch.tensor([0]),
+        "scale": torch.ones(1, 2),
+        "offset": torch.zeros(1, 2),
+    }
+    maps = torch.ones(1, 1, 8, 8, requires_grad=True)
+    warped, inside = warp_maps(maps, geometry)
+    assert inside[0, 0, 3:5, 3:5].min() == 1 and inside[0, 0, 0, 0] < 0.5  # the centre stays, a corner leaves
+    torch.testing.assert_close(warped, inside)  # a map of ones moves to exactly the inside weights
+    warped.sum().backward()
+    assert maps.grad is not None and maps.grad.abs().sum() > 0  # the move is differentiable

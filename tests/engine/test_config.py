@@ -11,7 +11,7 @@ def test_defaults_round_trip_through_yaml(tmp_path):
     again = load_config(path)
     assert again.to_dict() == load_config(None, []).to_dict() | {
         "data": again.data.to_dict(),
-        "supervision": {"kind": "dice", "weights": {"pool3": 0.001}},
+        "supervision": {"kind": "dice", "weights": {"pool3": 0.001}, "consistency": {}},
     }
     assert list(again.data.augment.crop_scale) == [0.5, 1.0]
 
@@ -81,6 +81,7 @@ def test_the_shipped_melanoma_config_is_the_seed_recipe():
     [
         ("supervision.kind=bogus", "supervision.kind='bogus' is not a kind: use one of dice, energy"),
         ("supervision.weights={pool3: -1}", "supervision.weights={'pool3': -1} must map attention taps to weights"),
+        ("supervision.consistency=[pool3]", "supervision.consistency=['pool3'] must map attention taps to weights"),
         ("loss.gamma=-1", "loss.gamma=-1 must be a number >= 0"),
         ("loss.alpha=[0.5, 2]", "loss.alpha=[0.5, 2] must be null, a number in [0, 1]"),
         ("optim.momentum=1", "optim.momentum=1 must lie in [0, 1)"),

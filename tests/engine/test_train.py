@@ -74,6 +74,20 @@ def test_supervision_pulls_attention_into_the_lesion(tmp_path):
     assert all(not math.isnan(v) for v in losses) and losses[-1] < losses[0]
 
 
+def test_consistency_trains_without_masks_and_makes_the_maps_follow_the_image(tmp_path):
+    """Guo et al. 2019's consistency, on data whose masks are never read: its loss falls."""
+    settings = tiny_settings(tmp_path / "run", epochs=3) + [
+        "supervision.consistency={pool3: 1.0, pool4: 1.0}",
+        "data.augment={rotation: 10, hflip: true, vflip: true, crop_scale: [0.6, 1.0], p: 1.0}",
+        "data.mask_fraction=0.0",
+    ]
+    train(load_config(None, settings))
+    history = read_metrics_csv(RunPaths(tmp_path / "run").metrics)
+    losses = [row["train/consistency_loss"] for row in history]
+    assert all(v > 0 and not math.isnan(v) for v in losses) and losses[-1] < losses[0]
+    assert "train/attention_loss" not in history[0]
+
+
 def test_supervision_without_masks_is_refused():
     from attnscope.data.augment import AugmentConfig, BatchTransform
     from attnscope.engine.task import ClassifierTask
