@@ -548,6 +548,11 @@ def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, capsys):
     assert f"serve {demo} --index {demo / 'index'}   (then open http://127.0.0.1:8000/)" in printed
     page = (demo / "similar.html").read_text()
     assert page.count("<img") == 6 * (1 + 8) and page.count("truth: <b>") == 6
+    # the demo's attention is supervised by a seeded tenth of the masks, and its report says so
+    with_masks = json.loads((demo / "data.json").read_text())["train_rows_with_masks"]
+    assert with_masks == round(0.1 * train_rows)
+    report = (demo / "report.html").read_text()
+    assert f"the masks of {with_masks} of {train_rows} training images (data.mask_fraction 0.1)" in report
 
 
 def test_index_and_demo_never_replace_what_they_did_not_make(cli_run, capsys):

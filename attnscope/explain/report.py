@@ -237,6 +237,31 @@ def _metric_rows(run: Run, metrics: dict) -> list[list]:
     return rows
 
 
+def _taps(weights: dict) -> str:
+    return ", ".join(f"{tap} (weight {weight})" for tap, weight in weights.items())
+
+
+def supervision_text(run: Run) -> str:
+    """Which attention supervision trained the run, so a reader knows what the maps were asked to do."""
+    section = run.config.supervision
+    parts = []
+    if section.weights:
+        train_rows = run.summary["counts"]["train"]["rows"]
+        with_masks = run.summary.get("train_rows_with_masks")
+        share = (
+            f"the masks of {with_masks} of {train_rows} training images (data.mask_fraction "
+            f"{run.config.data.mask_fraction})"
+            if with_masks is not None
+            else f"the masks of every training image ({train_rows})"
+        )
+        parts.append(f"{section.kind} loss between the lesion masks and {_taps(section.weights)}, from {share}")
+    if section.consistency:
+        parts.append(
+            f"attention consistency under the training augmentation (Guo et al. 2019) on {_taps(section.consistency)}"
+        )
+    return "; ".join(parts) or "none: the maps are learned from the labels alone"
+
+
 def _config_rows(run: Run) -> list[list]:
     config, best, counts = run.config, run.best, run.summary["counts"]
     return [
@@ -246,6 +271,7 @@ def _config_rows(run: Run) -> list[list]:
         ["image size", config.data.image_size],
         ["images (train / val / test)", " / ".join(str(counts[s]["rows"]) for s in ("train", "val", "test"))],
         ["loss", f"{config.loss.name}"],
+        ["attention supervision", supervision_text(run)],
         ["optimiser", f"{config.optim.name}, lr {config.optim.lr}"],
         ["epochs", config.trainer.epochs],
         ["best epoch", f"{best.get('epoch', -1) + 1} ({best.get('monitor')} {_number(best.get('value'))})"],

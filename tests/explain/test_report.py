@@ -29,6 +29,28 @@ def test_the_report_is_one_self_contained_file(report):
     for name in ("attention:pool3", "attention:pool4", "gradcam", "pointing_game", "deletion_auc"):
         assert name in page
     assert "false positive" in page or "false negative" in page or "true positive" in page
+    assert "none: the maps are learned from the labels alone" in page  # the run had no attention supervision
+
+
+def test_the_report_says_which_masks_supervised_the_attention():
+    from types import SimpleNamespace
+
+    from attnscope.engine.config import load_config
+    from attnscope.explain.report import supervision_text
+
+    config = load_config(None, ["supervision.weights={pool3: 0.1}", "supervision.kind=energy"])
+    summary = {"counts": {"train": {"rows": 200}}, "train_rows_with_masks": None}
+    run = SimpleNamespace(config=config, summary=summary)
+    assert supervision_text(run) == (
+        "energy loss between the lesion masks and pool3 (weight 0.1), from the masks of every training image (200)"
+    )
+    run.summary = dict(summary, train_rows_with_masks=20)
+    run.config = load_config(None, ["supervision.weights={pool3: 0.1}", "data.mask_fraction=0.1"])
+    assert supervision_text(run).endswith("from the masks of 20 of 200 training images (data.mask_fraction 0.1)")
+    run.config = load_config(None, ["supervision.consistency={pool3: 1.0}"])
+    assert supervision_text(run) == (
+        "attention consistency under the training augmentation (Guo et al. 2019) on pool3 (weight 1.0)"
+    )
 
 
 def browser():
