@@ -76,7 +76,7 @@ def test_supervision_pulls_attention_into_the_lesion(tmp_path):
 
 def test_consistency_trains_without_masks_and_makes_the_maps_follow_the_image(tmp_path):
     """Guo et al. 2019's consistency, on data whose masks are never read: its loss falls."""
-    settings = tiny_settings(tmp_path / "run", epochs=3) + [
+    settings = tiny_settings(tmp_path / "run", epochs=2) + [
         "supervision.consistency={pool3: 1.0, pool4: 1.0}",
         "data.augment={rotation: 10, hflip: true, vflip: true, crop_scale: [0.6, 1.0], p: 1.0}",
         "data.mask_fraction=0.0",
