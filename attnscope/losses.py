@@ -118,6 +118,13 @@ class FocalLoss(nn.Module):
         return loss
 
 
+def require_taps(option: str, weights: Mapping[str, float], maps: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights for taps the model does not have, naming the config option and the taps it has."""
+    missing = sorted(set(weights) - set(maps))
+    if missing:
+        raise ConfigError(f"{option} names tap(s) {missing} the model does not have; its taps are: {sorted(maps)}")
+
+
 def spatial_map(name: str, attention: torch.Tensor) -> torch.Tensor:
     """A captured map as (B, 1, H, W): heads are averaged; channel maps are refused."""
     if attention.dim() != 4:
@@ -172,11 +179,7 @@ class AttentionMaskLoss(nn.Module):
         self.kind = kind
 
     def forward(self, maps: Mapping[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
-        missing = sorted(set(self.weights) - set(maps))
-        if missing:
-            raise ConfigError(
-                f"supervision names tap(s) {missing} the model does not have; its taps are: {sorted(maps)}"
-            )
+        require_taps("supervision", self.weights, maps)
         has_lesion = masks.flatten(1).amax(1) > 0
         total = masks.new_zeros((), dtype=torch.float32)
         if not bool(has_lesion.any()):
@@ -231,11 +234,7 @@ class AttentionConsistencyLoss(nn.Module):
         moved_maps: Mapping[str, torch.Tensor],
         move: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
-        missing = sorted(set(self.weights) - set(maps))
-        if missing:
-            raise ConfigError(
-                f"supervision.consistency names tap(s) {missing} the model does not have; its taps are: {sorted(maps)}"
-            )
+        require_taps("supervision.consistency", self.weights, maps)
         total = torch.zeros((), dtype=torch.float32, device=next(iter(maps.values())).device)
         for name, weight in self.weights.items():
             moved, inside = move(spatial_map(name, maps[name]))
