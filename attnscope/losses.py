@@ -7,9 +7,10 @@ lost everything beyond |logit| ~ 17 in float32). With ``gamma=0`` and no
 
 Attention supervision (AttnMel's lesion regularisation) compares captured
 attention maps with ground-truth masks: a soft Dice loss, or the share of the
-map's mass that falls outside the mask ("energy outside"). Attention
-consistency (Guo et al., CVPR 2019) needs no mask: the map of a transformed image
-must equal the transformed map of the image.
+map's mass that falls outside the mask ("energy outside"). Two supervisions need
+no mask: attention consistency (Guo et al., CVPR 2019), the map of a transformed
+image must equal the transformed map of the image; and the self-guided focal
+attention loss, which sharpens a map around the positions it already favours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.names import FOCAL_ALPHA_MODES, SUPERVISION_KINDS
+from attnscope.names import FOCAL_ALPHA_MODES, MASK_SUPERVISION_KINDS
 
 TASKS = ("binary", "multiclass", "multilabel")
 REDUCTIONS = ("mean", "sum", "none")
@@ -171,8 +172,8 @@ class AttentionMaskLoss(nn.Module):
 
     def __init__(self, weights: Mapping[str, float], kind: str = "dice") -> None:
         super().__init__()
-        if kind not in SUPERVISION_KINDS:
-            raise ConfigError(f"supervision kind={kind!r}: use one of {SUPERVISION_KINDS}")
+        if kind not in MASK_SUPERVISION_KINDS:
+            raise ConfigError(f"mask supervision kind={kind!r}: use one of {MASK_SUPERVISION_KINDS}")
         if not weights:
             raise ConfigError("supervision needs at least one tap weight, e.g. {'pool3': 0.001, 'pool4': 0.01}")
         self.weights = dict(weights)
@@ -189,6 +190,67 @@ class AttentionMaskLoss(nn.Module):
             target = mask_to(masks[has_lesion], (attention.shape[-2], attention.shape[-1]))
             per_image = dice_loss(attention, target) if self.kind == "dice" else energy_outside(attention, target)
             total = total + weight * per_image.mean()
+        return total
+
+
+SELF_FOCAL_POSITIONS = 16
+
+
+def self_focal_error(
+    attention: torch.Tensor, threshold: float, ignore_th: float, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The self-guided focal attention term per image, and which images it applies to.
+
+    Each (B, 1, h, w) map becomes a share of its mass per position, scaled by h*w/16 so that a
+    position holding a sixteenth of the mass scores 1 at any map size: ``p = min(1, q h w / 16)``.
+    Positions whose detached ``p`` reaches ``threshold`` times the image's peak are positives; the
+    term is the focal loss ``-(1 - p)^gamma log p`` averaged over them, which pulls mass onto them.
+    An image whose peak ``p`` is below ``ignore_th`` has no focus yet (a flat map scores 1/16
+    everywhere) and is left out, so the loss reinforces a focus the labels started, never a random one.
+    """
+    height, width = attention.shape[-2:]
+    mass = attention.float().clamp_min(0).flatten(1)
+    share = mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+    p = (share * (height * width / SELF_FOCAL_POSITIONS)).clamp(1e-6, 1.0)
+    guide = p.detach()
+    peak = guide.amax(1, keepdim=True)
+    positives = (guide >= threshold * peak).float()
+    focal = -(1 - p).pow(gamma) * p.log()
+    per_image = (focal * positives).sum(1) / positives.sum(1).clamp_min(1)
+    return per_image, peak[:, 0] >= ignore_th
+
+
+class SelfFocalAttentionLoss(nn.Module):
+    """Weighted sum over taps of the self-guided focal attention loss (:func:`self_focal_error`).
+
+    It needs no mask: each map is its own target, detached, so the loss makes a map more decided
+    about what it already looks at. ``weights`` maps a tap to its weight (the source's ``att_wt``).
+    """
+
+    def __init__(
+        self, weights: Mapping[str, float], threshold: float = 0.5, ignore_th: float = 0.1, gamma: float = 2.0
+    ) -> None:
+        super().__init__()
+        if not weights:
+            raise ConfigError("supervision kind self_focal needs at least one tap weight, e.g. {pool3: 0.1}")
+        if not 0 < threshold <= 1 or not 0 <= ignore_th <= 1 or gamma < 0:
+            raise ConfigError(
+                f"self_focal threshold={threshold} must lie in (0, 1], ignore_th={ignore_th} in [0, 1], "
+                f"gamma={gamma} >= 0"
+            )
+        self.weights = dict(weights)
+        self.threshold, self.ignore_th, self.gamma = threshold, ignore_th, gamma
+
+    def forward(self, maps: Mapping[str, torch.Tensor], masks: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of ``maps``; ``masks`` are not read (the same call as :class:`AttentionMaskLoss`)."""
+        require_taps("supervision", self.weights, maps)
+        total = torch.zeros((), dtype=torch.float32, device=next(iter(maps.values())).device)
+        for name, weight in self.weights.items():
+            per_image, kept = self_focal_error(
+                spatial_map(name, maps[name]), self.threshold, self.ignore_th, self.gamma
+            )
+            if bool(kept.any()):
+                total = total + weight * per_image[kept].mean()
         return total
 
 

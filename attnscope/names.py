@@ -29,8 +29,14 @@ LOSSES = ("focal", "ce")
 # what the focal loss's alpha means: "class", Lin et al. 2017 (positives alpha, negatives 1 - alpha; per class
 # in multi-class); "scale", the AttnVGG melanoma tutorial's (every sample's loss times alpha)
 FOCAL_ALPHA_MODES = ("class", "scale")
-SUPERVISION_KINDS = ("dice", "energy")
+# attention supervision: against masks (dice, energy), or self-guided without masks (self_focal)
+SUPERVISION_KINDS = ("dice", "energy", "self_focal")
+MASK_SUPERVISION_KINDS = ("dice", "energy")
 MONITOR_MODES = ("max", "min")
+
+# how a classifier pools its last feature map: global average pooling, or attention pooling
+# (Ilse et al. 2018), plain or gated
+MODEL_HEADS = ("avg", "attn_pool", "gated_attn_pool")
 
 DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "cluttered")
 

@@ -5,7 +5,14 @@ import torch
 from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
-from attnscope.losses import AttentionConsistencyLoss, AttentionMaskLoss, FocalLoss, dice_loss, energy_outside
+from attnscope.losses import (
+    AttentionConsistencyLoss,
+    AttentionMaskLoss,
+    FocalLoss,
+    SelfFocalAttentionLoss,
+    dice_loss,
+    energy_outside,
+)
 
 
 def test_focal_gamma0_no_alpha_is_bce_exactly():
@@ -231,3 +238,58 @@ def test_consistency_leaves_out_what_came_from_outside_and_names_unknown_taps():
         AttentionConsistencyLoss({"pool9": 1.0})({"gate": maps}, {"gate": maps}, flip_move)
     with pytest.raises(ConfigError, match="supervision.consistency"):
         AttentionConsistencyLoss({})
+
+
+def self_focal_reference(attention, threshold, ignore_th, gamma):
+    """The self-guided focal attention loss of one map written out, image by image, position by position."""
+    terms = []
+    for image in attention[:, 0]:
+        total = float(image.sum())
+        scaled = [min(1.0, max(1e-6, float(v) / total * image.numel() / 16)) for v in image.flatten()]
+        peak = max(scaled)
+        if peak < ignore_th:
+            continue
+        positives = [v for v in scaled if v >= threshold * peak]
+        terms.append(sum(-((1 - v) ** gamma) * math.log(v) for v in positives) / len(positives))
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+def test_self_focal_is_the_focal_term_on_the_positions_the_map_favours():
+    torch.manual_seed(0)
+    maps = torch.rand(3, 1, 8, 8) ** 4
+    maps[2] = 1.0  # flat: peak 1/16 < ignore_th, left out
+    loss = SelfFocalAttentionLoss({"pool3": 2.0}, threshold=0.5, ignore_th=0.1, gamma=2.0)
+    expected = 2.0 * self_focal_reference(maps, 0.5, 0.1, 2.0)
+    assert float(loss({"pool3": maps})) == pytest.approx(expected, rel=1e-5)
+    only_flat = {"pool3": torch.ones(2, 1, 8, 8)}
+    assert float(loss(only_flat)) == 0.0
+    assert float(SelfFocalAttentionLoss({"pool3": 1.0}, ignore_th=0.0)(only_flat)) > 0
+
+
+def test_self_focal_gradient_moves_mass_onto_the_favoured_positions():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 1, 6, 6, requires_grad=True)
+    loss = SelfFocalAttentionLoss({"gate": 1.0}, ignore_th=0.0)
+    favoured = None
+    shares = []
+    for _ in range(30):
+        maps = torch.softmax(logits.flatten(1), dim=1).reshape(2, 1, 6, 6)
+        if favoured is None:
+            favoured = maps.flatten(1) >= 0.5 * maps.flatten(1).amax(1, keepdim=True)
+        shares.append(float((maps.detach().flatten(1) * favoured).sum(1).mean()))
+        logits.grad = None
+        loss({"gate": maps}).backward()
+        with torch.no_grad():
+            logits -= 1.0 * logits.grad
+    assert shares[-1] > shares[0] + 0.3
+
+
+def test_self_focal_needs_no_mask_but_checks_its_options_and_taps():
+    with pytest.raises(ConfigError, match="threshold"):
+        SelfFocalAttentionLoss({"pool3": 1.0}, threshold=0.0)
+    with pytest.raises(ConfigError, match="at least one tap"):
+        SelfFocalAttentionLoss({})
+    with pytest.raises(ConfigError, match=r"names tap\(s\) \['pool9'\]"):
+        SelfFocalAttentionLoss({"pool9": 1.0})({"pool3": torch.rand(1, 1, 4, 4)})
+    with pytest.raises(ConfigError, match="channel gate"):
+        SelfFocalAttentionLoss({"se": 1.0})({"se": torch.rand(2, 8)})

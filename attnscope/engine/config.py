@@ -47,12 +47,18 @@ class LossSection:
 @dataclass
 class SupervisionSection:
     """Attention supervision. Mask supervision is off while ``weights`` is empty (e.g. {pool3: 0.001,
-    pool4: 0.01}); ``consistency`` (tap -> weight) asks each tap's map to follow the training
+    pool4: 0.01}; with ``kind: self_focal`` the maps are their own targets and no mask is read);
+    ``consistency`` (tap -> weight) asks each tap's map to follow the training
     augmentation's geometry (Guo et al. 2019) and needs no masks."""
 
     kind: str = "dice"
     weights: dict = field(default_factory=dict)
     consistency: dict = field(default_factory=dict)
+    # kind self_focal: positives reach threshold x the map's peak; maps whose peak is below ignore_th
+    # are left out (losses.self_focal_error)
+    threshold: float = 0.5
+    ignore_th: float = 0.1
+    gamma: float = 2.0
 
 
 @dataclass
@@ -229,6 +235,9 @@ TRAINING_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("supervision.kind", lambda v: v in SUPERVISION_KINDS, f"is not a kind: use one of {', '.join(SUPERVISION_KINDS)}"),
     ("supervision.weights", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 0.001, pool4: 0.01}"),
     ("supervision.consistency", _weights, "must map attention taps to weights >= 0, e.g. {pool3: 1.0}"),
+    ("supervision.threshold", _number(0, 1, low_open=True), "must lie in (0, 1]"),
+    ("supervision.ignore_th", _number(0, 1), "must lie in [0, 1]"),
+    ("supervision.gamma", _number(0), "must be a number >= 0"),
     ("loss.gamma", _number(0), "must be a number >= 0"),
     ("loss.alpha", _alpha, "must be null, a number in [0, 1], or one such number per class"),
     ("loss.alpha_mode", lambda v: v in FOCAL_ALPHA_MODES, f"is not a mode: use one of {', '.join(FOCAL_ALPHA_MODES)}"),

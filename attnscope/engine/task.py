@@ -25,7 +25,7 @@ from attnscope.engine.config import RunConfig
 from attnscope.engine.metrics import EpochOutputs, probabilities, scalars, summarize
 from attnscope.errors import ConfigError, TrainingError
 from attnscope.layers.tap import capture_attention
-from attnscope.losses import AttentionConsistencyLoss, AttentionMaskLoss, FocalLoss
+from attnscope.losses import AttentionConsistencyLoss, AttentionMaskLoss, FocalLoss, SelfFocalAttentionLoss
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ def build_loss(config: RunConfig, kind: str, class_weights: torch.Tensor | None)
     return _SmoothedBCE(pos_weight, section.label_smoothing)
 
 
+def build_supervision(config: RunConfig) -> nn.Module | None:
+    """The attention supervision ``config.supervision`` asks for: against masks, self-guided, or none."""
+    section = config.supervision
+    if not section.weights:
+        return None
+    if section.kind == "self_focal":
+        return SelfFocalAttentionLoss(section.weights, section.threshold, section.ignore_th, section.gamma)
+    return AttentionMaskLoss(section.weights, section.kind)
+
+
 class _SmoothedBCE(nn.Module):
     """BCE-with-logits whose 0/1 targets are pulled towards 1/2 by ``smoothing``."""
 
@@ -97,12 +107,11 @@ class ClassifierTask(L.LightningModule):
         super().__init__()
         self.config, self.model, self.transform, self.kind, self.classes = config, model, transform, kind, classes
         self.criterion = build_loss(config, kind, class_weights)
-        weights = config.supervision.weights
-        self.supervision = AttentionMaskLoss(weights, config.supervision.kind) if weights else None
-        if self.supervision is not None and not transform.with_masks:
+        self.supervision = build_supervision(config)
+        if isinstance(self.supervision, AttentionMaskLoss) and not transform.with_masks:
             raise ConfigError(
-                "supervision.weights is set but the data have no masks; "
-                "use a source with masks (csv mask_column, synthetic_lesions, cluttered)"
+                f"supervision.weights is set with kind {config.supervision.kind}, but the data have no masks; "
+                "use a source with masks (csv mask_column, synthetic_lesions, cluttered), or kind self_focal"
             )
         consistency = config.supervision.consistency
         self.consistency = AttentionConsistencyLoss(consistency) if consistency else None
@@ -189,7 +198,7 @@ class ClassifierTask(L.LightningModule):
             logits = self.model(batch["image"])
             loss = self._loss(logits, batch)
         if self.supervision is not None:
-            attention_loss = self.supervision(maps, batch["mask"])
+            attention_loss = self.supervision(maps, batch.get("mask"))
             self.attention_loss.update(attention_loss.detach())
             loss = loss + attention_loss
         if not torch.isfinite(loss):

@@ -245,7 +245,12 @@ def supervision_text(run: Run) -> str:
     """Which attention supervision trained the run, so a reader knows what the maps were asked to do."""
     section = run.config.supervision
     parts = []
-    if section.weights:
+    if section.weights and section.kind == "self_focal":
+        parts.append(
+            f"self-guided focal attention loss on {_taps(section.weights)} (no masks; threshold "
+            f"{section.threshold}, ignore_th {section.ignore_th}, gamma {section.gamma})"
+        )
+    elif section.weights:
         train_rows = run.summary["counts"]["train"]["rows"]
         with_masks = run.summary.get("train_rows_with_masks")
         share = (

@@ -4,6 +4,7 @@ No I/O and no training code lives here; models, losses and explanations build on
 """
 
 from attnscope.layers._utils import make_divisible
+from attnscope.layers.attention_pool import AttentionPool2d
 from attnscope.layers.cbam import CBAM, ChannelGate, SpatialGate
 from attnscope.layers.global_attention import GlobalSelfAttention, position_encoding_2d
 from attnscope.layers.grid import GridAttention
@@ -14,6 +15,7 @@ from attnscope.layers.tap import AttentionTap, capture_attention, find_taps
 
 __all__ = [
     "CBAM",
+    "AttentionPool2d",
     "AttentionTap",
     "ChannelGate",
     "GlobalSelfAttention",

@@ -7,6 +7,7 @@ import inspect
 from torch import nn
 
 from attnscope.errors import ConfigError
+from attnscope.layers.attention_pool import AttentionPool2d
 from attnscope.layers.cbam import CBAM
 from attnscope.layers.global_attention import GlobalSelfAttention
 from attnscope.layers.grid import GridAttention
@@ -14,6 +15,7 @@ from attnscope.layers.local_attention import LocalSelfAttention
 from attnscope.layers.se import SqueezeExcite
 
 _LAYERS: dict[str, type[nn.Module]] = {
+    "attn_pool": AttentionPool2d,
     "cbam": CBAM,
     "global": GlobalSelfAttention,
     "grid": GridAttention,

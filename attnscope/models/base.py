@@ -8,6 +8,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from attnscope.errors import ConfigError
+from attnscope.layers.attention_pool import AttentionPool2d
+from attnscope.names import MODEL_HEADS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,6 +49,14 @@ class ModelConfig:
         )
 
 
+def make_head_pool(head: str, channels: int) -> AttentionPool2d | None:
+    """The pooling of the last feature map that ``head`` names: None for global average pooling, or
+    attention pooling (Ilse et al. 2018; ``gated_attn_pool`` its gated variant), captured as ``head_pool``."""
+    if head not in MODEL_HEADS:
+        raise ConfigError(f"head={head!r}: use one of {', '.join(MODEL_HEADS)}")
+    return None if head == "avg" else AttentionPool2d(channels, gated=head == "gated_attn_pool")
+
+
 class AttnClassifier(nn.Module, metaclass=ABCMeta):
     """Base of the classifiers: ``forward(x) = classifier(dropout(embedding(x)))``.
 
@@ -65,6 +77,12 @@ class AttnClassifier(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding (B, num_features), last feature map (B, C, h, w))."""
+
+    def global_pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The last feature map (B, C, h, w) as a vector (B, C): the mean of its positions, or their
+        attention-weighted sum where the model was built with ``head="attn_pool"``."""
+        head_pool = getattr(self, "head_pool", None)
+        return features.mean(dim=(2, 3)) if head_pool is None else head_pool.pool(features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last spatial feature map (B, C, h, w)."""

@@ -27,7 +27,7 @@ from attnscope.layers.global_attention import GlobalSelfAttention
 from attnscope.layers.grid import GridAttention, Normalize
 from attnscope.layers.local_attention import LocalSelfAttention
 from attnscope.layers.registry import create_attn
-from attnscope.models.base import AttnClassifier, ModelConfig
+from attnscope.models.base import AttnClassifier, ModelConfig, make_head_pool
 from attnscope.models.registry import register_class
 
 BLOCK_ATTENTION = ("se", "cbam")
@@ -163,6 +163,7 @@ class ResNet(AttnClassifier):
         dropout: float = 0.0,
         zero_init_residual: bool = False,
         stem: str = "imagenet",
+        head: str = "avg",
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -194,6 +195,7 @@ class ResNet(AttnClassifier):
         self.head_dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_weights(zero_init_residual)
+        self.head_pool = make_head_pool(head, self.num_features)
 
     @staticmethod
     def _make_stem(in_chans: int, width: int, stem: str) -> tuple[nn.Conv2d, nn.Module]:
@@ -242,7 +244,7 @@ class ResNet(AttnClassifier):
 
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         last = self.forward_stages(x)[-1]
-        return last.mean(dim=(2, 3)), last
+        return self.global_pool(last), last
 
 
 class AttnResNet(ResNet):
@@ -271,7 +273,7 @@ class AttnResNet(ResNet):
 
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, stage2, stage3, stage4 = self.forward_stages(x)
-        vectors = [stage4.mean(dim=(2, 3)), self.attn_layer2(stage2, stage4), self.attn_layer3(stage3, stage4)]
+        vectors = [self.global_pool(stage4), self.attn_layer2(stage2, stage4), self.attn_layer3(stage3, stage4)]
         return torch.cat(vectors, dim=1), stage4
 
 

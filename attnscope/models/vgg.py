@@ -15,7 +15,7 @@ from torch import nn
 
 from attnscope.errors import ConfigError
 from attnscope.layers.grid import GridAttention, Normalize
-from attnscope.models.base import AttnClassifier, ModelConfig
+from attnscope.models.base import AttnClassifier, ModelConfig, make_head_pool
 from attnscope.models.registry import register_class
 
 Layout = Sequence[int | str]
@@ -68,17 +68,20 @@ def init_vgg(model: nn.Module) -> None:
 class VGG(AttnClassifier):
     """VGG features, global average pooling, one linear classifier."""
 
-    def __init__(self, layout: Layout, num_classes: int, in_chans: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, layout: Layout, num_classes: int, in_chans: int, dropout: float = 0.0, head: str = "avg"
+    ) -> None:
         super().__init__()
         self.features = make_features(layout, in_chans)
         self.num_features = [int(item) for item in layout if item != "M"][-1]
         self.head_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
         init_vgg(self)
+        self.head_pool = make_head_pool(head, self.num_features)
 
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
-        return features.mean(dim=(2, 3)), features
+        return self.global_pool(features), features
 
 
 class AttnVGG(AttnClassifier):
@@ -99,6 +102,7 @@ class AttnVGG(AttnClassifier):
         dropout: float = 0.0,
         attention: bool = True,
         attn_channels: int | None = None,
+        head: str = "avg",
     ) -> None:
         super().__init__()
         self.features = make_features(layout, in_chans)
@@ -122,6 +126,7 @@ class AttnVGG(AttnClassifier):
                         nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                         if module.bias is not None:
                             nn.init.zeros_(module.bias)
+        self.head_pool = make_head_pool(head, global5)
 
     def pooled_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the five max-pooling layers: pool-1 ... pool-5."""
@@ -134,7 +139,7 @@ class AttnVGG(AttnClassifier):
 
     def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, pool3, pool4, pool5 = self.pooled_maps(x)
-        global_vector = pool5.mean(dim=(2, 3))
+        global_vector = self.global_pool(pool5)
         if self.attention:
             vector3, vector4 = self.pool3(pool3, pool5), self.pool4(pool4, pool5)
         else:

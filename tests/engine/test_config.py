@@ -11,7 +11,14 @@ def test_defaults_round_trip_through_yaml(tmp_path):
     again = load_config(path)
     assert again.to_dict() == load_config(None, []).to_dict() | {
         "data": again.data.to_dict(),
-        "supervision": {"kind": "dice", "weights": {"pool3": 0.001}, "consistency": {}},
+        "supervision": {
+            "kind": "dice",
+            "weights": {"pool3": 0.001},
+            "consistency": {},
+            "threshold": 0.5,
+            "ignore_th": 0.1,
+            "gamma": 2.0,
+        },
     }
     assert list(again.data.augment.crop_scale) == [0.5, 1.0]
 
@@ -79,7 +86,9 @@ def test_the_shipped_melanoma_config_is_the_seed_recipe():
 @pytest.mark.parametrize(
     "setting, message",
     [
-        ("supervision.kind=bogus", "supervision.kind='bogus' is not a kind: use one of dice, energy"),
+        ("supervision.kind=bogus", "supervision.kind='bogus' is not a kind: use one of dice, energy, self_focal"),
+        ("supervision.threshold=0", "supervision.threshold=0 must lie in (0, 1]"),
+        ("supervision.ignore_th=2", "supervision.ignore_th=2 must lie in [0, 1]"),
         ("supervision.weights={pool3: -1}", "supervision.weights={'pool3': -1} must map attention taps to weights"),
         ("supervision.consistency=[pool3]", "supervision.consistency=['pool3'] must map attention taps to weights"),
         ("loss.gamma=-1", "loss.gamma=-1 must be a number >= 0"),

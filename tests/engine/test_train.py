@@ -88,6 +88,27 @@ def test_consistency_trains_without_masks_and_makes_the_maps_follow_the_image(tm
     assert "train/attention_loss" not in history[0]
 
 
+def test_self_focal_supervision_trains_without_masks_and_sharpens_the_maps(tmp_path):
+    """The self-guided focal attention loss reads no mask: it trains on a source without masks, its loss
+    is logged and falls as the gates concentrate on what they favour."""
+    from attnscope.data.augment import AugmentConfig, BatchTransform
+    from attnscope.engine.task import ClassifierTask
+    from attnscope.models import create_model
+
+    config = load_config(None, ["supervision.kind=self_focal", "supervision.weights={pool3: 1.0}"])
+    transform = BatchTransform(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, 32, 3, with_masks=False)
+    ClassifierTask(config, create_model("attn_vgg_tiny", num_classes=1), transform, "binary", ["a", "b"])
+    settings = tiny_settings(tmp_path / "run", epochs=2) + [
+        "supervision.kind=self_focal",
+        "supervision.weights={pool3: 1.0, pool4: 1.0}",
+        "supervision.ignore_th=0.0",
+        "data.mask_fraction=0.0",
+    ]
+    train(load_config(None, settings))
+    losses = [row["train/attention_loss"] for row in read_metrics_csv(RunPaths(tmp_path / "run").metrics)]
+    assert all(v > 0 and not math.isnan(v) for v in losses) and losses[-1] < losses[0]
+
+
 def test_supervision_without_masks_is_refused():
     from attnscope.data.augment import AugmentConfig, BatchTransform
     from attnscope.engine.task import ClassifierTask

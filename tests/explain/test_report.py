@@ -51,6 +51,10 @@ def test_the_report_says_which_masks_supervised_the_attention():
     assert supervision_text(run) == (
         "attention consistency under the training augmentation (Guo et al. 2019) on pool3 (weight 1.0)"
     )
+    run.config = load_config(None, ["supervision.weights={pool4: 0.5}", "supervision.kind=self_focal"])
+    assert supervision_text(run) == (
+        "self-guided focal attention loss on pool4 (weight 0.5) (no masks; threshold 0.5, ignore_th 0.1, gamma 2.0)"
+    )
 
 
 def browser():

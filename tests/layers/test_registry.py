@@ -6,7 +6,7 @@ from attnscope.layers.registry import describe_attn
 
 
 def test_lists_the_five_layers():
-    assert list_attn() == ["cbam", "global", "grid", "local", "se"]
+    assert list_attn() == ["attn_pool", "cbam", "global", "grid", "local", "se"]
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_options_reach_the_constructor():
 
 def test_an_unknown_name_is_a_value_error_listing_the_known_ones():
     with pytest.raises(
-        ValueError, match="unknown attention layer 'nonlocal'; known layers: cbam, global, grid, local, se"
+        ValueError, match="unknown attention layer 'nonlocal'; known layers: attn_pool, cbam, global, grid, local, se"
     ):
         create_attn("nonlocal", 16)
 

@@ -105,12 +105,13 @@ RESNET_OPTIONS = {
     "dropout",
     "zero_init_residual",
     "stem",
+    "head",
 }
 FAMILY_OPTIONS = {
     "resnet": RESNET_OPTIONS,
     "attn_resnet": RESNET_OPTIONS | {"normalize", "attn_channels"},
-    "vgg": {"dropout"},
-    "attn_vgg": {"normalize", "dropout", "attention", "attn_channels"},
+    "vgg": {"dropout", "head"},
+    "attn_vgg": {"normalize", "dropout", "attention", "attn_channels", "head"},
     "agcnn": {"backbone", "tau", "stage", "backbone_options"},
 }
 
@@ -142,6 +143,6 @@ def test_options_a_variant_once_lacked_now_build_and_take_effect():
     assert create_model("resnet_tiny").layer1[0].conv1.out_channels == 16  # the tiny variant's own width
     assert create_model("resnet_tiny", width=8).layer1[0].conv1.out_channels == 8
     assert type(create_model("se_resnet18").layer1[0].attn).__name__ == "SqueezeExcite"
-    refused = r"model 'vgg_tiny' has no option\(s\) \['attention'\]; its options are: dropout"
+    refused = r"model 'vgg_tiny' has no option\(s\) \['attention'\]; its options are: dropout, head"
     with pytest.raises(ConfigError, match=refused):
         create_model("vgg_tiny", attention=False)
