@@ -185,7 +185,10 @@ def _parser_train(verbs: Any) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last finished epoch")
     parser.add_argument("--model", help="registered model name (attnscope models)")
     parser.add_argument(
-        "--model-option", action="append", metavar="KEY=VALUE", help="model option (attnscope models --options)"
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option (attnscope models --options); pretrained=true or pretrained=PATH loads ImageNet weights",
     )
     parser.add_argument("--data", metavar="SOURCE", help=f"data source: {', '.join(names.DATA_SOURCES)}")
     _add_data_option(parser)
@@ -215,7 +218,11 @@ def _train_settings(args: argparse.Namespace) -> list[str]:
     """--set values, then each explicit flag as a dotted setting: flags override the file."""
     settings = list(args.set or [])
     settings += [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None]
-    settings += [f"model.options.{option}" for option in args.model_option or []]
+    # pretrained is the model section's own key (model.pretrained), not a constructor option
+    settings += [
+        f"model.{option}" if option.startswith("pretrained=") else f"model.options.{option}"
+        for option in args.model_option or []
+    ]
     settings += [f"data.source_options.{option}" for option in args.data_option or []]
     if args.skip_bad:
         settings.append("data.skip_bad=true")

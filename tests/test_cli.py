@@ -43,6 +43,15 @@ def test_a_library_error_is_one_line_without_traceback(monkeypatch, capsys):
     assert err == "attnscope: error: option --foo: bad value; use 1 or 2\n"
 
 
+def test_model_option_pretrained_is_the_model_sections_pretrained(tmp_path, capsys):
+    """The path the offline error names (--model-option pretrained=PATH) reaches the weight loader."""
+    missing = tmp_path / "vgg16_bn-6c64b313.pth"
+    args = ["train", "--model", "vgg_tiny", "--model-option", f"pretrained={missing}", "--model-option", "dropout=0.1"]
+    args += ["--data-option", "count=40", "--epochs", "1", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main(args) == cli.EXIT_ERROR
+    assert f"{missing}: no such weight file" in capsys.readouterr().err
+
+
 def test_models_lists_every_model_with_its_size(capsys):
     assert cli.main(["models", "--num-classes", "1000"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -304,6 +313,22 @@ def test_own_data_with_the_melanoma_recipe_and_bad_rows(tmp_path, capsys):
     assert "has no test split" in capsys.readouterr().err
     assert cli.main(["evaluate", str(tmp_path / "run"), "--split", "val", "--no-progress"]) == 0
     assert "val split" in capsys.readouterr().out
+
+
+def test_the_tutorial_recipe_samples_before_splitting_and_accounts_for_every_row(tmp_path, capsys):
+    marking = write_kaggle_layout(tmp_path)
+    argv = ["train", "--config", "melanoma_tutorial", "--data-option", f"csv_path={marking}"]
+    argv += ["--data-option", f"image_root={tmp_path / 'train'}", "--model", "attn_vgg_tiny"]
+    argv += ["--model-option", "pretrained=false", "--image-size", "32", "--epochs", "1", "--no-progress"]
+    argv += ["--set", "data.undersample={benign: 20}", "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    benign = data["counts"]["train"]["per_class"][0] + data["counts"]["val"]["per_class"][0]
+    assert benign == 20  # sampled before the 80/20 split, as the tutorial does
+    splits = [row["split"] for row in csv.DictReader((tmp_path / "run" / "split.csv").open())]
+    assert splits.count("unused") == data["rows"] - 20 - sum(
+        data["counts"][s]["per_class"][1] for s in ("train", "val")
+    )
 
 
 def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):

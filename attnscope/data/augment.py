@@ -35,7 +35,9 @@ class AugmentConfig:
     Defaults follow the AttnVGG melanoma tutorial's recipe: rotation of up to 10 degrees and flips.
     ``rot90`` adds AttnMel's 90-degree rotations; ``crop_scale`` a random resized
     crop over that area range; ``color_jitter`` brightness/contrast (and, for
-    RGB, saturation and a quarter of it as hue).
+    RGB, saturation and a quarter of it as hue). ``p`` is each transform's chance per image;
+    ``rotation_p`` the rotation's where it differs (torchvision's ``RandomRotation``, as the
+    tutorial uses it, rotates every image: ``rotation_p: 1``).
     """
 
     rotation: float = 10.0
@@ -45,6 +47,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] | None = None
     color_jitter: float = 0.0
     p: float = 0.5
+    rotation_p: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +56,12 @@ class AugmentConfig:
 def check_config(config: AugmentConfig) -> None:
     """Refuse augmentation values no run could use, naming the option (``data.augment.<option>``)."""
     check_option("data.augment.p", config.p, lambda v: is_number(v) and 0 <= v <= 1, "must lie in [0, 1]")
+    check_option(
+        "data.augment.rotation_p",
+        config.rotation_p,
+        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+        "must be null (the same as p) or lie in [0, 1]",
+    )
     check_option(
         "data.augment.crop_scale",
         config.crop_scale,
@@ -73,12 +82,13 @@ def sample_geometry(batch: int, config: AugmentConfig, device: torch.device) -> 
     Drawn from torch's global generator, so ``torch.manual_seed`` reproduces them.
     """
 
-    def chance() -> torch.Tensor:
-        return torch.rand(batch, device=device) < config.p
+    def chance(p: float = config.p) -> torch.Tensor:
+        return torch.rand(batch, device=device) < p
 
     angle = torch.zeros(batch, device=device)
     if config.rotation:
-        angle = torch.where(chance(), (torch.rand(batch, device=device) * 2 - 1) * config.rotation, angle)
+        rotation_p = config.p if config.rotation_p is None else config.rotation_p
+        angle = torch.where(chance(rotation_p), (torch.rand(batch, device=device) * 2 - 1) * config.rotation, angle)
     geometry = {
         "angle": angle,
         "hflip": chance() if config.hflip else torch.zeros(batch, dtype=torch.bool, device=device),

@@ -40,7 +40,7 @@ from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
 from attnscope.data.sources.files import CsvLayout
-from attnscope.data.splits import assign_splits, check_splits
+from attnscope.data.splits import UNUSED_SPLIT, assign_splits, check_splits
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.fileio import atomic_write
 
@@ -167,6 +167,7 @@ class DataConfig:
     test_fraction: float = 0.15
     seed: int = 0
     undersample: dict | None = None
+    undersample_before_split: bool = False
     oversample: dict | None = None
     class_weights: bool = False
     mask_fraction: float = 1.0
@@ -222,6 +223,12 @@ class DataConfig:
         check_option(
             "data.mask_fraction", self.mask_fraction, lambda v: is_number(v) and 0 <= v <= 1, "must lie in [0, 1]"
         )
+        check_option(
+            "data.undersample_before_split",
+            self.undersample_before_split,
+            lambda v: isinstance(v, bool),
+            "must be true or false",
+        )
         for key in ("undersample", "oversample"):
             check_option(
                 f"data.{key}",
@@ -234,6 +241,31 @@ class DataConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def split_and_balance(manifest: Manifest, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The split of every row and the training rows after balancing.
+
+    ``undersample`` samples the training split (the default), or with ``undersample_before_split``
+    the whole set first, as the AttnVGG melanoma tutorial does: the rows it leaves out are in no split
+    (``unused`` in ``split.csv``), and the rest are split.
+    """
+    labels, classes = manifest.labels, manifest.classes
+    before = bool(config.undersample) and config.undersample_before_split
+    if before:
+        kept = undersample(labels, np.arange(len(manifest)), config.undersample or {}, classes, seed=config.seed)
+        splits = np.full(len(manifest), UNUSED_SPLIT, dtype=object)
+        splits[kept] = assign_splits(manifest.subset(kept), config.val_fraction, config.test_fraction, config.seed)
+        splits = splits.astype(str)
+    else:
+        splits = assign_splits(manifest, config.val_fraction, config.test_fraction, config.seed)
+    check_splits(manifest, splits)
+    train_rows = np.flatnonzero(splits == "train")
+    if config.undersample and not before:
+        train_rows = undersample(labels, train_rows, config.undersample, classes, seed=config.seed)
+    if config.oversample:
+        train_rows = oversample(labels, train_rows, config.oversample, classes)
+    return splits, train_rows
 
 
 class DataModule:
@@ -282,14 +314,8 @@ class DataModule:
                 decoded.manifest.source,
                 len(decoded.manifest.rejected),
             )
-        splits = assign_splits(decoded.manifest, config.val_fraction, config.test_fraction, config.seed)
-        check_splits(decoded.manifest, splits)
-        labels, classes = decoded.manifest.labels, decoded.manifest.classes
-        train_rows = np.flatnonzero(splits == "train")
-        if config.undersample:
-            train_rows = undersample(labels, train_rows, config.undersample, classes, seed=config.seed)
-        if config.oversample:
-            train_rows = oversample(labels, train_rows, config.oversample, classes)
+        splits, train_rows = split_and_balance(decoded.manifest, config)
+        labels = decoded.manifest.labels
         if config.normalize == "imagenet":
             self.mean, self.std = (
                 (IMAGENET_MEAN, IMAGENET_STD)
@@ -306,7 +332,7 @@ class DataModule:
         return self
 
     def split_names(self) -> list[str]:
-        """The split ('train', 'val' or 'test') of every manifest row, in order."""
+        """The split ('train', 'val', 'test', or 'unused' where sampled out before splitting) of every row."""
         self._require()
         return [str(s) for s in (self.splits if self.splits is not None else [])]
 

@@ -70,6 +70,9 @@ def assign_splits(
     return splits.astype(str)
 
 
+UNUSED_SPLIT = "unused"  # a row a sampling before the split left out of every split
+
+
 def check_splits(manifest: Manifest, splits: np.ndarray, required: tuple[str, ...] = ("train", "val")) -> None:
     """Refuse splits that cannot train or validate: empty, or holding a single class."""
     problems = []
@@ -91,7 +94,7 @@ def check_splits(manifest: Manifest, splits: np.ndarray, required: tuple[str, ..
             f"{manifest.source}: {'; '.join(problems)}. Use more data, other fractions, "
             "or a split column with both classes in each split"
         )
-    unknown = set(np.unique(splits)) - set(SPLITS)
+    unknown = set(np.unique(splits)) - set(SPLITS) - {UNUSED_SPLIT}
     if unknown:
         raise DataError(f"{manifest.source}: unknown split name(s) {sorted(unknown)}")
 

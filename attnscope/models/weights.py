@@ -102,10 +102,12 @@ def fetch_published(url: str, model_name: str) -> dict[str, torch.Tensor]:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
+        file = url.rsplit("/", 1)[-1]
         raise CheckpointError(
             f"cannot fetch the published weights of {model_name} from {url} ({error}). Without a network, "
-            f"download that file elsewhere and pass pretrained='/path/to/{url.rsplit('/', 1)[-1]}', "
-            f"or put it in {cache}"
+            f"download {file} elsewhere and pass its path: --model-option pretrained=/path/to/{file} "
+            f"(attnscope train), model: {{pretrained: /path/to/{file}}} (a run config) or "
+            f"pretrained='/path/to/{file}' (Python); or put the file in {cache}"
         ) from error
 
 

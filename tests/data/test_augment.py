@@ -88,6 +88,24 @@ def test_bad_augment_options_are_named():
         BatchTransform(AugmentConfig(), (0.5,) * 3, (0.5,) * 3, 16, 1)
 
 
+def test_rotation_p_rotates_every_image_while_flips_keep_their_chance():
+    """torchvision's RandomRotation (the AttnVGG melanoma tutorial's) rotates every image; flips stay at p."""
+    from attnscope.data.augment import sample_geometry
+
+    torch.manual_seed(0)
+    geometry = sample_geometry(4000, AugmentConfig(rotation=10, rotation_p=1.0, vflip=False), torch.device("cpu"))
+    assert bool((geometry["angle"] != 0).all()) and float(geometry["angle"].abs().max()) <= 10
+    assert 0.45 < float(geometry["hflip"].float().mean()) < 0.55 and not bool(geometry["vflip"].any())
+    torch.manual_seed(0)
+    default = sample_geometry(4000, AugmentConfig(rotation=10), torch.device("cpu"))
+    torch.manual_seed(0)
+    same = sample_geometry(4000, AugmentConfig(rotation=10, rotation_p=0.5), torch.device("cpu"))
+    assert 0.45 < float((default["angle"] != 0).float().mean()) < 0.55
+    assert all(torch.equal(default[k], same[k]) for k in default)  # null means p: the same draws
+    with pytest.raises(ConfigError, match=r"data.augment.rotation_p=2 must be null \(the same as p\)"):
+        BatchTransform(AugmentConfig(rotation_p=2), (0.5,) * 3, (0.5,) * 3, 16, 3)
+
+
 def test_dataset_statistics_match_numpy_on_a_subset():
     images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     index = np.array([3, 1, 40, 7, 7])

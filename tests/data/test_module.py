@@ -170,3 +170,39 @@ def test_mask_fraction_keeps_the_masks_of_a_seeded_share_of_training_images_only
     assert setup(1.0).mask_keep is None and setup(1.0).summary()["train_rows_with_masks"] is None
     with pytest.raises(ConfigError, match=r"data.mask_fraction=1.5 must lie in \[0, 1\]"):
         setup(1.5)
+
+
+def test_undersampling_before_the_split_samples_the_whole_set_and_leaves_no_row_unaccounted(tmp_path):
+    """The AttnVGG melanoma tutorial samples its benign images before splitting 80/20; the default
+    samples the training split only. Sampled-out rows are ``unused`` in split.csv, in no split."""
+
+    def setup(before):
+        config = DataConfig(
+            source="synthetic_lesions",
+            source_options={"count": 120, "size": 40},
+            image_size=32,
+            val_fraction=0.2,
+            test_fraction=0.0,
+            undersample={"benign": 40},
+            undersample_before_split=before,
+            progress=False,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        return DataModule(config).setup()
+
+    after, before = setup(False), setup(True)
+    labels = before.manifest.labels
+    benign = before.manifest.classes.index("benign")
+    names = np.array(before.split_names())
+    used = names != "unused"
+    assert int((labels[used] == benign).sum()) == 40  # 40 benign in all, across train and val
+    assert int((labels[~used] != benign).sum()) == 0  # only benign rows were sampled out
+    assert set(before.rows("train")) | set(before.rows("val")) == set(np.flatnonzero(used))
+    val_share = len(before.rows("val")) / used.sum()
+    assert abs(val_share - 0.2) < 0.05
+    assert int((labels[after.rows("train")] == benign).sum()) == 40  # the default: 40 benign in training alone
+    assert "unused" not in after.split_names()
+    assert np.array_equal(setup(True).split_names(), names)  # seeded
+    before.write(tmp_path / "run")
+    written = (tmp_path / "run" / "split.csv").read_text()
+    assert written.count(",unused") == int((~used).sum())

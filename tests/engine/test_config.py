@@ -74,7 +74,23 @@ def test_from_dict_refuses_a_section_that_is_not_a_mapping():
         RunConfig.from_dict({"optim": 3})
 
 
-def test_the_shipped_melanoma_config_is_the_seed_recipe():
+def test_the_melanoma_tutorial_config_is_the_tutorials_recipe_as_it_is():
+    config = load_config("melanoma_tutorial")
+    data, augment = config.data, config.data.augment
+    assert (config.model.name, config.model.pretrained, data.image_size) == ("attn_vgg16_bn", True, 224)
+    assert (data.batch_size, data.eval_batch_size) == (100, 50)
+    assert data.undersample == {"benign": 6000} and data.undersample_before_split
+    assert (data.val_fraction, data.test_fraction) == (0.2, 0.0) and "group_column" not in data.source_options
+    assert (augment.rotation, augment.rotation_p, augment.p) == (10, 1.0, 0.5)
+    assert augment.hflip and not augment.vflip
+    assert augment.crop_scale is None and not augment.rot90 and augment.color_jitter == 0
+    loss = config.loss
+    assert (loss.name, loss.alpha, loss.gamma, loss.alpha_mode) == ("focal", 0.25, 2.0, "scale")
+    assert (config.optim.name, config.optim.lr, config.schedule.name) == ("adam", 1e-4, "none")
+    assert config.trainer.epochs == 2
+
+
+def test_the_shipped_melanoma_config_is_the_recommended_recipe():
     config = load_config("melanoma", ["data.source_options.csv_path=/data/marking.csv"])
     assert config.data.source == "csv" and config.data.source_options["csv_path"] == "/data/marking.csv"
     assert config.data.undersample == {"benign": 6000} and config.data.val_fraction == 0.2

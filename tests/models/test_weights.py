@@ -159,8 +159,15 @@ def test_no_network_gives_a_clear_way_out(monkeypatch):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(CheckpointError, match=r"cannot fetch .* pretrained='/path/to/vgg16_bn-6c64b313.pth'"):
+    with pytest.raises(CheckpointError, match=r"cannot fetch .*") as error:
         create_model("attn_vgg16_bn", pretrained=True)
+    for way in (
+        "download vgg16_bn-6c64b313.pth elsewhere",
+        "--model-option pretrained=/path/to/vgg16_bn-6c64b313.pth (attnscope train)",
+        "model: {pretrained: /path/to/vgg16_bn-6c64b313.pth} (a run config)",
+        "pretrained='/path/to/vgg16_bn-6c64b313.pth' (Python)",
+    ):
+        assert way in str(error.value)
 
 
 def test_a_model_without_published_weights_says_so():
