@@ -64,10 +64,14 @@ DEFAULT_EXPLAIN_METHODS = ("attention", "gradcam", "gradcam++", "xgradcam", "lay
 
 EXPORT_FORMATS = ("onnx",)
 
-INDEX_KINDS = ("flat", "ivf", "hnsw", "lsh")
-INDEX_PARAMS = {
+INDEX_KINDS = ("flat", "ivf", "hnsw", "lsh", "lsh_buckets")
+INDEX_PARAMS: dict[str, dict[str, int | float]] = {
     "flat": {},
     "ivf": {"nlist": 0, "nprobe": 16},
     "hnsw": {"M": 32, "ef_search": 64, "ef_construction": 80},
-    "lsh": {"nbits": 0, "rerank": 10},
+    "lsh": {"nbits": 0, "rerank": 10},  # sign random projections (Charikar 2002), FAISS IndexLSH
+    # p-stable buckets (Datar et al. 2004) with multi-probe within ``margin`` of an interval's edge
+    "lsh_buckets": {"tables": 32, "directions": 4, "intervals": 4, "margin": 0.2, "rerank": 10},
 }
+# the index parameters that are shares, not counts
+FRACTION_INDEX_PARAMS = ("margin",)

@@ -19,7 +19,8 @@ attention-pooled, PCA-128 embeddings of those 60,000 images (10,000 queries):
 real embeddings have the structure that approximate search relies on.
 
 ``vectors``: ``--vectors`` random unit 256-d vectors (default 1,000,000) and
-1,000 random queries; for exact (flat), IVF, HNSW and LSH: build seconds, index
+1,000 random queries; for exact (flat), IVF, HNSW, LSH (sign random projections) and bucketed
+p-stable LSH (``lsh_buckets``; ``--kinds`` picks some): build seconds, index
 bytes, median latency of one query and per query in a batch of 1,000, and
 recall@10 against exact search, with two search-time settings for IVF (nprobe)
 and HNSW (ef_search). Random vectors have no structure to exploit,
@@ -48,7 +49,12 @@ from benchmarks.common import add_result_arguments, append_records, choose, prin
 PARTS = ("fashion_mnist", "fashion_mnist_indexes", "vectors")
 KS = (1, 5, 10)
 STAGES = ("layer3", "layer4")
-SEARCH_SETTINGS = {"ivf": [{"nprobe": 16}, {"nprobe": 128}], "hnsw": [{"ef_search": 64}, {"ef_search": 512}]}
+SEARCH_SETTINGS = {
+    "ivf": [{"nprobe": 16}, {"nprobe": 128}],
+    "hnsw": [{"ef_search": 64}, {"ef_search": 512}],
+    "lsh_buckets": [{"margin": 0.0}, {"margin": 0.2}],
+}
+KINDS = ("flat", "ivf", "hnsw", "lsh", "lsh_buckets")
 
 
 def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | None) -> Path:
@@ -136,24 +142,25 @@ def unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
-def vectors(count: int, dim: int, queries_count: int) -> list[dict]:
+def vectors(count: int, dim: int, queries_count: int, kinds: tuple[str, ...] = KINDS) -> list[dict]:
     """Build time, size, latency and recall@10 of each index kind on random unit vectors."""
     rng = np.random.default_rng(0)
-    return compare_indexes(unit_rows(rng, count, dim), unit_rows(rng, queries_count, dim), {"part": "vectors"})
+    return compare_indexes(unit_rows(rng, count, dim), unit_rows(rng, queries_count, dim), {"part": "vectors"}, kinds)
 
 
-def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[dict]:
-    """Each index kind on ``data``: build seconds, size, latency, recall@10 against exact search."""
+def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict, kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    """Each index kind on ``data``: build seconds, size, latency, recall@10 against exact search (``flat``,
+    always built first: it is the truth the others are measured against)."""
     import faiss
 
     rows = [{}] * len(data)
     truth = None
     records = []
-    for kind, params in (("flat", {}), ("ivf", {}), ("hnsw", {}), ("lsh", {})):
+    for kind in ("flat", *(k for k in kinds if k != "flat")):
         started = time.perf_counter()
-        index = SimilarityIndex.create(kind, data, rows, EmbeddingConfig(), {}, params)
+        index = SimilarityIndex.create(kind, data, rows, EmbeddingConfig(), {}, {})
         build = time.perf_counter() - started
-        size_mb = len(faiss.serialize_index(index.faiss_index)) / 2**20
+        size_mb = len(index.index_bytes()) / 2**20
         for setting in SEARCH_SETTINGS.get(kind, [{}]):
             index.set_search(**setting)  # changes no stored data: the same index is searched again
             positions, _ = index.search(queries, 10)
@@ -187,7 +194,7 @@ def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict) -> list[
     return records
 
 
-def fashion_mnist_indexes(run_dir: Path, directory: str | None) -> list[dict]:
+def fashion_mnist_indexes(run_dir: Path, directory: str | None, kinds: tuple[str, ...] = KINDS) -> list[dict]:
     """The index kinds on real embeddings: attention-pooled, PCA-128, training images against test images."""
     run = Run.open(run_dir, progress=False)
     config = EmbeddingConfig(stages=STAGES, attention_pooling=True)
@@ -195,11 +202,25 @@ def fashion_mnist_indexes(run_dir: Path, directory: str | None) -> list[dict]:
     gallery, queries = embed(run, gallery_loader, config), embed(run, query_loader, config)
     pca = fit_pca(gallery.vectors, 128)
     return compare_indexes(
-        pca.apply(gallery.vectors), pca.apply(queries.vectors), {"part": "fashion_mnist_indexes", "run": str(run_dir)}
+        pca.apply(gallery.vectors),
+        pca.apply(queries.vectors),
+        {"part": "fashion_mnist_indexes", "run": str(run_dir)},
+        kinds,
     )
 
 
+def latest_per_setting(records: list[dict]) -> list[dict]:
+    """The last record of each (part, kind, parameters), in the order settings first appeared: a later run
+    of some kinds replaces their rows and keeps the others'."""
+    chosen: dict[tuple, dict] = {}
+    for record in records:
+        setting = {name: record.get(name) for name in ("kind", "params", "stages", "attention_pooling", "pca_dim")}
+        chosen[(record["part"], json.dumps(setting, sort_keys=True))] = record  # a dict keeps the first position
+    return list(chosen.values())
+
+
 def render_tables(records: list[dict]) -> str:
+    records = latest_per_setting(records)
     lines = []
     fashion = [r for r in records if r["part"] == "fashion_mnist"]
     if fashion:
@@ -248,6 +269,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="random vectors indexed (default 1,000,000)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"index kinds compared (flat always): {KINDS}")
     parser.add_argument("--quick", action="store_true", help="a tiny model for one epoch: checks the script runs")
     parser.add_argument("--workdir", help="keep the trained run here (default: a temporary folder)")
     add_result_arguments(parser)
@@ -255,6 +277,7 @@ def main() -> None:
     if print_table(args.table, render_tables):
         return
     parts = choose(parser, args.part, PARTS, "part")
+    kinds = tuple(choose(parser, args.kinds, KINDS, "kind"))
     records = []
     with tempfile.TemporaryDirectory(prefix="attnscope-retrieval-") as scratch:
         root = Path(args.workdir or scratch)
@@ -265,9 +288,9 @@ def main() -> None:
         if "fashion_mnist_indexes" in parts:
             if run_dir is None:
                 parser.error("--part fashion_mnist_indexes needs --run RUN, or the fashion_mnist part before it")
-            records += fashion_mnist_indexes(run_dir, args.fashion_mnist)
+            records += fashion_mnist_indexes(run_dir, args.fashion_mnist, kinds)
     if "vectors" in parts:
-        records += vectors(args.vectors, args.dim, args.queries)
+        records += vectors(args.vectors, args.dim, args.queries, kinds)
     append_records(args.out, records)
 
 

@@ -7,16 +7,20 @@ Kinds (cosine similarity: embeddings are L2-normalised, so inner product):
   of them searched;
 - ``hnsw``: a navigable small-world graph of ``M`` links, ``ef_search`` candidates;
 - ``lsh``: random-rotation hyperplane hashing to ``nbits`` bits, Hamming ranking (sign random
-  projections, Charikar 2002).
+  projections, Charikar 2002);
+- ``lsh_buckets``: p-stable bucket hashing (Datar et al. 2004): ``tables`` tables of ``directions``
+  random directions from U[-1, 1]^d, each projection quantised into ``intervals`` intervals,
+  multi-probe across edges nearer than ``margin`` (``attnscope.retrieval.lsh``).
 
 With ``fp16`` the flat, IVF and HNSW indexes keep their vectors as float16
 (scalar quantiser), half the memory. Whatever the kind, the returned neighbours
 are ranked and scored by their exact cosine similarity with the stored vectors;
-LSH first gathers ``rerank`` times more candidates than asked for.
+both LSH kinds first gather ``rerank`` times more candidates than asked for.
 
 A saved index is a folder: ``index.json`` (kind, sizes, embedding settings, the
 run and the fingerprint of its weights), ``index.faiss``, ``vectors.npy``,
-``rows.csv``, and ``pca.npz`` / ``thumbs.npy`` where there are some. It is
+``rows.csv``, and ``pca.npz`` / ``thumbs.npy`` where there are some (``lsh_buckets`` keeps its
+tables in ``index.lsh.npz`` instead of ``index.faiss``). It is
 written whole into a sibling folder, then renamed into place.
 """
 
@@ -27,6 +31,7 @@ import io
 import json
 import logging
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +41,9 @@ import torch
 
 from attnscope.errors import ConfigError, RetrievalError
 from attnscope.fileio import atomic_directory, read_marker, write_marker
-from attnscope.names import INDEX_KINDS, INDEX_PARAMS
+from attnscope.names import FRACTION_INDEX_PARAMS, INDEX_KINDS, INDEX_PARAMS
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
+from attnscope.retrieval.lsh import BucketLSH
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ KINDS = INDEX_KINDS
 # FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
 TRAIN_POINTS_PER_CELL = 64
 ROW_FIELDS = ("id", "label", "path", "source")
+RERANKED_KINDS = ("lsh", "lsh_buckets")  # kinds whose own ranking is coarse: rerank x k candidates are scored
 DEFAULT_PARAMS = INDEX_PARAMS
 
 
@@ -75,13 +82,19 @@ def resolve_params(kind: str, dim: int, count: int, params: dict | None) -> dict
     if kind == "lsh" and not resolved["nbits"]:
         resolved["nbits"] = 4 * dim
     for name, value in resolved.items():
-        if not isinstance(value, int) or value < 1:
+        if name in FRACTION_INDEX_PARAMS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 0.5:
+                raise ConfigError(f"index parameter {name}={value!r} must be a number in [0, 0.5)")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"index parameter {name}={value!r} must be a positive integer")
     return resolved
 
 
 def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
-    """An empty FAISS index of ``kind`` for ``dim``-d vectors (untrained where the kind needs training)."""
+    """An empty FAISS index of ``kind`` for ``dim``-d vectors (untrained where the kind needs training);
+    for ``lsh_buckets``, attnscope's own :class:`BucketLSH`, which FAISS does not have."""
+    if kind == "lsh_buckets":
+        return BucketLSH(dim, params["tables"], params["directions"], params["intervals"], params["margin"])
     faiss = _faiss()
     storage = "SQfp16" if fp16 else "Flat"
     if kind == "flat":
@@ -103,6 +116,8 @@ def apply_search_params(faiss_index, kind: str, params: dict):
         faiss_index.nprobe = params["nprobe"]
     elif kind == "hnsw":
         faiss_index.hnsw.efSearch = params["ef_search"]
+    elif kind == "lsh_buckets":
+        faiss_index.margin = float(params["margin"])
     return faiss_index
 
 
@@ -126,7 +141,7 @@ class SimilarityIndex:
     params: dict
     embedding: EmbeddingConfig
     meta: dict
-    faiss_index: Any  # a faiss.Index (faiss ships no type information)
+    faiss_index: Any  # a faiss.Index (faiss ships no type information), or a BucketLSH
     vectors: np.ndarray
     rows: list[dict] = field(default_factory=list)
     pca: PCA | None = None
@@ -179,8 +194,9 @@ class SimilarityIndex:
         """Raw embeddings as this index stores them: through its PCA, if it has one."""
         return self.pca.apply(vectors) if self.pca is not None else vectors
 
-    def set_search(self, **params: int) -> None:
-        """Change search-time parameters (IVF ``nprobe``, HNSW ``ef_search``) of the built index."""
+    def set_search(self, **params: float) -> None:
+        """Change search-time parameters (IVF ``nprobe``, HNSW ``ef_search``, ``lsh_buckets``'s ``margin``)
+        of the built index."""
         self.params.update(params)
         apply_search_params(self.faiss_index, self.kind, self.params)
 
@@ -208,14 +224,22 @@ class SimilarityIndex:
             )
         if k < 1:
             raise ConfigError(f"k={k} must be at least 1")
-        candidates = min(len(self), k * (self.params["rerank"] if self.kind == "lsh" else 1))
-        _, found = self.faiss_index.search(_as_float32(queries), candidates)
+        candidates = min(len(self), k * (self.params["rerank"] if self.kind in RERANKED_KINDS else 1))
+        if self.kind == "lsh_buckets":
+            found = self.faiss_index.search_vectors(_as_float32(queries), self.vectors, candidates)
+        else:
+            _, found = self.faiss_index.search(_as_float32(queries), candidates)
         return rerank(queries, self.vectors, found, k)
+
+    def index_bytes(self) -> bytes:
+        """The search structure as stored on disk (``index.faiss`` or ``index.lsh.npz``)."""
+        if self.kind == "lsh_buckets":
+            return self.faiss_index.to_bytes()
+        return _faiss().serialize_index(self.faiss_index).tobytes()
 
     def save(self, path: str | Path, replace: bool = False) -> Path:
         """Write the index folder at ``path``; with ``replace``, an index already there is replaced once the
         new one is whole. Anything else at ``path`` (a run, a user's folder) is never replaced."""
-        faiss = _faiss()
         if replace and read_marker(path) is None and _is_index_folder(Path(path)):
             write_marker(path, "index")  # an index written before folders carried markers
         header = {
@@ -229,7 +253,7 @@ class SimilarityIndex:
         }
         hint = "pass --force to replace it, or --add to add images to it"
         with atomic_directory(path, "index", replace=replace, hint=hint) as folder:
-            (folder / "index.faiss").write_bytes(faiss.serialize_index(self.faiss_index).tobytes())
+            (folder / index_file(self.kind)).write_bytes(self.index_bytes())
             np.save(folder / "vectors.npy", self.vectors)
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore")
@@ -249,17 +273,20 @@ class SimilarityIndex:
         folder = Path(path)
         header = _read_header(folder)
         try:
-            faiss_index = _faiss().deserialize_index(
-                np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8)
+            blob = (folder / index_file(header["kind"])).read_bytes()
+            faiss_index = (
+                BucketLSH.from_bytes(blob)
+                if header["kind"] == "lsh_buckets"
+                else _faiss().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
             )
             vectors = np.load(folder / "vectors.npy")
             with open(folder / "rows.csv", newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
-        except (OSError, RuntimeError, ValueError) as error:
+        except (OSError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
         sizes = {
             "index.json": header["count"],
-            "index.faiss": faiss_index.ntotal,
+            index_file(header["kind"]): faiss_index.ntotal,
             "vectors.npy": len(vectors),
             "rows.csv": len(rows),
         }
@@ -287,6 +314,11 @@ class SimilarityIndex:
             pca,
             thumbs,
         )
+
+
+def index_file(kind: str) -> str:
+    """The file of an index folder that holds the search structure of ``kind``."""
+    return "index.lsh.npz" if kind == "lsh_buckets" else "index.faiss"
 
 
 def _is_index_folder(folder: Path) -> bool:

@@ -63,9 +63,17 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     ivf_all = next(r for r in vectors.values() if r["kind"] == "ivf" and r["params"]["nprobe"] >= r["params"]["nlist"])
     assert ivf_all["recall@10"] == 1.0  # every cell probed: exact
     on_embeddings = [r for r in records if r["part"] == "fashion_mnist_indexes"]
-    assert [r["kind"] for r in on_embeddings] == ["flat", "ivf", "ivf", "hnsw", "hnsw", "lsh"]
+    kinds = ["flat", "ivf", "ivf", "hnsw", "hnsw", "lsh", "lsh_buckets", "lsh_buckets"]
+    assert [r["kind"] for r in on_embeddings] == kinds
+    no_margin, margin = on_embeddings[-2:]
+    assert (no_margin["params"]["margin"], margin["params"]["margin"]) == (0.0, 0.2)
+    assert margin["recall@10"] >= no_margin["recall@10"]  # more buckets probed: a superset of candidates
     assert all(r["count"] == 300 and r["queries"] == 60 and r["dim"] == 128 for r in on_embeddings)
     assert on_embeddings[0]["recall@10"] == 1.0 and on_embeddings[1]["recall@10"] == 1.0  # 7 cells, 16 probed
     table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True)
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
     assert "Measured " in table.stdout and "by `python -m benchmarks.retrieval --quick" in table.stdout
+    rerun = dict(records[-1], build_s=123.4)  # a later run of one setting replaces its row, keeps the others
+    out.write_text(out.read_text() + json.dumps(rerun) + "\n")
+    again = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True).stdout
+    assert again.count(f"| {rerun['kind']} |") == table.stdout.count(f"| {rerun['kind']} |") and "| 123.4 |" in again
