@@ -15,6 +15,7 @@ import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnscope import names
@@ -210,6 +211,13 @@ def _parser_train(verbs: Any) -> None:
     parser.add_argument("--devices", help="how many devices (or 'auto')")
     parser.add_argument("--strategy", help="auto, ddp, ... (Lightning's names)")
     parser.add_argument("--run-dir", help="where the run goes (default runs/<model>-<time>)")
+    parser.add_argument(
+        "--stages",
+        help="train an AG-CNN in stages, in this order (e.g. global,local,fusion): one run folder per stage "
+        "under --run-dir, each starting from the one before",
+    )
+    parser.add_argument("--stage-epochs", help="epochs of each stage, comma-separated (default: --epochs)")
+    parser.add_argument("--stage-lr", help="learning rate of each stage, comma-separated (default: --lr)")
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_train(args))
 
@@ -233,21 +241,47 @@ def _train_settings(args: argparse.Namespace) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from attnscope.engine.config import load_config
+    from attnscope.engine.rundir import STAGES_FILE
+    from attnscope.engine.stages import resume_stages, train_stages
     from attnscope.engine.train import resume_config, train
 
     _quiet_lightning(args.verbose)
     if args.resume:
-        if args.config or _train_settings(args):
+        if args.config or _train_settings(args) or args.stages or args.stage_epochs or args.stage_lr:
             raise ConfigError(
                 "--resume continues a run exactly as configured; drop the other options "
-                f"(its config is {args.resume}/config.yaml)"
+                f"(its config is in {args.resume})"
             )
-        result = train(resume_config(args.resume), resume=True)
+        staged = (Path(args.resume) / STAGES_FILE).is_file()
+        result = resume_stages(args.resume) if staged else train(resume_config(args.resume), resume=True)
+    elif args.stages:
+        result = train_stages(load_config(args.config, _train_settings(args)), _stage_plan(args))
+    elif args.stage_epochs or args.stage_lr:
+        raise ConfigError("--stage-epochs and --stage-lr go with --stages (e.g. --stages global,local,fusion)")
     else:
         result = train(load_config(args.config, _train_settings(args)))
     if result.is_global_zero:
         _print_best(result)
     return 0
+
+
+def _stage_plan(args: argparse.Namespace):
+    """--stages, --stage-epochs and --stage-lr as a StagePlan (values checked against the model later)."""
+    from attnscope.engine.stages import StagePlan
+
+    def numbers(text: str | None, kind: type, option: str) -> tuple | None:
+        if text is None:
+            return None
+        try:
+            return tuple(kind(value) for value in text.split(","))
+        except ValueError as error:
+            raise ConfigError(f"{option} {text}: give comma-separated numbers, one per stage") from error
+
+    return StagePlan(
+        tuple(args.stages.split(",")),
+        numbers(args.stage_epochs, int, "--stage-epochs"),
+        numbers(args.stage_lr, float, "--stage-lr"),
+    )
 
 
 def _print_best(result: TrainResult) -> None:
@@ -260,7 +294,11 @@ def _print_best(result: TrainResult) -> None:
             if k in metrics
         )
         print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
-    print(f"run directory: {result.run_dir}")
+    staged = result.run_dir.parent
+    if (staged / "stages.json").is_file():
+        print(f"staged run: {staged} (last stage: {result.run_dir.name})")
+    else:
+        print(f"run directory: {result.run_dir}")
 
 
 def _parser_demo(verbs: Any) -> None:
@@ -295,7 +333,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def serve_command(result: Any) -> str:
     """The command that serves a demo's run and index, spelt as this program was called."""
     import shlex
-    from pathlib import Path
 
     program = sys.argv[0] if Path(sys.argv[0]).name == "attnscope" else "attnscope"
     words = [program, "serve", str(result.run_dir), "--index", str(result.index.out)]
@@ -337,6 +374,8 @@ def _print_metrics(result: Evaluation) -> None:
             print(f"  {name:<20} {metrics[name]:.4f}")
     if isinstance(metrics.get("threshold"), float):
         print(f"  {'threshold (val)':<20} {metrics['threshold']:.4f}")
+    for branch, values in metrics.get("branches", {}).items():
+        print(f"  {branch + ' branch AUC':<20} {values['auc']:.4f}")
     print(f"metrics and plots: {result.out}")
 
 
@@ -671,8 +710,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from attnscope.serve.app import ServeOptions, create_app
     except ImportError as error:
         raise ConfigError(f"attnscope serve needs {error.name}: pip install 'attnscope[serve]'") from error
-    from pathlib import Path
-
     from attnscope.engine.run import Run
     from attnscope.retrieval.index import SimilarityIndex
     from attnscope.serve import ModelService

@@ -331,6 +331,22 @@ def test_the_tutorial_recipe_samples_before_splitting_and_accounts_for_every_row
     )
 
 
+def test_agcnn_trains_in_stages_resumes_and_evaluates_every_branch(tmp_path, capsys):
+    root = tmp_path / "agcnn"
+    argv = ["train", "--model", "agcnn_tiny", "--data-option", "count=80", "--data-option", "size=64"]
+    argv += ["--image-size", "64", "--batch-size", "16", "--no-progress", "--run-dir", str(root)]
+    argv += ["--stages", "global,local,fusion", "--stage-epochs", "1,1,1", "--stage-lr", "0.002,0.002,0.001"]
+    assert cli.main(argv) == 0
+    assert f"staged run: {root} (last stage: stage3-fusion)" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", str(root)]) == 0  # every stage done: nothing to train
+    assert cli.main(["evaluate", str(root), "--no-progress", "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("global", "local", "fusion"):
+        assert f"{name} branch AUC" in printed
+    assert cli.main(["train", "--model", "vgg_tiny", "--stage-epochs", "1,1"]) == cli.EXIT_ERROR
+    assert "--stage-epochs and --stage-lr go with --stages" in capsys.readouterr().err
+
+
 def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):
     out = tmp_path / "explain"
     assert cli.main(["explain", str(cli_run), "--count", "5", "--out", str(out), "--steps", "4", "--no-progress"]) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -43,6 +44,26 @@ def predict_loader(
     if not probs:
         raise DataError("no images to predict")
     return torch.cat(probs), torch.cat(labels), torch.cat(rows)
+
+
+BRANCH_METRICS = ("auc", "ap", "auc_per_class")
+
+
+@torch.no_grad()
+def predict_branches(run: Run, loader: BatchLoader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """AG-CNN: probabilities of the global, local and fusion branches of every batch, and the labels."""
+    model: Any = run.model()  # an AGCNN
+    probs: dict[str, list[torch.Tensor]] = {"global": [], "local": [], "fusion": []}
+    labels = []
+    for batch in tqdm(loader, desc="evaluate", disable=not run.progress, leave=False):
+        images, _ = run.transform(batch["image"])
+        outputs = model.forward_branches(images)
+        for name, values in probs.items():
+            values.append(probabilities(outputs[name], run.kind))
+        labels.append(batch["label"])
+    if not labels:
+        raise DataError("no images to evaluate")
+    return {name: torch.cat(values) for name, values in probs.items()}, torch.cat(labels)
 
 
 @dataclass(frozen=True)
@@ -81,9 +102,20 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
             "evaluation needs labels: evaluate on a split or a labelled source (--data), or use predict for image files"
         )
     loader = run.loader(options)
-    probs, labels, _ = predict_loader(run, loader, description="evaluate")
     data = options.describe()
+    branches: dict[str, dict] = {}
+    model: Any = run.model()
+    if hasattr(model, "forward_branches"):  # AG-CNN: every branch's AUC beside the trained one's
+        branch_probs, labels = predict_branches(run, loader)
+        probs = branch_probs[str(model.stage)]
+        for name, values in branch_probs.items():
+            summary = summarize(values, labels, run.kind, run.classes, split=f"{data}, {name} branch")
+            branches[name] = {key: summary[key] for key in BRANCH_METRICS if key in summary}
+    else:
+        probs, labels, _ = predict_loader(run, loader, description="evaluate")
     metrics = summarize(probs, labels, run.kind, run.classes, threshold=run.threshold, split=data)
+    if branches:
+        metrics["branches"] = branches
     out = Path(options.out) if options.out is not None else run.root / options.folder_name("evaluation")
     sweep_temporaries(out)
     result = Evaluation(run.root, run.weights, data, run.kind, run.classes, metrics, out)

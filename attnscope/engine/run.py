@@ -38,7 +38,7 @@ from attnscope.data.sources.files import IMAGE_EXTENSIONS
 from attnscope.engine.build import build_model
 from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.metrics import task_kind
-from attnscope.engine.rundir import RunPaths, load_weights, read_best, read_json
+from attnscope.engine.rundir import RunPaths, final_stage, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
 from attnscope.fileio import spreadsheet_safe
 from attnscope.names import SPLITS
@@ -126,8 +126,9 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
-        """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model."""
-        paths = RunPaths(Path(path)).require()
+        """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model.
+        A staged training folder opens as its last stage."""
+        paths = RunPaths(final_stage(Path(path))).require()
         best = read_best(paths)
         run = cls(paths, load_config(paths.config), read_json(paths.data), best, weights, progress)
         if not run.weights_path().is_file():

@@ -105,6 +105,24 @@ class RunPaths:
         return self
 
 
+STAGES_FILE = "stages.json"
+
+
+def stage_folder(root: Path, index: int, stage: str) -> Path:
+    """The run directory of stage ``index`` (0-based) of a staged training folder."""
+    return Path(root) / f"stage{index + 1}-{stage}"
+
+
+def final_stage(path: Path) -> Path:
+    """``path`` itself, or for a staged training folder (``stages.json``) its last stage's run directory."""
+    try:
+        state = json.loads((Path(path) / STAGES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Path(path)
+    stages = state["plan"]["stages"]
+    return stage_folder(Path(path), len(stages) - 1, stages[-1])
+
+
 LOCK_NAME = ".lock"
 
 

@@ -279,7 +279,8 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
             log.info("resuming %s from %s", paths.root, state or "the start (no epoch had finished)")
         with warnings.catch_warnings():
             # the transform is the task's on purpose (it knows train from eval); Lightning's own deprecation
-            for message in (".*on_after_batch_transfer.*", ".*LeafSpec.*"):
+            # and AG-CNN's frozen branches are in eval mode on purpose (a staged stage's other branches)
+            for message in (".*on_after_batch_transfer.*", ".*LeafSpec.*", ".*module\\(s\\) in eval mode.*"):
                 warnings.filterwarnings("ignore", message=message)
             trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
         best = read_best(paths) if trainer.is_global_zero else {}

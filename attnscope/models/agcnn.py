@@ -149,12 +149,23 @@ class AGCNN(AttnClassifier):
         )
 
     def set_stage(self, stage: Stage) -> None:
-        """Train only ``stage``'s branch: the others' parameters stop requiring gradients."""
+        """Train only ``stage``'s branch: the others' parameters stop requiring gradients, and they stay in
+        evaluation mode (batch norm keeps its running statistics, dropout is off) even while the model trains."""
         if stage not in STAGES:
             raise ConfigError(f"stage={stage!r} is not valid; use one of {list(STAGES)}")
         self.stage = stage
         for name in BRANCH_OF_STAGE.values():
             getattr(self, name).requires_grad_(name == BRANCH_OF_STAGE[stage])
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> AGCNN:
+        """``nn.Module.train``, except that the frozen branches stay in evaluation mode: a frozen branch
+        whose batch norm still moved its statistics, or normalised by the batch's, would not be frozen."""
+        super().train(mode)
+        for name in BRANCH_OF_STAGE.values():
+            if name != BRANCH_OF_STAGE[self.stage]:
+                getattr(self, name).train(False)
+        return self
 
     def _branches(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both branches' embeddings, the global feature map, the boxes and the crops."""

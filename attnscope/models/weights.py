@@ -134,10 +134,24 @@ def fresh_prefixes(model: AttnClassifier) -> list[str]:
     return prefixes
 
 
+def is_whole_model_state(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> bool:
+    """True when ``state`` holds every tensor of ``target`` under the same name and shape: the weights of an
+    attnscope run of this very model (an AG-CNN stage's, say), not a backbone file."""
+    needed = [key for key in target if not key.endswith("num_batches_tracked")]
+    return bool(needed) and all(key in state and state[key].shape == target[key].shape for key in needed)
+
+
 def apply_state_dict(model: AttnClassifier, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-    """Copy ``state`` into ``model`` by the rules of this module; raise naming every misfit."""
+    """Copy ``state`` into ``model`` by the rules of this module; raise naming every misfit.
+
+    A whole-model state (:func:`is_whole_model_state`) loads as it is, every tensor."""
     config = model.default_cfg
     target = model.state_dict()
+    if is_whole_model_state(target, state):
+        model.load_state_dict({key: state.get(key, value).to(value.dtype) for key, value in target.items()})
+        report = LoadReport(source, loaded=list(target), unused=sorted(set(state) - set(target)))
+        log.info("%s", report.summary())
+        return report
     fresh = fresh_prefixes(model)
     report = LoadReport(source)
     merged = dict(target)

@@ -124,14 +124,14 @@ class BucketLSH:
         tables = {f"keys{t}": k for t, k in enumerate(self.keys)} | {f"ids{t}": i for t, i in enumerate(self.ids)}
         settings = np.array([self.dim, *self.shape, self.intervals, self.ntotal], dtype=np.int64)
         margin = np.array([self.margin])
-        np.savez(
-            buffer,
-            settings=settings,
-            margin=margin,
-            projections=self.projections,
-            edges=self.edges,
+        arrays: dict[str, np.ndarray] = {
+            "settings": settings,
+            "margin": margin,
+            "projections": self.projections,
+            "edges": self.edges,
             **tables,
-        )
+        }
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types the keywords as its options
         return buffer.getvalue()
 
     @classmethod

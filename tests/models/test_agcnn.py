@@ -78,6 +78,30 @@ def test_each_stage_trains_only_its_branch(stage, branch):
             assert parameter.grad is None and not parameter.requires_grad, name
 
 
+@pytest.mark.parametrize("stage", ["global", "local", "fusion"])
+def test_frozen_branches_stay_in_eval_mode_and_a_training_step_leaves_them_bit_identical(stage):
+    torch.manual_seed(0)
+    model = create_model("agcnn_tiny", num_classes=2, stage=stage, backbone_options={"dropout": 0.5}).train()
+    trained = {"global": "global_branch", "local": "local_branch", "fusion": "fusion"}[stage]
+    frozen = [name for name in ("global_branch", "local_branch", "fusion") if name != trained]
+    assert all(not module.training for name in frozen for module in getattr(model, name).modules())
+    assert all(module.training for module in getattr(model, trained).modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 64, 64)).square().sum().backward()
+        optimizer.step()
+    after = model.state_dict()
+    for key, value in before.items():  # parameters and batch-norm buffers alike
+        if key.split(".")[0] in frozen:
+            assert torch.equal(after[key], value), key
+    moved = [k for k in before if k.startswith(trained + ".") and not torch.equal(after[k], before[k])]
+    assert moved, f"the {stage} stage's own branch did not train"
+    model.eval()
+    assert not any(module.training for module in model.modules())
+
+
 def test_forward_returns_the_logits_of_the_stage_being_trained():
     model = create_model("agcnn_tiny", num_classes=3).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -181,3 +181,16 @@ def test_agcnn_loads_the_backbone_file_into_both_branches(tmp_path):
     model = create_model("agcnn_tiny", num_classes=14, pretrained=tmp_path / "tiny.pth")
     for branch in (model.global_branch, model.local_branch):
         torch.testing.assert_close(branch.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
+def test_an_agcnn_run_s_own_weights_load_whole_as_the_next_stage_s_start(tmp_path):
+    """The weights of one AG-CNN stage (every tensor under the model's own names) load as ``pretrained``."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    first = create_model("agcnn_tiny", num_classes=2, stage="global")
+    save_file({k: v.contiguous() for k, v in first.state_dict().items()}, str(tmp_path / "best.safetensors"))
+    torch.manual_seed(1)
+    second = create_model("agcnn_tiny", num_classes=2, stage="local", pretrained=tmp_path / "best.safetensors")
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value), key

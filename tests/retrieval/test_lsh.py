@@ -14,7 +14,10 @@ def intervals_of(index: BucketLSH, data: np.ndarray) -> np.ndarray:
     """(N, tables * directions) interval numbers: how many inner edges each projection has passed."""
     projected = data @ index.projections
     return np.stack(
-        [np.searchsorted(edges[1:-1], column, side="right") for column, edges in zip(projected.T, index.edges)],
+        [
+            np.searchsorted(edges[1:-1], column, side="right")
+            for column, edges in zip(projected.T, index.edges, strict=True)
+        ],
         axis=1,
     )
 
