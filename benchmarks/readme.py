@@ -14,9 +14,12 @@ prints it (a benchmark script and its ``--table`` file)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import re
+import runpy
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,14 +28,24 @@ BLOCK = re.compile(r"(<!-- table: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /tab
 
 
 def render(command: str) -> str:
-    """The markdown a block's command prints (run from the repository root)."""
+    """The markdown a block's command prints, run in this process from the repository root (one
+    interpreter for every block: a fresh one each paid torch's import a dozen times)."""
     words = shlex.split(command)
     if words[:2] != ["python", "-m"] or len(words) < 3 or not words[2].startswith("benchmarks."):
         raise SystemExit(f"README block command {command!r}: must be python -m benchmarks.NAME ...")
-    result = subprocess.run([sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"README block command {command!r} failed:\n{result.stderr[-2000:]}")
-    return result.stdout.rstrip("\n") + "\n"
+    printed, saved_argv, saved_cwd = io.StringIO(), sys.argv, Path.cwd()
+    sys.argv = [words[2], *words[3:]]
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(printed):
+            runpy.run_module(words[2], run_name="__main__", alter_sys=False)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise SystemExit(f"README block command {command!r} failed: {stop.code}") from stop
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return printed.getvalue().rstrip("\n") + "\n"
 
 
 def regenerate(text: str) -> tuple[str, list[str]]:

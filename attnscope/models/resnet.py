@@ -30,7 +30,7 @@ from attnscope.layers.registry import create_attn
 from attnscope.models.base import AttnClassifier, ModelConfig, make_head_pool
 from attnscope.models.registry import register_class
 
-BLOCK_ATTENTION = ("se", "cbam")
+BLOCK_ATTENTION = ("se", "cbam", "attn_pool")
 LOCAL = "local"
 DEFAULT_GLOBAL_STAGES = (3, 4)
 RESNET_URLS = {

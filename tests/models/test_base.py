@@ -51,3 +51,18 @@ def test_agcnn_branches_take_the_head_through_backbone_options():
 def test_an_unknown_head_names_the_choices():
     with pytest.raises(ConfigError, match="head='max'.*avg, attn_pool, gated_attn_pool"):
         create_model("vgg_tiny", num_classes=2, in_chans=1, head="max")
+
+
+def test_attention_pooling_in_resnet_blocks_starts_as_the_identity():
+    """attn="attn_pool" reweighs each block's positions by x * a * (H W); a new layer's weights are uniform,
+    so the network computes what the same network without it computes."""
+    torch.manual_seed(2)
+    plain = create_model("resnet_tiny", num_classes=2, stem="small").eval()
+    pooled = create_model("resnet_tiny", num_classes=2, stem="small", attn="attn_pool", attn_stages=[3, 4]).eval()
+    pooled.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    with capture_attention(pooled) as maps:
+        logits = pooled(x)
+    torch.testing.assert_close(logits, plain(x))
+    assert sorted(maps) == ["layer3.0.attn", "layer4.0.attn"]
+    torch.testing.assert_close(maps["layer4.0.attn"].sum(dim=(1, 2, 3)), torch.ones(2))
