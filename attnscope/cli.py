@@ -561,11 +561,18 @@ def _parser_index(verbs: Any) -> None:
     parser.add_argument("--no-thumbnails", action="store_true", help="keep no thumbnails (search --html shows none)")
     parser.add_argument("--add", action="store_true", help="add these images to the index at --out")
     parser.add_argument("--force", action="store_true", help="replace the attnscope index at --out")
+    parser.add_argument(
+        "--train-reranker",
+        action="store_true",
+        help="train a cross-attention re-ranker on the indexed images and their labels (search --rerank uses it)",
+    )
+    parser.add_argument("--reranker-epochs", type=int, default=3, help="epochs of the re-ranker (default 3)")
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_index(args))
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from attnscope.retrieval.rerank import ReRankerOptions
     from attnscope.retrieval.service import IndexOptions, build_index
 
     options = IndexOptions(
@@ -581,6 +588,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         thumbnails=not args.no_thumbnails,
         add=args.add,
         force=args.force,
+        train_reranker=args.train_reranker,
+        reranker=ReRankerOptions(epochs=args.reranker_epochs),
     )
     with _open_run(args) as run:
         result = build_index(run, options)
@@ -606,6 +615,15 @@ def _parser_search(verbs: Any) -> None:
     parser.add_argument("--out", help="also write the neighbours as a CSV")
     parser.add_argument("--html", metavar="PAGE", help="write a page with each query and its neighbours")
     parser.add_argument("--run", help="the run the index was built from, if it moved")
+    parser.add_argument(
+        "--rerank",
+        nargs="?",
+        type=int,
+        const=50,
+        default=0,
+        metavar="CANDIDATES",
+        help="reorder each query's first CANDIDATES (default 50) with the index's re-ranker (index --train-reranker)",
+    )
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_search(args))
 
@@ -615,13 +633,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from attnscope.retrieval.page import write_search_page
 
     index, result = search_images(
-        args.index, args.images, args.k, args.run, args.skip_bad, progress=not args.no_progress
+        args.index, args.images, args.k, args.run, args.skip_bad, progress=not args.no_progress, rerank_k=args.rerank
     )
     lines = result_rows(index, result)
     for query in result.queries:
         print(f"{query['id']}:")
         for line in (line for line in lines if line["query"] == query["id"]):
-            print(f"  {line['rank']:>3}  {line['similarity']:.4f}  {line['label']:<16} {line['id']}")
+            reranked = f"  re-ranker {line['rerank_score']:.3f}" if "rerank_score" in line else ""
+            print(f"  {line['rank']:>3}  {line['similarity']:.4f}  {line['label']:<16} {line['id']}{reranked}")
     if args.out:
         print(f"neighbours: {write_results_csv(lines, args.out)}")
     if args.html:

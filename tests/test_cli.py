@@ -568,6 +568,23 @@ def test_index_then_search_prints_writes_csv_and_page(cli_run, tmp_path, capsys)
     assert page.read_text().count("<img") == 2 * (1 + 3)
 
 
+def test_index_trains_a_reranker_and_search_reorders_with_it(cli_run, tmp_path, capsys):
+    index = tmp_path / "gallery"
+    argv = ["index", str(cli_run), "--out", str(index), "--train-reranker", "--reranker-epochs", "1", "--no-progress"]
+    assert cli.main(argv) == 0
+    (tmp_path / "queries").mkdir()
+    images = write_images(tmp_path / "queries", 2)
+    out = tmp_path / "neighbours.csv"
+    search = ["search", str(index), *map(str, images), "-k", "3", "--rerank", "8", "--out", str(out), "--no-progress"]
+    assert cli.main(search) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("  re-ranker ") == 2 * 3  # each neighbour shows its re-ranker score
+    rows = list(csv.DictReader(out.open()))
+    for query in ("img_0.png", "img_1.png"):
+        scores = [float(r["rerank_score"]) for r in rows if r["query"] == query]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+
 def test_search_with_a_folder_that_is_no_index_is_one_clear_line(tmp_path, capsys):
     image = write_images(tmp_path, 1)[0]
     assert cli.main(["search", str(tmp_path), str(image)]) == 1

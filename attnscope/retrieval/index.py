@@ -20,7 +20,8 @@ both LSH kinds first gather ``rerank`` times more candidates than asked for.
 A saved index is a folder: ``index.json`` (kind, sizes, embedding settings, the
 run and the fingerprint of its weights), ``index.faiss``, ``vectors.npy``,
 ``rows.csv``, and ``pca.npz`` / ``thumbs.npy`` where there are some (``lsh_buckets`` keeps its
-tables in ``index.lsh.npz`` instead of ``index.faiss``). It is
+tables in ``index.lsh.npz`` instead of ``index.faiss``); an index with a re-ranker also holds
+``tokens.npy`` and ``reranker.safetensors`` (``attnscope.retrieval.rerank``). It is
 written whole into a sibling folder, then renamed into place.
 """
 
@@ -38,12 +39,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from attnscope.errors import ConfigError, RetrievalError
 from attnscope.fileio import atomic_directory, read_marker, write_marker
 from attnscope.names import FRACTION_INDEX_PARAMS, INDEX_KINDS, INDEX_PARAMS
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
 from attnscope.retrieval.lsh import BucketLSH
+from attnscope.retrieval.rerank import CrossAttentionReRanker
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,8 @@ class SimilarityIndex:
     rows: list[dict] = field(default_factory=list)
     pca: PCA | None = None
     thumbs: np.ndarray | None = None
+    tokens: np.ndarray | None = None  # (N, T, C) float16, with a re-ranker
+    reranker: CrossAttentionReRanker | None = None
 
     @property
     def dim(self) -> int:
@@ -200,12 +206,19 @@ class SimilarityIndex:
         self.params.update(params)
         apply_search_params(self.faiss_index, self.kind, self.params)
 
-    def add(self, vectors: np.ndarray, rows: list[dict], thumbs: np.ndarray | None = None) -> None:
-        """Append vectors (already reduced like the gallery's) and their rows; trained quantisers are kept."""
+    def add(
+        self, vectors: np.ndarray, rows: list[dict], thumbs: np.ndarray | None = None, tokens: np.ndarray | None = None
+    ) -> None:
+        """Append vectors (already reduced like the gallery's) and their rows (and their re-ranker tokens, when
+        the index has a re-ranker); trained quantisers and the re-ranker are kept."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise RetrievalError(f"cannot add {vectors.shape[-1]}-d vectors to an index of {self.dim}-d vectors")
         if (thumbs is None) != (self.thumbs is None):
             raise RetrievalError("thumbnails must be given for every row or for none (as when the index was built)")
+        if (tokens is None) != (self.tokens is None):
+            raise RetrievalError("re-ranker tokens must be given exactly when the index has a re-ranker")
+        if tokens is not None and self.tokens is not None:
+            self.tokens = np.concatenate([self.tokens, tokens.astype(self.tokens.dtype)])
         self.faiss_index.add(_as_float32(vectors))
         self.vectors = np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)])
         self.rows.extend(rows)
@@ -230,6 +243,16 @@ class SimilarityIndex:
         else:
             _, found = self.faiss_index.search(_as_float32(queries), candidates)
         return rerank(queries, self.vectors, found, k)
+
+    def attach_reranker(self, reranker: CrossAttentionReRanker, tokens: np.ndarray, meta: dict) -> None:
+        """Keep ``reranker`` and the tokens (N, T, C) of every indexed row with the index."""
+        if len(tokens) != len(self) or tokens.shape[1:] != (reranker.tokens, reranker.channels):
+            raise RetrievalError(
+                f"re-ranker tokens {tokens.shape} do not fit {len(self)} rows and a re-ranker of "
+                f"{reranker.tokens} tokens x {reranker.channels} channels"
+            )
+        self.reranker, self.tokens = reranker, tokens.astype(np.float16)
+        self.meta["reranker"] = {**meta, **reranker.architecture()}
 
     def index_bytes(self) -> bytes:
         """The search structure as stored on disk (``index.faiss`` or ``index.lsh.npz``)."""
@@ -264,6 +287,12 @@ class SimilarityIndex:
                 np.savez(folder / "pca.npz", mean=self.pca.mean, components=self.pca.components)
             if self.thumbs is not None:
                 np.save(folder / "thumbs.npy", self.thumbs)
+            if self.reranker is not None and self.tokens is not None:
+                np.save(folder / "tokens.npy", self.tokens)
+                save_file(
+                    {k: v.contiguous() for k, v in self.reranker.state_dict().items()},
+                    str(folder / "reranker.safetensors"),
+                )
             (folder / "index.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
         return Path(path)
 
@@ -297,6 +326,11 @@ class SimilarityIndex:
             with np.load(folder / "pca.npz") as saved:
                 pca = PCA(saved["mean"], saved["components"])
         thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
+        tokens, reranker = _load_reranker(folder, header)
+        if tokens is not None and len(tokens) != header["count"]:
+            raise RetrievalError(
+                f"{folder}: tokens.npy holds {len(tokens)} rows, the index {header['count']}; rebuild it"
+            )
         meta = {
             key: value
             for key, value in header.items()
@@ -313,7 +347,24 @@ class SimilarityIndex:
             rows,
             pca,
             thumbs,
+            tokens,
+            reranker,
         )
+
+
+def _load_reranker(folder: Path, header: dict) -> tuple[np.ndarray | None, CrossAttentionReRanker | None]:
+    """The re-ranker and its tokens, where the index has one (``index.json``'s ``reranker``)."""
+    described = header.get("reranker")
+    if not described:
+        return None, None
+    try:
+        tokens = np.load(folder / "tokens.npy")
+        architecture = {key: int(described[key]) for key in ("channels", "tokens", "dim", "heads")}
+        reranker = CrossAttentionReRanker(**architecture)
+        reranker.load_state_dict(load_file(str(folder / "reranker.safetensors")))
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
+        raise RetrievalError(f"{folder}: its re-ranker cannot be read ({error}); rebuild the index") from error
+    return tokens, reranker.eval()
 
 
 def index_file(kind: str) -> str:

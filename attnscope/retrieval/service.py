@@ -23,6 +23,7 @@ from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write, csv_text
 from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
+from attnscope.retrieval.rerank import ReRankerOptions, embed_tokens, rerank, token_stage, train_reranker
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class IndexOptions(DataSelection):
     The embedding fields (``stages``, ``attention_pooling``, ``taps``, ``pca_dim``, ``fp16``)
     left at their defaults with ``add`` mean "the index's own"; set, they must equal it.
     ``force`` replaces an index already at ``out``; nothing but an attnscope index is ever replaced.
+    ``train_reranker`` trains a cross-attention re-ranker on the indexed images (``reranker``: its
+    options) and keeps it, with every image's tokens, in the index folder.
     """
 
     split: str = "train"
@@ -93,6 +96,8 @@ class IndexOptions(DataSelection):
     thumbnails: bool = True
     add: bool = False
     force: bool = False
+    train_reranker: bool = False
+    reranker: ReRankerOptions = field(default_factory=ReRankerOptions)
 
     def embedding(self) -> EmbeddingConfig:
         return EmbeddingConfig(
@@ -154,7 +159,8 @@ def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
     described = options.source or f"{run.root} ({options.split} split)"
     if existing is not None:
         _refuse_duplicates(existing, rows, out)
-        existing.add(existing.reduce(embedded.vectors), rows, thumbs)
+        tokens = _tokens_of(run, loader, existing.embedding, embedded.rows) if existing.reranker is not None else None
+        existing.add(existing.reduce(embedded.vectors), rows, thumbs, tokens)
         existing.meta["data"] = [*existing.meta.get("data", []), described]
         index = existing
     else:
@@ -180,6 +186,13 @@ def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
             pca=pca,
             thumbs=thumbs,
         )
+    if options.train_reranker and existing is None:
+        tokens = _tokens_of(run, loader, embedding, embedded.rows)
+        labels = loader.decoded.manifest.labels[embedded.rows]
+        reranker, trained = train_reranker(tokens, index.vectors, labels, options.reranker, run.progress)
+        index.attach_reranker(reranker, tokens, {**trained, "stage": token_stage(run.model(), embedding)})
+    elif options.train_reranker:
+        raise RetrievalError("--train-reranker builds a new index; with --add the index's own re-ranker is kept")
     index.save(out, replace=options.add or options.force)
     skipped = len(loader.decoded.manifest.rejected)
     log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
@@ -200,6 +213,14 @@ def _existing_index(run: Run, options: IndexOptions, out: Path) -> SimilarityInd
     return existing
 
 
+def _tokens_of(run: Run, loader: BatchLoader, embedding: EmbeddingConfig, rows: np.ndarray) -> np.ndarray:
+    """The re-ranker tokens of the loader's images, in the order of their embeddings (``rows``)."""
+    tokens, token_rows = embed_tokens(run, loader, token_stage(run.model(), embedding))
+    if not np.array_equal(token_rows, rows):
+        raise RetrievalError("the loader gave its images in another order the second time; index again")
+    return tokens
+
+
 def _refuse_duplicates(index: SimilarityIndex, rows: list[dict], out: Path) -> None:
     have = {(row["source"], row["id"]) for row in index.rows}
     again = [row["id"] for row in rows if (row["source"], row["id"]) in have]
@@ -218,6 +239,7 @@ class SearchResult:
     positions: np.ndarray
     similarities: np.ndarray
     query_thumbs: np.ndarray
+    scores: np.ndarray | None = None  # the re-ranker's same-class probability, where it reordered
 
 
 def open_index(
@@ -238,12 +260,22 @@ def open_index(
 
 
 def search_loader(
-    index: SimilarityIndex, run: Run, loader: BatchLoader, k: int = 10, with_labels: bool = False
+    index: SimilarityIndex, run: Run, loader: BatchLoader, k: int = 10, with_labels: bool = False, rerank_k: int = 0
 ) -> SearchResult:
     """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
-    known, and shown beside each query)."""
+    known, and shown beside each query). ``rerank_k``: the index's re-ranker reorders that many candidates
+    of each query, and the first ``k`` are kept."""
     embedded = embed(run, loader, index.embedding)
-    positions, similarities = index.search(index.reduce(embedded.vectors), k)
+    scores = None
+    if rerank_k:
+        if index.reranker is None or index.tokens is None:
+            raise RetrievalError("this index has no re-ranker; build it with attnscope index --train-reranker")
+        positions, similarities = index.search(index.reduce(embedded.vectors), max(k, rerank_k))
+        query_tokens = _tokens_of(run, loader, index.embedding, embedded.rows)
+        positions, similarities, scores = rerank(index.reranker, query_tokens, index.tokens, positions, similarities)
+        positions, similarities, scores = positions[:, :k], similarities[:, :k], scores[:, :k]
+    else:
+        positions, similarities = index.search(index.reduce(embedded.vectors), k)
     manifest = loader.decoded.manifest
     queries = [
         {"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""} for p in embedded.rows.tolist()
@@ -257,7 +289,7 @@ def search_loader(
             len(manifest.rejected),
             "; ".join(f"{bad.id}: {bad.reason}" for bad in manifest.rejected[:3]),
         )
-    return SearchResult(queries, positions, similarities, thumbnails(loader_images(loader, embedded.rows)))
+    return SearchResult(queries, positions, similarities, thumbnails(loader_images(loader, embedded.rows)), scores)
 
 
 def search_images(
@@ -267,37 +299,46 @@ def search_images(
     run_dir: str | Path | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    rerank_k: int = 0,
 ) -> tuple[SimilarityIndex, SearchResult]:
-    """The ``k`` nearest indexed images of each image file (or folder of them)."""
+    """The ``k`` nearest indexed images of each image file (or folder of them); ``rerank_k``: see
+    :func:`search_loader`."""
     index, run = open_index(index_path, run_dir=run_dir, progress=progress)
     with run:
         loader = run.loader(DataSelection(images=tuple(images), skip_bad=skip_bad))
-        return index, search_loader(index, run, loader, k)
+        return index, search_loader(index, run, loader, k, rerank_k=rerank_k)
 
 
 def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:
-    """One row per (query, rank): query, rank, neighbour id, label, similarity, path."""
+    """One row per (query, rank): query, rank, neighbour id, label, similarity, path (and the re-ranker's
+    score where it reordered)."""
     lines = []
-    for query, positions, similarities in zip(result.queries, result.positions, result.similarities, strict=True):
+    scores = result.scores if result.scores is not None else np.full(result.positions.shape, np.nan)
+    for query, positions, similarities, reranked in zip(
+        result.queries, result.positions, result.similarities, scores, strict=True
+    ):
         for rank, (position, similarity) in enumerate(zip(positions.tolist(), similarities.tolist(), strict=True), 1):
             if position < 0:
                 break
             row = index.rows[position]
-            lines.append(
-                {
-                    "query": query["id"],
-                    "query_path": query["path"],
-                    "rank": rank,
-                    "id": row["id"],
-                    "label": row["label"],
-                    "similarity": round(float(similarity), 6),
-                    "path": row["path"],
-                }
-            )
+            line = {
+                "query": query["id"],
+                "query_path": query["path"],
+                "rank": rank,
+                "id": row["id"],
+                "label": row["label"],
+                "similarity": round(float(similarity), 6),
+                "path": row["path"],
+            }
+            if result.scores is not None:
+                line["rerank_score"] = round(float(reranked[rank - 1]), 6)
+            lines.append(line)
     return lines
 
 
 def write_results_csv(lines: list[dict], out: str | Path) -> Path:
     """The neighbours as a CSV, one row per (query, rank)."""
     columns = ["query", "query_path", "rank", "id", "label", "similarity", "path"]
+    if lines and "rerank_score" in lines[0]:
+        columns.append("rerank_score")
     return atomic_write(out, csv_text(columns, ([line[c] for c in columns] for line in lines)))

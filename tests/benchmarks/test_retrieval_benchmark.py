@@ -37,6 +37,8 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
             "2000",
             "--queries",
             "50",
+            "--reranker-epochs",
+            "1",
             "--out",
             str(out),
         ],
@@ -70,8 +72,13 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     assert margin["recall@10"] >= no_margin["recall@10"]  # more buckets probed: a superset of candidates
     assert all(r["count"] == 300 and r["queries"] == 60 and r["dim"] == 128 for r in on_embeddings)
     assert on_embeddings[0]["recall@10"] == 1.0 and on_embeddings[1]["recall@10"] == 1.0  # 7 cells, 16 probed
+    reranked = next(r for r in records if r["part"] == "fashion_mnist_rerank")
+    assert (reranked["gallery"], reranked["queries"], reranked["candidates"]) == (300, 60, 100)
+    assert reranked["map_embedding"] == next(r["map"] for r in fashion if r["attention_pooling"] and r["pca_dim"])
+    assert 0 < reranked["map_reranked"] <= 1 and reranked["single_query_ms_rerank_added"] > 0
     table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True)
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
+    assert f"| + cross-attention re-ranker | {reranked['map_reranked']:.4f} |" in table.stdout
     assert "Measured " in table.stdout and "by `python -m benchmarks.retrieval --quick" in table.stdout
     rerun = dict(records[-1], build_s=123.4)  # a later run of one setting replaces its row, keeps the others
     out.write_text(out.read_text() + json.dumps(rerun) + "\n")
