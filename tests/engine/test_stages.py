@@ -15,7 +15,7 @@ from attnscope.engine.stages import StagePlan, resume_stages, train_stages
 from attnscope.errors import ConfigError, DataError
 from tests.runs import tiny_settings
 
-PLAN = StagePlan(("global", "local", "fusion"), epochs=(2, 1, 1), lr=(0.002, 0.002, 0.001))
+PLAN = StagePlan(("global", "local", "fusion"), epochs=(1, 1, 1), lr=(0.002, 0.002, 0.001))
 
 
 def staged_config(root):
