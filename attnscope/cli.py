@@ -539,7 +539,7 @@ def _parser_index(verbs: Any) -> None:
         "--kind",
         default="flat",
         choices=names.INDEX_KINDS,
-        help="flat: exact; ivf, hnsw: approximate, for large galleries; lsh: hashing",
+        help="flat: exact; ivf, hnsw: approximate, for large galleries; lsh, lsh_buckets: hashing",
     )
     parameters = "; ".join(f"{kind} {', '.join(params)}" for kind, params in names.INDEX_PARAMS.items() if params)
     parser.add_argument(
