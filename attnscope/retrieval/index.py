@@ -301,18 +301,7 @@ class SimilarityIndex:
         """Read an index folder written by :meth:`save`, checking that its parts agree."""
         folder = Path(path)
         header = _read_header(folder)
-        try:
-            blob = (folder / index_file(header["kind"])).read_bytes()
-            faiss_index = (
-                BucketLSH.from_bytes(blob)
-                if header["kind"] == "lsh_buckets"
-                else _faiss().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-            )
-            vectors = np.load(folder / "vectors.npy")
-            with open(folder / "rows.csv", newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-        except (OSError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
+        faiss_index, vectors, rows = _read_parts(folder, header)
         sizes = {
             "index.json": header["count"],
             index_file(header["kind"]): faiss_index.ntotal,
@@ -327,10 +316,6 @@ class SimilarityIndex:
                 pca = PCA(saved["mean"], saved["components"])
         thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
         tokens, reranker = _load_reranker(folder, header)
-        if tokens is not None and len(tokens) != header["count"]:
-            raise RetrievalError(
-                f"{folder}: tokens.npy holds {len(tokens)} rows, the index {header['count']}; rebuild it"
-            )
         meta = {
             key: value
             for key, value in header.items()
@@ -352,6 +337,24 @@ class SimilarityIndex:
         )
 
 
+def _read_parts(folder: Path, header: dict) -> tuple[Any, np.ndarray, list[dict]]:
+    """The search structure, the vectors and the rows of an index folder; a part that cannot be read is an
+    error that says to rebuild."""
+    try:
+        blob = (folder / index_file(header["kind"])).read_bytes()
+        faiss_index = (
+            BucketLSH.from_bytes(blob)
+            if header["kind"] == "lsh_buckets"
+            else _faiss().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        )
+        vectors = np.load(folder / "vectors.npy")
+        with open(folder / "rows.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
+    return faiss_index, vectors, rows
+
+
 def _load_reranker(folder: Path, header: dict) -> tuple[np.ndarray | None, CrossAttentionReRanker | None]:
     """The re-ranker and its tokens, where the index has one (``index.json``'s ``reranker``)."""
     described = header.get("reranker")
@@ -364,6 +367,8 @@ def _load_reranker(folder: Path, header: dict) -> tuple[np.ndarray | None, Cross
         reranker.load_state_dict(load_file(str(folder / "reranker.safetensors")))
     except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as error:
         raise RetrievalError(f"{folder}: its re-ranker cannot be read ({error}); rebuild the index") from error
+    if len(tokens) != header["count"]:
+        raise RetrievalError(f"{folder}: tokens.npy holds {len(tokens)} rows, the index {header['count']}; rebuild it")
     return tokens, reranker.eval()
 
 
