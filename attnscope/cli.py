@@ -294,8 +294,10 @@ def _print_best(result: TrainResult) -> None:
             if k in metrics
         )
         print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
+    from attnscope.engine.rundir import STAGES_FILE
+
     staged = result.run_dir.parent
-    if (staged / "stages.json").is_file():
+    if (staged / STAGES_FILE).is_file():
         print(f"staged run: {staged} (last stage: {result.run_dir.name})")
     else:
         print(f"run directory: {result.run_dir}")
