@@ -45,7 +45,8 @@ from attnscope.layers import (
 )
 from attnscope.profiling import saved_tensor_bytes
 
-LAYERS = ("grid", "se", "cbam", "global", "local_naive", "local")
+LAYERS = ("grid", "se", "se_plain", "cbam", "cbam_plain", "global", "local_naive", "local")
+PLAIN = {"se": "se_plain", "cbam": "cbam_plain"}
 MB = 2**20
 
 
@@ -69,6 +70,33 @@ class UnfoldLocalSelfAttention(LocalSelfAttention):
         return output.reshape(batch, self.out_channels, height, width)
 
 
+class PlainSE(nn.Module):
+    """Squeeze-and-Excitation as timm's ``SEModule`` writes it, on an attnscope layer's weights: no tap."""
+
+    def __init__(self, se: SqueezeExcite) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = se.fc1, se.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class PlainCBAM(nn.Module):
+    """CBAM as timm's ``CbamModule`` writes it (channel, then spatial), on an attnscope layer's weights."""
+
+    def __init__(self, cbam: CBAM) -> None:
+        super().__init__()
+        self.channel, self.spatial = cbam.channel_gate, cbam.spatial_gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mlp = self.channel
+        average = mlp.fc2(F.relu(mlp.fc1(x.mean((2, 3), keepdim=True))))
+        maximum = mlp.fc2(F.relu(mlp.fc1(x.amax((2, 3), keepdim=True))))
+        x = x * torch.sigmoid(average + maximum)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial.norm(self.spatial.conv(pooled)))
+
+
 def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The layer ``name`` and its inputs at the benchmark's size."""
     torch.manual_seed(0)  # the same inputs for every layer, the same weights for both local ones
@@ -77,10 +105,12 @@ def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.T
     if name == "grid":
         layer: nn.Module = GridAttention(c, c, c // 2)
         inputs: tuple[torch.Tensor, ...] = (x, torch.randn(b, c, max(1, s // 4), max(1, s // 4)))
-    elif name == "se":
+    elif name in ("se", "se_plain"):
         layer, inputs = SqueezeExcite(c), (x,)
-    elif name == "cbam":
+        layer = PlainSE(layer) if name == "se_plain" else layer
+    elif name in ("cbam", "cbam_plain"):
         layer, inputs = CBAM(c), (x,)
+        layer = PlainCBAM(layer) if name == "cbam_plain" else layer
     elif name == "global":
         layer, inputs = GlobalSelfAttention(c, heads=args.heads), (x,)
     elif name in ("local", "local_naive"):
@@ -157,8 +187,13 @@ def memory_figures(name: str, args: argparse.Namespace) -> dict:
 
 def time_round_robin(layers: dict[str, tuple[nn.Module, tuple]], args: argparse.Namespace) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in layers}
+    names = list(layers)
     for round_index in range(args.warmup + args.repeats):
-        for name, (layer, inputs) in layers.items():
+        # Each round starts with the next layer: measured, the one timed right after another
+        # runs up to 25% slower, so a fixed order would favour the first.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            layer, inputs = layers[name]
             synchronize(args.device)
             start = time.perf_counter()
             step(layer, inputs)
@@ -226,6 +261,16 @@ def run(args: argparse.Namespace) -> list[dict]:
             record["kernel_size"] = args.kernel
             record["heads"] = args.heads
         records[name] = record
+    for name, plain in PLAIN.items():
+        if name in records and plain in records:
+            ratio = records[name]["fwd_bwd_ms_median"] / records[plain]["fwd_bwd_ms_median"]
+            with torch.no_grad():
+                ours, theirs = (layers[n][0](*layers[n][1]) for n in (name, plain))
+            records[name].update(
+                baseline=plain,
+                time_ratio_vs_plain=round(ratio, 3),
+                max_abs_diff_vs_plain=(ours - theirs).abs().max().item(),
+            )
     if "local" in records and "local_naive" in records:
         local, naive = records["local"], records["local_naive"]
         local.update(

@@ -6,103 +6,37 @@ term (half the head's channels score the row offset, half the column offset),
 softmax over the neighbourhood, weighted sum of the neighbours' values.
 Neighbours outside the image are left out of the softmax, not attended as zeros.
 
+The computation itself lives in :mod:`attnscope.layers.neighbourhood`, in three
+formulations that agree within 1e-5 (a reference, a shifted-view kernel with a
+hand-written backward, and dense masked attention for small maps); ``implementation``
+picks one, ``auto`` the fastest measured for the map's size.
+
 Memory. The textbook implementation unfolds keys and values to
 (B, C, k*k, H, W) each, and autograd keeps both for the backward pass: k*k
-times the memory of the feature map, twice. :func:`neighbourhood_attention` instead
-loops over the k*k offsets and reads each neighbour as a shifted *view* of the
-zero-padded keys and values, so what autograd keeps is the queries, the padded
-keys and values, and the (B, heads, k*k, H, W) attention weights: about
-``3 C + 2 heads k^2`` numbers a pixel instead of ``2 C k^2``.
+times the memory of the feature map, twice. The shifted formulations read each
+neighbour as a shifted *view* of the zero-padded keys and values, so what autograd
+keeps is the queries, the padded keys and values, and the (B, heads, k*k, H, W)
+attention weights: about ``3 C + 2 heads k^2`` numbers a pixel instead of ``2 C k^2``.
+The dense one keeps (B, heads, H*W, H*W) weights, at most ``2 heads k^2`` a pixel.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from attnscope.errors import ConfigError
 from attnscope.layers._utils import check_positive
+from attnscope.layers.neighbourhood import (
+    attention_received,
+    check_implementation,
+    local_attention,
+    neighbourhood_attention,
+    neighbourhood_mask,
+)
 from attnscope.layers.tap import AttentionTap
 
-
-def neighbourhood_mask(height: int, width: int, kernel_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """(k*k, H, W) bool: True where offset ``o`` of pixel (y, x) lies inside the image.
-
-    Offset ``o = a * k + b`` points from (y, x) to (y + a - k//2, x + b - k//2).
-    """
-    radius = kernel_size // 2
-    offsets = torch.arange(kernel_size, device=device) - radius
-    rows = torch.arange(height, device=device)[None, :] + offsets[:, None]  # (k, H)
-    cols = torch.arange(width, device=device)[None, :] + offsets[:, None]  # (k, W)
-    row_ok = (rows >= 0) & (rows < height)
-    col_ok = (cols >= 0) & (cols < width)
-    mask = row_ok[:, None, :, None] & col_ok[None, :, None, :]  # (k, k, H, W)
-    return mask.reshape(kernel_size * kernel_size, height, width)
-
-
-def neighbourhood_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    rel_rows: torch.Tensor,
-    rel_cols: torch.Tensor,
-    kernel_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neighbourhood attention on (B, heads, d, H, W) tensors.
-
-    ``query`` must already be scaled. ``rel_rows`` and ``rel_cols`` are
-    (k, d/2) embeddings of the row and column offsets, scored against the first
-    and second half of the query's channels. Returns the output (B, heads, d, H, W)
-    and the attention weights (B, heads, k*k, H, W) in the query's dtype.
-    """
-    *_, head_dim, height, width = query.shape
-    half = head_dim // 2
-    radius = kernel_size // 2
-    pad = (radius, radius, radius, radius)
-    key_padded = F.pad(key, pad)
-    value_padded = F.pad(value, pad)
-
-    logits = torch.stack(
-        [
-            (query * key_padded[..., a : a + height, b : b + width]).sum(dim=2)
-            for a in range(kernel_size)
-            for b in range(kernel_size)
-        ],
-        dim=2,
-    )
-    row_scores = torch.einsum("bhdyx,ad->bhayx", query[:, :, :half], rel_rows)
-    col_scores = torch.einsum("bhdyx,ad->bhayx", query[:, :, half:], rel_cols)
-    relative = (row_scores[:, :, :, None] + col_scores[:, :, None, :]).flatten(2, 3)
-    outside = ~neighbourhood_mask(height, width, kernel_size, device=query.device)
-    logits = (logits + relative).masked_fill(outside, float("-inf"))
-    # The centre offset is always inside, so no softmax row is all -inf.
-    attention = F.softmax(logits, dim=2, dtype=torch.float32).to(query.dtype)
-
-    output = None
-    for offset in range(kernel_size * kernel_size):
-        a, b = divmod(offset, kernel_size)
-        term = attention[:, :, offset : offset + 1] * value_padded[..., a : a + height, b : b + width]
-        output = term if output is None else output + term
-    assert output is not None
-    return output, attention
-
-
-def attention_received(attention: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Attention each pixel receives, averaged over all queries: (B, heads, H, W).
-
-    Each query's weights sum to 1, so the map sums to 1 over H x W.
-    """
-    *_, positions, height, width = attention.shape
-    received = None
-    for offset in range(positions):
-        a, b = divmod(offset, kernel_size)
-        # Query (y, x) with offset (a, b) lands on padded position (y + a, x + b).
-        shifted = F.pad(attention[:, :, offset], (b, kernel_size - 1 - b, a, kernel_size - 1 - a))
-        received = shifted if received is None else received + shifted
-    assert received is not None
-    radius = kernel_size // 2
-    return received[..., radius : radius + height, radius : radius + width] / (height * width)
+__all__ = ["LocalSelfAttention", "attention_received", "neighbourhood_attention", "neighbourhood_mask"]
 
 
 class LocalSelfAttention(nn.Module):
@@ -118,6 +52,8 @@ class LocalSelfAttention(nn.Module):
         heads: attention heads.
         stride: the output is average-pooled by this factor, as in the paper.
         qkv_bias: bias in the query/key/value projections.
+        implementation: ``auto`` (default), ``shifted``, ``dense`` or ``reference``: how the
+            attention is computed (:mod:`attnscope.layers.neighbourhood`); all give the same numbers.
 
     While captured, the attention each position receives, averaged over queries,
     (B, heads, H, W), goes through ``self.tap``; it is not computed otherwise.
@@ -131,6 +67,7 @@ class LocalSelfAttention(nn.Module):
         heads: int = 8,
         stride: int = 1,
         qkv_bias: bool = False,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -149,6 +86,8 @@ class LocalSelfAttention(nn.Module):
                 f"out_channels={out_channels} must split into heads={heads} heads of an even width "
                 "(half of each head scores row offsets, half column offsets); change out_channels or heads"
             )
+        check_implementation(implementation)
+        self.implementation = implementation
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -177,11 +116,18 @@ class LocalSelfAttention(nn.Module):
         query, key, value = (
             t.reshape(batch, self.heads, self.head_dim, height, width) for t in self.qkv(x).chunk(3, dim=1)
         )
-        output, attention = neighbourhood_attention(
-            query * self.scale, key, value, self.rel_rows, self.rel_cols, self.kernel_size
+        output, received = local_attention(
+            query * self.scale,
+            key,
+            value,
+            self.rel_rows,
+            self.rel_cols,
+            self.kernel_size,
+            implementation=self.implementation,
+            received=self.tap.observed,
         )
-        if self.tap.observed:
-            self.tap(attention_received(attention, self.kernel_size))
+        if received is not None:
+            self.tap(received)
         return self.pool(output.reshape(batch, self.out_channels, height, width))
 
     def extra_repr(self) -> str:

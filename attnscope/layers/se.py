@@ -63,5 +63,8 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeezed = x.mean(dim=(2, 3), keepdim=True) if self.pool_type == "avg" else x.amax(dim=(2, 3), keepdim=True)
         weights = self.gate(self.fc2(self.act(self.fc1(squeezed))))
-        weights = self.tap(weights.flatten(1))
-        return x * weights[:, :, None, None]
+        if self.tap.observed:
+            # Passed through the tap only while captured: a module call and two views a step
+            # were measurable beside timm's SEModule on small maps.
+            weights = self.tap(weights.flatten(1))[:, :, None, None]
+        return x * weights

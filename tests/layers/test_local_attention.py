@@ -3,8 +3,8 @@ import torch
 from torch.nn import functional as F
 
 from attnscope import ConfigError, capture_attention
-from attnscope.layers import LocalSelfAttention, neighbourhood_attention
-from attnscope.layers.local_attention import neighbourhood_mask
+from attnscope.layers import LocalSelfAttention, neighbourhood, neighbourhood_attention
+from attnscope.layers.neighbourhood import choose_implementation, local_attention, neighbourhood_mask
 from attnscope.profiling import saved_tensor_bytes
 
 
@@ -37,9 +37,14 @@ def reference(layer: LocalSelfAttention, x: torch.Tensor) -> tuple[torch.Tensor,
     return output.reshape(batch, heads * dim, height, width), received
 
 
+IMPLEMENTATIONS = ("shifted", "dense", "reference")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("kernel_size, size", [(3, (5, 6)), (5, (4, 6)), (7, (3, 3))])
-def test_equals_the_per_pixel_definition_forward_and_backward(kernel_size, size):
-    layer = LocalSelfAttention(6, 8, kernel_size=kernel_size, heads=2)
+def test_equals_the_per_pixel_definition_forward_and_backward(kernel_size, size, implementation):
+    torch.manual_seed(0)
+    layer = LocalSelfAttention(6, 8, kernel_size=kernel_size, heads=2, implementation=implementation)
     x = torch.randn(2, 6, *size, requires_grad=True)
     upstream = torch.randn(2, 8, *size)
 
@@ -102,28 +107,92 @@ def test_stride_average_pools_the_output():
     torch.testing.assert_close(strided(x), F.avg_pool2d(plain(x), 2))
 
 
-def test_autograd_keeps_no_unfolded_keys_or_values():
+@pytest.mark.parametrize("implementation, size", [("shifted", 12), ("reference", 12), ("dense", 9)])
+def test_autograd_keeps_no_unfolded_keys_or_values(implementation, size):
     """The unfold formulation keeps 2 * B * C * k^2 * H * W numbers; ours keeps a small fraction."""
-    batch, channels, size, kernel = 2, 32, 12, 7
-    layer = LocalSelfAttention(channels, channels, kernel_size=kernel, heads=4)
+    batch, channels, kernel = 2, 32, 7
+    layer = LocalSelfAttention(channels, channels, kernel_size=kernel, heads=4, implementation=implementation)
     x = torch.randn(batch, channels, size, size)
     _, saved = saved_tensor_bytes(lambda: layer(x))
     unfolded_keys_and_values = 2 * batch * channels * kernel**2 * size * size * 4
     assert saved < unfolded_keys_and_values / 4
 
 
-def test_the_map_costs_nothing_without_capture(monkeypatch):
-    import attnscope.layers.local_attention as module
-
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_the_map_costs_nothing_without_capture(monkeypatch, implementation):
     calls = []
-    original = module.attention_received
-    monkeypatch.setattr(module, "attention_received", lambda *a: calls.append(1) or original(*a))
-    layer = LocalSelfAttention(8, heads=2, kernel_size=3)
+    for name in ("attention_received", "dense_attention_received"):
+        original = getattr(neighbourhood, name)
+        monkeypatch.setattr(neighbourhood, name, lambda *a, original=original: calls.append(1) or original(*a))
+    layer = LocalSelfAttention(8, heads=2, kernel_size=3, implementation=implementation)
     layer(torch.randn(1, 8, 5, 5))
     assert calls == []
     with capture_attention(layer):
         layer(torch.randn(1, 8, 5, 5))
     assert calls == [1]
+
+
+def random_inputs(batch, heads, head_dim, size, kernel_size, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(7)
+    shapes = [(batch, heads, head_dim, *size)] * 3 + [(kernel_size, head_dim // 2)] * 2
+    return [torch.randn(shape, generator=generator, dtype=dtype, requires_grad=True) for shape in shapes]
+
+
+def outputs_and_gradients(implementation, inputs, kernel_size):
+    """Output, received map, and the gradient of every input under a loss on both."""
+    output, received = local_attention(*inputs, kernel_size, implementation=implementation, received=True)
+    generator = torch.Generator().manual_seed(3)
+    upstream = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    received_weight = torch.randn(received.shape, generator=generator, dtype=received.dtype)
+    # The received map is differentiated too: attention supervision trains through it.
+    loss = (output * upstream).sum() + 100 * (received * received_weight).sum()
+    return [output, received, *torch.autograd.grad(loss, inputs)]
+
+
+@pytest.mark.parametrize("implementation", ["shifted", "dense"])
+@pytest.mark.parametrize(
+    "kernel_size, size, head_dim",
+    [(7, (12, 11), 4), (7, (7, 7), 8), (7, (4, 4), 16), (5, (9, 13), 6), (3, (2, 5), 2)],
+)
+def test_fast_formulations_equal_the_reference(implementation, kernel_size, size, head_dim):
+    inputs = random_inputs(2, 3, head_dim, size, kernel_size)
+    expected = outputs_and_gradients("reference", inputs, kernel_size)
+    got = outputs_and_gradients(implementation, inputs, kernel_size)
+    names = ["output", "received", "query", "key", "value", "rel_rows", "rel_cols"]
+    for name, value, reference_value in zip(names, got, expected, strict=True):
+        # Both take the softmax in float32, so float64 inputs agree to float32 rounding.
+        torch.testing.assert_close(value, reference_value, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["shifted", "dense"])
+def test_bfloat16_inputs_are_computed_in_float32(implementation):
+    """Under autocast the projections give bfloat16; the fast formulations compute in float32 anyway."""
+    inputs = random_inputs(2, 2, 4, (9, 9), 7, dtype=torch.float32)
+    low = [t.detach().to(torch.bfloat16).requires_grad_() for t in inputs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = local_attention(*low, 7, implementation=implementation)
+    output.float().sum().backward()
+    exact, _ = local_attention(*[t.detach().to(torch.bfloat16).double() for t in inputs], 7, implementation="reference")
+    assert output.dtype == torch.bfloat16
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in low)
+    # only the bfloat16 rounding of the output remains (3 significant digits)
+    torch.testing.assert_close(output.double(), exact, atol=2e-2, rtol=1e-2)
+
+
+def test_auto_takes_dense_attention_where_its_scores_cost_less_than_the_offset_passes():
+    # 2 H W < head_dim k^2 on maps of at most 256 pixels
+    assert choose_implementation(7, 7, 7, head_dim=4) == "dense"
+    assert choose_implementation(9, 10, 7, head_dim=4) == "dense"  # 180 < 196
+    assert choose_implementation(10, 10, 7, head_dim=4) == "shifted"  # 200
+    assert choose_implementation(14, 14, 7, head_dim=8) == "shifted"  # 392, not < 392
+    assert choose_implementation(14, 14, 7, head_dim=16) == "dense"
+    assert choose_implementation(28, 28, 7, head_dim=64) == "shifted"  # the score matrix leaves the cache
+    assert choose_implementation(5, 5, 3, head_dim=4) == "shifted"
+
+
+def test_an_unknown_implementation_is_named():
+    with pytest.raises(ConfigError, match="implementation='fast'.*auto, shifted, dense, reference"):
+        LocalSelfAttention(8, heads=2, implementation="fast")
 
 
 @pytest.mark.parametrize(
