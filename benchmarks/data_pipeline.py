@@ -2,6 +2,8 @@
 
     python -m benchmarks.data_pipeline               # 2,000 JPEGs of 512x512, written to a temporary folder
     python -m benchmarks.data_pipeline --count 500
+    python -m benchmarks.data_pipeline --out benchmarks/results/data_pipeline-cpu.jsonl
+    python -m benchmarks.data_pipeline --table benchmarks/results/data_pipeline-cpu.jsonl   # the README's table
 
 (a) tutorial-style (the AttnVGG melanoma tutorial's per-item pipeline, recorded as
 ``seed_style``): per item in ``__getitem__``, decode the full JPEG, convert, resize
@@ -9,7 +11,12 @@
     tensor and normalise; a default DataLoader (no workers), and the same with 2.
 (b) attnscope cold: the first epoch, which builds the decode cache (JPEG draft
     decoding, worker processes), then the batch augmentation (rotation, flips)
-    and normalisation; warm: a later epoch from the cache (median of 3).
+    and normalisation; warm: a later epoch from the cache.
+
+The warm ratio compares (a) without workers and (b) warm epochs timed in turn,
+``--rounds`` of each, medians: the shared machine's speed drifts by 2-3x between
+minutes, and an epoch of each measured at different times gave ratios from 9.5 to 17.5
+for the same code.
 
 Prints one JSON object with every rate and the ratios to (a) without workers.
 """
@@ -33,6 +40,8 @@ from attnscope.data import AugmentConfig, BatchLoader, BatchTransform, load_imag
 from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from attnscope.data.sources import from_csv
 from attnscope.data.sources.synthetic import render_lesion
+from attnscope.engine.precision import native_bf16
+from benchmarks.common import add_result_arguments, append_records, print_table, run_facts
 
 SIZE = 224
 BATCH = 32
@@ -100,12 +109,41 @@ def attnscope_epoch(manifest, cache_dir: Path, transform: BatchTransform, worker
     return seen / (time.perf_counter() - start)
 
 
+def render_table(records: list[dict]) -> str:
+    """The latest run with interleaved rounds: every rate and its ratio to (a) without workers."""
+    r = [record for record in records if "rounds" in record][-1]
+    goal_warm = "met" if r["goals"]["warm_10x"] else "not met"
+    goal_cold = "met" if r["goals"]["cold_2x"] else "not met"
+    with_workers = r[f"seed_style_{r['workers']}_workers_img_per_s"]
+    per_round = ", ".join(f"{ratio:.1f}" for ratio in r["warm_vs_seed_style_per_round"])
+    lines = [
+        f"{r['date']}, {r['machine']} (native bf16: {'yes' if r['native_bf16'] else 'no'}), {r['cpu_count']} CPUs, "
+        f"{r['images']} JPEGs of {r['source_size']} px to batches of {r['batch_size']} at {r['output_size']} px",
+        "",
+        "| pipeline | images/s | vs tutorial-style |",
+        "|---|---:|---:|",
+        f"| (a) tutorial-style, per item, DataLoader without workers (median of {r['rounds']}) "
+        f"| {r['seed_style_img_per_s']:.0f} | 1.0 |",
+        f"| (a) tutorial-style, per item, DataLoader with {r['workers']} workers | {with_workers:.0f} "
+        f"| {with_workers / r['seed_style_img_per_s']:.2f} |",
+        f"| (b) attnscope cold (builds the cache) | {r['attnscope_cold_img_per_s']:.0f} "
+        f"| {r['cold_vs_seed_style']:.2f} (goal 2: {goal_cold}) |",
+        f"| (b) attnscope warm (from the cache; median of {r['rounds']}) | {r['attnscope_warm_img_per_s']:.0f} "
+        f"| {r['warm_vs_seed_style']:.2f} (goal 10: {goal_warm}; rounds: {per_round}) |",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved epochs of (a) and of (b) warm")
     parser.add_argument("--workdir", type=Path, help="where the JPEGs and the cache go (default: a temporary folder)")
+    add_result_arguments(parser)
     args = parser.parse_args()
+    if print_table(args.table, render_table):
+        return 0
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(dir=args.workdir) as temporary:
         folder = Path(temporary)
@@ -114,12 +152,15 @@ def main() -> int:
         transform = BatchTransform(
             AugmentConfig(rotation=10, hflip=True, vflip=True), IMAGENET_MEAN, IMAGENET_STD, SIZE, 3
         )
-        print("tutorial-style pipeline ...", file=sys.stderr, flush=True)
-        seed_rate = seed_style_rate(manifest.paths, manifest.labels, workers=0)
+        print("tutorial-style pipeline with workers, attnscope cold ...", file=sys.stderr, flush=True)
         seed_rate_workers = seed_style_rate(manifest.paths, manifest.labels, workers=args.workers)
-        print("attnscope cold and warm ...", file=sys.stderr, flush=True)
         cold = attnscope_epoch(manifest, folder / "cache", transform, args.workers)
-        warm = statistics.median(attnscope_epoch(manifest, folder / "cache", transform, args.workers) for _ in range(3))
+        seed_rates, warm_rates = [], []
+        for round_index in range(args.rounds):
+            print(f"round {round_index + 1}/{args.rounds}: tutorial-style, attnscope warm", file=sys.stderr, flush=True)
+            seed_rates.append(seed_style_rate(manifest.paths, manifest.labels, workers=0))
+            warm_rates.append(attnscope_epoch(manifest, folder / "cache", transform, args.workers))
+        seed_rate, warm = statistics.median(seed_rates), statistics.median(warm_rates)
     record = {
         "benchmark": "data_pipeline",
         "images": args.count,
@@ -129,6 +170,8 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "workers": args.workers,
+        "rounds": args.rounds,
+        "warm_vs_seed_style_per_round": [round(w / r, 2) for w, r in zip(warm_rates, seed_rates, strict=True)],
         "seed_style_img_per_s": round(seed_rate, 1),
         f"seed_style_{args.workers}_workers_img_per_s": round(seed_rate_workers, 1),
         "attnscope_cold_img_per_s": round(cold, 1),
@@ -138,8 +181,11 @@ def main() -> int:
         "cold_vs_seed_style_with_workers": round(cold / seed_rate_workers, 2),
         "warm_vs_seed_style_with_workers": round(warm / seed_rate_workers, 2),
         "goals": {"warm_10x": warm >= 10 * seed_rate, "cold_2x": cold >= 2 * seed_rate},
+        **run_facts(),
+        "native_bf16": native_bf16("cpu"),
     }
     print(json.dumps(record))
+    append_records(args.out, [record])
     return 0
 
 

@@ -153,34 +153,44 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (a[:, :, 0] * xs + a[:, :, 1] * ys + a[:, :, 2]).permute(0, 2, 3, 1)
 
 
-def _exact(images: torch.Tensor, geometry: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Flips and quarter turns by index operations, in place: exact, and cheap on uint8.
+def _exact_one(image: torch.Tensor, hflip: bool, vflip: bool, turns: int) -> torch.Tensor:
+    """One image (C, H, W) flipped and turned by index operations: exact, and cheap on uint8."""
+    dims = [d for d, chosen in ((-1, hflip), (-2, vflip)) if chosen]
+    if dims:
+        image = image.flip(dims)
+    if turns:
+        # torch.rot90 turns counter-clockwise; the sampling map of k turns is its inverse
+        image = torch.rot90(image, -turns, dims=(-2, -1))
+    return image
 
-    ``images`` must be the caller's own copy (a gathered subset is).
+
+def _write(into: torch.Tensor, source: torch.Tensor, normalise: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """``into = source * scale + shift`` (or a plain copy), reading ``source`` in its own dtype.
+
+    The multiply and the add round separately, as ``x.float().mul_(scale).add_(shift)`` does,
+    so the result is bit-identical to converting first, in two passes instead of four.
     """
-    for name, dims in (("hflip", (-1,)), ("vflip", (-2,))):
-        chosen = geometry[name]
-        if chosen.any():
-            images[chosen] = images[chosen].flip(dims)
-    for turns in (1, 2, 3):
-        chosen = geometry["turns"] == turns
-        if chosen.any():
-            # torch.rot90 turns counter-clockwise; the sampling map of k turns is its inverse
-            images[chosen] = torch.rot90(images[chosen], -turns, dims=(-2, -1))
-    return images
+    if normalise is None:
+        into.copy_(source)
+        return
+    scale, shift = normalise
+    torch.mul(source, scale, out=into)
+    into.add_(shift)
 
 
 def apply_geometry(
     images: torch.Tensor,
     masks: torch.Tensor | None,
     geometry: dict[str, torch.Tensor],
+    normalise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (B, C, H, W) and masks (B, 1, H, W) -> float, with the sampled geometry.
 
     Images that only flip or turn get exact index operations, on uint8; the others
-    get one affine warp (bilinear for images, nearest for masks). Each group is
-    converted to float on its own and written into one output, so no float
-    tensor is gathered or scattered.
+    get one affine warp (bilinear for images, nearest for masks). Each image is
+    converted to float once, as it is written into the output, so no float tensor
+    is gathered or scattered. ``normalise`` = (scale, shift), each (1, C, 1, 1), is
+    applied to the images in the same write.
     """
     warp = (geometry["angle"] != 0) | (geometry["scale"] != 1).any(dim=1) | (geometry["offset"] != 0).any(dim=1)
     rows = torch.arange(images.shape[0], device=images.device)
@@ -189,22 +199,28 @@ def apply_geometry(
     if len(warped):
         theta = sampling_matrices({k: v[warped] for k, v in geometry.items()}).to(torch.float32)
         grid = sampling_grid(theta, images.shape[-2], images.shape[-1])
+    exact_moves = list(
+        zip(
+            exact.tolist(),
+            geometry["hflip"][exact].tolist(),
+            geometry["vflip"][exact].tolist(),
+            geometry["turns"][exact].tolist(),
+            strict=True,
+        )
+    )
+    per_image = None if normalise is None else (normalise[0][0], normalise[1][0])
 
-    exact_geometry = {k: v[exact] for k, v in geometry.items()}
-
-    def transform(batch: torch.Tensor, mode: str) -> torch.Tensor:
+    def transform(batch: torch.Tensor, mode: str, normalise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
-        if len(exact):
-            out.index_copy_(0, exact, _exact(batch[exact], exact_geometry).float())
+        for row, hflip, vflip, turns in exact_moves:
+            _write(out[row], _exact_one(batch[row], hflip, vflip, turns), normalise)
         if grid is not None:
-            out.index_copy_(
-                0,
-                warped,
-                F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros", align_corners=False),
-            )
+            sampled = F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+            for position, row in enumerate(warped.tolist()):
+                _write(out[row], sampled[position], normalise)
         return out
 
-    return transform(images, "bilinear"), (transform(masks, "nearest") if masks is not None else None)
+    return transform(images, "bilinear", per_image), (transform(masks, "nearest", None) if masks is not None else None)
 
 
 def warp_maps(maps: torch.Tensor, geometry: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,9 +278,10 @@ class BatchTransform(nn.Module):
         if not train:
             return images.float().mul_(scale).add_(shift), (masks.float() if masks is not None else None)
         geometry = sample_geometry(images.shape[0], self.config, images.device)
+        if self.jitter is None:
+            return apply_geometry(images, masks, geometry, normalise=(scale, shift))
         x, m = apply_geometry(images, masks, geometry)
-        if self.jitter is not None:
-            x = self.jitter(x / 255.0) * 255.0
+        x = self.jitter(x / 255.0) * 255.0
         return x.mul_(scale).add_(shift), m
 
 

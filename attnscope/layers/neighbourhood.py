@@ -22,7 +22,9 @@ the reference within 1e-5, forward, every gradient and the "attention received" 
 maps of at most 256 pixels (beyond, the score matrices leave the cache), and
 ``shifted`` elsewhere: with k = 7, dense for maps of 7 x 7 and smaller at 4 channels
 a head, and for 14 x 14 from 16 channels a head (``benchmarks/local_attention.py``,
-part ``crossover``, measures both at each head width and size). A blocked formulation (HaloNet's query tiles attending to their halo through batched
+part ``crossover``, measures both at each head width and size).
+
+A blocked formulation (HaloNet's query tiles attending to their halo through batched
 matrix products) was probed and not kept: it lost to ``shifted`` at 4-16 channels a head
 (the products are too thin for the matrix kernels, and the halo makes the score tensor
 3.4 times larger), and won only at 32 channels a head on 28 x 28 maps.

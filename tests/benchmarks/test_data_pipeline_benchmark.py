@@ -8,8 +8,10 @@ BENCH = bench("data_pipeline")
 
 
 def test_reports_rates_and_ratios_that_agree(tmp_path):
+    (tmp_path / "work").mkdir()
     result = run_in_root(
-        [*BENCH, "--count", "40", "--workers", "1", "--workdir", str(tmp_path)],
+        [*BENCH, "--count", "40", "--workers", "1", "--rounds", "2", "--workdir", str(tmp_path / "work")]
+        + ["--out", str(tmp_path / "out.jsonl")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -22,4 +24,9 @@ def test_reports_rates_and_ratios_that_agree(tmp_path):
     ratio = record["attnscope_warm_img_per_s"] / record["seed_style_img_per_s"]
     assert abs(record["warm_vs_seed_style"] - ratio) <= 0.01  # the record's rates are rounded
     assert record["goals"]["cold_2x"] == (record["attnscope_cold_img_per_s"] >= 2 * record["seed_style_img_per_s"])
-    assert list(tmp_path.iterdir()) == []  # the JPEGs and the cache were cleaned up
+    assert len(record["warm_vs_seed_style_per_round"]) == record["rounds"] == 2
+    assert min(record["warm_vs_seed_style_per_round"]) <= ratio + 0.01
+    assert max(record["warm_vs_seed_style_per_round"]) >= ratio - 0.01  # the median lies between the rounds
+    assert list((tmp_path / "work").iterdir()) == []  # the JPEGs and the cache were cleaned up
+    table = run_in_root([*BENCH, "--table", str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    assert f"| {record['attnscope_warm_img_per_s']:.0f} | {record['warm_vs_seed_style']:.2f} (goal 10" in table.stdout
