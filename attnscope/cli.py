@@ -247,13 +247,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _quiet_lightning(args.verbose)
     if args.resume:
-        if args.config or _train_settings(args) or args.stages or args.stage_epochs or args.stage_lr:
+        display = ["trainer.progress=false", "data.progress=false"]
+        changes = [setting for setting in _train_settings(args) if setting not in display]
+        if args.config or changes or args.stages or args.stage_epochs or args.stage_lr:
             raise ConfigError(
                 "--resume continues a run exactly as configured; drop the other options "
-                f"(its config is in {args.resume})"
+                f"(its config is in {args.resume}; only --no-progress and --verbose go with it)"
             )
-        staged = (Path(args.resume) / STAGES_FILE).is_file()
-        result = resume_stages(args.resume) if staged else train(resume_config(args.resume), resume=True)
+        progress = False if args.no_progress else None
+        if (Path(args.resume) / STAGES_FILE).is_file():
+            result = resume_stages(args.resume, progress)
+        else:
+            result = train(resume_config(args.resume, progress), resume=True)
     elif args.stages:
         result = train_stages(load_config(args.config, _train_settings(args)), _stage_plan(args))
     elif args.stage_epochs or args.stage_lr:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from attnscope.engine.config import RunConfig
 from attnscope.engine.rundir import STAGES_FILE, RunPaths, read_best, stage_folder
-from attnscope.engine.train import TrainResult, resolve_run_dir, resume_config, train
+from attnscope.engine.train import TrainResult, resolve_run_dir, resume_config, train, with_progress
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, read_marker, write_marker
 from attnscope.models import model_entry
@@ -99,8 +99,11 @@ def train_stages(config: RunConfig, plan: StagePlan) -> TrainResult:
     return _run(root, config, plan, [])
 
 
-def resume_stages(root: str | Path) -> TrainResult:
-    """Continue a staged folder after a stop: finished stages are kept, the running one resumes."""
+def resume_stages(root: str | Path, progress: bool | None = None) -> TrainResult:
+    """Continue a staged folder after a stop: finished stages are kept, the running one resumes.
+
+    ``progress`` overrides whether bars are shown, as in :func:`resume_config`.
+    """
     root = Path(root)
     marker = read_marker(root)
     if marker is None or marker.get("kind") != MARKER_KIND or not (root / STAGES_FILE).is_file():
@@ -112,10 +115,11 @@ def resume_stages(root: str | Path) -> TrainResult:
         None if saved["epochs"] is None else tuple(saved["epochs"]),
         None if saved["lr"] is None else tuple(saved["lr"]),
     )
-    return _run(root, RunConfig.from_dict(state["config"]), plan, list(state["done"]))
+    config = with_progress(RunConfig.from_dict(state["config"]), progress)
+    return _run(root, config, plan, list(state["done"]), progress)
 
 
-def _run(root: Path, config: RunConfig, plan: StagePlan, done: list[str]) -> TrainResult:
+def _run(root: Path, config: RunConfig, plan: StagePlan, done: list[str], progress: bool | None = None) -> TrainResult:
     result = None
     for index, stage in enumerate(plan.stages):
         folder = stage_folder(root, index, stage)
@@ -124,7 +128,7 @@ def _run(root: Path, config: RunConfig, plan: StagePlan, done: list[str]) -> Tra
             continue
         log.info("stage %d/%d %s into %s", index + 1, len(plan.stages), stage, folder)
         if RunPaths(folder).config.is_file():
-            result = train(resume_config(folder), resume=True)
+            result = train(resume_config(folder, progress), resume=True)
         else:
             result = train(stage_config(config, plan, index, root))
         if not result.is_global_zero:

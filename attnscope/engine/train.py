@@ -287,9 +287,21 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
     return TrainResult(paths.root, best, trainer.is_global_zero)
 
 
-def resume_config(run_dir: str | Path) -> RunConfig:
-    """The config a run was started with, to continue it."""
+def resume_config(run_dir: str | Path, progress: bool | None = None) -> RunConfig:
+    """The config a run was started with, to continue it.
+
+    ``progress`` overrides whether bars are shown (training and data): display only, it
+    changes nothing the run computes, so a resumed run may differ from its start there.
+    """
     paths = RunPaths(Path(run_dir)).require()
     config = load_config(paths.config)
     config.run_dir = str(paths.root)
+    return with_progress(config, progress)
+
+
+def with_progress(config: RunConfig, progress: bool | None) -> RunConfig:
+    """``config`` with its progress bars set to ``progress`` (unchanged for None)."""
+    if progress is not None:
+        config.trainer.progress = progress
+        config.data.progress = progress
     return config

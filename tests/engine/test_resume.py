@@ -9,6 +9,7 @@ import time
 import torch
 
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
+from attnscope.engine.train import resume_config
 from tests.runs import TINY, run_cli
 
 EPOCHS = "4"
@@ -36,9 +37,16 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
     finished = len(read_metrics_csv(RunPaths(killed).metrics))
     assert finished < int(EPOCHS)
 
-    run_cli("train", "--resume", str(killed), "--no-progress", check=False)  # --no-progress is refused ...
-    result = run_cli("train", "--resume", str(killed))  # ... a resume takes the run's own config
+    saved_config = RunPaths(killed).config.read_text()
+    refused = run_cli("train", "--resume", str(killed), "--epochs", "9", check=False)
+    assert refused.returncode == 1 and "only --no-progress and --verbose go with it" in refused.stderr
+    # the run's own config; --no-progress only hides the bars
+    result = run_cli("train", "--resume", str(killed), "--no-progress")
     assert "best epoch" in result.stdout
+    assert RunPaths(killed).config.read_text() == saved_config
+    shown, as_saved = resume_config(killed, progress=True), resume_config(killed)
+    assert (shown.trainer.progress, shown.data.progress) == (True, True)
+    assert (as_saved.trainer.progress, as_saved.data.progress) == (False, False)  # TINY trains with --no-progress
 
     expected, resumed = load_weights(RunPaths(whole).last_weights), load_weights(RunPaths(killed).last_weights)
     assert expected.keys() == resumed.keys()
