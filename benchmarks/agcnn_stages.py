@@ -28,7 +28,7 @@ from attnscope.engine.stages import StagePlan, train_stages
 from benchmarks.common import add_result_arguments, append_records, print_table, provenance, run_facts
 
 STAGES = ("global", "local", "fusion")
-EPOCHS = (6, 4, 2)
+EPOCHS = (6, 4, 6)
 LR = (0.002, 0.002, 0.001)
 
 
