@@ -154,8 +154,9 @@ class ShiftedNeighbourhoodAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, query, key, value, rel_rows, rel_cols, kernel_size: int):
-        dtype = query.dtype
-        query, key, value, rel_rows, rel_cols = (t.float() for t in (query, key, value, rel_rows, rel_cols))
+        inputs = (query, key, value, rel_rows, rel_cols)
+        ctx.dtypes = tuple(t.dtype for t in inputs)  # each gradient goes back in its input's dtype
+        query, key, value, rel_rows, rel_cols = (t.float() for t in inputs)
         batch, heads, _, height, width = query.shape
         radius = kernel_size // 2
         pad = (radius, radius, radius, radius)
@@ -172,8 +173,8 @@ class ShiftedNeighbourhoodAttention(torch.autograd.Function):
         for offset, neighbour_value in _shifted_views(value_padded, kernel_size, height, width):
             output.addcmul_(attention[:, :, offset : offset + 1], neighbour_value)
         ctx.save_for_backward(query, key_padded, value_padded, attention, rel_rows, rel_cols)
-        ctx.kernel_size, ctx.dtypes = kernel_size, (dtype, key.dtype, value.dtype)
-        return output.to(dtype), attention
+        ctx.kernel_size = kernel_size
+        return output.to(ctx.dtypes[0]), attention
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -192,19 +193,13 @@ class ShiftedNeighbourhoodAttention(torch.autograd.Function):
         if grad_attention is not None:
             grad_weights += grad_attention
         grad_logits = torch._softmax_backward_data(grad_weights, attention, 2, torch.float32)
-        grads = _logit_gradients(grad_logits, query, key_padded, rel_rows, rel_cols, kernel_size)
-        grad_query, grad_key_padded, grad_rel_rows, grad_rel_cols = grads
+        grad_query, grad_key_padded, grad_rel_rows, grad_rel_cols = _logit_gradients(
+            grad_logits, query, key_padded, rel_rows, rel_cols, kernel_size
+        )
         radius = kernel_size // 2
         inner = (..., slice(radius, radius + height), slice(radius, radius + width))
-        query_dtype, key_dtype, value_dtype = ctx.dtypes
-        return (
-            grad_query.to(query_dtype),
-            grad_key_padded[inner].to(key_dtype),
-            grad_value_padded[inner].to(value_dtype),
-            grad_rel_rows,
-            grad_rel_cols,
-            None,
-        )
+        grads = (grad_query, grad_key_padded[inner], grad_value_padded[inner], grad_rel_rows, grad_rel_cols)
+        return (*(grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes, strict=True)), None)
 
 
 def _logit_gradients(
