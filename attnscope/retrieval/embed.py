@@ -139,29 +139,30 @@ class StageFeatures:
             handle.remove()
 
 
+TOKEN_GRID = 4  # the re-ranker's tokens: the last stage's map average-pooled to at most 4 x 4
+
+
+def stage_tokens(features: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) tokens of a (B, C, h, w) feature map, average-pooled to at most ``TOKEN_GRID`` squared."""
+    grid = (min(features.shape[-2], TOKEN_GRID), min(features.shape[-1], TOKEN_GRID))
+    return F.adaptive_avg_pool2d(features.float(), grid).flatten(2).transpose(1, 2)
+
+
 @torch.no_grad()
 def embed_images(model: nn.Module, images: torch.Tensor, config: EmbeddingConfig) -> torch.Tensor:
     """(B, D) L2-normalised embeddings of normalised ``images`` (before any PCA)."""
+    return embed_images_and_tokens(model, images, config, with_tokens=False)[0]
+
+
+@torch.no_grad()
+def embed_images_and_tokens(
+    model: nn.Module, images: torch.Tensor, config: EmbeddingConfig, with_tokens: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings (B, D) and, from the same forward pass, the re-ranker's tokens (B, T, C) of the last stage."""
     stages = resolve_stages(model, config)
     hooks = StageFeatures(model, stages)
     try:
-        if config.attention_pooling:
-            with capture_attention(model, detach=True) as captured:
-                model(images)
-            maps = native_maps(captured)
-            if config.taps:
-                missing = sorted(set(config.taps) - set(maps))
-                if missing:
-                    raise ConfigError(f"no spatial attention tap(s) {missing}; this model's are {sorted(maps)}")
-                maps = {name: maps[name] for name in config.taps}
-            if not maps:
-                raise ConfigError(
-                    f"{type(model).__name__} has no spatial attention maps to pool with; "
-                    "build the index without attention pooling, or from a model with attention"
-                )
-        else:
-            maps = {}
-            model(images)
+        maps = _forward_with_maps(model, images, config)
     finally:
         hooks.close()
     blocks = []
@@ -169,28 +170,57 @@ def embed_images(model: nn.Module, images: torch.Tensor, config: EmbeddingConfig
         features = hooks.outputs[name]
         weights = attention_weights(maps, (features.shape[-2], features.shape[-1])) if maps else None
         blocks += pool_stage(features, weights)
-    return l2_normalise(torch.cat(blocks, dim=1))
+    tokens = stage_tokens(hooks.outputs[stages[-1]]) if with_tokens else None
+    return l2_normalise(torch.cat(blocks, dim=1)), tokens
+
+
+def _forward_with_maps(model: nn.Module, images: torch.Tensor, config: EmbeddingConfig) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``images``; the attention maps to pool with, when the embedding asks for them."""
+    if not config.attention_pooling:
+        model(images)
+        return {}
+    with capture_attention(model, detach=True) as captured:
+        model(images)
+    maps = native_maps(captured)
+    if config.taps:
+        missing = sorted(set(config.taps) - set(maps))
+        if missing:
+            raise ConfigError(f"no spatial attention tap(s) {missing}; this model's are {sorted(maps)}")
+        maps = {name: maps[name] for name in config.taps}
+    if not maps:
+        raise ConfigError(
+            f"{type(model).__name__} has no spatial attention maps to pool with; "
+            "build the index without attention pooling, or from a model with attention"
+        )
+    return maps
 
 
 @dataclass
 class Embeddings:
-    """Vectors (N, D) float32 and, for each, its position in the loader's manifest."""
+    """Vectors (N, D) float32 and, for each, its position in the loader's manifest; with tokens,
+    the re-ranker's (N, T, C) float16 tokens from the same forward passes."""
 
     vectors: np.ndarray
     rows: np.ndarray
+    tokens: np.ndarray | None = None
 
 
-def embed(run: Run, loader: BatchLoader, config: EmbeddingConfig) -> Embeddings:
-    """Embeddings of every image of ``loader`` with the model of ``run``, before any PCA."""
+def embed(run: Run, loader: BatchLoader, config: EmbeddingConfig, with_tokens: bool = False) -> Embeddings:
+    """Embeddings of every image of ``loader`` with the model of ``run``, before any PCA (and its tokens)."""
     model = run.model()
-    vectors, rows = [], []
+    vectors, tokens, rows = [], [], []
     for batch in tqdm(loader, desc="embed", disable=not run.progress, leave=False, unit="batch"):
         images, _ = run.transform(batch["image"])
-        vectors.append(embed_images(model, images, config))
+        batch_vectors, batch_tokens = embed_images_and_tokens(model, images, config, with_tokens)
+        vectors.append(batch_vectors)
+        if batch_tokens is not None:
+            tokens.append(batch_tokens.half())
         rows.append(batch["row"])
     if not vectors:
         raise DataError("no images to embed")
-    return Embeddings(torch.cat(vectors).numpy(), torch.cat(rows).numpy())
+    return Embeddings(
+        torch.cat(vectors).numpy(), torch.cat(rows).numpy(), torch.cat(tokens).numpy() if with_tokens else None
+    )
 
 
 @dataclass(frozen=True)

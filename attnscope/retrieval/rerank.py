@@ -6,7 +6,8 @@ reorders each query's first candidates, the recipe of Reranking Transformers (Ta
 
 - **Tokens.** An image's tokens are the feature map of the embedding's last stage,
   average-pooled to at most 4 x 4 positions: (T <= 16, C) per image, kept as float16 beside
-  the index's vectors (``tokens.npy``).
+  the index's vectors (``tokens.npy``). They come from the same forward pass as the
+  embedding (``embed(..., with_tokens=True)``).
 - **Model.** Both token sets are projected to ``dim`` and given a learned position
   embedding; the query's tokens attend to the candidate's and the candidate's to the
   query's (one multi-head attention, shared), each with a residual and layer norm; the two
@@ -33,16 +34,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from attnscope.data.loader import BatchLoader
-from attnscope.errors import ConfigError, DataError, RetrievalError
-from attnscope.retrieval.embed import EmbeddingConfig, StageFeatures, resolve_stages
+from attnscope.errors import ConfigError, RetrievalError
+from attnscope.retrieval.embed import EmbeddingConfig, resolve_stages
 
 if TYPE_CHECKING:
-    from attnscope.engine.run import Run
+    pass
 
 log = logging.getLogger(__name__)
 
-TOKEN_GRID = 4
 SCORE_BATCH = 4096
 
 
@@ -70,32 +69,6 @@ class ReRankerOptions:
 def token_stage(model: nn.Module, embedding: EmbeddingConfig) -> str:
     """The module whose feature map gives the tokens: the embedding's last stage."""
     return resolve_stages(model, embedding)[-1]
-
-
-@torch.no_grad()
-def image_tokens(model: nn.Module, images: torch.Tensor, stage: str) -> torch.Tensor:
-    """(B, T, C) tokens of normalised ``images``: ``stage``'s map average-pooled to at most 4 x 4."""
-    hooks = StageFeatures(model, [stage])
-    try:
-        model(images)
-    finally:
-        hooks.close()
-    features = hooks.outputs[stage].float()
-    grid = (min(features.shape[-2], TOKEN_GRID), min(features.shape[-1], TOKEN_GRID))
-    return F.adaptive_avg_pool2d(features, grid).flatten(2).transpose(1, 2)
-
-
-def embed_tokens(run: Run, loader: BatchLoader, stage: str) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens (N, T, C) float16 of every image of ``loader`` and their manifest rows, in loader order."""
-    model = run.model()
-    tokens, rows = [], []
-    for batch in tqdm(loader, desc="tokens", disable=not run.progress, leave=False, unit="batch"):
-        images, _ = run.transform(batch["image"])
-        tokens.append(image_tokens(model, images, stage).half())
-        rows.append(batch["row"])
-    if not tokens:
-        raise DataError("no images to take tokens of")
-    return torch.cat(tokens).numpy(), torch.cat(rows).numpy()
 
 
 class CrossAttentionReRanker(nn.Module):

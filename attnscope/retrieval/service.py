@@ -23,7 +23,7 @@ from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write, csv_text
 from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
-from attnscope.retrieval.rerank import ReRankerOptions, embed_tokens, rerank, token_stage, train_reranker
+from attnscope.retrieval.rerank import ReRankerOptions, rerank, token_stage, train_reranker
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ class IndexSummary:
 
 
 def embed_gallery(
-    run: Run, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool
+    run: Run, loader: BatchLoader, config: EmbeddingConfig, with_thumbnails: bool, with_tokens: bool = False
 ) -> tuple[Embeddings, list[dict], np.ndarray | None]:
-    embedded = embed(run, loader, config)
+    embedded = embed(run, loader, config, with_tokens)
     rows = loader_rows(loader, embedded.rows, run.classes)
     thumbs = thumbnails(loader_images(loader, embedded.rows)) if with_thumbnails else None
     return embedded, rows, thumbs
@@ -155,12 +155,12 @@ def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
     embedding = existing.embedding if existing is not None else options.embedding()
     loader = run.loader(options)
     with_thumbnails = options.thumbnails if existing is None else existing.thumbs is not None
-    embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails)
+    with_tokens = existing.reranker is not None if existing is not None else options.train_reranker
+    embedded, rows, thumbs = embed_gallery(run, loader, embedding, with_thumbnails, with_tokens)
     described = options.source or f"{run.root} ({options.split} split)"
     if existing is not None:
         _refuse_duplicates(existing, rows, out)
-        tokens = _tokens_of(run, loader, existing.embedding, embedded.rows) if existing.reranker is not None else None
-        existing.add(existing.reduce(embedded.vectors), rows, thumbs, tokens)
+        existing.add(existing.reduce(embedded.vectors), rows, thumbs, embedded.tokens)
         existing.meta["data"] = [*existing.meta.get("data", []), described]
         index = existing
     else:
@@ -187,16 +187,23 @@ def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
             thumbs=thumbs,
         )
     if options.train_reranker and existing is None:
-        tokens = _tokens_of(run, loader, embedding, embedded.rows)
-        labels = loader.decoded.manifest.labels[embedded.rows]
-        reranker, trained = train_reranker(tokens, index.vectors, labels, options.reranker, run.progress)
-        index.attach_reranker(reranker, tokens, {**trained, "stage": token_stage(run.model(), embedding)})
+        _train_reranker(index, run, embedded, loader.decoded.manifest.labels[embedded.rows], options.reranker)
     elif options.train_reranker:
         raise RetrievalError("--train-reranker builds a new index; with --add the index's own re-ranker is kept")
     index.save(out, replace=options.add or options.force)
     skipped = len(loader.decoded.manifest.rejected)
     log.debug("indexed %d images (%d skipped) into %s", len(rows), skipped, out)
     return IndexSummary(out, len(rows), len(index), index.dim, index.kind, index.params, skipped)
+
+
+def _train_reranker(
+    index: SimilarityIndex, run: Run, embedded: Embeddings, labels: np.ndarray, options: ReRankerOptions
+) -> None:
+    """Train a re-ranker on the indexed images' tokens and labels and keep it with ``index``."""
+    if embedded.tokens is None:
+        raise RetrievalError("the gallery was embedded without the re-ranker's tokens")
+    reranker, trained = train_reranker(embedded.tokens, index.vectors, labels, options, run.progress)
+    index.attach_reranker(reranker, embedded.tokens, {**trained, "stage": token_stage(run.model(), index.embedding)})
 
 
 def _existing_index(run: Run, options: IndexOptions, out: Path) -> SimilarityIndex:
@@ -211,14 +218,6 @@ def _existing_index(run: Run, options: IndexOptions, out: Path) -> SimilarityInd
             f"{options.embedding().to_dict()}; leave the embedding options out to reuse the index's"
         )
     return existing
-
-
-def _tokens_of(run: Run, loader: BatchLoader, embedding: EmbeddingConfig, rows: np.ndarray) -> np.ndarray:
-    """The re-ranker tokens of the loader's images, in the order of their embeddings (``rows``)."""
-    tokens, token_rows = embed_tokens(run, loader, token_stage(run.model(), embedding))
-    if not np.array_equal(token_rows, rows):
-        raise RetrievalError("the loader gave its images in another order the second time; index again")
-    return tokens
 
 
 def _refuse_duplicates(index: SimilarityIndex, rows: list[dict], out: Path) -> None:
@@ -265,14 +264,14 @@ def search_loader(
     """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
     known, and shown beside each query). ``rerank_k``: the index's re-ranker reorders that many candidates
     of each query, and the first ``k`` are kept."""
-    embedded = embed(run, loader, index.embedding)
+    if rerank_k and (index.reranker is None or index.tokens is None):
+        raise RetrievalError("this index has no re-ranker; build it with attnscope index --train-reranker")
+    embedded = embed(run, loader, index.embedding, with_tokens=bool(rerank_k))
     scores = None
     if rerank_k:
-        if index.reranker is None or index.tokens is None:
-            raise RetrievalError("this index has no re-ranker; build it with attnscope index --train-reranker")
+        assert index.reranker is not None and index.tokens is not None and embedded.tokens is not None
         positions, similarities = index.search(index.reduce(embedded.vectors), max(k, rerank_k))
-        query_tokens = _tokens_of(run, loader, index.embedding, embedded.rows)
-        positions, similarities, scores = rerank(index.reranker, query_tokens, index.tokens, positions, similarities)
+        positions, similarities, scores = rerank(index.reranker, embedded.tokens, index.tokens, positions, similarities)
         positions, similarities, scores = positions[:, :k], similarities[:, :k], scores[:, :k]
     else:
         positions, similarities = index.search(index.reduce(embedded.vectors), k)

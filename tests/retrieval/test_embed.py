@@ -10,6 +10,7 @@ from attnscope.retrieval.embed import (
     EmbeddingConfig,
     attention_weights,
     embed_images,
+    embed_images_and_tokens,
     fit_pca,
     l2_normalise,
     pool_stage,
@@ -57,6 +58,31 @@ def test_embedding_of_a_grid_attention_model_matches_a_reference_from_its_stages
     torch.testing.assert_close(vectors.norm(dim=1), torch.ones(2))
     plain = embed_images(model, images, EmbeddingConfig(stages=("layer4",)))
     assert plain.shape == (2, 2 * model.stage_channels[3])
+
+
+def test_tokens_come_from_the_same_forward_pass_as_the_embedding():
+    """The re-ranker's tokens: the last stage's map average-pooled to at most 4 x 4, with no second pass."""
+    model = create_model("attn_resnet_tiny", num_classes=3, in_chans=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    config = EmbeddingConfig(stages=("layer3", "layer4"), attention_pooling=True)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    vectors, tokens = embed_images_and_tokens(model, images, config)
+    assert calls == [1]
+    torch.testing.assert_close(vectors, embed_images(model, images, config))
+    with torch.no_grad():
+        stage4 = model.forward_stages(images)[3]
+    assert stage4.shape[-2:] == (2, 2)  # smaller than 4 x 4: every position is a token
+    torch.testing.assert_close(tokens, stage4.flatten(2).transpose(1, 2))
+
+    larger_images = torch.randn(1, 3, 256, 256)
+    _, larger = embed_images_and_tokens(model, larger_images, EmbeddingConfig(stages=("layer3",)))
+    with torch.no_grad():
+        stage3 = model.forward_stages(larger_images)[2]
+    assert stage3.shape[-2:] == (16, 16)
+    # each token is the mean of a 4 x 4 block of the 16 x 16 map
+    blocks = stage3.reshape(1, -1, 4, 4, 4, 4).mean(dim=(3, 5)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(larger, blocks)
 
 
 def test_default_stage_is_the_cam_layer_and_bad_choices_are_named():
