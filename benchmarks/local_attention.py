@@ -12,7 +12,7 @@ size, in float32 and under bfloat16 autocast.
 Part ``networks``: training images per second of two pairs, each network with local
 attention in place of its 3x3 convolutions against the same network with them:
 ``resnet_tiny`` (small stem, width 32, one channel, 28 px, batch 128) and
-``local_resnet26`` / ``resnet26`` at 224 px. The issue's goal is a ratio of at least 0.5.
+``local_resnet26`` / ``resnet26`` at 224 px. The goal is a ratio of at least 0.5.
 
 Part ``crossover``: milliseconds per image of the ``shifted`` and ``dense`` formulations
 alone (8 heads, k=7, float32) at each (head width, size) in ``CROSSOVER``: the data
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from attnscope.engine.precision import native_bf16
 from attnscope.layers import LocalSelfAttention
 from attnscope.models import create_model
 from benchmarks.common import add_result_arguments, append_records, choose, print_table, run_facts
@@ -48,12 +49,6 @@ NETWORKS = {
     "resnet26_224px": ("local_resnet26", {}, 3, 224, 8),
 }
 LAYER_IMPLEMENTATIONS = ("auto", "shifted", "dense", "reference")
-
-
-def has_native_bf16() -> bool:
-    from attnscope.engine.precision import native_bf16
-
-    return native_bf16("cpu")
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -243,7 +238,7 @@ def main() -> None:
         args.rounds = 2
     parts = choose(parser, args.parts, PARTS, "part")
     precisions = choose(parser, args.precisions, PRECISIONS, "precision")
-    facts = {**run_facts(), "native_bf16": has_native_bf16(), "rounds": args.rounds}
+    facts = {**run_facts(), "native_bf16": native_bf16("cpu"), "rounds": args.rounds}
     networks = choose(parser, args.networks, NETWORKS, "network")
 
     def emit(new: list[dict]) -> None:

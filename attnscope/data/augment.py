@@ -210,14 +210,14 @@ def apply_geometry(
     )
     per_image = None if normalise is None else (normalise[0][0], normalise[1][0])
 
-    def transform(batch: torch.Tensor, mode: str, normalise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def transform(batch: torch.Tensor, mode: str, affine: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
         for row, hflip, vflip, turns in exact_moves:
-            _write(out[row], _exact_one(batch[row], hflip, vflip, turns), normalise)
+            _write(out[row], _exact_one(batch[row], hflip, vflip, turns), affine)
         if grid is not None:
             sampled = F.grid_sample(batch[warped].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
             for position, row in enumerate(warped.tolist()):
-                _write(out[row], sampled[position], normalise)
+                _write(out[row], sampled[position], affine)
         return out
 
     return transform(images, "bilinear", per_image), (transform(masks, "nearest", None) if masks is not None else None)
