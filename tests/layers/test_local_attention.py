@@ -220,3 +220,21 @@ def test_stride_on_an_odd_side_matches_a_strided_convolution():
     full = unpooled(x)
     torch.testing.assert_close(layer(x)[..., 3, 3], full[..., 6, 6])
     torch.testing.assert_close(layer(x)[..., 0, 3], full[..., 0:2, 6].mean(-1))
+
+
+@pytest.mark.parametrize("implementation", ["shifted", "dense"])
+def test_a_channels_last_input_gives_what_a_contiguous_one_gives(implementation):
+    """A channels_last network hands the kernel strided views; it copies them once, the results are the same."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention(8, 8, kernel_size=3, heads=2, implementation=implementation).double()
+    x = torch.randn(2, 8, 9, 10, dtype=torch.float64)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        layer.zero_grad()
+        inputs = x.clone().contiguous(memory_format=memory_format).requires_grad_()
+        with capture_attention(layer) as maps:
+            output = layer(inputs)
+        (output * torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)).sum().backward()
+        results.append([output, maps["tap"], inputs.grad, *(p.grad for p in layer.parameters())])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
