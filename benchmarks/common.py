@@ -54,16 +54,20 @@ def cpu_name() -> str:
 
 
 def run_facts() -> dict:
-    """Date, machine, threads, torch and the command line: what a result needs to be read and rerun."""
+    """Date, CPU (and whether it computes bf16 natively), threads, torch and the command line:
+    what a result needs to be read and rerun."""
     import os
     import sys
     from datetime import date
 
     import torch
 
+    from attnscope.engine.precision import native_bf16
+
     return {
         "date": date.today().isoformat(),
         "machine": cpu_name(),
+        "native_bf16": native_bf16("cpu"),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -72,13 +76,26 @@ def run_facts() -> dict:
 
 
 def provenance(records: list[dict]) -> str:
-    """One line: when, where, and the distinct commands that wrote ``records``."""
-    dates = sorted({r["date"] for r in records if "date" in r})
-    first = records[0]
-    commands = list(dict.fromkeys(r["command"] for r in records if "command" in r))
-    where = (
-        f"{first.get('machine', '?')}, {first.get('cpu_count', '?')} CPUs, {first.get('threads', '?')} threads, "
-        f"torch {first.get('torch', '?')}"
+    """One line: when, where, and the distinct commands that wrote ``records``, machine by machine.
+
+    Records from several machines are grouped by machine, so that no figure is credited
+    to a machine it was not measured on.
+    """
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(_where(record), []).append(record)
+    parts = []
+    for where, group in groups.items():
+        dates = sorted({r["date"] for r in group if "date" in r})
+        commands = list(dict.fromkeys(r["command"] for r in group if "command" in r))
+        ran = "; ".join(f"`{c}`" for c in commands) if commands else "(command not recorded)"
+        parts.append(f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '?'} on {where}, by {ran}")
+    return f"Measured {'; and '.join(parts)}."
+
+
+def _where(record: dict) -> str:
+    bf16 = {True: " (native bf16: yes)", False: " (native bf16: no)"}.get(record.get("native_bf16"), "")
+    return (
+        f"{record.get('machine', '?')}{bf16}, {record.get('cpu_count', '?')} CPUs, "
+        f"{record.get('threads', '?')} threads, torch {record.get('torch', '?')}"
     )
-    ran = "; ".join(f"`{c}`" for c in commands) if commands else "(command not recorded)"
-    return f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '?'} on {where}, by {ran}."

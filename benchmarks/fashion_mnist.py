@@ -16,30 +16,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
-
-import torch
 
 from attnscope.engine.config import load_config
 from attnscope.engine.inference import evaluate
+from attnscope.engine.precision import resolve_precision
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
 from attnscope.engine.train import train
-from benchmarks.common import add_result_arguments, append_records, print_table
+from benchmarks.common import add_result_arguments, append_records, print_table, run_facts
+
+GOAL_ACCURACY = 0.95
+GOAL_SECONDS = 600
+
+
+def meets_goal(record: dict) -> bool:
+    """The issue's goal: the official test set at ``GOAL_ACCURACY`` or better within ``GOAL_SECONDS`` of wall time."""
+    return record["test_accuracy"] >= GOAL_ACCURACY and record["wall_s"] <= GOAL_SECONDS
 
 
 def render_table(records: list[dict]) -> str:
-    """One row per run: epochs, test accuracy, wall time, training images per second."""
-    lines = ["| epochs | test accuracy | wall time | training images/s | 0.94 in 10 min |", "|---:|---:|---:|---:|---|"]
+    """One row per run: epochs, test accuracy, wall time, training images per second, CPU, the goal."""
+    lines = [
+        f"| epochs | test accuracy | wall time | training images/s | CPU | {GOAL_ACCURACY} in {GOAL_SECONDS} s |",
+        "|---:|---:|---:|---:|---|---|",
+    ]
     for r in records:
+        bf16 = {True: ", native bf16", False: ", no native bf16"}.get(r.get("native_bf16"), "")
+        # Records before 2026-11-22 kept only the architecture, not the CPU's model name.
+        cpu = f"{r['machine']}{bf16}" if r["machine"] not in ("x86_64", "aarch64") else "not recorded"
         lines.append(
             f"| {r['epochs']} | {r['test_accuracy']:.4f} | {r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | "
-            f"{'met' if r['goal_0.94_in_600s'] else 'not met'} |"
+            f"{cpu} | {'met' if meets_goal(r) else 'not met'} |"
         )
     return "\n".join(lines)
 
@@ -69,7 +79,6 @@ def main() -> None:
     train_seconds = sum(row["seconds"] for row in history)
     record = {
         "benchmark": "fashion_mnist",
-        "date": date.today().isoformat(),
         "config": args.config,
         "overrides": args.set,
         "model": config.model.name,
@@ -82,12 +91,10 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "train_s": round(train_seconds, 1),
         "train_img_per_s": round(train_rows * len(history) / train_seconds, 1),
-        "goal_0.94_in_600s": test["accuracy"] >= 0.94 and wall <= 600,
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "precision": resolve_precision(config.trainer.precision, config.trainer.accelerator),
+        **run_facts(),
     }
+    record[f"goal_{GOAL_ACCURACY}_in_{GOAL_SECONDS}s"] = meets_goal(record)
     print(json.dumps(record), flush=True)
     append_records(args.out, [record])
 

@@ -1,0 +1,46 @@
+"""The helpers every benchmark shares: where a figure was measured is never credited to another machine."""
+
+from benchmarks.common import provenance, run_facts
+
+
+def record(machine, date, command, **extra):
+    return {
+        "machine": machine,
+        "cpu_count": 2,
+        "threads": 2,
+        "torch": "2.13.0",
+        "date": date,
+        "command": command,
+        **extra,
+    }
+
+
+def test_one_machine_gives_one_clause_with_its_dates_and_distinct_commands():
+    records = [
+        record("AMD EPYC", "2026-11-21", "a"),
+        record("AMD EPYC", "2026-11-22", "b"),
+        record("AMD EPYC", "2026-11-22", "a"),
+    ]
+    assert provenance(records) == (
+        "Measured 2026-11-21 to 2026-11-22 on AMD EPYC, 2 CPUs, 2 threads, torch 2.13.0, by `a`; `b`."
+    )
+
+
+def test_each_machine_is_named_with_the_commands_run_on_it_and_its_bf16():
+    records = [
+        record("AMD EPYC", "2026-11-21", "train"),
+        record("Intel Xeon", "2026-11-22", "speed", native_bf16=True),
+        record("AMD EPYC", "2026-11-21", "train"),
+    ]
+    assert provenance(records) == (
+        "Measured 2026-11-21 on AMD EPYC, 2 CPUs, 2 threads, torch 2.13.0, by `train`; "
+        "and 2026-11-22 on Intel Xeon (native bf16: yes), 2 CPUs, 2 threads, torch 2.13.0, by `speed`."
+    )
+
+
+def test_run_facts_name_the_cpu_and_whether_it_computes_bf16_natively():
+    from attnscope.engine.precision import native_bf16
+
+    facts = run_facts()
+    assert facts["machine"] and facts["native_bf16"] is native_bf16("cpu")
+    assert facts["command"].startswith("python -m benchmarks.")
