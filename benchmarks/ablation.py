@@ -42,7 +42,15 @@ from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
 from attnscope.engine.train import train
 from attnscope.explain.explainer import ExplainOptions, explain
-from benchmarks.common import add_result_arguments, append_records, choose, print_table, provenance, run_facts
+from benchmarks.common import (
+    add_result_arguments,
+    append_records,
+    choose,
+    print_table,
+    provenance,
+    run_facts,
+    short_cpu,
+)
 from benchmarks.localisation import settings_for
 
 ATTENTION: dict[str, tuple[str, dict]] = {
@@ -251,8 +259,8 @@ def render_tables(records: list[dict]) -> str:
     if fashion or speed:
         lines += [
             "| attention | parameters | epochs | seeds | test accuracy (mean ± sd) | s/epoch in the runs "
-            "| training images/s (interleaved) | speed vs none |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| the runs' CPU | training images/s (interleaved) | speed vs none |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for attention in dict.fromkeys([*(r["attention"] for r in fashion), *speed]):
             rows = [r for r in fashion if r["attention"] == attention]
@@ -265,9 +273,10 @@ def render_tables(records: list[dict]) -> str:
             )
             trained = (
                 f"{rows[0]['epochs']} | {len(rows)} | {_spread([r['test_accuracy'] for r in rows])} | "
-                f"{statistics.median(r['s_per_epoch'] for r in rows):.0f}"
+                f"{statistics.median(r['s_per_epoch'] for r in rows):.0f} | "
+                f"{', '.join(dict.fromkeys(short_cpu(r) for r in rows))}"
                 if rows
-                else "- | 0 | not trained | -"
+                else "- | 0 | not trained | - | -"
             )
             params = (rows[0] if rows else clean)["params"]
             lines.append(f"| {attention} | {params:,} | {trained} | {rate} | {ratio} |")

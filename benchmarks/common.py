@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def provenance(records: list[dict]) -> str:
         ran = "; ".join(f"`{c}`" for c in commands) if commands else "(command not recorded)"
         parts.append(f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '?'} on {where}, by {ran}")
     return f"Measured {'; and '.join(parts)}."
+
+
+def short_cpu(record: dict) -> str:
+    """The CPU's model name without trademark signs and filler: "Intel Xeon", "AMD EPYC 7B13"."""
+    name = re.sub(r"\((R|TM)\)| Processor| CPU @.*|\s+\d+-Core.*", "", record.get("machine", "?"))
+    return " ".join(name.split())
 
 
 def _where(record: dict) -> str:

@@ -3,6 +3,7 @@
 import json
 
 from attnscope.models import create_model
+from benchmarks.common import short_cpu
 from tests.benchmarks import bench, run_in_root
 from tests.benchmarks.test_retrieval_benchmark import write_idx
 
@@ -54,6 +55,7 @@ def test_every_attention_type_trains_with_the_same_recipe_and_is_scored(tmp_path
         assert all(0 <= scores[name] <= 1 for name in ("pointing_game", "energy", "jaccard"))
     table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True).stdout
     assert "| none | " in table and "| 1 | 1 |" in table and "| 1.00x |" in table  # one epoch, one seed
+    assert f"| {short_cpu(fashion[0])} |" in table  # s/epoch only compare on one CPU: the table names it
     assert "| cluttered | grid |" in table and "no spatial map" in table
     assert table.rstrip().endswith(
         f"by `python -m benchmarks.ablation --quick --fashion-mnist {tmp_path} --settings "

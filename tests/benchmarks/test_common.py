@@ -1,6 +1,6 @@
 """The helpers every benchmark shares: where a figure was measured is never credited to another machine."""
 
-from benchmarks.common import provenance, run_facts
+from benchmarks.common import provenance, run_facts, short_cpu
 
 
 def record(machine, date, command, **extra):
@@ -44,3 +44,13 @@ def test_run_facts_name_the_cpu_and_whether_it_computes_bf16_natively():
     facts = run_facts()
     assert facts["machine"] and facts["native_bf16"] is native_bf16("cpu")
     assert facts["command"].startswith("python -m benchmarks.")
+
+
+def test_short_cpu_drops_trademarks_and_filler_but_keeps_the_model():
+    names = {
+        "Intel(R) Xeon(R) Processor": "Intel Xeon",
+        "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz": "Intel Xeon Platinum 8481C",
+        "AMD EPYC 7B13 64-Core Processor": "AMD EPYC 7B13",
+        "AMD EPYC": "AMD EPYC",
+    }
+    assert {name: short_cpu({"machine": name}) for name in names} == names
