@@ -100,8 +100,14 @@ def short_cpu(record: dict) -> str:
     return " ".join(name.split())
 
 
+def native_bf16_text(record: dict) -> str | None:
+    """ "yes" or "no" for a record's ``native_bf16``; None where the record predates the field."""
+    return {True: "yes", False: "no"}.get(record.get("native_bf16"))
+
+
 def _where(record: dict) -> str:
-    bf16 = {True: " (native bf16: yes)", False: " (native bf16: no)"}.get(record.get("native_bf16"), "")
+    answer = native_bf16_text(record)
+    bf16 = f" (native bf16: {answer})" if answer else ""
     return (
         f"{record.get('machine', '?')}{bf16}, {record.get('cpu_count', '?')} CPUs, "
         f"{record.get('threads', '?')} threads, torch {record.get('torch', '?')}"

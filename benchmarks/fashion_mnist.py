@@ -26,7 +26,7 @@ from attnscope.engine.precision import resolve_precision
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
 from attnscope.engine.train import train
-from benchmarks.common import add_result_arguments, append_records, print_table, run_facts
+from benchmarks.common import add_result_arguments, append_records, native_bf16_text, print_table, run_facts
 
 GOAL_ACCURACY = 0.95
 GOAL_SECONDS = 600
@@ -44,7 +44,8 @@ def render_table(records: list[dict]) -> str:
         "|---:|---:|---:|---:|---|---|",
     ]
     for r in records:
-        bf16 = {True: ", native bf16", False: ", no native bf16"}.get(r.get("native_bf16"), "")
+        answer = native_bf16_text(r)
+        bf16 = f", native bf16: {answer}" if answer else ""
         # Records before 2026-11-22 kept only the architecture, not the CPU's model name.
         cpu = f"{r['machine']}{bf16}" if r["machine"] not in ("x86_64", "aarch64") else "not recorded"
         lines.append(
