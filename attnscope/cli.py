@@ -159,6 +159,7 @@ TRAIN_FLAGS = {
     "batch_size": "data.batch_size",
     "cache_dir": "data.cache_dir",
     "epochs": "trainer.epochs",
+    "time_budget": "trainer.time_budget_s",
     "lr": "optim.lr",
     "optimizer": "optim.name",
     "schedule": "schedule.name",
@@ -171,6 +172,12 @@ TRAIN_FLAGS = {
     "seed": "trainer.seed",
     "run_dir": "run_dir",
 }
+
+
+TIME_BUDGET_HELP = (
+    "wall seconds for the whole run: a probe times a few batches, and the epochs that fit "
+    "(at most --epochs) are planned, with the schedule laid out for them"
+)
 
 
 def _parser_train(verbs: Any) -> None:
@@ -203,6 +210,7 @@ def _parser_train(verbs: Any) -> None:
         ("--seed", int),
     ):
         parser.add_argument(flag, type=kind)
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS", help=TIME_BUDGET_HELP)
     parser.add_argument("--optimizer", choices=names.OPTIMIZERS)
     parser.add_argument("--schedule", choices=names.SCHEDULES)
     parser.add_argument("--loss", choices=names.LOSSES)

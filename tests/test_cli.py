@@ -91,6 +91,8 @@ def cli_run(tmp_path_factory):
                 *TINY,
                 "--epochs",
                 "2",
+                "--time-budget",
+                "100000",
                 "--set",
                 "trainer.seed=5",
                 "--run-dir",
@@ -104,7 +106,8 @@ def cli_run(tmp_path_factory):
 
 def test_train_writes_the_resolved_config_with_flags_over_the_file(cli_run, capsys):
     resolved = yaml.safe_load((cli_run / "config.yaml").read_text())
-    assert resolved["trainer"]["epochs"] == 2  # flag over file
+    assert resolved["trainer"]["epochs"] == 2  # flag over file; the budget fits both epochs
+    assert resolved["trainer"]["time_budget_s"] == 100000
     assert resolved["trainer"]["seed"] == 5  # --set over file
     assert resolved["optim"] == {
         "name": "sgd",

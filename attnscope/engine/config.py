@@ -89,7 +89,8 @@ class ScheduleSection:
 class TrainerSection:
     """How the loop runs: length, devices, precision, speed options, what is kept as best."""
 
-    epochs: int = 10
+    epochs: int = 10  # with time_budget_s, the most epochs
+    time_budget_s: float | None = None  # wall seconds for the whole run: the epochs that fit are planned by a probe
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
@@ -249,6 +250,7 @@ TRAINING_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("schedule.min_lr_ratio", _number(0, 1), "must lie in [0, 1]"),
     ("schedule.pct_start", _number(0, 1, low_open=True, high_open=True), "must lie in (0, 1)"),
     ("trainer.epochs", _number(1, integer=True), "must be an integer >= 1"),
+    ("trainer.time_budget_s", _number(0, low_open=True, optional=True), "must be null or a number of seconds > 0"),
     ("trainer.num_nodes", _number(1, integer=True), "must be an integer >= 1"),
     ("trainer.devices", _devices, "must be a number of devices >= 1, or a string such as auto or 0,1"),
     ("trainer.grad_clip", _number(0, low_open=True, optional=True), "must be null or a number > 0"),

@@ -91,6 +91,11 @@ def _prepare(root: Path) -> None:
 def train_stages(config: RunConfig, plan: StagePlan) -> TrainResult:
     """Train ``plan``'s stages in order into one new folder; returns the last stage's result."""
     plan.check(config.model.name)
+    if config.trainer.time_budget_s is not None:
+        raise ConfigError(
+            "trainer.time_budget_s plans the epochs of one run, and --stages trains several: "
+            "give each stage its epochs with --stage-epochs"
+        )
     root = resolve_run_dir(config)
     _prepare(root)
     config = copy.deepcopy(config)

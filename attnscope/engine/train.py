@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from attnscope.data.module import DataModule
+from attnscope.engine.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
 from attnscope.engine.build import build_model
 from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
@@ -235,6 +235,7 @@ def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoc
 
 def train(config: RunConfig, resume: bool = False) -> TrainResult:
     """Train ``config`` into its run directory; ``resume`` continues it from ``last.ckpt``."""
+    started = time.perf_counter()  # trainer.time_budget_s counts from here
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     paths = RunPaths(resolve_run_dir(config))
@@ -242,18 +243,18 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     rank_zero = getattr(rank_zero_only, "rank", 0) == 0
     launched = os.environ.get(RUN_DIR_ENV)
     if launched is not None:  # a process DDP launched: the launching process prepared and locked the run
-        return _train(config, paths, resume, rank_zero)
+        return _train(config, paths, resume, rank_zero, started)
     prepare_run_dir(paths, resume)
     os.environ[RUN_DIR_ENV] = str(paths.root)  # inherited by the processes DDP launches
     try:
         with RunLock(paths.root):
             sweep_run(paths)
-            return _train(config, paths, resume, rank_zero)
+            return _train(config, paths, resume, rank_zero, started)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) -> TrainResult:
+def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, started: float) -> TrainResult:
     with _RunLog(paths.log):
         seed_all(config.trainer.seed)
         log.info("run %s: %s on %s", paths.root, config.model.name, config.data.source)
@@ -265,10 +266,17 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
         kind = task_kind(manifest.num_classes, manifest.multilabel)
         model = build_model(config, manifest.num_classes, manifest.multilabel, data.channels)
         weights = None if data.weights is None else torch.as_tensor(data.weights, dtype=torch.float32)
-        task = ClassifierTask(config, model, data.transform(), kind, list(manifest.classes), weights)
+
+        def make_task(net: torch.nn.Module) -> ClassifierTask:
+            return ClassifierTask(config, net, data.transform(), kind, list(manifest.classes), weights)
+
+        task = make_task(model)
         recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
-        steps = -(-len(data.rows("train")) // config.data.batch_size)
-        trainer = make_trainer(config, paths, [recorder], steps)
+        budgeted = config.trainer.time_budget_s is not None and not resume
+        guard = [BudgetGuard(config.trainer.time_budget_s, started)] if budgeted else []  # type: ignore[arg-type]
+        trainer = make_trainer(config, paths, [recorder, *guard], batch_count(data, "train"))
+        if budgeted:
+            _plan_within_budget(config, trainer, data, make_task, model, started)
         # written once everything is known to work, so a failed start leaves no half run behind
         if rank_zero:
             if not resume:
@@ -277,14 +285,30 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool) ->
         state = paths.last_state if resume and paths.last_state.exists() else None
         if resume:
             log.info("resuming %s from %s", paths.root, state or "the start (no epoch had finished)")
-        with warnings.catch_warnings():
-            # the transform is the task's on purpose (it knows train from eval); Lightning's own deprecation
-            # and AG-CNN's frozen branches are in eval mode on purpose (a staged stage's other branches)
-            for message in (".*on_after_batch_transfer.*", ".*LeafSpec.*", ".*module\\(s\\) in eval mode.*"):
-                warnings.filterwarnings("ignore", message=message)
+        with quiet_fit_warnings():
             trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
         best = read_best(paths) if trainer.is_global_zero else {}
     return TrainResult(paths.root, best, trainer.is_global_zero)
+
+
+def batch_count(data: DataModule, split: str) -> int:
+    """Batches an epoch of ``split`` takes on one process."""
+    size = data.config.batch_size if split == "train" else (data.config.eval_batch_size or data.config.batch_size)
+    return -(-len(data.rows(split)) // size)
+
+
+def _plan_within_budget(config: RunConfig, trainer: L.Trainer, data: DataModule, make_task, model, started: float):
+    """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan)."""
+    if trainer.world_size > 1:
+        raise ConfigError(
+            f"trainer.time_budget_s plans epochs by timing one process, and this run has {trainer.world_size}: "
+            "train on one device, or set trainer.epochs and leave time_budget_s null"
+        )
+    batches = (batch_count(data, "train"), batch_count(data, "val"))
+    spent = time.perf_counter() - started
+    epochs = plan_epochs(config.trainer, make_task, model, LoaderModule(data), batches, spent)
+    config.trainer.epochs = epochs
+    trainer.fit_loop.max_epochs = epochs
 
 
 def resume_config(run_dir: str | Path, progress: bool | None = None) -> RunConfig:

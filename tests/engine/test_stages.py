@@ -77,6 +77,10 @@ def test_stage_plans_and_folders_are_checked_by_name(tmp_path):
         train_stages(config, StagePlan(("global", "global")))
     with pytest.raises(ConfigError, match="--stage-epochs gives 2 value"):
         train_stages(config, StagePlan(("global", "local", "fusion"), epochs=(1, 2)))
+    config.trainer.time_budget_s = 60.0
+    with pytest.raises(ConfigError, match="time_budget_s plans the epochs of one run, and --stages trains several"):
+        train_stages(config, PLAN)
+    config.trainer.time_budget_s = None
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("a user's file")
     with pytest.raises(DataError, match="not an empty folder"):

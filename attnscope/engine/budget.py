@@ -1,0 +1,211 @@
+"""A wall-time budget for training: how many epochs fit, measured on this machine.
+
+With ``trainer.time_budget_s`` the epoch count becomes a maximum. Before training, a
+short probe times training and validation batches (data, augmentation and step
+together) on a copy of the model, so the run's own weights and random state are
+untouched. The epochs that fit in what is left of the budget are planned, and the
+learning-rate schedule is laid out for them, so a one-cycle or cosine schedule still
+anneals to its end: a run cut off by the clock mid-schedule would not. A guard stops
+after an epoch when the next one would overrun, and says so. The planned count is
+written to the run's ``config.yaml``, so the run can be repeated exactly without
+the budget.
+
+Machines differ several-fold in speed (the README's Fashion-MNIST recipe trains 2.7x
+slower on one 2-core CPU than on another), which is why a budget is planned from a
+measurement and not from a fixed epoch count.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from attnscope.engine.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+PROBE_TRAIN_BATCHES = 10
+PROBE_VAL_BATCHES = 4
+PROBE_WARMUP = 2  # intervals left out: the first batches build kernels (and compile, where asked)
+
+# Lightning's own deprecation, and AG-CNN's frozen branches in eval mode on purpose; see train.py
+FIT_WARNINGS = (".*on_after_batch_transfer.*", ".*LeafSpec.*", ".*module\\(s\\) in eval mode.*")
+
+
+@contextmanager
+def quiet_fit_warnings():
+    """Silence the warnings every attnscope fit raises on purpose (see :data:`FIT_WARNINGS`)."""
+    with warnings.catch_warnings():
+        for message in FIT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    """Seconds per training batch and per validation batch, each from data to step, and the batch counts."""
+
+    train_batch_s: float
+    val_batch_s: float
+    train_batches: int
+    val_batches: int
+
+    @property
+    def epoch_s(self) -> float:
+        return self.train_batches * self.train_batch_s + self.val_batches * self.val_batch_s
+
+
+def epochs_that_fit(budget_s: float, spent_s: float, cost: EpochCost, max_epochs: int) -> int:
+    """Whole epochs of ``cost`` in the ``budget_s - spent_s`` seconds left: at least 1, at most ``max_epochs``."""
+    left = budget_s - spent_s
+    fitting = int(left // cost.epoch_s) if cost.epoch_s > 0 else max_epochs
+    return max(1, min(max_epochs, fitting))
+
+
+class _BatchClock(Callback):
+    """Times between the ends of consecutive batches: loading, augmentation and the step together."""
+
+    def __init__(self) -> None:
+        self.train: list[float] = []
+        self.val: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.train.append(time.perf_counter())
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.val.append(time.perf_counter())
+
+    def on_validation_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.val.append(time.perf_counter())
+
+
+def _median_interval(stamps: list[float], skip: int) -> float:
+    gaps = np.diff(stamps)[skip:] if len(stamps) > skip + 1 else np.diff(stamps)
+    return float(statistics.median(gaps)) if len(gaps) else 0.0
+
+
+@contextmanager
+def _kept_random_state():
+    """The probe draws random numbers (augmentation, dropout): put every generator back afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+def probe_epoch_cost(
+    make_task: Callable[[torch.nn.Module], L.LightningModule],
+    model: torch.nn.Module,
+    datamodule: L.LightningDataModule,
+    trainer_options: dict[str, Any],
+    batches: tuple[int, int],
+) -> EpochCost:
+    """Train a copy of ``model`` for a few batches and validate a few; return what an epoch of
+    ``batches`` (training, validation) would cost."""
+    clock = _BatchClock()
+    train_limit = min(PROBE_TRAIN_BATCHES, batches[0])
+    val_limit = min(PROBE_VAL_BATCHES, batches[1])
+    with tempfile.TemporaryDirectory(prefix="attnscope-probe-") as scratch, _kept_random_state():
+        probe = L.Trainer(
+            default_root_dir=scratch,
+            max_epochs=1,
+            limit_train_batches=train_limit,
+            limit_val_batches=val_limit,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            callbacks=[clock],
+            **trainer_options,
+        )
+        with quiet_fit_warnings():
+            probe.fit(make_task(copy.deepcopy(model)), datamodule=datamodule)
+    skip = PROBE_WARMUP if train_limit > PROBE_WARMUP + 1 else 0
+    return EpochCost(
+        train_batch_s=_median_interval(clock.train, skip),
+        val_batch_s=_median_interval(clock.val, 0),
+        train_batches=batches[0],
+        val_batches=batches[1],
+    )
+
+
+class BudgetGuard(Callback):
+    """Stops after an epoch when the next one, as long as the last, would end past the budget."""
+
+    def __init__(self, budget_s: float, started: float) -> None:
+        self.budget_s, self.started = budget_s, started
+        self._epoch_started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        now = time.perf_counter()
+        done = trainer.current_epoch + 1
+        planned = trainer.max_epochs or done
+        projected = now - self.started + (now - self._epoch_started)
+        if done < planned and projected > self.budget_s:
+            trainer.should_stop = True
+            log.warning(
+                "time budget %.0f s: stopping after epoch %d of %d, since the next would end at about %.0f s; "
+                "the learning-rate schedule has not finished (the planning probe underestimated an epoch)",
+                self.budget_s,
+                done,
+                planned,
+                projected,
+            )
+
+
+def plan_epochs(
+    section: Any,
+    make_task: Callable[[torch.nn.Module], L.LightningModule],
+    model: torch.nn.Module,
+    datamodule: L.LightningDataModule,
+    batches: tuple[int, int],
+    spent_s: float,
+) -> int:
+    """The epochs of ``section`` (a config's trainer section) that fit its ``time_budget_s``,
+    ``spent_s`` seconds having gone already; logs the measurement and the plan."""
+    options = {
+        "accelerator": section.accelerator,
+        "devices": 1,
+        "precision": resolve_precision(section.precision, section.accelerator),
+        "gradient_clip_val": section.grad_clip,
+    }
+    started = time.perf_counter()
+    cost = probe_epoch_cost(make_task, model, datamodule, options, batches)
+    spent_s += time.perf_counter() - started
+    epochs = epochs_that_fit(section.time_budget_s, spent_s, cost, section.epochs)
+    log.info(
+        "time budget %.0f s: %d of at most %d epochs fit (%.0f s gone; an epoch about %.1f s: "
+        "%d training batches at %.3f s, %d validation batches at %.3f s)",
+        section.time_budget_s,
+        epochs,
+        section.epochs,
+        spent_s,
+        cost.epoch_s,
+        cost.train_batches,
+        cost.train_batch_s,
+        cost.val_batches,
+        cost.val_batch_s,
+    )
+    return epochs
