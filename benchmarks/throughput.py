@@ -26,7 +26,16 @@ import torch
 from torch.nn import functional as F
 
 from attnscope.models import create_model
-from benchmarks.common import add_result_arguments, append_records, choose, print_table
+from benchmarks.common import (
+    add_result_arguments,
+    append_records,
+    choose,
+    cpu_name,
+    native_bf16_text,
+    print_table,
+    run_facts,
+    short_cpu,
+)
 
 MODELS = ("attn_vgg16_bn", "resnet50", "se_resnet50", "cbam_resnet50", "local_resnet26")
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "amp")
@@ -95,16 +104,27 @@ def measure(name: str, variant: str, args: argparse.Namespace, device: torch.dev
         "steps": args.steps,
         "train_img_per_s": round(args.batch / train_s, 2),
         "infer_img_per_s": round(args.batch / infer_s, 2),
-        "torch": torch.__version__,
+        **run_facts(),
     }
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
+    """The GPU's name, or the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
-    return platform.processor() or platform.machine()
+
+def machine_text(records: list[dict]) -> str:
+    """The machine a row was measured on: the device's name and, on a CPU, native bf16; records
+    written before 2026-11-22 kept only the architecture."""
+    names = []
+    for r in records:
+        if r.get("device", "cpu") != "cpu":
+            names.append(r["device_name"])
+        elif "machine" in r:
+            names.append(f"{short_cpu(r)} (native bf16: {native_bf16_text(r)})")
+        else:
+            names.append("not recorded")
+    return ", ".join(dict.fromkeys(names))
 
 
 def render_table(records: list[dict]) -> str:
@@ -112,8 +132,8 @@ def render_table(records: list[dict]) -> str:
     rows = [r for r in records if "model" in r]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     lines = [
-        "| model | " + " | ".join(f"{v} train (x) | {v} infer (x)" for v in variants) + " |",
-        "|---|" + "---:|" * (2 * len(variants)),
+        "| model | " + " | ".join(f"{v} train (x) | {v} infer (x)" for v in variants) + " | device |",
+        "|---|" + "---:|" * (2 * len(variants)) + "---|",
     ]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = {r["variant"]: r for r in rows if r["model"] == name}
@@ -128,7 +148,7 @@ def render_table(records: list[dict]) -> str:
                 f"{r['train_img_per_s']:.1f} ({r['train_img_per_s'] / base['train_img_per_s']:.2f})",
                 f"{r['infer_img_per_s']:.1f} ({r['infer_img_per_s'] / base['infer_img_per_s']:.2f})",
             ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {machine_text(list(mine.values()))} |")
     return "\n".join(lines)
 
 
