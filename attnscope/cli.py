@@ -357,11 +357,15 @@ def serve_command(result: Any) -> str:
 # --- evaluate, report, predict ------------------------------------------------------------------------------
 
 
+TTA_HELP = "average over the flips the run was trained with, the threshold chosen again on validation with them"
+
+
 def _parser_evaluate(verbs: Any) -> None:
     parser = verbs.add_parser("evaluate", help="metrics and plots of a run on its test split or other data")
     _add_run(parser)
     _add_data(parser, "evaluate on")
-    parser.add_argument("--out", help="output folder (default RUN/evaluation)")
+    parser.add_argument("--out", help="output folder (default RUN/evaluation, RUN/evaluation-tta with --tta)")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP + " (no report is written from it)")
     parser.add_argument("--no-report", action="store_true", help="do not write RUN/report.html afterwards")
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_evaluate(args))
@@ -373,7 +377,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     with _open_run(args) as run:
         evaluation, report = evaluate_with_report(
-            run, EvaluateOptions(**_selection(args), out=args.out), report=not args.no_report
+            run, EvaluateOptions(**_selection(args), out=args.out, tta=args.tta), report=not args.no_report
         )
     _print_metrics(evaluation)
     if report is not None:
@@ -383,7 +387,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _print_metrics(result: Evaluation) -> None:
     metrics = result.metrics
-    print(f"{result.data} ({metrics['rows']} images, {result.kind}):")
+    averaged = f", averaged over {', '.join(metrics['tta'])}" if "tta" in metrics else ""
+    print(f"{result.data} ({metrics['rows']} images, {result.kind}{averaged}):")
     for name in names.HEADLINE_METRICS:
         if name in metrics:
             print(f"  {name:<20} {metrics[name]:.4f}")
@@ -437,7 +442,8 @@ def _parser_predict(verbs: Any) -> None:
     parser.add_argument("--csv", help="a CSV listing the images")
     parser.add_argument("--column", default="path", help="the CSV's image column (default: path)")
     parser.add_argument("--image-root", help="folder the CSV's names are relative to (default: the CSV's)")
-    parser.add_argument("--out", help="output CSV (default RUN/predictions.csv)")
+    parser.add_argument("--out", help="output CSV (default RUN/predictions.csv, RUN/predictions-tta.csv with --tta)")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_predict(args))
 
@@ -447,7 +453,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     images = list(args.images) + (images_from_csv(args.csv, args.column, args.image_root) if args.csv else [])
     with _open_run(args) as run:
-        result = predict(run, PredictOptions(tuple(images), args.out, args.skip_bad))
+        result = predict(run, PredictOptions(tuple(images), args.out, args.skip_bad, args.tta))
     print(f"{result.rows} predictions: {result.out}")
     if result.skipped:
         print(f"{result.skipped} image(s) left out (--skip-bad): {result.bad_rows}")

@@ -132,6 +132,17 @@ def test_evaluate_writes_metrics_and_plots(cli_run, capsys):
             assert image.size[0] > 100 and image.size[1] > 100
 
 
+def test_evaluate_with_tta_keeps_its_own_folder_and_leaves_the_report_alone(cli_run, capsys):
+    report = cli_run / "report.html"
+    before = report.read_bytes() if report.exists() else None
+    assert cli.main(["evaluate", str(cli_run), "--tta", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test split (24 images, binary, averaged over none, hflip, vflip, hvflip)" in out
+    metrics = json.loads((cli_run / "evaluation-tta" / "metrics.json").read_text())
+    assert metrics["metrics"]["tta"] == ["none", "hflip", "vflip", "hvflip"]
+    assert (report.read_bytes() if report.exists() else None) == before
+
+
 def test_evaluate_on_another_source(cli_run, tmp_path, capsys):
     out = tmp_path / "other"
     assert (

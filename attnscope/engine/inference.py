@@ -21,6 +21,7 @@ from attnscope.data.sources.files import IMAGE_EXTENSIONS, read_csv_rows, resolv
 from attnscope.engine.metrics import class_probabilities, probabilities, summarize
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
+from attnscope.engine.tta import averaged, flip_views
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 
@@ -32,13 +33,15 @@ def predict_loader(
     run: Run,
     loader: BatchLoader,
     description: str = "predict",
+    views: tuple[str, ...] = ("none",),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilities, labels and manifest rows of every batch of ``loader``, in loader order."""
+    """Probabilities (averaged over ``views``, see :mod:`~attnscope.engine.tta`), labels and
+    manifest rows of every batch of ``loader``, in loader order."""
     model = run.model()
     probs, labels, rows = [], [], []
     for batch in tqdm(loader, desc=description, disable=not run.progress, leave=False):
         images, _ = run.transform(batch["image"])
-        probs.append(probabilities(model(images), run.kind))
+        probs.append(averaged(lambda x: probabilities(model(x), run.kind), images, views))
         labels.append(batch["label"])
         rows.append(batch["row"])
     if not probs:
@@ -47,19 +50,28 @@ def predict_loader(
 
 
 BRANCH_METRICS = ("auc", "ap", "auc_per_class")
+BRANCHES = ("global", "local", "fusion")
 
 
 @torch.no_grad()
-def predict_branches(run: Run, loader: BatchLoader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """AG-CNN: probabilities of the global, local and fusion branches of every batch, and the labels."""
+def predict_branches(
+    run: Run, loader: BatchLoader, views: tuple[str, ...] = ("none",)
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """AG-CNN: probabilities of the global, local and fusion branches of every batch (averaged
+    over ``views``), and the labels."""
     model: Any = run.model()  # an AGCNN
-    probs: dict[str, list[torch.Tensor]] = {"global": [], "local": [], "fusion": []}
+
+    def branch_probabilities(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = model.forward_branches(images)
+        return {name: probabilities(outputs[name], run.kind) for name in BRANCHES}
+
+    probs: dict[str, list[torch.Tensor]] = {name: [] for name in BRANCHES}
     labels = []
     for batch in tqdm(loader, desc="evaluate", disable=not run.progress, leave=False):
         images, _ = run.transform(batch["image"])
-        outputs = model.forward_branches(images)
+        outputs = averaged(branch_probabilities, images, views)
         for name, values in probs.items():
-            values.append(probabilities(outputs[name], run.kind))
+            values.append(outputs[name])
         labels.append(batch["label"])
     if not labels:
         raise DataError("no images to evaluate")
@@ -72,10 +84,14 @@ class EvaluateOptions(DataSelection):
 
     The default folder is ``RUN/evaluation`` for the test split and one of its own for
     any other data (``RUN/evaluation-val``, ``RUN/evaluation-<source>-<hash>``), so an
-    evaluation on new data never overwrites the test split's.
+    evaluation on new data never overwrites the test split's. ``tta`` averages the
+    probabilities over the flips the run was trained with (:mod:`~attnscope.engine.tta`),
+    with the threshold chosen again on validation under the same flips; its folder ends
+    in ``-tta``.
     """
 
     out: str | Path | None = None
+    tta: bool = False
 
 
 @dataclass
@@ -103,20 +119,16 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
         )
     loader = run.loader(options)
     data = options.describe()
-    branches: dict[str, dict] = {}
-    model: Any = run.model()
-    if hasattr(model, "forward_branches"):  # AG-CNN: every branch's AUC beside the trained one's
-        branch_probs, labels = predict_branches(run, loader)
-        probs = branch_probs[str(model.stage)]
-        for name, values in branch_probs.items():
-            summary = summarize(values, labels, run.kind, run.classes, split=f"{data}, {name} branch")
-            branches[name] = {key: summary[key] for key in BRANCH_METRICS if key in summary}
-    else:
-        probs, labels, _ = predict_loader(run, loader, description="evaluate")
-    metrics = summarize(probs, labels, run.kind, run.classes, threshold=run.threshold, split=data)
+    views = flip_views(run.config.data.augment) if options.tta else ("none",)
+    probs, labels, branches = _evaluated_probabilities(run, loader, data, views)
+    threshold = _tta_threshold(run, views) if options.tta else run.threshold
+    metrics = summarize(probs, labels, run.kind, run.classes, threshold=threshold, split=data)
     if branches:
         metrics["branches"] = branches
-    out = Path(options.out) if options.out is not None else run.root / options.folder_name("evaluation")
+    if options.tta:
+        metrics["tta"] = list(views)
+    stem = "evaluation-tta" if options.tta else "evaluation"
+    out = Path(options.out) if options.out is not None else run.root / options.folder_name(stem)
     sweep_temporaries(out)
     result = Evaluation(run.root, run.weights, data, run.kind, run.classes, metrics, out)
     write_json(
@@ -136,6 +148,31 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     return result
 
 
+def _evaluated_probabilities(
+    run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, dict]]:
+    """Probabilities and labels of ``loader``; for AG-CNN also every branch's AUC beside the trained one's."""
+    model: Any = run.model()
+    if not hasattr(model, "forward_branches"):
+        probs, labels, _ = predict_loader(run, loader, "evaluate", views)
+        return probs, labels, {}
+    branch_probs, labels = predict_branches(run, loader, views)
+    branches = {}
+    for name, values in branch_probs.items():
+        summary = summarize(values, labels, run.kind, run.classes, split=f"{data}, {name} branch")
+        branches[name] = {key: summary[key] for key in BRANCH_METRICS if key in summary}
+    return branch_probs[str(model.stage)], labels, branches
+
+
+def _tta_threshold(run: Run, views: tuple[str, ...]) -> float | list[float] | None:
+    """The operating threshold chosen as training chose it (Youden's J on the validation split),
+    on probabilities averaged over ``views``: the recorded one fits single-view probabilities."""
+    if run.kind == "multiclass" or run.threshold is None:
+        return run.threshold
+    probs, labels, _ = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
+    return summarize(probs, labels, run.kind, run.classes, split="val split (test-time augmentation)").get("threshold")
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """Image files (or folders of them) to predict, and the CSV to write (default ``RUN/predictions.csv``)."""
@@ -143,6 +180,7 @@ class PredictOptions:
     images: tuple[str | Path, ...] = ()
     out: str | Path | None = None
     skip_bad: bool = False
+    tta: bool = False  # as EvaluateOptions.tta; the default CSV is then RUN/predictions-tta.csv
 
 
 @dataclass
@@ -158,34 +196,37 @@ class Predictions:
 def predict(run: Run, options: PredictOptions) -> Predictions:
     """Per-class probabilities of ``options.images`` as a CSV (id, path, prob_<class>..., predicted)."""
     loader = run.loader(DataSelection(images=tuple(options.images), skip_bad=options.skip_bad))
-    probs, _, rows = predict_loader(run, loader)
+    views = flip_views(run.config.data.augment) if options.tta else ("none",)
+    probs, _, rows = predict_loader(run, loader, views=views)
     kept = loader.decoded.manifest
     per_class = class_probabilities(probs, run.kind).numpy()
-    names = predicted_names(probs, run)
+    names = predicted_names(probs, run, _tta_threshold(run, views) if options.tta else None)
     lines = []
     for position, row in enumerate(rows.tolist()):
         path = kept.paths[row] if kept.paths else ""
         lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
-    out = Path(options.out) if options.out is not None else run.root / "predictions.csv"
+    default = run.root / ("predictions-tta.csv" if options.tta else "predictions.csv")
+    out = Path(options.out) if options.out is not None else default
     sweep_temporaries(out.parent)
     atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
     bad = write_bad_rows(kept.rejected, out.with_name(out.stem + ".bad_rows.csv")) if kept.rejected else None
     return Predictions(out, len(rows), len(kept.rejected), bad)
 
 
-def decisions(probs: torch.Tensor, run: Run) -> torch.Tensor:
+def decisions(probs: torch.Tensor, run: Run, threshold: float | list[float] | None = None) -> torch.Tensor:
     """Each row's decision as the run makes it: (N,) class indices, arg-max (multi-class) or at the
-    validation threshold (binary); (N, K) 0/1 per label at each label's threshold (multi-label)."""
+    validation threshold (binary); (N, K) 0/1 per label at each label's threshold (multi-label).
+    ``threshold`` replaces the recorded one (test-time augmentation chooses its own)."""
     if run.kind == "multiclass":
         return probs.argmax(1)
     if run.kind == "binary":
-        return (probs >= run.binary_threshold).long()
-    return (probs >= torch.tensor(run.label_thresholds)).long()
+        return (probs >= (float(threshold) if isinstance(threshold, (int, float)) else run.binary_threshold)).long()
+    return (probs >= torch.tensor(threshold if isinstance(threshold, list) else run.label_thresholds)).long()
 
 
-def predicted_names(probs: torch.Tensor, run: Run) -> list[str]:
+def predicted_names(probs: torch.Tensor, run: Run, threshold: float | list[float] | None = None) -> list[str]:
     """The predicted class(es) of each row (:func:`decisions`), by name; labels joined by ``|``."""
-    decided = decisions(probs, run).tolist()
+    decided = decisions(probs, run, threshold).tolist()
     if run.kind != "multilabel":
         return [run.classes[i] for i in decided]
     return ["|".join(c for c, on in zip(run.classes, row, strict=True) if on) for row in decided]

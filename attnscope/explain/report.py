@@ -183,11 +183,11 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
 def evaluate_with_report(
     run: Run, options: EvaluateOptions | None = None, report: bool = True
 ) -> tuple[Evaluation, Report | None]:
-    """Evaluate; when that evaluation is of the run's test split (what a report describes) and ``report``
-    is on, also write the report from it, reading the split once for both."""
+    """Evaluate; when that evaluation is of the run's test split without test-time augmentation (what a
+    report describes) and ``report`` is on, also write the report from it, reading the split once for both."""
     options = options or EvaluateOptions()
     evaluation = evaluate(run, options)
-    if not report or options.source is not None or options.images or options.split != "test":
+    if not report or options.source is not None or options.images or options.split != "test" or options.tta:
         return evaluation, None
     return evaluation, write_report(run, ReportOptions(skip_bad=options.skip_bad), evaluation)
 
