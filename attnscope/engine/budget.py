@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from attnscope.engine.precision import resolve_precision
+from attnscope.engine.task import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,35 @@ def probe_epoch_cost(
     )
 
 
-class BudgetGuard(Callback):
-    """Stops after an epoch when the next one, as long as the last, would end past the budget."""
+def shorten_schedule(scheduler: Any, total_steps: int) -> bool:
+    """Lay the rest of ``scheduler`` out for ``total_steps`` in all, keeping the steps already
+    taken and the warm-up: one-cycle and cosine then anneal to their end at the new horizon,
+    from a learning rate lower than the old horizon's at this step. False where the new horizon
+    would end inside the warm-up (then nothing is changed); true for schedules counted in
+    epochs, which need nothing."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        phases = scheduler._schedule_phases  # torch's own layout: [warm-up, anneal] (or three phases)
+        if total_steps - 1 <= phases[-2]["end_step"] or total_steps <= scheduler.last_epoch:
+            return False
+        phases[-1]["end_step"] = total_steps - 1
+        scheduler.total_steps = total_steps
+        return True
+    cosines = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)]
+    if any(total_steps <= f.warmup or total_steps <= scheduler.last_epoch for f in cosines):
+        return False
+    for factor in cosines:
+        factor.total = total_steps
+    return True
 
-    def __init__(self, budget_s: float, started: float) -> None:
-        self.budget_s, self.started = budget_s, started
+
+class BudgetGuard(Callback):
+    """After each epoch, checks the plan against the epochs' real pace. When the epochs left no
+    longer fit (a shared machine slowed down), the run is re-planned to the whole epochs that do,
+    its schedule shortened to anneal by then; when not even one more fits, it stops there. Both
+    are logged as warnings; ``on_replan`` receives the new epoch count (the run's config records it)."""
+
+    def __init__(self, budget_s: float, started: float, on_replan: Callable[[int], None] | None = None) -> None:
+        self.budget_s, self.started, self.on_replan = budget_s, started, on_replan
         self._epoch_started = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
@@ -164,17 +189,40 @@ class BudgetGuard(Callback):
         now = time.perf_counter()
         done = trainer.current_epoch + 1
         planned = trainer.max_epochs or done
-        projected = now - self.started + (now - self._epoch_started)
-        if done < planned and projected > self.budget_s:
-            trainer.should_stop = True
+        left, pace = self.budget_s - (now - self.started), now - self._epoch_started
+        fitting = int(left // pace) if pace > 0 else planned - done
+        if done >= planned or fitting >= planned - done:
+            return
+        if fitting >= 1 and self._replan(trainer, done + fitting):
             log.warning(
-                "time budget %.0f s: stopping after epoch %d of %d, since the next would end at about %.0f s; "
-                "the learning-rate schedule has not finished (the planning probe underestimated an epoch)",
+                "time budget %.0f s: epochs take %.0f s, so %d of the %d planned fit; the learning-rate "
+                "schedule was shortened to end with epoch %d",
                 self.budget_s,
-                done,
+                pace,
+                done + fitting,
                 planned,
-                projected,
+                done + fitting,
             )
+            return
+        trainer.should_stop = True
+        log.warning(
+            "time budget %.0f s: stopping after epoch %d of %d, since the next would end at about %.0f s; "
+            "the learning-rate schedule has not finished",
+            self.budget_s,
+            done,
+            planned,
+            now - self.started + pace,
+        )
+
+    def _replan(self, trainer: L.Trainer, epochs: int) -> bool:
+        total = epochs * int(trainer.num_training_batches)
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        if not all(shorten_schedule(scheduler, total) for scheduler in schedulers):
+            return False
+        trainer.fit_loop.max_epochs = epochs
+        if self.on_replan is not None:
+            self.on_replan(epochs)
+        return True
 
 
 def plan_epochs(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
@@ -283,10 +284,21 @@ class ClassifierTask(L.LightningModule):
         else:
             steps_per_epoch = total / self.config.trainer.epochs
             warmup = int(schedule.warmup_epochs * steps_per_epoch)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: warmup_cosine(step, warmup, total, schedule.min_lr_ratio)
-            )
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, schedule.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@dataclass
+class WarmupCosine:
+    """:func:`warmup_cosine` as an object, so that its horizon travels in the training state and a
+    time budget can shorten it mid-run (:mod:`~attnscope.engine.budget`)."""
+
+    warmup: int
+    total: int
+    floor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup, self.total, self.floor)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:

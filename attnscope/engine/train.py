@@ -272,10 +272,9 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
 
         task = make_task(model)
         recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
-        budgeted = config.trainer.time_budget_s is not None and not resume
-        guard = [BudgetGuard(config.trainer.time_budget_s, started)] if budgeted else []  # type: ignore[arg-type]
+        guard = _budget_guard(config, paths, started) if not resume else []
         trainer = make_trainer(config, paths, [recorder, *guard], batch_count(data, "train"))
-        if budgeted:
+        if guard:
             _plan_within_budget(config, trainer, data, make_task, model, started)
         # written once everything is known to work, so a failed start leaves no half run behind
         if rank_zero:
@@ -289,6 +288,20 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
             trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
         best = read_best(paths) if trainer.is_global_zero else {}
     return TrainResult(paths.root, best, trainer.is_global_zero)
+
+
+def _budget_guard(config: RunConfig, paths: RunPaths, started: float) -> list[Callback]:
+    """The guard of ``trainer.time_budget_s`` (none without a budget); when it re-plans, the run's
+    config.yaml is rewritten with the epochs that will run."""
+    budget = config.trainer.time_budget_s
+    if budget is None:
+        return []
+
+    def record(epochs: int) -> None:
+        config.trainer.epochs = epochs
+        atomic_write(paths.config, dump_config(config))
+
+    return [BudgetGuard(budget, started, record)]
 
 
 def batch_count(data: DataModule, split: str) -> int:

@@ -1,5 +1,6 @@
 """trainer.time_budget_s: the epochs that fit are planned from a probe that leaves the run untouched."""
 
+import itertools
 import logging
 import math
 import time
@@ -12,10 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnscope.engine import budget
-from attnscope.engine.budget import BudgetGuard, EpochCost, epochs_that_fit
+from attnscope.engine.budget import BudgetGuard, EpochCost, epochs_that_fit, shorten_schedule
 from attnscope.engine.config import load_config
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
-from attnscope.engine.train import _plan_within_budget, train
+from attnscope.engine.task import WarmupCosine, warmup_cosine
+from attnscope.engine.train import _budget_guard, _plan_within_budget, train
 from attnscope.errors import ConfigError
 from tests.runs import tiny_settings
 
@@ -82,21 +84,83 @@ def test_a_tight_budget_plans_fewer_epochs_with_the_schedule_of_a_run_that_long(
     assert "2 of at most 5 epochs fit" in paths.log.read_text()
 
 
-def _guard_after(epoch_seconds, elapsed, budget_s, epoch, max_epochs):
-    guard = BudgetGuard(budget_s, started=time.perf_counter() - elapsed)
-    guard._epoch_started = time.perf_counter() - epoch_seconds
-    trainer = SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, should_stop=False)
+def _onecycle_trainer(epochs: int, batches: int, done: int):
+    """A stand-in for Lightning's trainer after ``done`` epochs of a one-cycle run planned for ``epochs``."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=epochs * batches, pct_start=0.25)
+    for _ in range(done * batches):
+        optimizer.step()
+        scheduler.step()
+    trainer = SimpleNamespace(
+        current_epoch=done - 1,
+        max_epochs=epochs,
+        should_stop=False,
+        num_training_batches=batches,
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
+        fit_loop=SimpleNamespace(max_epochs=epochs),
+    )
+    return trainer, scheduler, optimizer
+
+
+def _guard_after(trainer, pace, elapsed, budget_s):
+    replanned = []
+    guard = BudgetGuard(budget_s, started=time.perf_counter() - elapsed, on_replan=replanned.append)
+    guard._epoch_started = time.perf_counter() - pace
     guard.on_train_epoch_end(trainer, None)
-    return trainer.should_stop
+    return replanned
 
 
-def test_the_guard_stops_before_an_epoch_that_would_overrun_and_says_so(caplog):
+def test_the_guard_leaves_a_plan_that_still_fits_alone():
+    trainer, scheduler, _ = _onecycle_trainer(epochs=6, batches=10, done=2)
+    assert _guard_after(trainer, pace=30, elapsed=60, budget_s=200) == []  # 4 more epochs of 30 s fit in 140
+    assert (trainer.should_stop, trainer.fit_loop.max_epochs, scheduler.total_steps) == (False, 6, 60)
+
+
+def test_when_epochs_slow_down_the_guard_replans_and_the_schedule_still_anneals(caplog):
+    trainer, scheduler, optimizer = _onecycle_trainer(epochs=6, batches=10, done=2)
+    before = optimizer.param_groups[0]["lr"]
     with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
-        assert _guard_after(epoch_seconds=30, elapsed=90, budget_s=100, epoch=2, max_epochs=6)
-    assert "stopping after epoch 3 of 6" in caplog.text and "has not finished" in caplog.text
-    assert not _guard_after(epoch_seconds=30, elapsed=60, budget_s=100, epoch=1, max_epochs=6)
-    # after the last epoch there is nothing to stop
-    assert not _guard_after(epoch_seconds=30, elapsed=90, budget_s=100, epoch=5, max_epochs=6)
+        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=155) == [5]  # 95 s left: 3 more epochs
+    assert "so 5 of the 6 planned fit" in caplog.text
+    assert (trainer.should_stop, trainer.fit_loop.max_epochs, scheduler.total_steps) == (False, 5, 50)
+    rates = []
+    for _ in range(30):  # the three epochs left
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    # the rate each of those steps uses (the scheduler's value after the very last step is never used)
+    used = rates[:-1]
+    assert used[0] < before and all(a > b for a, b in itertools.pairwise(used))
+    assert used[-1] == pytest.approx(0.1 / 25 / 1e4)  # the schedule's floor, reached at the new end
+
+
+def test_the_guard_stops_when_not_one_more_epoch_fits_or_the_warm_up_would_not_end(caplog):
+    trainer, _, _ = _onecycle_trainer(epochs=6, batches=10, done=2)
+    with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
+        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=80) == []
+    assert trainer.should_stop and "stopping after epoch 2 of 6" in caplog.text and "has not finished" in caplog.text
+    trainer, scheduler, _ = _onecycle_trainer(epochs=8, batches=10, done=1)  # warm-up: the first 2 epochs
+    assert _guard_after(trainer, pace=30, elapsed=30, budget_s=65) == []  # 1 more fits: inside the warm-up
+    assert trainer.should_stop and scheduler.total_steps == 80
+    trainer, _, _ = _onecycle_trainer(epochs=6, batches=10, done=6)
+    assert _guard_after(trainer, pace=30, elapsed=180, budget_s=100) == [] and not trainer.should_stop  # the last
+
+
+def test_a_shortened_cosine_follows_the_formula_at_the_new_horizon_and_keeps_it_in_its_state():
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(10, 100, 0.1))
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+    assert shorten_schedule(scheduler, 80)
+    for step in range(51, 81):
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(warmup_cosine(step, 10, 80, 0.1))
+    fresh = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(10, 100, 0.1))
+    fresh.load_state_dict(scheduler.state_dict())  # a resumed run keeps the shortened horizon
+    assert fresh.lr_lambdas[0].total == 80
+    assert not shorten_schedule(scheduler, 10)  # would end inside the warm-up
 
 
 def test_a_budget_is_refused_for_more_than_one_process_and_for_a_bad_value():
@@ -107,3 +171,14 @@ def test_a_budget_is_refused_for_more_than_one_process_and_for_a_bad_value():
         with pytest.raises(ConfigError, match="trainer.time_budget_s"):
             load_config(None, [f"trainer.time_budget_s={bad}"])
     assert math.isclose(load_config(None, ["trainer.time_budget_s=90.5"]).trainer.time_budget_s, 90.5)
+
+
+def test_a_replan_rewrites_the_runs_config_with_the_epochs_that_will_run(tmp_path):
+    config = load_config(None, tiny_settings(tmp_path / "run", epochs=9) + ["trainer.time_budget_s=60"])
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    assert _budget_guard(load_config(None, []), paths, 0.0) == []  # no budget, no guard
+    (guard,) = _budget_guard(config, paths, time.perf_counter())
+    guard.on_replan(4)
+    saved = yaml.safe_load(paths.config.read_text())["trainer"]
+    assert (saved["epochs"], saved["time_budget_s"]) == (4, 60)
