@@ -13,6 +13,7 @@ Part ``networks``: training images per second of two pairs, each network with lo
 attention in place of its 3x3 convolutions against the same network with them:
 ``resnet_tiny`` (small stem, width 32, one channel, 28 px, batch 128) and
 ``local_resnet26`` / ``resnet26`` at 224 px. The goal is a ratio of at least 0.5.
+``--layout channels_last`` times both networks of a pair in that memory format.
 
 Part ``crossover``: milliseconds per image of the ``shifted`` and ``dense`` formulations
 alone (8 heads, k=7, float32) at each (head width, size) in ``CROSSOVER``: the data
@@ -154,9 +155,12 @@ def network_step(model: nn.Module, images: torch.Tensor, precision: str) -> Call
 def network_record(setting: str, precision: str, args: argparse.Namespace) -> dict:
     name, options, channels, size, batch = NETWORKS[setting]
     torch.manual_seed(0)
-    images = torch.randn(batch, channels, size, size)
+    layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    images = torch.randn(batch, channels, size, size).contiguous(memory_format=layout)
     models = {
-        label: create_model(name, num_classes=10, in_chans=channels, **options, attn=attn).train()
+        label: create_model(name, num_classes=10, in_chans=channels, **options, attn=attn)
+        .train()
+        .to(memory_format=layout)  # type: ignore[call-overload]
         for label, attn in (("local", "local"), ("conv3x3", None), ("local_reference", "local"))
     }
     for module in models["local_reference"].modules():
@@ -169,6 +173,7 @@ def network_record(setting: str, precision: str, args: argparse.Namespace) -> di
         "part": "networks",
         "network": setting,
         "precision": precision,
+        "layout": args.layout,
         "batch": batch,
         "size": size,
         "local_img_per_s": round(local, 2),
@@ -183,16 +188,18 @@ def network_record(setting: str, precision: str, args: argparse.Namespace) -> di
 
 def render_table(records: list[dict]) -> str:
     """Two tables: whole networks (the goal), then one layer per size and precision."""
-    networks = {(r["network"], r["precision"]): r for r in records if r.get("part") == "networks"}
+    networks = {
+        (r["network"], r["precision"], r.get("layout", "contiguous")): r for r in records if r.get("part") == "networks"
+    }
     lines = [
-        "| network | precision | local attention, `auto` (img/s) | local attention, `reference` (img/s) "
+        "| network | precision | layout | local attention, `auto` (img/s) | local attention, `reference` (img/s) "
         "| 3x3 convolutions (img/s) | ratio auto / conv | goal >= 0.5 |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
-    for r in networks.values():
+    for (_, _, layout), r in networks.items():
         met = "met" if r["goal_met"] else "not met"
         lines.append(
-            f"| {r['network']} | {r['precision']} | {r['local_img_per_s']:.1f} "
+            f"| {r['network']} | {r['precision']} | {layout} | {r['local_img_per_s']:.1f} "
             f"| {r.get('local_reference_img_per_s', float('nan')):.1f} | {r['conv3x3_img_per_s']:.1f} "
             f"| {r['ratio']:.3f} | {met} |"
         )
@@ -228,6 +235,12 @@ def main() -> None:
     parser.add_argument("--pixels-per-batch", type=int, default=32 * 28 * 28, help="layer batch = this / size^2")
     parser.add_argument("--reference-max-size", type=int, default=56)
     parser.add_argument("--dense-max-size", type=int, default=28)
+    parser.add_argument(
+        "--layout",
+        choices=("contiguous", "channels_last"),
+        default="contiguous",
+        help="memory format of the networks and their input (part networks)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 rounds")
     add_result_arguments(parser)

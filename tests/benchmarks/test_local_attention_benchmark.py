@@ -36,14 +36,21 @@ def test_layers_part_times_every_formulation_against_the_convolution(tmp_path):
 
 def test_a_network_record_compares_the_pair_on_the_same_images(monkeypatch):
     monkeypatch.setitem(local_attention.NETWORKS, "tiny", ("resnet_tiny", {"width": 16, "stem": "small"}, 1, 12, 2))
-    record = local_attention.network_record("tiny", "float32", argparse.Namespace(rounds=1))
-    assert record["ratio"] == pytest.approx(record["local_img_per_s"] / record["conv3x3_img_per_s"], abs=1e-3)
-    assert record["goal_met"] == (record["ratio"] >= 0.5)
-    assert record["speedup_vs_reference"] == pytest.approx(
-        record["local_img_per_s"] / record["local_reference_img_per_s"], abs=0.01
-    )
-    table = local_attention.render_table([record])
-    assert f"| tiny | float32 | {record['local_img_per_s']:.1f} |" in table
+    records = [
+        local_attention.network_record("tiny", "float32", argparse.Namespace(rounds=1, layout=layout))
+        for layout in ("contiguous", "channels_last")
+    ]
+    for record in records:
+        assert record["ratio"] == pytest.approx(record["local_img_per_s"] / record["conv3x3_img_per_s"], abs=1e-3)
+        assert record["goal_met"] == (record["ratio"] >= 0.5)
+        assert record["speedup_vs_reference"] == pytest.approx(
+            record["local_img_per_s"] / record["local_reference_img_per_s"], abs=0.01
+        )
+    table = local_attention.render_table(records)
+    for record in records:  # one row per layout; records from before the option read as contiguous
+        assert f"| tiny | float32 | {record['layout']} | {record['local_img_per_s']:.1f} |" in table
+    old = {k: v for k, v in records[0].items() if k != "layout"}
+    assert "| tiny | float32 | contiguous |" in local_attention.render_table([old])
 
 
 def test_the_crossover_part_reports_the_faster_formulation_and_autos_choice(monkeypatch):
