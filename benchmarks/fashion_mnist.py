@@ -9,7 +9,10 @@ the kept epoch) and reports accuracy on the official 10,000 test images, which
 nothing else looks at. Wall time counts everything from reading the data to the
 last epoch (the time-budget probe included); images per second are training images
 seen per second of training. The shipped config plans its epochs within a 570 s
-budget (``--set trainer.time_budget_s=null`` runs all 15).
+budget (``--set trainer.time_budget_s=null`` runs all 15). The test set is also scored
+with flip test-time augmentation (``evaluate --tta``), reported beside; the goal is
+judged on the plain score, the recipe's as shipped, so that no choice is made by
+looking at test figures.
 
 Prints one JSON object.
 """
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 
 from attnscope.engine.config import load_config
-from attnscope.engine.inference import evaluate
+from attnscope.engine.inference import EvaluateOptions, evaluate
 from attnscope.engine.precision import resolve_precision
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
@@ -48,17 +51,19 @@ def epochs_text(record: dict) -> str:
 def render_table(records: list[dict]) -> str:
     """One row per run: epochs, test accuracy, wall time, training images per second, CPU, the goal."""
     lines = [
-        f"| epochs | test accuracy | wall time | training images/s | CPU | {GOAL_ACCURACY} in {GOAL_SECONDS} s |",
-        "|---:|---:|---:|---:|---|---|",
+        f"| epochs | test accuracy | with flip TTA | wall time | training images/s | CPU | {GOAL_ACCURACY} in "
+        f"{GOAL_SECONDS} s |",
+        "|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in records:
         answer = native_bf16_text(r)
         bf16 = f", native bf16: {answer}" if answer else ""
         # Records before 2026-11-22 kept only the architecture, not the CPU's model name.
         cpu = f"{r['machine']}{bf16}" if r["machine"] not in ("x86_64", "aarch64") else "not recorded"
+        tta = f"{r['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in r else "not measured"
         lines.append(
-            f"| {epochs_text(r)} | {r['test_accuracy']:.4f} | {r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | "
-            f"{cpu} | {'met' if meets_goal(r) else 'not met'} |"
+            f"| {epochs_text(r)} | {r['test_accuracy']:.4f} | {tta} | {r['wall_s']:.0f} s | "
+            f"{r['train_img_per_s']:,.0f} | {cpu} | {'met' if meets_goal(r) else 'not met'} |"
         )
     return "\n".join(lines)
 
@@ -83,7 +88,9 @@ def main() -> None:
         paths = RunPaths(run_dir)
         history = read_metrics_csv(paths.metrics)
         best = read_json(paths.best)
-        test = evaluate(Run.open(run_dir, progress=False)).metrics
+        with Run.open(run_dir, progress=False) as run:
+            test = evaluate(run).metrics
+            test_tta = evaluate(run, EvaluateOptions(tta=True)).metrics
         train_rows = read_json(paths.data)["counts"]["train"]["rows"]
     train_seconds = sum(row["seconds"] for row in history)
     budget = config.trainer.time_budget_s
@@ -98,6 +105,7 @@ def main() -> None:
         "best_epoch": best["epoch"] + 1,
         "val_accuracy": round(best["metrics"]["val/accuracy"], 4),
         "test_accuracy": round(test["accuracy"], 4),
+        "test_accuracy_tta": round(test_tta["accuracy"], 4),
         "test_images": test["rows"],
         "wall_s": round(wall, 1),
         "train_s": round(train_seconds, 1),
