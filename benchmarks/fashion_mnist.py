@@ -43,9 +43,17 @@ def meets_goal(record: dict) -> bool:
 
 
 def epochs_text(record: dict) -> str:
-    """``6`` or, for a run planned by a time budget, ``6 (570 s budget)``."""
+    """``6``; for a run planned by a time budget ``6 (570 s budget)``, and where its guard acted
+    (records since budget.json), ``4 of 6 planned, re-planned (570 s budget)``."""
     budget = record.get("time_budget_s")
-    return f"{record['epochs']} ({budget:.0f} s budget)" if budget else str(record["epochs"])
+    if not budget:
+        return str(record["epochs"])
+    journal = record.get("budget") or {}
+    actions = [event["action"] for event in journal.get("events", [])]
+    if not actions:
+        return f"{record['epochs']} ({budget:.0f} s budget)"
+    what = "stopped" if "stopped" in actions else "re-planned"
+    return f"{record['epochs']} of {journal['planned_epochs']} planned, {what} ({budget:.0f} s budget)"
 
 
 def render_table(records: list[dict]) -> str:
@@ -92,6 +100,7 @@ def main() -> None:
             test = evaluate(run).metrics
             test_tta = evaluate(run, EvaluateOptions(tta=True)).metrics
         train_rows = read_json(paths.data)["counts"]["train"]["rows"]
+        journal = read_json(paths.budget) if paths.budget.exists() else None
     train_seconds = sum(row["seconds"] for row in history)
     budget = config.trainer.time_budget_s
     record = {
@@ -102,6 +111,7 @@ def main() -> None:
         "model_options": config.model.options,
         "epochs": len(history),
         "time_budget_s": budget,
+        "budget": journal,
         "best_epoch": best["epoch"] + 1,
         "val_accuracy": round(best["metrics"]["val/accuracy"], 4),
         "test_accuracy": round(test["accuracy"], 4),

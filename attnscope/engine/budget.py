@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -176,10 +176,11 @@ class BudgetGuard(Callback):
     """After each epoch, checks the plan against the epochs' real pace. When the epochs left no
     longer fit (a shared machine slowed down), the run is re-planned to the whole epochs that do,
     its schedule shortened to anneal by then; when not even one more fits, it stops there. Both
-    are logged as warnings; ``on_replan`` receives the new epoch count (the run's config records it)."""
+    are logged as warnings and passed to ``on_change`` as an event: ``{"after_epoch", "pace_s",
+    "left_s", "action": "replanned" or "stopped", "epochs"}``, the epochs that will have run."""
 
-    def __init__(self, budget_s: float, started: float, on_replan: Callable[[int], None] | None = None) -> None:
-        self.budget_s, self.started, self.on_replan = budget_s, started, on_replan
+    def __init__(self, budget_s: float, started: float, on_change: Callable[[dict], None] | None = None) -> None:
+        self.budget_s, self.started, self.on_change = budget_s, started, on_change
         self._epoch_started = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
@@ -193,7 +194,9 @@ class BudgetGuard(Callback):
         fitting = int(left // pace) if pace > 0 else planned - done
         if done >= planned or fitting >= planned - done:
             return
+        event = {"after_epoch": done, "pace_s": round(pace, 1), "left_s": round(left, 1)}
         if fitting >= 1 and self._replan(trainer, done + fitting):
+            self._tell({**event, "action": "replanned", "epochs": done + fitting})
             log.warning(
                 "time budget %.0f s: epochs take %.0f s, so %d of the %d planned fit; the learning-rate "
                 "schedule was shortened to end with epoch %d",
@@ -205,6 +208,7 @@ class BudgetGuard(Callback):
             )
             return
         trainer.should_stop = True
+        self._tell({**event, "action": "stopped", "epochs": done})
         log.warning(
             "time budget %.0f s: stopping after epoch %d of %d, since the next would end at about %.0f s; "
             "the learning-rate schedule has not finished",
@@ -220,9 +224,11 @@ class BudgetGuard(Callback):
         if not all(shorten_schedule(scheduler, total) for scheduler in schedulers):
             return False
         trainer.fit_loop.max_epochs = epochs
-        if self.on_replan is not None:
-            self.on_replan(epochs)
         return True
+
+    def _tell(self, event: dict) -> None:
+        if self.on_change is not None:
+            self.on_change(event)
 
 
 def plan_epochs(
@@ -232,9 +238,10 @@ def plan_epochs(
     datamodule: L.LightningDataModule,
     batches: tuple[int, int],
     spent_s: float,
-) -> int:
+) -> tuple[int, dict]:
     """The epochs of ``section`` (a config's trainer section) that fit its ``time_budget_s``,
-    ``spent_s`` seconds having gone already; logs the measurement and the plan."""
+    ``spent_s`` seconds having gone already, and the journal of the plan (``RUN/budget.json``:
+    the budget, the probe's measurement, the plan, and later the guard's events); logs the plan."""
     options = {
         "accelerator": section.accelerator,
         "devices": 1,
@@ -258,4 +265,12 @@ def plan_epochs(
         cost.val_batches,
         cost.val_batch_s,
     )
-    return epochs
+    journal = {
+        "budget_s": section.time_budget_s,
+        "max_epochs": section.epochs,
+        "spent_before_training_s": round(spent_s, 1),
+        "probe": {**asdict(cost), "epoch_s": round(cost.epoch_s, 2)},
+        "planned_epochs": epochs,
+        "events": [],
+    }
+    return epochs, journal

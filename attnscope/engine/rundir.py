@@ -87,6 +87,11 @@ class RunPaths:
         return self.root / "train.log"
 
     @property
+    def budget(self) -> Path:
+        """What ``trainer.time_budget_s`` measured, planned and re-planned (runs with a budget only)."""
+        return self.root / "budget.json"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 

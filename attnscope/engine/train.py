@@ -41,6 +41,7 @@ from attnscope.engine.rundir import (
     save_best,
     save_weights,
     sweep_run,
+    write_json,
     write_metrics_csv,
 )
 from attnscope.engine.task import ClassifierTask, seed_all
@@ -272,14 +273,17 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
 
         task = make_task(model)
         recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
-        guard = _budget_guard(config, paths, started) if not resume else []
+        journal: dict = {}
+        guard = _budget_guard(config, paths, started, journal) if not resume else []
         trainer = make_trainer(config, paths, [recorder, *guard], batch_count(data, "train"))
         if guard:
-            _plan_within_budget(config, trainer, data, make_task, model, started)
+            journal.update(_plan_within_budget(config, trainer, data, make_task, model, started))
         # written once everything is known to work, so a failed start leaves no half run behind
         if rank_zero:
             if not resume:
                 atomic_write(paths.config, dump_config(config))
+            if journal:
+                write_json(paths.budget, journal)
             data.write(paths.root)
         state = paths.last_state if resume and paths.last_state.exists() else None
         if resume:
@@ -290,16 +294,19 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
     return TrainResult(paths.root, best, trainer.is_global_zero)
 
 
-def _budget_guard(config: RunConfig, paths: RunPaths, started: float) -> list[Callback]:
-    """The guard of ``trainer.time_budget_s`` (none without a budget); when it re-plans, the run's
-    config.yaml is rewritten with the epochs that will run."""
+def _budget_guard(config: RunConfig, paths: RunPaths, started: float, journal: dict) -> list[Callback]:
+    """The guard of ``trainer.time_budget_s`` (none without a budget). Each of its events joins
+    ``journal`` in RUN/budget.json; a re-plan also rewrites config.yaml with the epochs that will run."""
     budget = config.trainer.time_budget_s
     if budget is None:
         return []
 
-    def record(epochs: int) -> None:
-        config.trainer.epochs = epochs
-        atomic_write(paths.config, dump_config(config))
+    def record(event: dict) -> None:
+        journal.setdefault("events", []).append(event)
+        write_json(paths.budget, journal)
+        if event["action"] == "replanned":
+            config.trainer.epochs = event["epochs"]
+            atomic_write(paths.config, dump_config(config))
 
     return [BudgetGuard(budget, started, record)]
 
@@ -310,8 +317,11 @@ def batch_count(data: DataModule, split: str) -> int:
     return -(-len(data.rows(split)) // size)
 
 
-def _plan_within_budget(config: RunConfig, trainer: L.Trainer, data: DataModule, make_task, model, started: float):
-    """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan)."""
+def _plan_within_budget(
+    config: RunConfig, trainer: L.Trainer, data: DataModule, make_task, model, started: float
+) -> dict:
+    """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan);
+    returns the plan's journal (:func:`~attnscope.engine.budget.plan_epochs`)."""
     if trainer.world_size > 1:
         raise ConfigError(
             f"trainer.time_budget_s plans epochs by timing one process, and this run has {trainer.world_size}: "
@@ -319,9 +329,10 @@ def _plan_within_budget(config: RunConfig, trainer: L.Trainer, data: DataModule,
         )
     batches = (batch_count(data, "train"), batch_count(data, "val"))
     spent = time.perf_counter() - started
-    epochs = plan_epochs(config.trainer, make_task, model, LoaderModule(data), batches, spent)
+    epochs, journal = plan_epochs(config.trainer, make_task, model, LoaderModule(data), batches, spent)
     config.trainer.epochs = epochs
     trainer.fit_loop.max_epochs = epochs
+    return journal
 
 
 def resume_config(run_dir: str | Path, progress: bool | None = None) -> RunConfig:

@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from benchmarks.fashion_mnist import epochs_text
 from tests.benchmarks import bench, run_in_root
 
 BENCH = bench("fashion_mnist")
@@ -41,6 +42,7 @@ def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["test_images"] == 10000 and record["epochs"] == 1
     assert record["time_budget_s"] == 570  # the shipped recipe's; --set trainer.epochs=1 caps what it plans
+    assert record["budget"]["planned_epochs"] == 1 and record["budget"]["events"] == []
     assert 0.5 < record["test_accuracy"] < 1  # one epoch of a width-4 net is far from chance
     assert 0.5 < record["test_accuracy_tta"] < 1 and record["test_accuracy_tta"] != record["test_accuracy"]
     assert record["goal_0.95_in_600s"] == (record["test_accuracy"] >= 0.95 and record["wall_s"] <= 600)
@@ -50,3 +52,15 @@ def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     row = table.stdout.strip().splitlines()[-1]
     scores = f"| {record['test_accuracy']:.4f} | {record['test_accuracy_tta']:.4f} |"
     assert row.startswith(f"| 1 (570 s budget) {scores}") and row.endswith("| not met |")
+
+
+def test_the_epochs_cell_says_what_the_budget_did():
+    assert epochs_text({"epochs": 15}) == "15"
+    assert epochs_text({"epochs": 5, "time_budget_s": 570}) == "5 (570 s budget)"  # before budget.json
+    replanned = {"planned_epochs": 6, "events": [{"action": "replanned", "epochs": 4}]}
+    assert epochs_text({"epochs": 4, "time_budget_s": 570, "budget": replanned}) == (
+        "4 of 6 planned, re-planned (570 s budget)"
+    )
+    stopped = {"planned_epochs": 7, "events": [{"action": "stopped", "epochs": 5}]}
+    stopped_record = {"epochs": 5, "time_budget_s": 570, "budget": stopped}
+    assert epochs_text(stopped_record) == "5 of 7 planned, stopped (570 s budget)"

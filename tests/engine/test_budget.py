@@ -1,6 +1,7 @@
 """trainer.time_budget_s: the epochs that fit are planned from a probe that leaves the run untouched."""
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -65,6 +66,18 @@ def test_a_budget_that_fits_every_epoch_trains_exactly_the_run_without_one(tmp_p
     assert "time budget 100000 s: 2 of at most 2 epochs fit" in paths.log.read_text()
     saved = yaml.safe_load(paths.config.read_text())["trainer"]
     assert (saved["epochs"], saved["time_budget_s"]) == (2, 100000)
+    journal = json.loads(paths.budget.read_text())
+    assert (journal["budget_s"], journal["max_epochs"], journal["planned_epochs"], journal["events"]) == (
+        100000,
+        2,
+        2,
+        [],
+    )
+    probe = journal["probe"]
+    assert probe["train_batch_s"] > 0 and probe["epoch_s"] == pytest.approx(
+        probe["train_batches"] * probe["train_batch_s"] + probe["val_batches"] * probe["val_batch_s"], abs=0.01
+    )
+    assert not RunPaths(tmp_path / "plain").budget.exists()
 
 
 def test_a_tight_budget_plans_fewer_epochs_with_the_schedule_of_a_run_that_long(tmp_path, monkeypatch):
@@ -103,11 +116,14 @@ def _onecycle_trainer(epochs: int, batches: int, done: int):
 
 
 def _guard_after(trainer, pace, elapsed, budget_s):
-    replanned = []
-    guard = BudgetGuard(budget_s, started=time.perf_counter() - elapsed, on_replan=replanned.append)
+    """The guard's events after an epoch of ``pace`` seconds, ``elapsed`` seconds into the run;
+    as (action, epochs) pairs."""
+    events = []
+    guard = BudgetGuard(budget_s, started=time.perf_counter() - elapsed, on_change=events.append)
     guard._epoch_started = time.perf_counter() - pace
     guard.on_train_epoch_end(trainer, None)
-    return replanned
+    assert all(event["after_epoch"] == trainer.current_epoch + 1 for event in events)
+    return [(event["action"], event["epochs"]) for event in events]
 
 
 def test_the_guard_leaves_a_plan_that_still_fits_alone():
@@ -120,7 +136,7 @@ def test_when_epochs_slow_down_the_guard_replans_and_the_schedule_still_anneals(
     trainer, scheduler, optimizer = _onecycle_trainer(epochs=6, batches=10, done=2)
     before = optimizer.param_groups[0]["lr"]
     with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
-        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=155) == [5]  # 95 s left: 3 more epochs
+        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=155) == [("replanned", 5)]  # 95 s: 3 more
     assert "so 5 of the 6 planned fit" in caplog.text
     assert (trainer.should_stop, trainer.fit_loop.max_epochs, scheduler.total_steps) == (False, 5, 50)
     rates = []
@@ -137,10 +153,10 @@ def test_when_epochs_slow_down_the_guard_replans_and_the_schedule_still_anneals(
 def test_the_guard_stops_when_not_one_more_epoch_fits_or_the_warm_up_would_not_end(caplog):
     trainer, _, _ = _onecycle_trainer(epochs=6, batches=10, done=2)
     with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
-        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=80) == []
+        assert _guard_after(trainer, pace=30, elapsed=60, budget_s=80) == [("stopped", 2)]
     assert trainer.should_stop and "stopping after epoch 2 of 6" in caplog.text and "has not finished" in caplog.text
     trainer, scheduler, _ = _onecycle_trainer(epochs=8, batches=10, done=1)  # warm-up: the first 2 epochs
-    assert _guard_after(trainer, pace=30, elapsed=30, budget_s=65) == []  # 1 more fits: inside the warm-up
+    assert _guard_after(trainer, pace=30, elapsed=30, budget_s=65) == [("stopped", 1)]  # 1 more ends in warm-up
     assert trainer.should_stop and scheduler.total_steps == 80
     trainer, _, _ = _onecycle_trainer(epochs=6, batches=10, done=6)
     assert _guard_after(trainer, pace=30, elapsed=180, budget_s=100) == [] and not trainer.should_stop  # the last
@@ -173,12 +189,18 @@ def test_a_budget_is_refused_for_more_than_one_process_and_for_a_bad_value():
     assert math.isclose(load_config(None, ["trainer.time_budget_s=90.5"]).trainer.time_budget_s, 90.5)
 
 
-def test_a_replan_rewrites_the_runs_config_with_the_epochs_that_will_run(tmp_path):
+def test_the_guards_events_join_budget_json_and_a_replan_rewrites_the_config(tmp_path):
     config = load_config(None, tiny_settings(tmp_path / "run", epochs=9) + ["trainer.time_budget_s=60"])
     paths = RunPaths(tmp_path / "run")
     paths.root.mkdir()
-    assert _budget_guard(load_config(None, []), paths, 0.0) == []  # no budget, no guard
-    (guard,) = _budget_guard(config, paths, time.perf_counter())
-    guard.on_replan(4)
+    assert _budget_guard(load_config(None, []), paths, 0.0, {}) == []  # no budget, no guard
+    journal = {"budget_s": 60, "planned_epochs": 9, "events": []}
+    (guard,) = _budget_guard(config, paths, time.perf_counter(), journal)
+    event = {"after_epoch": 2, "pace_s": 9.0, "left_s": 40.0}
+    guard.on_change({**event, "action": "replanned", "epochs": 6})
     saved = yaml.safe_load(paths.config.read_text())["trainer"]
-    assert (saved["epochs"], saved["time_budget_s"]) == (4, 60)
+    assert (saved["epochs"], saved["time_budget_s"]) == (6, 60)
+    guard.on_change({**event, "after_epoch": 5, "action": "stopped", "epochs": 5})
+    written = json.loads(paths.budget.read_text())
+    assert [e["action"] for e in written["events"]] == ["replanned", "stopped"] and written["planned_epochs"] == 9
+    assert yaml.safe_load(paths.config.read_text())["trainer"]["epochs"] == 6  # a stop leaves the plan as it was
