@@ -5,14 +5,16 @@ short probe times training and validation batches (data, augmentation and step
 together) on a copy of the model, so the run's own weights and random state are
 untouched. The epochs that fit in what is left of the budget are planned, and the
 learning-rate schedule is laid out for them, so a one-cycle or cosine schedule still
-anneals to its end: a run cut off by the clock mid-schedule would not. A guard stops
-after an epoch when the next one would overrun, and says so. The planned count is
-written to the run's ``config.yaml``, so the run can be repeated exactly without
-the budget.
+anneals to its end: a run cut off by the clock mid-schedule would not. The planned count
+is written to the run's ``config.yaml``, so the run can be repeated exactly without the
+budget. After each epoch a guard compares the plan with the epochs' real pace and, when
+they have slowed, re-plans to fewer epochs with the schedule shortened to anneal by
+then; it stops outright only when not one more epoch fits. ``RUN/budget.json`` keeps
+the measurement, the plan and every re-plan.
 
-Machines differ several-fold in speed (the README's Fashion-MNIST recipe trains 2.7x
-slower on one 2-core CPU than on another), which is why a budget is planned from a
-measurement and not from a fixed epoch count.
+Machines differ several-fold in speed (the README's Fashion-MNIST recipe trains 2.4-3x
+slower on one 2-core CPU than on another, and a shared machine drifts within a run),
+which is why a budget is planned from a measurement and checked as it goes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ PROBE_VAL_BATCHES = 4
 # recipe the first five ran 20-50% slower than the rest, and 10 batches less 2 overestimated an epoch by 15%.
 PROBE_WARMUP = 6
 
-# Lightning's own deprecation, and AG-CNN's frozen branches in eval mode on purpose; see train.py
+# Warnings every fit raises on purpose: the task applies its transform in on_after_batch_transfer (it
+# knows training from evaluation), a deprecation inside Lightning (LeafSpec), and AG-CNN's frozen
+# branches stay in eval mode while a stage trains the others.
 FIT_WARNINGS = (".*on_after_batch_transfer.*", ".*LeafSpec.*", ".*module\\(s\\) in eval mode.*")
 
 
