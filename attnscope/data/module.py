@@ -348,11 +348,10 @@ class DataModule:
     ) -> BatchLoader:
         """Batches of ``split``; with ``world_size`` > 1, this process's share (training shares are even)."""
         train = split == "train"
-        size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
         return BatchLoader(
             self._require(),
             self.rows(split),
-            size,
+            self.batch_size(split),
             shuffle=train,
             seed=self.config.seed,
             drop_last=False,
@@ -363,6 +362,10 @@ class DataModule:
             even=train,
             mask_keep=self.mask_keep if train else None,
         )
+
+    def batch_size(self, split: str) -> int:
+        """Rows per batch of ``split``: ``batch_size`` for training, ``eval_batch_size`` (or it) otherwise."""
+        return self.config.batch_size if split == "train" else (self.config.eval_batch_size or self.config.batch_size)
 
     def ordered_loader(self, split: str) -> BatchLoader:
         """Every row of ``split`` once, in manifest order, unshuffled: for evaluation and indexing."""

@@ -119,9 +119,8 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
         )
     loader = run.loader(options)
     data = options.describe()
-    views = flip_views(run.config.data.augment) if options.tta else ("none",)
+    views, threshold = _views_and_threshold(run, options.tta)
     probs, labels, branches = _evaluated_probabilities(run, loader, data, views)
-    threshold = _tta_threshold(run, views) if options.tta else run.threshold
     metrics = summarize(probs, labels, run.kind, run.classes, threshold=threshold, split=data)
     if branches:
         metrics["branches"] = branches
@@ -164,6 +163,15 @@ def _evaluated_probabilities(
     return branch_probs[str(model.stage)], labels, branches
 
 
+def _views_and_threshold(run: Run, tta: bool) -> tuple[tuple[str, ...], float | list[float] | None]:
+    """The views to average and the operating threshold that goes with them: the image alone and
+    the recorded threshold, or with ``tta`` the trained flips and a threshold chosen under them."""
+    if not tta:
+        return ("none",), run.threshold
+    views = flip_views(run.config.data.augment)
+    return views, _tta_threshold(run, views)
+
+
 def _tta_threshold(run: Run, views: tuple[str, ...]) -> float | list[float] | None:
     """The operating threshold chosen as training chose it (Youden's J on the validation split),
     on probabilities averaged over ``views``: the recorded one fits single-view probabilities."""
@@ -196,11 +204,11 @@ class Predictions:
 def predict(run: Run, options: PredictOptions) -> Predictions:
     """Per-class probabilities of ``options.images`` as a CSV (id, path, prob_<class>..., predicted)."""
     loader = run.loader(DataSelection(images=tuple(options.images), skip_bad=options.skip_bad))
-    views = flip_views(run.config.data.augment) if options.tta else ("none",)
+    views, threshold = _views_and_threshold(run, options.tta)
     probs, _, rows = predict_loader(run, loader, views=views)
     kept = loader.decoded.manifest
     per_class = class_probabilities(probs, run.kind).numpy()
-    names = predicted_names(probs, run, _tta_threshold(run, views) if options.tta else None)
+    names = predicted_names(probs, run, threshold)
     lines = []
     for position, row in enumerate(rows.tolist()):
         path = kept.paths[row] if kept.paths else ""

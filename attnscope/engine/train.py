@@ -313,8 +313,7 @@ def _budget_guard(config: RunConfig, paths: RunPaths, started: float, journal: d
 
 def batch_count(data: DataModule, split: str) -> int:
     """Batches an epoch of ``split`` takes on one process."""
-    size = data.config.batch_size if split == "train" else (data.config.eval_batch_size or data.config.batch_size)
-    return -(-len(data.rows(split)) // size)
+    return -(-len(data.rows(split)) // data.batch_size(split))
 
 
 def _plan_within_budget(
