@@ -125,7 +125,7 @@ def one_run(
         record["test_auc"] = round(metrics["auc"], 4)
     if setting != "fashion_mnist":
         methods = ("attention", "gradcam") if attention not in ("none", "se") else ("gradcam",)
-        result = explain(run, ExplainOptions(methods=methods, count=images, steps=2))
+        result = explain(run, ExplainOptions(methods=methods, count=images, steps=2, overlays=False))
         record["maps"] = {
             method: {score: round(scores[score], 4) for score in MAP_SCORES}
             for method, scores in result.summary.items()
