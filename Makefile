@@ -46,8 +46,11 @@ chromium:
 	  fi; \
 	fi
 
+# One pytest-xdist worker per core, each on one thread (tests/conftest.py), so that the
+# many tests that wait on a process start or a file overlap; `$(PY) -m pytest tests/x.py`
+# runs a part serially.
 test: $(STAMP) fashion-mnist chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # The main job on built-in data: train a small attention VGG on generated lesions,
 # evaluate it on the held-out test split, draw its attention; about 2 minutes on 2 cores.

@@ -1,9 +1,19 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.runs import tiny_settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``: one worker per core) each worker computes on one thread,
+    and so do the processes its tests start: two threads per worker would oversubscribe the
+    cores, and OpenMP threads that wait for a busy core slow everything down."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
