@@ -132,6 +132,24 @@ def stage_numbers(option: str, values: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def stage_planes(width: int, channels: Sequence[int] | None) -> tuple[int, ...]:
+    """The four stages' widths (before a bottleneck's expansion): ``channels`` as given (timm's
+    option of that name), or ``width`` doubling from stage to stage."""
+    if channels is None:
+        return tuple(width * 2**index for index in range(4))
+    if (
+        isinstance(channels, (str, bytes))
+        or not isinstance(channels, Sequence)
+        or len(channels) != 4
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
+    ):
+        raise ConfigError(
+            f"channels={channels!r}: give the four stages' widths as positive whole numbers, "
+            "e.g. [32, 64, 128, 128] (leave it out for width, 2x, 4x, 8x width)"
+        )
+    return tuple(channels)
+
+
 def global_stages(global_attn: bool | Sequence[int] | None) -> tuple[int, ...]:
     """The stages (1-4) after which a global self-attention block is added."""
     if global_attn is True:
@@ -153,6 +171,7 @@ class ResNet(AttnClassifier):
         num_classes: int,
         in_chans: int,
         width: int = 64,
+        channels: Sequence[int] | None = None,
         attn: str | None = None,
         attn_kwargs: dict | None = None,
         attn_stages: Sequence[int] | None = None,
@@ -166,11 +185,6 @@ class ResNet(AttnClassifier):
         head: str = "avg",
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(
-                f"stem={stem!r}: use 'imagenet' (7x7/2 conv and max pool, 4x smaller) or "
-                "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)"
-            )
         options = BlockOptions(attn, attn_kwargs, local_kernel, local_heads)
         if attn_stages is not None and attn is None:
             raise ConfigError("attn_stages chooses where the block attention goes: give attn too (se, cbam or local)")
@@ -180,9 +194,9 @@ class ResNet(AttnClassifier):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.stage_channels = []
-        for index, blocks in enumerate(layers, start=1):
+        for index, (blocks, planes) in enumerate(zip(layers, stage_planes(width, channels), strict=True), start=1):
             chosen = options if index in with_attention else BlockOptions(None, None, local_kernel, local_heads)
-            stage = self._make_stage(block, width * 2 ** (index - 1), blocks, 1 if index == 1 else 2, chosen)
+            stage = self._make_stage(block, planes, blocks, 1 if index == 1 else 2, chosen)
             setattr(self, f"layer{index}", stage)
             self.stage_channels.append(self.inplanes)
         self.global_attn = nn.ModuleDict(
@@ -200,6 +214,11 @@ class ResNet(AttnClassifier):
     @staticmethod
     def _make_stem(in_chans: int, width: int, stem: str) -> tuple[nn.Conv2d, nn.Module]:
         """The first convolution and what follows it: 7x7/2 and a max pool, or 3x3/1 and nothing."""
+        if stem not in STEMS:
+            raise ConfigError(
+                f"stem={stem!r}: use 'imagenet' (7x7/2 conv and max pool, 4x smaller) or "
+                "'small' (3x3/1 conv, no pool: for 28-64 px images such as Fashion-MNIST)"
+            )
         if stem == "small":
             return nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False), nn.Identity()
         conv = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)

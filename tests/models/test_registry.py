@@ -95,6 +95,7 @@ def test_grayscale_configs_average_the_rgb_statistics():
 # a family takes all of them (the grid-attention ResNets once lacked global_heads and the local ones).
 RESNET_OPTIONS = {
     "width",
+    "channels",
     "attn",
     "attn_kwargs",
     "attn_stages",

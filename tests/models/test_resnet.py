@@ -136,3 +136,20 @@ def test_the_small_stem_keeps_28_px_images_at_full_resolution_into_the_first_sta
     assert local(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(ConfigError, match="stem='tiny'"):
         create_model("resnet_tiny", stem="tiny")
+
+
+def test_channels_set_each_stage_width_and_keep_the_doubling_by_default():
+    small = {"in_chans": 1, "num_classes": 10, "stem": "small", "width": 32}
+    doubling = create_model("resnet_tiny", **small)
+    capped = create_model("resnet_tiny", **small, channels=[32, 64, 128, 128])
+    assert doubling.stage_channels == [32, 64, 128, 256] and capped.stage_channels == [32, 64, 128, 128]
+    # the capped last stage: two 3x3 convs and a strided 1x1 shortcut at 128 channels, three norms
+    assert sum(p.numel() for p in capped.layer4.parameters()) == 2 * 9 * 128 * 128 + 128 * 128 + 3 * 2 * 128
+    assert capped.layer4[0].downsample[0].stride == (2, 2) and capped.fc.in_features == 128
+    assert capped(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    gated = create_model("attn_resnet_tiny", **small, channels=[32, 64, 128, 128])
+    assert gated.fc.in_features == 128 + 64 + 128  # the grid gates read the capped last stage
+    assert create_model("resnet50", num_classes=10, channels=[8, 16, 32, 64]).num_features == 64 * 4  # expanded
+    for bad in ([32, 64, 128], [32, 64, 0, 128], "32,64", [32, 64, 128.0, 256], [True, 64, 128, 256]):
+        with pytest.raises(ConfigError, match="channels=.*four stages' widths"):
+            create_model("resnet_tiny", channels=bad)
