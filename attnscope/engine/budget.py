@@ -7,9 +7,11 @@ untouched. The epochs that fit in what is left of the budget are planned, and th
 learning-rate schedule is laid out for them, so a one-cycle or cosine schedule still
 anneals to its end: a run cut off by the clock mid-schedule would not. The planned count
 is written to the run's ``config.yaml``, so the run can be repeated exactly without the
-budget. After each epoch a guard compares the plan with the epochs' real pace and, when
-they have slowed, re-plans to fewer epochs with the schedule shortened to anneal by
-then; it stops outright only when not one more epoch fits. ``RUN/budget.json`` keeps
+budget. A tenth into the first epoch a guard checks the probe against the run's own
+batches and re-plans up or down while the warm-up can still follow (a probe of seconds
+can fall on a busy moment). After each epoch it compares the plan with the epochs' real
+pace and, when they have slowed, re-plans to fewer epochs with the schedule shortened to
+anneal by then; it stops outright only when not one more epoch fits. ``RUN/budget.json`` keeps
 the measurement, the plan and every re-plan.
 
 Machines differ several-fold in speed (the README's Fashion-MNIST recipe trains 2.4-3x
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import statistics
 import tempfile
@@ -28,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -46,6 +49,12 @@ PROBE_VAL_BATCHES = 4
 # intervals left out: the first batches build kernels (and compile, where asked). On the Fashion-MNIST
 # recipe the first five ran 20-50% slower than the rest, and 10 batches less 2 overestimated an epoch by 15%.
 PROBE_WARMUP = 6
+# The run's own first batches check the probe: after this share of the first epoch (and no fewer batches than it
+# timed), and only where their pace is this far from the probe's. A probe that fell on a busy moment is off by 2-4x;
+# 10-15% is the noise of a shared machine, which the epoch-end guard answers (on 2026-11-23 a check acting on 12%
+# planned 6 epochs where the probe had planned 5, and the guard took it back to 5 after the first epoch).
+EARLY_CHECK_SHARE = 0.1
+EARLY_CHECK_TOLERANCE = 0.25
 
 # Warnings every fit raises on purpose: the task applies its transform in on_after_batch_transfer (it
 # knows training from evaluation), a deprecation inside Lightning (LeafSpec), and AG-CNN's frozen
@@ -81,6 +90,13 @@ def epochs_that_fit(budget_s: float, spent_s: float, cost: EpochCost, max_epochs
     left = budget_s - spent_s
     fitting = int(left // cost.epoch_s) if cost.epoch_s > 0 else max_epochs
     return max(1, min(max_epochs, fitting))
+
+
+def early_check_batch(batches: int) -> int:
+    """After how many batches of the first epoch the guard checks the plan: a tenth of the epoch,
+    and at least as many as the probe timed; 0 (never) where that is not before the epoch's end."""
+    at = max(PROBE_WARMUP + PROBE_TRAIN_BATCHES, math.ceil(EARLY_CHECK_SHARE * batches))
+    return at if at < batches else 0
 
 
 class _BatchClock(Callback):
@@ -155,15 +171,24 @@ def probe_epoch_cost(
     )
 
 
-def shorten_schedule(scheduler: Any, total_steps: int) -> bool:
+def relay_schedule(scheduler: Any, total_steps: int, warmup_too: bool = False) -> bool:
     """Lay the rest of ``scheduler`` out for ``total_steps`` in all, keeping the steps already
-    taken and the warm-up: one-cycle and cosine then anneal to their end at the new horizon,
-    from a learning rate lower than the old horizon's at this step. False where the new horizon
-    would end inside the warm-up (then nothing is changed); true for schedules counted in
+    taken: one-cycle and cosine then anneal to their end at the new horizon. A one-cycle warm-up
+    is kept as it is, unless ``warmup_too`` stretches it with the horizon (its share of the
+    steps kept), which is only done while the run is still inside the stretched warm-up; a
+    cosine's warm-up is counted in epochs and stays. False, and nothing changed, where the new
+    horizon would end inside the warm-up or before this step; true for schedules counted in
     epochs, which need nothing."""
     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
         phases = scheduler._schedule_phases  # torch's own layout: [warm-up, anneal] (or three phases)
-        if total_steps - 1 <= phases[-2]["end_step"] or total_steps <= scheduler.last_epoch:
+        if total_steps <= scheduler.last_epoch:
+            return False
+        if warmup_too:
+            warmup_end = (phases[0]["end_step"] + 1) * total_steps / scheduler.total_steps - 1
+            if len(phases) != 2 or scheduler.last_epoch >= warmup_end:
+                return False
+            phases[0]["end_step"] = warmup_end
+        elif total_steps - 1 <= phases[-2]["end_step"]:
             return False
         phases[-1]["end_step"] = total_steps - 1
         scheduler.total_steps = total_steps
@@ -177,18 +202,71 @@ def shorten_schedule(scheduler: Any, total_steps: int) -> bool:
 
 
 class BudgetGuard(Callback):
-    """After each epoch, checks the plan against the epochs' real pace. When the epochs left no
-    longer fit (a shared machine slowed down), the run is re-planned to the whole epochs that do,
-    its schedule shortened to anneal by then; when not even one more fits, it stops there. Both
-    are logged as warnings and passed to ``on_change`` as an event: ``{"after_epoch", "pace_s",
-    "left_s", "action": "replanned" or "stopped", "epochs"}``, the epochs that will have run."""
+    """Checks the plan against the run's real pace, twice over.
+
+    Early in the first epoch (after :func:`early_check_batch` batches, when :meth:`expect` gave
+    it the probe's measurement), it times the run's own batches and, where they say another
+    number of epochs fits, re-plans up or down while the one-cycle warm-up can still be
+    stretched with it: a probe of a few seconds can fall on a moment the shared machine was
+    busy. After each epoch, when the epochs left no longer fit (the machine slowed down), the
+    run is re-planned to the whole epochs that do, its schedule shortened to anneal by then;
+    when not even one more fits, it stops there. Each is logged as a warning and passed to
+    ``on_change`` as an event: ``{"after_epoch"`` (or ``"after_batch"`` for the early check)
+    ``, "pace_s", "left_s", "action": "replanned" or "stopped", "epochs"}``, the epochs that
+    will have run."""
 
     def __init__(self, budget_s: float, started: float, on_change: Callable[[dict], None] | None = None) -> None:
         self.budget_s, self.started, self.on_change = budget_s, started, on_change
         self._epoch_started = 0.0
+        self._probe: EpochCost | None = None
+        self._max_epochs = 0
+        self._batch_ends: list[float] = []
+
+    def expect(self, probe: EpochCost, max_epochs: int) -> None:
+        """Arm the early check with the probe's measurement and the most epochs the run may have."""
+        self._probe, self._max_epochs = probe, max_epochs
 
     def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, task: L.LightningModule, *args: Any) -> None:
+        if self._probe is None or trainer.current_epoch != 0:
+            return
+        self._batch_ends.append(time.perf_counter())
+        if len(self._batch_ends) == early_check_batch(int(trainer.num_training_batches)):
+            self._early_check(trainer)
+
+    def _early_check(self, trainer: L.Trainer) -> None:
+        assert self._probe is not None
+        batches, done = int(trainer.num_training_batches), len(self._batch_ends)
+        pace = _median_interval(self._batch_ends, PROBE_WARMUP)
+        if abs(pace - self._probe.train_batch_s) <= EARLY_CHECK_TOLERANCE * self._probe.train_batch_s:
+            return
+        validation = self._probe.val_batches * self._probe.val_batch_s
+        left = self.budget_s - (time.perf_counter() - self.started)
+        rest_of_epoch = (batches - done) * pace + validation
+        cost = replace(self._probe, train_batch_s=pace, train_batches=batches)
+        more = int((left - rest_of_epoch) // cost.epoch_s) if cost.epoch_s > 0 else self._max_epochs
+        epochs = max(1, min(self._max_epochs, 1 + more))
+        planned = trainer.max_epochs or 1
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        if epochs == planned or not all(relay_schedule(s, epochs * batches, warmup_too=True) for s in schedulers):
+            return
+        trainer.fit_loop.max_epochs = epochs
+        self._tell(
+            {"after_batch": done, "pace_s": round(cost.epoch_s, 1), "left_s": round(left, 1)}
+            | {"action": "replanned", "epochs": epochs}
+        )
+        log.warning(
+            "time budget %.0f s: the first %d batches took %.3f s each, not the probe's %.3f s, so %d epochs "
+            "fit, not %d; the learning-rate schedule was laid out again for them",
+            self.budget_s,
+            done,
+            pace,
+            self._probe.train_batch_s,
+            epochs,
+            planned,
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         now = time.perf_counter()
@@ -225,7 +303,7 @@ class BudgetGuard(Callback):
     def _replan(self, trainer: L.Trainer, epochs: int) -> bool:
         total = epochs * int(trainer.num_training_batches)
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        if not all(shorten_schedule(scheduler, total) for scheduler in schedulers):
+        if not all(relay_schedule(scheduler, total) for scheduler in schedulers):
             return False
         trainer.fit_loop.max_epochs = epochs
         return True

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from attnscope.data.module import DataModule
-from attnscope.engine.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
+from attnscope.engine.budget import BudgetGuard, EpochCost, plan_epochs, quiet_fit_warnings
 from attnscope.engine.build import build_model
 from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
@@ -278,6 +278,8 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
         trainer = make_trainer(config, paths, [recorder, *guard], batch_count(data, "train"))
         if guard:
             journal.update(_plan_within_budget(config, trainer, data, make_task, model, started))
+            probe = {k: v for k, v in journal["probe"].items() if k != "epoch_s"}
+            guard[0].expect(EpochCost(**probe), journal["max_epochs"])
         # written once everything is known to work, so a failed start leaves no half run behind
         if rank_zero:
             if not resume:
@@ -294,7 +296,7 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
     return TrainResult(paths.root, best, trainer.is_global_zero)
 
 
-def _budget_guard(config: RunConfig, paths: RunPaths, started: float, journal: dict) -> list[Callback]:
+def _budget_guard(config: RunConfig, paths: RunPaths, started: float, journal: dict) -> list[BudgetGuard]:
     """The guard of ``trainer.time_budget_s`` (none without a budget). Each of its events joins
     ``journal`` in RUN/budget.json; a re-plan also rewrites config.yaml with the epochs that will run."""
     budget = config.trainer.time_budget_s

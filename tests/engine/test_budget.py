@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnscope.engine import budget
-from attnscope.engine.budget import BudgetGuard, EpochCost, epochs_that_fit, shorten_schedule
+from attnscope.engine.budget import BudgetGuard, EpochCost, early_check_batch, epochs_that_fit, relay_schedule
 from attnscope.engine.config import load_config
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
 from attnscope.engine.task import WarmupCosine, warmup_cosine
@@ -168,7 +168,7 @@ def test_a_shortened_cosine_follows_the_formula_at_the_new_horizon_and_keeps_it_
     for _ in range(50):
         optimizer.step()
         scheduler.step()
-    assert shorten_schedule(scheduler, 80)
+    assert relay_schedule(scheduler, 80)
     for step in range(51, 81):
         optimizer.step()
         scheduler.step()
@@ -176,7 +176,7 @@ def test_a_shortened_cosine_follows_the_formula_at_the_new_horizon_and_keeps_it_
     fresh = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(10, 100, 0.1))
     fresh.load_state_dict(scheduler.state_dict())  # a resumed run keeps the shortened horizon
     assert fresh.lr_lambdas[0].total == 80
-    assert not shorten_schedule(scheduler, 10)  # would end inside the warm-up
+    assert not relay_schedule(scheduler, 10)  # would end inside the warm-up
 
 
 def test_a_budget_is_refused_for_more_than_one_process_and_for_a_bad_value():
@@ -204,3 +204,119 @@ def test_the_guards_events_join_budget_json_and_a_replan_rewrites_the_config(tmp
     written = json.loads(paths.budget.read_text())
     assert [e["action"] for e in written["events"]] == ["replanned", "stopped"] and written["planned_epochs"] == 9
     assert yaml.safe_load(paths.config.read_text())["trainer"]["epochs"] == 6  # a stop leaves the plan as it was
+
+
+def _warming_up(epochs: int, batches: int, steps: int, pct_start: float = 0.25):
+    """A stand-in trainer ``steps`` batches into the first epoch of a one-cycle run planned for ``epochs``."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+    total = epochs * batches
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total, pct_start=pct_start)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        max_epochs=epochs,
+        num_training_batches=batches,
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
+        fit_loop=SimpleNamespace(max_epochs=epochs),
+    )
+    return trainer, scheduler, optimizer
+
+
+def _early_events(trainer, probe: EpochCost, pace: float, budget_s: float, max_epochs: int, monkeypatch):
+    """The guard's events when the first epoch's batches end every ``pace`` seconds (a fake clock
+    started with the run), as (action, epochs, after_batch)."""
+    now = iter(itertools.count(start=0.0, step=pace))
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: next(now))
+    events = []
+    guard = BudgetGuard(budget_s, started=0.0, on_change=events.append)
+    guard.expect(probe, max_epochs)
+    for _ in range(early_check_batch(probe.train_batches)):
+        guard.on_train_batch_end(trainer, None)
+    return [(e["action"], e["epochs"], e["after_batch"]) for e in events]
+
+
+def _one_cycle_rates(scheduler, optimizer, steps: int) -> list[float]:
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_check_batch_is_a_tenth_of_the_first_epoch_and_never_fewer_than_the_probe_timed():
+    assert [early_check_batch(n) for n in (422, 1000, 100, 31, 30, 5)] == [43, 100, 30, 30, 0, 0]
+
+
+def test_when_the_probe_was_slowed_down_the_first_batches_plan_more_epochs_and_stretch_the_warm_up(monkeypatch, caplog):
+    # the probe fell on a busy moment: 0.85 s a batch, one epoch planned; the run's batches take 0.2 s
+    probe = EpochCost(train_batch_s=0.85, val_batch_s=0.2, train_batches=422, val_batches=12)
+    trainer, scheduler, optimizer = _warming_up(epochs=1, batches=422, steps=43)
+    with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
+        events = _early_events(trainer, probe, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch)
+    # at batch 43, 8.6 s in: the epoch's rest takes 379 x 0.2 + 12 x 0.2 = 78.2 s, an epoch 86.8 s, and
+    # (570 - 8.6 - 78.2) // 86.8 = 5 more fit
+    assert events == [("replanned", 6, 43)] and trainer.fit_loop.max_epochs == 6
+    assert "so 6 epochs fit, not 1" in caplog.text
+    fresh_optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+    fresh = torch.optim.lr_scheduler.OneCycleLR(fresh_optimizer, max_lr=0.1, total_steps=6 * 422, pct_start=0.25)
+    reference = _one_cycle_rates(fresh, fresh_optimizer, 6 * 422)
+    # from the next step on (this one's rate was set before), those of a one-cycle run planned for 6
+    # epochs from the start: a warm-up of a quarter of them, then the anneal to the floor; the rate
+    # steps down to where the longer warm-up is at this step
+    rates = _one_cycle_rates(scheduler, optimizer, 6 * 422 - 43)
+    assert rates[1:] == pytest.approx(reference[44:], rel=1e-9) and rates[1] < rates[0] / 5
+
+
+def test_when_the_probe_was_too_hopeful_the_first_batches_plan_fewer_epochs(monkeypatch):
+    probe = EpochCost(train_batch_s=0.15, val_batch_s=0.2, train_batches=422, val_batches=12)
+    trainer, scheduler, _ = _warming_up(epochs=8, batches=422, steps=43)
+    # 0.3 s a batch: 13.2 s in, the rest of the epoch 116.1 s, an epoch 129 s: 3 more fit
+    events = _early_events(trainer, probe, pace=0.3, budget_s=570, max_epochs=15, monkeypatch=monkeypatch)
+    assert events == [("replanned", 4, 43)] and scheduler.total_steps == 4 * 422
+    assert scheduler._schedule_phases[0]["end_step"] == pytest.approx(0.25 * 4 * 422 - 1)
+
+
+def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_differences_alone(monkeypatch):
+    probe = EpochCost(train_batch_s=0.2, val_batch_s=0.2, train_batches=422, val_batches=12)
+    trainer, scheduler, _ = _warming_up(epochs=6, batches=422, steps=43)
+    assert _early_events(trainer, probe, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
+    assert (trainer.fit_loop.max_epochs, scheduler.total_steps) == (6, 6 * 422)
+    # the probe was slowed down and 5 more would fit, but the warm-up (1% of the steps) ended at step 3:
+    # stretching it now would send the rate back down; the epoch-end guard still shortens where needed
+    slowed = EpochCost(train_batch_s=0.85, val_batch_s=0.2, train_batches=422, val_batches=12)
+    trainer, scheduler, _ = _warming_up(epochs=1, batches=422, steps=43, pct_start=0.01)
+    assert _early_events(trainer, slowed, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
+    assert (trainer.fit_loop.max_epochs, scheduler.total_steps) == (1, 422)
+    # 12% faster than the probe would fit a sixth epoch, but that is a shared machine's noise: left to the
+    # epoch-end guard, which would take it back if the next batches were slower
+    trainer, scheduler, _ = _warming_up(epochs=5, batches=422, steps=43)
+    near = EpochCost(train_batch_s=0.235, val_batch_s=0.2, train_batches=422, val_batches=12)
+    assert _early_events(trainer, near, pace=0.207, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
+    assert (trainer.fit_loop.max_epochs, scheduler.total_steps) == (5, 5 * 422)
+    trainer, scheduler, _ = _warming_up(epochs=1, batches=422, steps=43)
+    assert _early_events(trainer, slowed, pace=0.2, budget_s=570, max_epochs=3, monkeypatch=monkeypatch) == [
+        ("replanned", 3, 43)
+    ]
+
+
+def test_a_run_whose_probe_fell_on_a_busy_moment_trains_the_epochs_its_first_batches_say_fit(tmp_path, monkeypatch):
+    # the probe says an epoch takes 1000 s, so one of at most 3 fits in 1500 s; the run's batches take
+    # milliseconds, and after 30 of the first epoch's 35 batches the run is re-planned to all 3
+    monkeypatch.setattr(budget, "probe_epoch_cost", lambda *a, **k: EpochCost(1000 / 35, 0.0, 35, 1))
+    settings = ["schedule.name=onecycle", "optim.name=sgd", "optim.lr=0.05", "data.batch_size=8"]
+    settings += ["data.source_options={count: 400, size: 16}", "data.image_size=16"]
+    train(load_config(None, tiny_settings(tmp_path / "budget", epochs=3) + [*settings, "trainer.time_budget_s=1500"]))
+    train(load_config(None, tiny_settings(tmp_path / "three", epochs=3) + settings))
+
+    paths = RunPaths(tmp_path / "budget")
+    history, reference = read_metrics_csv(paths.metrics), read_metrics_csv(RunPaths(tmp_path / "three").metrics)
+    assert len(history) == 3 and "1 of at most 3 epochs fit" in paths.log.read_text()
+    journal = json.loads(paths.budget.read_text())
+    assert journal["planned_epochs"] == 1
+    assert [(e["action"], e["epochs"], e["after_batch"]) for e in journal["events"]] == [("replanned", 3, 30)]
+    assert yaml.safe_load(paths.config.read_text())["trainer"]["epochs"] == 3
+    # from the re-plan on, the schedule is a 3-epoch run's: each epoch ends at the same learning rate
+    assert [row["lr"] for row in history] == pytest.approx([row["lr"] for row in reference], rel=1e-9)
