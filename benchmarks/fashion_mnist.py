@@ -31,6 +31,7 @@ from attnscope.engine.precision import resolve_precision
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
 from attnscope.engine.train import train
+from attnscope.models.resnet import TINY_WIDTH, stage_planes
 from benchmarks.common import add_result_arguments, append_records, native_bf16_text, print_table, run_facts
 
 GOAL_ACCURACY = 0.95
@@ -44,7 +45,8 @@ def meets_goal(record: dict) -> bool:
 
 def epochs_text(record: dict) -> str:
     """``6``; for a run planned by a time budget ``6 (570 s budget)``, and where its guard acted
-    (records since budget.json), ``4 of 6 planned, re-planned (570 s budget)``."""
+    (records since budget.json), every plan in turn, ``4, re-planned 6 -> 4 (570 s budget)``, or
+    ``5 of 7 planned, stopped (570 s budget)``."""
     budget = record.get("time_budget_s")
     if not budget:
         return str(record["epochs"])
@@ -52,16 +54,25 @@ def epochs_text(record: dict) -> str:
     actions = [event["action"] for event in journal.get("events", [])]
     if not actions:
         return f"{record['epochs']} ({budget:.0f} s budget)"
-    what = "stopped" if "stopped" in actions else "re-planned"
-    return f"{record['epochs']} of {journal['planned_epochs']} planned, {what} ({budget:.0f} s budget)"
+    if "stopped" in actions:
+        return f"{record['epochs']} of {journal['planned_epochs']} planned, stopped ({budget:.0f} s budget)"
+    plans = [journal["planned_epochs"], *(e["epochs"] for e in journal["events"] if e["action"] == "replanned")]
+    return f"{record['epochs']}, re-planned {' -> '.join(map(str, plans))} ({budget:.0f} s budget)"
+
+
+def stage_widths(record: dict) -> str:
+    """The network's four stage widths, ``32/64/128/256``: the ``channels`` option, or ``width`` doubling."""
+    options = record.get("model_options", {})
+    return "/".join(str(w) for w in stage_planes(options.get("width", TINY_WIDTH), options.get("channels")))
 
 
 def render_table(records: list[dict]) -> str:
-    """One row per run: epochs, test accuracy, wall time, training images per second, CPU, the goal."""
+    """One row per run: stage widths, epochs, validation and test accuracy, wall time, training
+    images per second, CPU, the goal."""
     lines = [
-        f"| epochs | test accuracy | with flip TTA | wall time | training images/s | CPU | {GOAL_ACCURACY} in "
-        f"{GOAL_SECONDS} s |",
-        "|---:|---:|---:|---:|---:|---|---|",
+        "| stage widths | epochs | validation accuracy | test accuracy | with flip TTA | wall time | "
+        f"training images/s | CPU | {GOAL_ACCURACY} in {GOAL_SECONDS} s |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in records:
         answer = native_bf16_text(r)
@@ -70,8 +81,8 @@ def render_table(records: list[dict]) -> str:
         cpu = f"{r['machine']}{bf16}" if r["machine"] not in ("x86_64", "aarch64") else "not recorded"
         tta = f"{r['test_accuracy_tta']:.4f}" if "test_accuracy_tta" in r else "not measured"
         lines.append(
-            f"| {epochs_text(r)} | {r['test_accuracy']:.4f} | {tta} | {r['wall_s']:.0f} s | "
-            f"{r['train_img_per_s']:,.0f} | {cpu} | {'met' if meets_goal(r) else 'not met'} |"
+            f"| {stage_widths(r)} | {epochs_text(r)} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {tta} | "
+            f"{r['wall_s']:.0f} s | {r['train_img_per_s']:,.0f} | {cpu} | {'met' if meets_goal(r) else 'not met'} |"
         )
     return "\n".join(lines)
 

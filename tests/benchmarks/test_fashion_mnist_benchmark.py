@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from benchmarks.fashion_mnist import epochs_text
+from benchmarks.fashion_mnist import epochs_text, stage_widths
 from tests.benchmarks import bench, run_in_root
 
 BENCH = bench("fashion_mnist")
@@ -51,16 +51,29 @@ def test_reports_test_accuracy_on_the_official_test_set(tmp_path):
     table = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True)
     row = table.stdout.strip().splitlines()[-1]
     scores = f"| {record['test_accuracy']:.4f} | {record['test_accuracy_tta']:.4f} |"
-    assert row.startswith(f"| 1 (570 s budget) {scores}") and row.endswith("| not met |")
+    assert row.startswith(f"| 4/8/16/32 | 1 (570 s budget) | {record['val_accuracy']:.4f} {scores}")
+    assert row.endswith("| not met |")
 
 
 def test_the_epochs_cell_says_what_the_budget_did():
     assert epochs_text({"epochs": 15}) == "15"
     assert epochs_text({"epochs": 5, "time_budget_s": 570}) == "5 (570 s budget)"  # before budget.json
     replanned = {"planned_epochs": 6, "events": [{"action": "replanned", "epochs": 4}]}
-    assert epochs_text({"epochs": 4, "time_budget_s": 570, "budget": replanned}) == (
-        "4 of 6 planned, re-planned (570 s budget)"
+    assert (
+        epochs_text({"epochs": 4, "time_budget_s": 570, "budget": replanned}) == "4, re-planned 6 -> 4 (570 s budget)"
+    )
+    both_ways = [{"action": "replanned", "epochs": 6, "after_batch": 43}, {"action": "replanned", "epochs": 5}]
+    journal = {"planned_epochs": 5, "events": both_ways}
+    assert (
+        epochs_text({"epochs": 5, "time_budget_s": 570, "budget": journal})
+        == "5, re-planned 5 -> 6 -> 5 (570 s budget)"
     )
     stopped = {"planned_epochs": 7, "events": [{"action": "stopped", "epochs": 5}]}
     stopped_record = {"epochs": 5, "time_budget_s": 570, "budget": stopped}
     assert epochs_text(stopped_record) == "5 of 7 planned, stopped (570 s budget)"
+
+
+def test_the_widths_cell_reads_the_channels_option_or_doubles_the_width():
+    assert stage_widths({"model_options": {"stem": "small", "width": 32}}) == "32/64/128/256"
+    assert stage_widths({"model_options": {"width": 32, "channels": [32, 64, 128, 128]}}) == "32/64/128/128"
+    assert stage_widths({"model_options": {}}) == "16/32/64/128"  # resnet_tiny's own width
