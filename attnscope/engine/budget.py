@@ -205,12 +205,13 @@ class BudgetGuard(Callback):
     """Checks the plan against the run's real pace, twice over.
 
     Early in the first epoch (after :func:`early_check_batch` batches, when :meth:`expect` gave
-    it the probe's measurement), it times the run's own batches and, where they say another
-    number of epochs fits, re-plans up or down while the one-cycle warm-up can still be
-    stretched with it: a probe of a few seconds can fall on a moment the shared machine was
-    busy. After each epoch, when the epochs left no longer fit (the machine slowed down), the
-    run is re-planned to the whole epochs that do, its schedule shortened to anneal by then;
-    when not even one more fits, it stops there. Each is logged as a warning and passed to
+    it the probe's measurement), it times the run's own batches and, where their pace is more
+    than :data:`EARLY_CHECK_TOLERANCE` off the probe's and says another number of epochs fits,
+    re-plans up or down while the one-cycle warm-up can still be stretched with it: a probe of
+    a few seconds can fall on a moment the shared machine was busy. After each epoch, when the
+    epochs left no longer fit (the machine slowed down), the run is re-planned to the whole
+    epochs that do, its schedule shortened to anneal by then; when not even one more fits, it
+    stops there. Each is logged as a warning and passed to
     ``on_change`` as an event: ``{"after_epoch"`` (or ``"after_batch"`` for the early check)
     ``, "pace_s", "left_s", "action": "replanned" or "stopped", "epochs"}``, the epochs that
     will have run."""
@@ -250,7 +251,17 @@ class BudgetGuard(Callback):
         epochs = max(1, min(self._max_epochs, 1 + more))
         planned = trainer.max_epochs or 1
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        if epochs == planned or not all(relay_schedule(s, epochs * batches, warmup_too=True) for s in schedulers):
+        if epochs == planned:
+            return
+        if not all(relay_schedule(s, epochs * batches, warmup_too=True) for s in schedulers):
+            log.info(
+                "time budget %.0f s: the first %d batches say %d epochs fit, not %d, but the warm-up is over; "
+                "the plan is left to the check after each epoch",
+                self.budget_s,
+                done,
+                epochs,
+                planned,
+            )
             return
         trainer.fit_loop.max_epochs = epochs
         self._tell(

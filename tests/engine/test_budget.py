@@ -279,7 +279,7 @@ def test_when_the_probe_was_too_hopeful_the_first_batches_plan_fewer_epochs(monk
     assert scheduler._schedule_phases[0]["end_step"] == pytest.approx(0.25 * 4 * 422 - 1)
 
 
-def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_differences_alone(monkeypatch):
+def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_differences_alone(monkeypatch, caplog):
     probe = EpochCost(train_batch_s=0.2, val_batch_s=0.2, train_batches=422, val_batches=12)
     trainer, scheduler, _ = _warming_up(epochs=6, batches=422, steps=43)
     assert _early_events(trainer, probe, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
@@ -288,7 +288,9 @@ def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_di
     # stretching it now would send the rate back down; the epoch-end guard still shortens where needed
     slowed = EpochCost(train_batch_s=0.85, val_batch_s=0.2, train_batches=422, val_batches=12)
     trainer, scheduler, _ = _warming_up(epochs=1, batches=422, steps=43, pct_start=0.01)
-    assert _early_events(trainer, slowed, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
+    with caplog.at_level(logging.INFO, logger="attnscope.engine.budget"):
+        assert _early_events(trainer, slowed, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
+    assert "say 6 epochs fit, not 1, but the warm-up is over" in caplog.text
     assert (trainer.fit_loop.max_epochs, scheduler.total_steps) == (1, 422)
     # 12% faster than the probe would fit a sixth epoch, but that is a shared machine's noise: left to the
     # epoch-end guard, which would take it back if the next batches were slower
