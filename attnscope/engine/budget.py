@@ -331,9 +331,9 @@ def plan_epochs(
     datamodule: L.LightningDataModule,
     batches: tuple[int, int],
     spent_s: float,
-) -> tuple[int, dict]:
+) -> tuple[int, EpochCost, dict]:
     """The epochs of ``section`` (a config's trainer section) that fit its ``time_budget_s``,
-    ``spent_s`` seconds having gone already, and the journal of the plan (``RUN/budget.json``:
+    ``spent_s`` seconds having gone already, the probe's measurement, and the journal of the plan (``RUN/budget.json``:
     the budget, the probe's measurement, the plan, and later the guard's events); logs the plan."""
     options = {
         "accelerator": section.accelerator,
@@ -366,4 +366,4 @@ def plan_epochs(
         "planned_epochs": epochs,
         "events": [],
     }
-    return epochs, journal
+    return epochs, cost, journal

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from attnscope.data.module import DataModule
-from attnscope.engine.budget import BudgetGuard, EpochCost, plan_epochs, quiet_fit_warnings
+from attnscope.engine.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
 from attnscope.engine.build import build_model
 from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
@@ -277,9 +277,7 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
         guard = _budget_guard(config, paths, started, journal) if not resume else []
         trainer = make_trainer(config, paths, [recorder, *guard], batch_count(data, "train"))
         if guard:
-            journal.update(_plan_within_budget(config, trainer, data, make_task, model, started))
-            probe = {k: v for k, v in journal["probe"].items() if k != "epoch_s"}
-            guard[0].expect(EpochCost(**probe), journal["max_epochs"])
+            journal.update(_plan_within_budget(config, trainer, data, make_task, model, started, guard[0]))
         # written once everything is known to work, so a failed start leaves no half run behind
         if rank_zero:
             if not resume:
@@ -319,10 +317,17 @@ def batch_count(data: DataModule, split: str) -> int:
 
 
 def _plan_within_budget(
-    config: RunConfig, trainer: L.Trainer, data: DataModule, make_task, model, started: float
+    config: RunConfig,
+    trainer: L.Trainer,
+    data: DataModule,
+    make_task,
+    model,
+    started: float,
+    guard: BudgetGuard | None = None,
 ) -> dict:
-    """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan);
-    returns the plan's journal (:func:`~attnscope.engine.budget.plan_epochs`)."""
+    """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan)
+    and arm ``guard``'s early check with the probe; returns the plan's journal
+    (:func:`~attnscope.engine.budget.plan_epochs`)."""
     if trainer.world_size > 1:
         raise ConfigError(
             f"trainer.time_budget_s plans epochs by timing one process, and this run has {trainer.world_size}: "
@@ -330,7 +335,9 @@ def _plan_within_budget(
         )
     batches = (batch_count(data, "train"), batch_count(data, "val"))
     spent = time.perf_counter() - started
-    epochs, journal = plan_epochs(config.trainer, make_task, model, LoaderModule(data), batches, spent)
+    epochs, cost, journal = plan_epochs(config.trainer, make_task, model, LoaderModule(data), batches, spent)
+    if guard is not None:
+        guard.expect(cost, config.trainer.epochs)
     config.trainer.epochs = epochs
     trainer.fit_loop.max_epochs = epochs
     return journal
