@@ -21,7 +21,7 @@ _LAZY = {
     "list_models": "attnscope.models",
     # the run level: train a config, open the run (evaluate, explain, index: attnscope.engine, .explain, .retrieval)
     "load_config": "attnscope.engine.config",
-    "train": "attnscope.engine.train",
+    "train": "attnscope.training.train",
     "Run": "attnscope.engine.run",
     "DataSelection": "attnscope.engine.run",
     "run_demo": "attnscope.demo",
@@ -44,13 +44,13 @@ if TYPE_CHECKING:
     from attnscope.engine.config import load_config as load_config
     from attnscope.engine.run import DataSelection as DataSelection
     from attnscope.engine.run import Run as Run
-    from attnscope.engine.train import train as train
     from attnscope.layers.registry import create_attn as create_attn
     from attnscope.layers.registry import list_attn as list_attn
     from attnscope.layers.tap import AttentionTap as AttentionTap
     from attnscope.layers.tap import capture_attention as capture_attention
     from attnscope.models import create_model as create_model
     from attnscope.models import list_models as list_models
+    from attnscope.training.train import train as train
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,7 @@ from attnscope.errors import AttnscopeError, ConfigError
 if TYPE_CHECKING:
     from attnscope.engine.inference import Evaluation
     from attnscope.engine.run import Run
-    from attnscope.engine.train import TrainResult
+    from attnscope.training.train import TrainResult
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -249,9 +249,7 @@ def _train_settings(args: argparse.Namespace) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from attnscope.engine.config import load_config
-    from attnscope.engine.rundir import STAGES_FILE
-    from attnscope.engine.stages import resume_stages, train_stages
-    from attnscope.engine.train import resume_config, train
+    from attnscope.training import resume, train, train_stages
 
     _quiet_lightning(args.verbose)
     if args.resume:
@@ -262,11 +260,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run exactly as configured; drop the other options "
                 f"(its config is in {args.resume}; only --no-progress and --verbose go with it)"
             )
-        progress = False if args.no_progress else None
-        if (Path(args.resume) / STAGES_FILE).is_file():
-            result = resume_stages(args.resume, progress)
-        else:
-            result = train(resume_config(args.resume, progress), resume=True)
+        result = resume(args.resume, progress=False if args.no_progress else None)
     elif args.stages:
         result = train_stages(load_config(args.config, _train_settings(args)), _stage_plan(args))
     elif args.stage_epochs or args.stage_lr:
@@ -280,7 +274,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _stage_plan(args: argparse.Namespace):
     """--stages, --stage-epochs and --stage-lr as a StagePlan (values checked against the model later)."""
-    from attnscope.engine.stages import StagePlan
+    from attnscope.training.stages import StagePlan
 
     def numbers(text: str | None, kind: type, option: str) -> tuple | None:
         if text is None:
@@ -307,11 +301,8 @@ def _print_best(result: TrainResult) -> None:
             if k in metrics
         )
         print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
-    from attnscope.engine.rundir import STAGES_FILE
-
-    staged = result.run_dir.parent
-    if (staged / STAGES_FILE).is_file():
-        print(f"staged run: {staged} (last stage: {result.run_dir.name})")
+    if result.staged_root is not None:
+        print(f"staged run: {result.staged_root} (last stage: {result.run_dir.name})")
     else:
         print(f"run directory: {result.run_dir}")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.inference import Evaluation, evaluate
 from attnscope.engine.run import DataSelection, Run
-from attnscope.engine.train import TrainResult, train
 from attnscope.errors import DataError
 from attnscope.explain.overlay import write_run_attention_grid
 from attnscope.explain.report import Report, write_report
 from attnscope.fileio import MARKER, read_marker, write_marker
 from attnscope.retrieval.page import write_search_page
 from attnscope.retrieval.service import IndexOptions, IndexSummary, build_index, open_index, search_loader
+from attnscope.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 

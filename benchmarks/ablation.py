@@ -40,8 +40,8 @@ from attnscope.engine.config import load_config
 from attnscope.engine.inference import evaluate
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
-from attnscope.engine.train import train
 from attnscope.explain.explainer import ExplainOptions, explain
+from attnscope.training.train import train
 from benchmarks.common import (
     add_result_arguments,
     append_records,

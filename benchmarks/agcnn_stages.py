@@ -24,7 +24,7 @@ from pathlib import Path
 from attnscope.engine.config import load_config
 from attnscope.engine.inference import evaluate
 from attnscope.engine.run import Run
-from attnscope.engine.stages import StagePlan, train_stages
+from attnscope.training.stages import StagePlan, train_stages
 from benchmarks.common import add_result_arguments, append_records, print_table, provenance, run_facts
 
 STAGES = ("global", "local", "fusion")

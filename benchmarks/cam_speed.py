@@ -43,10 +43,10 @@ def timed(call, rounds: int, warm_up: bool = True) -> float:
 
 
 def measure(name: str, methods: list[str], args: argparse.Namespace) -> list[dict]:
-    from attnscope.engine.precision import native_bf16
     from attnscope.explain.methods import create_cam
     from attnscope.layers.tap import capture_attention
     from attnscope.models import create_model
+    from attnscope.training.precision import native_bf16
 
     architecture, size = MODELS[name]
     model = create_model(architecture, num_classes=2).eval()

@@ -63,7 +63,7 @@ def run_facts() -> dict:
 
     import torch
 
-    from attnscope.engine.precision import native_bf16
+    from attnscope.training.precision import native_bf16
 
     return {
         "date": date.today().isoformat(),

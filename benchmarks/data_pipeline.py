@@ -40,7 +40,7 @@ from attnscope.data import AugmentConfig, BatchLoader, BatchTransform, load_imag
 from attnscope.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from attnscope.data.sources import from_csv
 from attnscope.data.sources.synthetic import render_lesion
-from attnscope.engine.precision import native_bf16
+from attnscope.training.precision import native_bf16
 from benchmarks.common import add_result_arguments, append_records, print_table, run_facts
 
 SIZE = 224

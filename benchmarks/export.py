@@ -23,8 +23,8 @@ import torch
 
 from attnscope.data.augment import AugmentConfig, BatchTransform
 from attnscope.engine.export import ExportedModel, to_onnx
-from attnscope.engine.precision import native_bf16
 from attnscope.models import create_model
+from attnscope.training.precision import native_bf16
 from benchmarks.common import add_result_arguments, append_records, choose, print_table, run_facts
 
 MODELS = {"demo": ("attn_vgg_tiny", 64), "resnet50": ("resnet50", 224)}

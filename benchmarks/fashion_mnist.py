@@ -27,11 +27,11 @@ from pathlib import Path
 
 from attnscope.engine.config import load_config
 from attnscope.engine.inference import EvaluateOptions, evaluate
-from attnscope.engine.precision import resolve_precision
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, read_json, read_metrics_csv
-from attnscope.engine.train import train
 from attnscope.models.resnet import TINY_WIDTH, stage_planes
+from attnscope.training.precision import resolve_precision
+from attnscope.training.train import train
 from benchmarks.common import add_result_arguments, append_records, native_bf16_text, print_table, run_facts
 
 GOAL_ACCURACY = 0.95

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnscope.engine.precision import native_bf16
 from attnscope.layers import LocalSelfAttention
 from attnscope.models import create_model
+from attnscope.training.precision import native_bf16
 from benchmarks.common import add_result_arguments, append_records, choose, print_table, run_facts
 
 PARTS = ("layers", "networks", "crossover")

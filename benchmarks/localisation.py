@@ -41,10 +41,10 @@ import torch
 from attnscope.engine.config import load_config
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_json
-from attnscope.engine.train import train
 from attnscope.explain.explainer import ExplainOptions, explain
 from attnscope.explain.scores import localisation_scores
 from attnscope.names import CAM_METHODS, PIXEL_METHODS
+from attnscope.training.train import train
 from benchmarks.common import add_result_arguments, append_records, choose, print_table
 
 CONSISTENCY_WEIGHT = 0.03

@@ -29,9 +29,9 @@ import torch
 from torch.nn import functional as F
 
 from attnscope.engine.config import RunConfig, load_config
-from attnscope.engine.precision import resolve_precision
 from attnscope.errors import ConfigError
 from attnscope.models import create_model
+from attnscope.training.precision import resolve_precision
 from benchmarks.common import add_result_arguments, append_records, native_bf16_text, print_table, run_facts, short_cpu
 
 CLASSES = 10

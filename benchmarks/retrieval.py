@@ -47,11 +47,11 @@ import numpy as np
 from attnscope.engine.config import load_config
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
-from attnscope.engine.train import train
 from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca
 from attnscope.retrieval.embed import embed_images, embed_images_and_tokens
 from attnscope.retrieval.metrics import average_precision, recall_at_k
 from attnscope.retrieval.rerank import ReRankerOptions, rerank, train_reranker
+from attnscope.training.train import train
 from benchmarks.common import add_result_arguments, append_records, choose, print_table, provenance, run_facts
 
 PARTS = ("fashion_mnist", "fashion_mnist_indexes", "fashion_mnist_rerank", "vectors")

@@ -39,7 +39,7 @@ SERVERS = ("batched", "unbatched")
 def demo_run(folder: Path) -> Path:
     """One epoch of the demo's model and data (400 lesions): what is served matters, not how well it learned."""
     from attnscope.engine.config import load_config
-    from attnscope.engine.train import train
+    from attnscope.training.train import train
 
     settings = [
         f"run_dir={folder / 'run'}",
@@ -247,7 +247,7 @@ def measure_compute(run: Path, images: list[bytes], batch: int, rounds: int) -> 
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    from attnscope.engine.precision import native_bf16
+    from attnscope.training.precision import native_bf16
 
     with tempfile.TemporaryDirectory(prefix="attnscope-serve-bench-") as scratch:
         folder = Path(scratch)

@@ -32,8 +32,8 @@ from lightning.pytorch.callbacks import Callback
 from attnscope.data.module import DataModule
 from attnscope.engine.build import build_model
 from attnscope.engine.config import load_config
-from attnscope.engine.task import ClassifierTask
-from attnscope.engine.train import LoaderModule
+from attnscope.training.task import ClassifierTask
+from attnscope.training.train import LoaderModule
 from benchmarks.common import append_records, choose
 
 VARIANTS = {

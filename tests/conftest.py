@@ -26,7 +26,7 @@ def _seeded() -> None:
 def trained_run(tmp_path_factory) -> Path:
     """One tiny run trained in-process, shared by the tests that only read it."""
     from attnscope.engine.config import load_config
-    from attnscope.engine.train import train
+    from attnscope.training.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(load_config(None, tiny_settings(run_dir, epochs=3)))

@@ -24,7 +24,7 @@ def test_no_module_imports_torchvision_or_timm(path):
     assert not imported_roots(path) & FORBIDDEN
 
 
-ROOMS = ["layers", "models", "data", "losses", "engine", "explain", "retrieval", "serve", "demo", "cli"]
+ROOMS = ["layers", "models", "data", "losses", "engine", "training", "explain", "retrieval", "serve", "demo", "cli"]
 
 
 def attnscope_imports(path: pathlib.Path) -> set[str]:

@@ -39,7 +39,7 @@ def test_each_machine_is_named_with_the_commands_run_on_it_and_its_bf16():
 
 
 def test_run_facts_name_the_cpu_and_whether_it_computes_bf16_natively():
-    from attnscope.engine.precision import native_bf16
+    from attnscope.training.precision import native_bf16
 
     facts = run_facts()
     assert facts["machine"] and facts["native_bf16"] is native_bf16("cpu")

@@ -11,9 +11,9 @@ import pytest
 
 from attnscope.engine.config import load_config
 from attnscope.engine.rundir import RunLock, RunPaths, prepare_run_dir
-from attnscope.engine.train import train
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import read_marker, write_marker
+from attnscope.training.train import train
 from tests.processes import exited_pid
 from tests.runs import TINY, tiny_settings
 

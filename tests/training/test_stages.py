@@ -11,8 +11,8 @@ from attnscope.engine.config import load_config
 from attnscope.engine.inference import evaluate
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import RunPaths, load_weights
-from attnscope.engine.stages import StagePlan, resume_stages, train_stages
 from attnscope.errors import ConfigError, DataError
+from attnscope.training import StagePlan, resume, resume_stages, train_stages
 from tests.runs import tiny_settings
 
 PLAN = StagePlan(("global", "local", "fusion"), epochs=(1, 1, 1), lr=(0.002, 0.002, 0.001))
@@ -38,7 +38,7 @@ def same(first: dict, second: dict) -> bool:
 
 def test_three_stages_carry_weights_over_freeze_the_others_and_resume_after_a_kill(tmp_path):
     root = tmp_path / "agcnn"
-    train_stages(staged_config(root), PLAN)
+    trained = train_stages(staged_config(root), PLAN)
     folders = [root / "stage1-global", root / "stage2-local", root / "stage3-fusion"]
     weights = [load_weights(RunPaths(f).best_weights) for f in folders]
     for folder, epochs, lr in zip(folders, PLAN.epochs, PLAN.lr, strict=True):
@@ -64,7 +64,9 @@ def test_three_stages_carry_weights_over_freeze_the_others_and_resume_after_a_ki
     state = json.loads((root / "stages.json").read_text())
     (root / "stages.json").write_text(json.dumps(dict(state, done=["global", "local"])))
     shutil.rmtree(folders[2])
-    resume_stages(root)
+    resumed = resume(root)  # the library's one resume: it sees a staged folder and continues its stages
+    assert (trained.staged_root, resumed.staged_root) == (root, root)
+    assert resumed.run_dir == folders[2] and trained.run_dir == folders[2]
     assert same(load_weights(RunPaths(folders[1]).best_weights), weights[1])  # not trained again
     assert same(load_weights(RunPaths(folders[2]).best_weights), weights[2])  # retrained: the same (seeded)
 

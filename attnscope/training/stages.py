@@ -16,15 +16,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from attnscope.engine.config import RunConfig
 from attnscope.engine.rundir import STAGES_FILE, RunPaths, read_best, stage_folder
-from attnscope.engine.train import TrainResult, resolve_run_dir, resume_config, train, with_progress
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, read_marker, write_marker
 from attnscope.models import model_entry
+from attnscope.training.train import TrainResult, resolve_run_dir, resume_config, train, with_progress
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +143,4 @@ def _run(root: Path, config: RunConfig, plan: StagePlan, done: list[str], progre
     last = RunPaths(stage_folder(root, len(plan.stages) - 1, plan.stages[-1]))
     if result is None:
         result = TrainResult(last.root, read_best(last), True)
-    return result
+    return replace(result, staged_root=root)

@@ -291,7 +291,7 @@ class ClassifierTask(L.LightningModule):
 @dataclass
 class WarmupCosine:
     """:func:`warmup_cosine` as an object, so that its horizon travels in the training state and a
-    time budget can shorten it mid-run (:mod:`~attnscope.engine.budget`)."""
+    time budget can shorten it mid-run (:mod:`~attnscope.training.budget`)."""
 
     warmup: int
     total: int

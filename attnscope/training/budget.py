@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from attnscope.engine.precision import resolve_precision
-from attnscope.engine.task import WarmupCosine
+from attnscope.training.precision import resolve_precision
+from attnscope.training.task import WarmupCosine
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from attnscope.data.module import DataModule
-from attnscope.engine.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
 from attnscope.engine.build import build_model
-from attnscope.engine.checkpoint_io import AtomicCheckpointIO
 from attnscope.engine.config import RunConfig, dump_config, load_config
 from attnscope.engine.metrics import task_kind
-from attnscope.engine.precision import AUTO, FLOAT32, resolve_precision
 from attnscope.engine.rundir import (
     RunLock,
     RunPaths,
@@ -44,9 +41,12 @@ from attnscope.engine.rundir import (
     write_json,
     write_metrics_csv,
 )
-from attnscope.engine.task import ClassifierTask, seed_all
 from attnscope.errors import ConfigError
 from attnscope.fileio import atomic_write
+from attnscope.training.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
+from attnscope.training.checkpoint_io import AtomicCheckpointIO
+from attnscope.training.precision import AUTO, FLOAT32, resolve_precision
+from attnscope.training.task import ClassifierTask, seed_all
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,16 @@ def epoch_line(row: dict[str, float], epochs: int | None, improved: bool) -> str
     return "  ".join(parts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """What a finished run left: its folder, its best epoch (``best.json``), and whether this process
+    is rank zero (the one that prints); ``staged_root`` is the staged folder the run was the last
+    stage of (None for a single run)."""
+
     run_dir: Path
     best: dict
     is_global_zero: bool
+    staged_root: Path | None = None
 
 
 def resolve_run_dir(config: RunConfig) -> Path:
@@ -327,7 +332,7 @@ def _plan_within_budget(
 ) -> dict:
     """Set the run's epochs to those that fit ``trainer.time_budget_s`` (the config keeps the plan)
     and arm ``guard``'s early check with the probe; returns the plan's journal
-    (:func:`~attnscope.engine.budget.plan_epochs`)."""
+    (:func:`~attnscope.training.budget.plan_epochs`)."""
     if trainer.world_size > 1:
         raise ConfigError(
             f"trainer.time_budget_s plans epochs by timing one process, and this run has {trainer.world_size}: "

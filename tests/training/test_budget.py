@@ -13,13 +13,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnscope.engine import budget
-from attnscope.engine.budget import BudgetGuard, EpochCost, early_check_batch, epochs_that_fit, relay_schedule
 from attnscope.engine.config import load_config
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
-from attnscope.engine.task import WarmupCosine, warmup_cosine
-from attnscope.engine.train import _budget_guard, _plan_within_budget, train
 from attnscope.errors import ConfigError
+from attnscope.training import budget
+from attnscope.training.budget import BudgetGuard, EpochCost, early_check_batch, epochs_that_fit, relay_schedule
+from attnscope.training.task import WarmupCosine, warmup_cosine
+from attnscope.training.train import _budget_guard, _plan_within_budget, train
 from tests.runs import tiny_settings
 
 
@@ -135,7 +135,7 @@ def test_the_guard_leaves_a_plan_that_still_fits_alone():
 def test_when_epochs_slow_down_the_guard_replans_and_the_schedule_still_anneals(caplog):
     trainer, scheduler, optimizer = _onecycle_trainer(epochs=6, batches=10, done=2)
     before = optimizer.param_groups[0]["lr"]
-    with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
+    with caplog.at_level(logging.WARNING, logger="attnscope.training.budget"):
         assert _guard_after(trainer, pace=30, elapsed=60, budget_s=155) == [("replanned", 5)]  # 95 s: 3 more
     assert "so 5 of the 6 planned fit" in caplog.text
     assert (trainer.should_stop, trainer.fit_loop.max_epochs, scheduler.total_steps) == (False, 5, 50)
@@ -152,7 +152,7 @@ def test_when_epochs_slow_down_the_guard_replans_and_the_schedule_still_anneals(
 
 def test_the_guard_stops_when_not_one_more_epoch_fits_or_the_warm_up_would_not_end(caplog):
     trainer, _, _ = _onecycle_trainer(epochs=6, batches=10, done=2)
-    with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
+    with caplog.at_level(logging.WARNING, logger="attnscope.training.budget"):
         assert _guard_after(trainer, pace=30, elapsed=60, budget_s=80) == [("stopped", 2)]
     assert trainer.should_stop and "stopping after epoch 2 of 6" in caplog.text and "has not finished" in caplog.text
     trainer, scheduler, _ = _onecycle_trainer(epochs=8, batches=10, done=1)  # warm-up: the first 2 epochs
@@ -254,7 +254,7 @@ def test_when_the_probe_was_slowed_down_the_first_batches_plan_more_epochs_and_s
     # the probe fell on a busy moment: 0.85 s a batch, one epoch planned; the run's batches take 0.2 s
     probe = EpochCost(train_batch_s=0.85, val_batch_s=0.2, train_batches=422, val_batches=12)
     trainer, scheduler, optimizer = _warming_up(epochs=1, batches=422, steps=43)
-    with caplog.at_level(logging.WARNING, logger="attnscope.engine.budget"):
+    with caplog.at_level(logging.WARNING, logger="attnscope.training.budget"):
         events = _early_events(trainer, probe, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch)
     # at batch 43, 8.6 s in: the epoch's rest takes 379 x 0.2 + 12 x 0.2 = 78.2 s, an epoch 86.8 s, and
     # (570 - 8.6 - 78.2) // 86.8 = 5 more fit
@@ -288,7 +288,7 @@ def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_di
     # stretching it now would send the rate back down; the epoch-end guard still shortens where needed
     slowed = EpochCost(train_batch_s=0.85, val_batch_s=0.2, train_batches=422, val_batches=12)
     trainer, scheduler, _ = _warming_up(epochs=1, batches=422, steps=43, pct_start=0.01)
-    with caplog.at_level(logging.INFO, logger="attnscope.engine.budget"):
+    with caplog.at_level(logging.INFO, logger="attnscope.training.budget"):
         assert _early_events(trainer, slowed, pace=0.2, budget_s=570, max_epochs=15, monkeypatch=monkeypatch) == []
     assert "say 6 epochs fit, not 1, but the warm-up is over" in caplog.text
     assert (trainer.fit_loop.max_epochs, scheduler.total_steps) == (1, 422)

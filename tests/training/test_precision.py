@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from attnscope.engine import precision
 from attnscope.engine.config import load_config
-from attnscope.engine.precision import resolve_precision
+from attnscope.training import precision
+from attnscope.training.precision import resolve_precision
 
 
 @pytest.mark.parametrize(

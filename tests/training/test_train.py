@@ -9,8 +9,8 @@ from attnscope.engine.inference import predict_loader
 from attnscope.engine.metrics import summarize
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, load_weights, read_json, read_metrics_csv
-from attnscope.engine.train import train
 from attnscope.errors import ConfigError
+from attnscope.training.train import train
 from tests.runs import tiny_settings
 
 
@@ -92,8 +92,8 @@ def test_self_focal_supervision_trains_without_masks_and_sharpens_the_maps(tmp_p
     """The self-guided focal attention loss reads no mask: it trains on a source without masks, its loss
     is logged and falls as the gates concentrate on what they favour."""
     from attnscope.data.augment import AugmentConfig, BatchTransform
-    from attnscope.engine.task import ClassifierTask
     from attnscope.models import create_model
+    from attnscope.training.task import ClassifierTask
 
     config = load_config(None, ["supervision.kind=self_focal", "supervision.weights={pool3: 1.0}"])
     transform = BatchTransform(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, 32, 3, with_masks=False)
@@ -111,8 +111,8 @@ def test_self_focal_supervision_trains_without_masks_and_sharpens_the_maps(tmp_p
 
 def test_supervision_without_masks_is_refused():
     from attnscope.data.augment import AugmentConfig, BatchTransform
-    from attnscope.engine.task import ClassifierTask
     from attnscope.models import create_model
+    from attnscope.training.task import ClassifierTask
 
     config = load_config(None, ["supervision.weights={pool3: 1.0}"])
     transform = BatchTransform(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, 32, 3, with_masks=False)
@@ -135,7 +135,7 @@ def test_schedules_and_optimizers_run(tmp_path, schedule):
 
 
 def test_class_weights_become_the_focal_alpha_and_bce_pos_weight():
-    from attnscope.engine.task import build_loss
+    from attnscope.training.task import build_loss
 
     weights = torch.tensor([0.5, 1.5])
     focal = build_loss(load_config(None, []), "binary", weights)
@@ -157,7 +157,7 @@ def test_class_weights_become_the_focal_alpha_and_bce_pos_weight():
 
 
 def test_warmup_cosine_rises_then_falls_to_the_floor():
-    from attnscope.engine.task import warmup_cosine
+    from attnscope.training.task import warmup_cosine
 
     factors = [warmup_cosine(step, 4, 20, 0.1) for step in range(20)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -166,7 +166,7 @@ def test_warmup_cosine_rises_then_falls_to_the_floor():
 
 
 def test_each_epoch_and_process_draws_its_own_seed():
-    from attnscope.engine.task import epoch_seed
+    from attnscope.training.task import epoch_seed
 
     seeds = {epoch_seed(0, epoch, rank) for epoch in range(5) for rank in range(2)}
     assert len(seeds) == 10 and epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from attnscope.engine.rundir import RunPaths, load_weights, read_metrics_csv
-from attnscope.engine.train import resume_config
+from attnscope.errors import CheckpointError
+from attnscope.training import resume, resume_config
 from tests.runs import TINY, run_cli
 
 EPOCHS = "4"
@@ -62,3 +64,10 @@ def test_resume_of_something_that_is_not_a_run_says_so(tmp_path):
     result = run_cli("train", "--resume", str(tmp_path), check=False)
     assert result.returncode == 1
     assert f"{tmp_path} is not a run directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_library_resume_refuses_a_folder_that_is_no_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("a user's file")
+    with pytest.raises(CheckpointError, match=f"{tmp_path} is not a run directory"):
+        resume(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
