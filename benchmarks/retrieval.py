@@ -47,6 +47,7 @@ import numpy as np
 from attnscope.engine.config import load_config
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
+from attnscope.names import INDEX_KINDS
 from attnscope.retrieval import EmbeddingConfig, SimilarityIndex, embed, fit_pca
 from attnscope.retrieval.embed import embed_images, embed_images_and_tokens
 from attnscope.retrieval.metrics import average_precision, recall_at_k
@@ -63,7 +64,7 @@ SEARCH_SETTINGS = {
     "hnsw": [{"ef_search": 64}, {"ef_search": 512}],
     "lsh_buckets": [{"margin": 0.0}, {"margin": 0.2}],
 }
-KINDS = ("flat", "ivf", "hnsw", "lsh", "lsh_buckets")
+KINDS = INDEX_KINDS
 
 
 def trained_run(root: Path, epochs: int | None, quick: bool, directory: str | None) -> Path:

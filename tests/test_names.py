@@ -8,17 +8,27 @@ import pytest
 from attnscope import cli, names
 
 
-def test_every_list_equals_the_registry_it_names():
-    from attnscope.data.module import SOURCES
+def test_every_closed_registry_holds_exactly_the_names_listed():
+    import attnscope.layers.registry
+    import attnscope.models  # noqa: F401  (their registries are open: users add models and layers)
+    from attnscope.data.sources.registry import SOURCES
     from attnscope.explain.explainer import METHODS
-    from attnscope.explain.methods import CAM_METHODS, PIXEL_METHODS
-    from attnscope.retrieval.index import DEFAULT_PARAMS, KINDS
+    from attnscope.explain.methods import MAP_METHODS
+    from attnscope.registry import registries
+    from attnscope.retrieval.index import KINDS
 
-    assert set(SOURCES) == set(names.DATA_SOURCES)
-    assert tuple(CAM_METHODS) == names.CAM_METHODS and tuple(PIXEL_METHODS) == names.PIXEL_METHODS
+    closed = [registry for registry in registries() if registry.listed is not None]
+    assert sorted(registry.kind for registry in closed) == ["data source", "index kind", "map method"]
+    for registry in closed:
+        registry.check_listed()
+    assert SOURCES.names() == list(names.DATA_SOURCES)
+    assert MAP_METHODS.names() == [*names.CAM_METHODS, *names.PIXEL_METHODS]
     assert METHODS == ("attention", *names.CAM_METHODS, *names.PIXEL_METHODS)
     assert set(names.DEFAULT_EXPLAIN_METHODS) <= set(METHODS)
-    assert KINDS == names.INDEX_KINDS and DEFAULT_PARAMS == names.INDEX_PARAMS
+    assert KINDS.names() == list(names.INDEX_KINDS)
+    assert {name: kind.defaults for name, kind in KINDS.items()} == names.INDEX_PARAMS
+    open_ = {registry.kind for registry in registries() if registry.listed is None}
+    assert {"attention layer", "model"} <= open_
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ from attnscope.data.augment import AugmentConfig, BatchTransform
 from attnscope.data.cache import DecodedSet, load_images
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import BadRow, BadRowsError, Manifest
-from attnscope.data.module import SOURCES, DataConfig, DataModule, load_source
+from attnscope.data.module import DataConfig, DataModule
+from attnscope.data.sources.registry import SOURCES, load_source
 
 __all__ = [
     "SOURCES",

@@ -11,17 +11,11 @@ depends on nothing of training.
 
 from __future__ import annotations
 
-import collections.abc
-import inspect
 import json
 import logging
 import os
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -38,115 +32,12 @@ from attnscope.data.cache import DecodedSet, load_images
 from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
-from attnscope.data.sources import cluttered, from_csv, from_folder, from_idx, from_medmnist, synthetic_lesions
-from attnscope.data.sources.files import CsvLayout
+from attnscope.data.sources.registry import SOURCES, check_source_options, load_source
 from attnscope.data.splits import UNUSED_SPLIT, assign_splits, check_splits
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.fileio import atomic_write
 
 log = logging.getLogger(__name__)
-
-
-def cluttered_idx(
-    directory: str | None = None,
-    split: str = "train",
-    canvas: int = 84,
-    clutter: int = 6,
-    clutter_size: int = 10,
-    count: int | None = None,
-    seed: int = 0,
-) -> Manifest:
-    """Cluttered canvases of IDX items (Fashion-MNIST by default)."""
-    return cluttered(from_idx(directory, split), canvas, clutter, clutter_size, count, seed)
-
-
-SOURCES: dict[str, Callable[..., Manifest]] = {
-    "csv": from_csv,
-    "folder": from_folder,
-    "medmnist": from_medmnist,
-    "idx": from_idx,
-    "synthetic_lesions": synthetic_lesions,
-    "cluttered": cluttered_idx,
-}
-
-
-# sources whose keyword options are the fields of a dataclass
-SOURCE_LAYOUTS = {"csv": CsvLayout}
-
-
-def source_options(name: str) -> list[str]:
-    """The options source ``name`` takes: its parameters, and its layout's fields."""
-    parameters = inspect.signature(SOURCES[name]).parameters.values()
-    names = [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    layout = SOURCE_LAYOUTS.get(name)
-    return names + ([f.name for f in fields(layout)] if layout is not None else [])
-
-
-def source_option_types(name: str) -> dict[str, Any]:
-    """Option name -> its type hint, for source ``name`` (its parameters and its layout's fields)."""
-    hints = {k: v for k, v in typing.get_type_hints(SOURCES[name]).items() if k != "return"}
-    layout = SOURCE_LAYOUTS.get(name)
-    if layout is not None:
-        hints |= {f.name: hint for f in fields(layout) for hint in [typing.get_type_hints(layout)[f.name]]}
-    return hints
-
-
-def _fits(hint: Any, value: Any) -> bool:
-    """Whether a config value fits a source option's type hint (paths and names must be text)."""
-    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(argument, value) for argument in arguments)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return is_integer(value)
-    if hint is float:
-        return is_number(value)
-    if hint in (str, Path):
-        return isinstance(value, str)
-    if origin in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple)) and all(_fits(arguments[0], v) for v in value) if arguments else True
-    return True
-
-
-def check_source_options(name: str, options: dict[str, Any]) -> None:
-    """Refuse unknown options of source ``name``, and values of the wrong kind, naming them."""
-    accepted = source_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"data source {name!r} has no option(s) {unknown}; its options are: {', '.join(accepted)}")
-    hints = source_option_types(name)
-    for option, value in options.items():
-        if option in hints and not _fits(hints[option], value):
-            read_as = "a flag" if isinstance(value, bool) else "a number" if is_number(value) else "a list or mapping"
-            quote = f" (YAML read {value!r} as {read_as}: quote text, e.g. {option}='{value}')"
-            raise ConfigError(
-                f"data option {option}={value!r} does not fit source {name!r}: it must be "
-                f"{_describe(hints[option])}{quote if not isinstance(value, str) else ''}"
-            )
-
-
-def _describe(hint: Any) -> str:
-    names = {str: "text", Path: "a path", int: "an integer", float: "a number", bool: "true or false"}
-    arguments = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in arguments))
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
-        return f"a list of {_describe(arguments[0])}" if arguments else "a list"
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def load_source(name: str, **options: Any) -> Manifest:
-    """The manifest of source ``name``; unknown names, options and values of the wrong kind are refused."""
-    function = SOURCES.get(name)
-    if function is None:
-        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(sorted(SOURCES))}")
-    check_source_options(name, options)
-    return function(**options)
 
 
 def default_cache_dir() -> Path:
@@ -194,8 +85,7 @@ class DataConfig:
     def check(self) -> None:
         """Refuse values no run could use, naming the option; the source's options are checked by name
         (nothing is read yet)."""
-        if not isinstance(self.source, str) or self.source not in SOURCES:
-            raise ConfigError(f"data.source={self.source!r}: unknown; known sources: {', '.join(sorted(SOURCES))}")
+        SOURCES.get(self.source, option="data.source")
         check_option("data.source_options", self.source_options, lambda v: isinstance(v, dict), "must be a mapping")
         check_source_options(self.source, self.source_options)
         positive_integer = (lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")

@@ -181,15 +181,11 @@ class RunConfig:
 
 def _check_model(section: ModelSection) -> None:
     """The model is registered and takes the options given (nothing is built)."""
-    from attnscope.models import model_entry
+    from attnscope.models.registry import MODELS
 
-    entry = model_entry(section.name)
+    MODELS.get(section.name)
     check_option("model.options", section.options, lambda v: isinstance(v, dict), "must be a mapping of option: value")
-    unknown = sorted(map(str, set(section.options) - set(entry.options())))
-    if unknown:
-        raise ConfigError(
-            f"model.options: {section.name} has no option(s) {unknown}; its options are: {', '.join(entry.options())}"
-        )
+    MODELS.check_options(section.name, section.options, option="model.options")
     check_option(
         "model.pretrained", section.pretrained, lambda v: isinstance(v, (bool, str)), "must be true, false or a path"
     )

@@ -33,8 +33,9 @@ from attnscope.data.augment import AugmentConfig, BatchTransform
 from attnscope.data.cache import load_images
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows
-from attnscope.data.module import DataConfig, DataModule, default_cache_dir, load_source
+from attnscope.data.module import DataConfig, DataModule, default_cache_dir
 from attnscope.data.sources.files import IMAGE_EXTENSIONS
+from attnscope.data.sources.registry import load_source
 from attnscope.engine.build import build_model
 from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.metrics import task_kind

@@ -10,13 +10,13 @@ any method in :class:`AugSmooth`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from attnscope import names
 from attnscope.errors import ConfigError
 from attnscope.explain.cam import (
     CamResult,
@@ -33,28 +33,34 @@ from attnscope.explain.cam import (
 )
 from attnscope.explain.perturbation import AblationCAM, Occlusion, ScoreCAM
 from attnscope.explain.pixel import FullGrad, GuidedBackprop, GuidedGradCAM, IntegratedGradients, SmoothGrad
+from attnscope.registry import Registry, parameter_names
 
-CAM_METHODS: dict[str, type] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "hirescam": HiResCAM,
-    "gradcam_elementwise": GradCAMElementwise,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "guided_gradcam": GuidedGradCAM,
-}
-PIXEL_METHODS: dict[str, type] = {
-    "occlusion": Occlusion,
-    "integrated_gradients": IntegratedGradients,
-    "smoothgrad": SmoothGrad,
-    "fullgrad": FullGrad,
-    "guided_backprop": GuidedBackprop,
-}
-MAP_METHODS = {**CAM_METHODS, **PIXEL_METHODS}
+# a layer CAM takes ``target_layers`` and ``eigen_smooth``; a pixel method maps the input's pixels
+CAM_METHODS = names.CAM_METHODS
+PIXEL_METHODS = names.PIXEL_METHODS
+MAP_METHODS = Registry[type](
+    "map method",
+    {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "xgradcam": XGradCAM,
+        "layercam": LayerCAM,
+        "hirescam": HiResCAM,
+        "gradcam_elementwise": GradCAMElementwise,
+        "eigencam": EigenCAM,
+        "eigengradcam": EigenGradCAM,
+        "scorecam": ScoreCAM,
+        "ablationcam": AblationCAM,
+        "guided_gradcam": GuidedGradCAM,
+        "occlusion": Occlusion,
+        "integrated_gradients": IntegratedGradients,
+        "smoothgrad": SmoothGrad,
+        "fullgrad": FullGrad,
+        "guided_backprop": GuidedBackprop,
+    },
+    options=lambda cls: [name for name in parameter_names(cls) if name not in ("model", "target_layers")],
+    listed=(*CAM_METHODS, *PIXEL_METHODS),
+)
 # options for the methods that batch extra passes; the others take them and leave them
 SHARED_OPTIONS = ("batch_size", "progress")
 
@@ -98,19 +104,12 @@ def create_cam(
 ) -> MapMethod:
     """A map method by name (:data:`MAP_METHODS`), with its options; ``aug_smooth`` wraps it in :class:`AugSmooth`."""
     kind = MAP_METHODS.get(method)
-    if kind is None:
-        raise ConfigError(f"unknown map method {method!r}; known: {', '.join(MAP_METHODS)}")
-    accepted = set(inspect.signature(kind).parameters) - {"model", "target_layers"}
-    unknown = sorted(
-        name
-        for name, value in options.items()
-        if name not in accepted and name not in SHARED_OPTIONS and value not in (None, False)
+    accepted = MAP_METHODS.options(method)
+    MAP_METHODS.check_options(
+        method,
+        [name for name, value in options.items() if name not in SHARED_OPTIONS and value not in (None, False)],
+        hint="" if method in CAM_METHODS else "(it maps pixels, not a layer: no eigen_smooth)",
     )
-    if unknown:
-        raise ConfigError(
-            f"{method} has no option(s) {unknown}; its options are {', '.join(sorted(accepted)) or 'none'}"
-            + ("" if method in CAM_METHODS else " (it maps pixels, not a layer: no eigen_smooth)")
-        )
     given = {name: value for name, value in options.items() if name in accepted and value is not None}
     if method in CAM_METHODS:
         built = kind(model, target_layers, **given)

@@ -6,35 +6,37 @@ import inspect
 
 from torch import nn
 
-from attnscope.errors import ConfigError
 from attnscope.layers.attention_pool import AttentionPool2d
 from attnscope.layers.cbam import CBAM
 from attnscope.layers.global_attention import GlobalSelfAttention
 from attnscope.layers.grid import GridAttention
 from attnscope.layers.local_attention import LocalSelfAttention
 from attnscope.layers.se import SqueezeExcite
+from attnscope.registry import Registry, parameter_names
 
-_LAYERS: dict[str, type[nn.Module]] = {
-    "attn_pool": AttentionPool2d,
-    "cbam": CBAM,
-    "global": GlobalSelfAttention,
-    "grid": GridAttention,
-    "local": LocalSelfAttention,
-    "se": SqueezeExcite,
-}
+# a layer's options are its constructor's keywords after the channel count
+LAYERS = Registry[type[nn.Module]](
+    "attention layer",
+    {
+        "attn_pool": AttentionPool2d,
+        "cbam": CBAM,
+        "global": GlobalSelfAttention,
+        "grid": GridAttention,
+        "local": LocalSelfAttention,
+        "se": SqueezeExcite,
+    },
+    options=lambda cls: parameter_names(cls, skip=1),
+)
 
 
 def list_attn() -> list[str]:
     """Names ``create_attn`` knows, sorted."""
-    return sorted(_LAYERS)
+    return sorted(LAYERS)
 
 
 def attn_class(name: str) -> type[nn.Module]:
-    """The class registered under ``name``; a ConfigError (a ValueError) lists the known names."""
-    cls = _LAYERS.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(f"unknown attention layer {name!r}; known layers: {', '.join(list_attn())}")
-    return cls
+    """The class registered under ``name`` (any case); a ConfigError (a ValueError) lists the known names."""
+    return LAYERS.get(name.lower() if isinstance(name, str) else name)
 
 
 def describe_attn(name: str) -> str:
@@ -45,8 +47,7 @@ def describe_attn(name: str) -> str:
 
 def attn_options(name: str) -> list[str]:
     """Keyword options of the layer, after the channel count."""
-    parameters = list(inspect.signature(attn_class(name)).parameters.values())[1:]
-    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return LAYERS.options(name.lower())
 
 
 def create_attn(name: str, channels: int, **options: object) -> nn.Module:
@@ -56,8 +57,5 @@ def create_attn(name: str, channels: int, **options: object) -> nn.Module:
     ConfigError that names it and lists the ones it takes.
     """
     cls = attn_class(name)
-    known = attn_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"attention layer {name!r} has no option(s) {unknown}; its options are: {', '.join(known)}")
+    LAYERS.check_options(name.lower(), options)
     return cls(channels, **options)

@@ -15,6 +15,7 @@ from attnscope.layers._utils import check_positive
 from attnscope.layers.tap import find_taps
 from attnscope.models.base import AttnClassifier, ModelConfig
 from attnscope.models.weights import load_pretrained
+from attnscope.registry import Registry, parameter_names
 
 Builder = Callable[..., AttnClassifier]
 B = TypeVar("B", bound=Builder)
@@ -45,8 +46,7 @@ def signature_options(source: Callable[..., object]) -> list[str]:
     """Named parameters of a function, or of a class's constructor followed up the classes that
     a ``**options`` parameter forwards to (a subclass passing its options to its base)."""
     if not isinstance(source, type):
-        parameters = inspect.signature(source).parameters.values()
-        return [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        return parameter_names(source)
     names: list[str] = []
     for cls in source.__mro__:
         if "__init__" not in vars(cls):
@@ -60,7 +60,7 @@ def signature_options(source: Callable[..., object]) -> list[str]:
     return names
 
 
-_MODELS: dict[str, ModelEntry] = {}
+MODELS = Registry[ModelEntry]("model", options=ModelEntry.options)
 
 
 def register_model(config: ModelConfig) -> Callable[[B], B]:
@@ -94,22 +94,17 @@ def register_class(
 
 
 def _add(entry: ModelEntry) -> None:
-    if entry.config.name in _MODELS:
-        raise ConfigError(f"a model named {entry.config.name!r} is already registered")
-    _MODELS[entry.config.name] = entry
+    MODELS.register(entry.config.name, entry)
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def model_entry(name: str) -> ModelEntry:
     """The entry registered under ``name``; a ConfigError (a ValueError) lists the known ones."""
-    entry = _MODELS.get(name) if isinstance(name, str) else None
-    if entry is None:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return entry
+    return MODELS.get(name)
 
 
 def create_model(
@@ -129,9 +124,7 @@ def create_model(
     entry = model_entry(name)
     check_positive("num_classes", num_classes)
     check_positive("in_chans", in_chans)
-    unknown = sorted(set(options) - set(entry.options()))
-    if unknown:
-        raise ConfigError(f"model {name!r} has no option(s) {unknown}; its options are: {', '.join(entry.options())}")
+    MODELS.check_options(name, options)
     if not (isinstance(pretrained, (bool, str, Path))):
         raise ConfigError(f"pretrained must be False, True or a path, got {pretrained!r}")
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, **options)

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from attnscope.errors import ConfigError, RetrievalError
 from attnscope.fileio import atomic_directory, read_marker, write_marker
 from attnscope.names import FRACTION_INDEX_PARAMS, INDEX_KINDS, INDEX_PARAMS
+from attnscope.registry import Registry
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
 from attnscope.retrieval.lsh import BucketLSH
 from attnscope.retrieval.rerank import CrossAttentionReRanker
@@ -52,12 +54,9 @@ from attnscope.retrieval.rerank import CrossAttentionReRanker
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-KINDS = INDEX_KINDS
 # FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
 TRAIN_POINTS_PER_CELL = 64
 ROW_FIELDS = ("id", "label", "path", "source")
-RERANKED_KINDS = ("lsh", "lsh_buckets")  # kinds whose own ranking is coarse: rerank x k candidates are scored
-DEFAULT_PARAMS = INDEX_PARAMS
 
 
 def _faiss():
@@ -68,18 +67,66 @@ def _faiss():
     return faiss
 
 
+def _storage(fp16: bool) -> str:
+    return "SQfp16" if fp16 else "Flat"
+
+
+def _flat(dim: int, params: dict, fp16: bool):
+    faiss = _faiss()
+    return faiss.index_factory(dim, _storage(fp16), faiss.METRIC_INNER_PRODUCT)
+
+
+def _ivf(dim: int, params: dict, fp16: bool):
+    faiss = _faiss()
+    return faiss.index_factory(dim, f"IVF{params['nlist']},{_storage(fp16)}", faiss.METRIC_INNER_PRODUCT)
+
+
+def _hnsw(dim: int, params: dict, fp16: bool):
+    faiss = _faiss()
+    index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params["ef_construction"]
+    return index
+
+
+def _lsh(dim: int, params: dict, fp16: bool):
+    return _faiss().IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
+
+
+def _lsh_buckets(dim: int, params: dict, fp16: bool):
+    return BucketLSH(dim, params["tables"], params["directions"], params["intervals"], params["margin"])
+
+
+@dataclass(frozen=True)
+class IndexKind:
+    """An index kind: how to build its empty index (``(dim, params, fp16) -> index``), its parameters with
+    their defaults, and whether its own ranking is coarse (``rerank`` x k candidates are then scored)."""
+
+    build: Callable[[int, dict, bool], Any]
+    defaults: dict[str, int | float]
+    reranked: bool = False
+
+
+KINDS = Registry[IndexKind](
+    "index kind",
+    {
+        "flat": IndexKind(_flat, INDEX_PARAMS["flat"]),
+        "ivf": IndexKind(_ivf, INDEX_PARAMS["ivf"]),
+        "hnsw": IndexKind(_hnsw, INDEX_PARAMS["hnsw"]),
+        "lsh": IndexKind(_lsh, INDEX_PARAMS["lsh"], reranked=True),
+        # attnscope's own (attnscope.retrieval.lsh): FAISS has no p-stable buckets
+        "lsh_buckets": IndexKind(_lsh_buckets, INDEX_PARAMS["lsh_buckets"], reranked=True),
+    },
+    options=lambda kind: list(kind.defaults),
+    listed=INDEX_KINDS,
+    option_word="parameter",
+)
+
+
 def resolve_params(kind: str, dim: int, count: int, params: dict | None) -> dict:
     """The kind's parameters with defaults filled in for this size of gallery; unknown ones refused."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     given = dict(params or {})
-    unknown = sorted(set(given) - set(DEFAULT_PARAMS[kind]))
-    if unknown:
-        raise ConfigError(
-            f"index kind {kind!r} has no parameter(s) {unknown}; its parameters are "
-            f"{', '.join(DEFAULT_PARAMS[kind]) or 'none'}"
-        )
-    resolved = {**DEFAULT_PARAMS[kind], **given}
+    KINDS.check_options(kind, given)
+    resolved = {**KINDS.get(kind).defaults, **given}
     if kind == "ivf" and not resolved["nlist"]:
         # FAISS's guideline: 4-16 sqrt(N) cells, and at least 39 training points per cell
         resolved["nlist"] = max(1, min(int(4 * math.sqrt(count)), count // 39))
@@ -95,23 +142,9 @@ def resolve_params(kind: str, dim: int, count: int, params: dict | None) -> dict
 
 
 def build_faiss(kind: str, dim: int, params: dict, fp16: bool = False):
-    """An empty FAISS index of ``kind`` for ``dim``-d vectors (untrained where the kind needs training);
-    for ``lsh_buckets``, attnscope's own :class:`BucketLSH`, which FAISS does not have."""
-    if kind == "lsh_buckets":
-        return BucketLSH(dim, params["tables"], params["directions"], params["intervals"], params["margin"])
-    faiss = _faiss()
-    storage = "SQfp16" if fp16 else "Flat"
-    if kind == "flat":
-        return faiss.index_factory(dim, storage, faiss.METRIC_INNER_PRODUCT)
-    if kind == "ivf":
-        return apply_search_params(
-            faiss.index_factory(dim, f"IVF{params['nlist']},{storage}", faiss.METRIC_INNER_PRODUCT), kind, params
-        )
-    if kind == "hnsw":
-        index = faiss.index_factory(dim, f"HNSW{params['M']}" + (",SQfp16" if fp16 else ""), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params["ef_construction"]
-        return apply_search_params(index, kind, params)
-    return faiss.IndexLSH(dim, params["nbits"], True, False)  # rotate the data: hyperplanes in every direction
+    """An empty index of ``kind`` for ``dim``-d vectors (untrained where the kind needs training), its
+    search-time parameters set."""
+    return apply_search_params(KINDS.get(kind).build(dim, params, fp16), kind, params)
 
 
 def apply_search_params(faiss_index, kind: str, params: dict):
@@ -237,7 +270,7 @@ class SimilarityIndex:
             )
         if k < 1:
             raise ConfigError(f"k={k} must be at least 1")
-        candidates = min(len(self), k * (self.params["rerank"] if self.kind in RERANKED_KINDS else 1))
+        candidates = min(len(self), k * (self.params["rerank"] if KINDS.get(self.kind).reranked else 1))
         if self.kind == "lsh_buckets":
             found = self.faiss_index.search_vectors(_as_float32(queries), self.vectors, candidates)
         else:

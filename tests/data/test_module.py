@@ -82,7 +82,7 @@ def test_kaggle_layout_with_bad_rows_lists_them_or_writes_them(lesion_folder, tm
 
 
 def test_unknown_sources_and_options_are_named():
-    with pytest.raises(ConfigError, match="unknown data source 'isic'; known sources: cluttered, csv"):
+    with pytest.raises(ConfigError, match="unknown data source 'isic'; known data sources: cluttered, csv"):
         load_source("isic")
     with pytest.raises(ConfigError, match=r"no option\(s\) \['root'\]; its options are: csv_path, image_root"):
         load_source("csv", root="x")

@@ -119,9 +119,9 @@ def test_the_shipped_melanoma_config_is_the_recommended_recipe():
         ("model.name=resnet51", "unknown model 'resnet51'; known models:"),
         (
             "model.options={normalise: softmax}",
-            "attn_vgg_tiny has no option(s) ['normalise']; its options are: normalize",
+            "model.options: model 'attn_vgg_tiny' has no option(s) ['normalise']; its options are: normalize",
         ),
-        ("data.source=nope", "data.source='nope': unknown; known sources: cluttered, csv"),
+        ("data.source=nope", "data.source='nope': unknown data source; known data sources: cluttered, csv"),
         ("data.source_options={bogus: 1}", "data source 'synthetic_lesions' has no option(s) ['bogus']"),
         ("data.image_size=0", "data.image_size=0 must be an integer >= 1"),
         ("data.mode=CMYK", "data.mode='CMYK' is not one of RGB, L"),

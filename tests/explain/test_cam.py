@@ -182,11 +182,13 @@ def test_bad_layers_and_inputs_are_refused_by_name():
         GradCAM(model, [nn.Conv2d(1, 1, 1)])
     with pytest.raises(ConfigError, match="unknown map method 'scorecam9'"):
         create_cam("scorecam9", model, "conv2")
-    with pytest.raises(ConfigError, match=r"smoothgrad has no option\(s\) \['eigen_smooth'\].*no eigen_smooth"):
+    with pytest.raises(
+        ConfigError, match=r"map method 'smoothgrad' has no option\(s\) \['eigen_smooth'\].*no eigen_smooth"
+    ):
         create_cam("smoothgrad", model, eigen_smooth=True)
     with pytest.raises(ConfigError, match="occlusion maps the input's pixels; it takes no target layers"):
         create_cam("occlusion", model, "conv2")
-    with pytest.raises(ConfigError, match=r"gradcam has no option\(s\) \['samples'\]"):
+    with pytest.raises(ConfigError, match=r"map method 'gradcam' has no option\(s\) \['samples'\]"):
         create_cam("gradcam", model, "conv2", samples=3)
     with pytest.raises(ConfigError, match=r"\(B, C, H, W\)"):
         GradCAM(model, "conv2")(torch.randn(3, 16, 16))

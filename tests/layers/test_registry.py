@@ -32,7 +32,8 @@ def test_options_reach_the_constructor():
 
 def test_an_unknown_name_is_a_value_error_listing_the_known_ones():
     with pytest.raises(
-        ValueError, match="unknown attention layer 'nonlocal'; known layers: attn_pool, cbam, global, grid, local, se"
+        ValueError,
+        match="unknown attention layer 'nonlocal'; known attention layers: attn_pool, cbam, global, grid, local, se",
     ):
         create_attn("nonlocal", 16)
 
