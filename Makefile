@@ -15,7 +15,7 @@ PIP_FLAGS := --disable-pip-version-check -c constraints.txt $(if $(WHEELS),--fin
 # elsewhere a note says how, and the tests that need it are skipped.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo bench lint format clean fashion-mnist chromium
+.PHONY: test check demo bench lint format clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ chromium:
 # runs a part serially.
 test: $(STAMP) fashion-mnist chromium
 	$(PY) -m pytest -q -n auto
+
+# The quick tier, for the edit-test loop: every test but those marked slow (a training, a benchmark's
+# test) or e2e (the command line end to end, a second process, a kill, a browser); under 2 minutes on
+# 2 cores. The ten slowest it ran are listed, so a test that grew slow is seen and marked.
+check: $(STAMP) fashion-mnist
+	$(PY) -m pytest -q -n auto -m "not slow and not e2e" --durations=10
 
 # The main job on built-in data: train a small attention VGG on generated lesions,
 # evaluate it on the held-out test split, draw its attention; about 2 minutes on 2 cores.

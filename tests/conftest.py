@@ -16,6 +16,14 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The benchmarks' tests run a benchmark at a small scale: all of them are ``slow``."""
+    benchmarks = Path(__file__).parent / "benchmarks"
+    for item in items:
+        if benchmarks in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     """Every test starts from the same random state."""

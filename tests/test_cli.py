@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import attnscope
 from attnscope import ConfigError, cli
 
@@ -52,6 +54,7 @@ def test_model_option_pretrained_is_the_model_sections_pretrained(tmp_path, caps
     assert f"{missing}: no such weight file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_models_lists_every_model_with_its_size(capsys):
     assert cli.main(["models", "--num-classes", "1000"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -119,6 +122,7 @@ def test_train_writes_the_resolved_config_with_flags_over_the_file(cli_run, caps
     assert resolved["data"]["batch_size"] == 16 and resolved["run_dir"] == str(cli_run)
 
 
+@pytest.mark.e2e
 def test_evaluate_writes_metrics_and_plots(cli_run, capsys):
     assert cli.main(["evaluate", str(cli_run), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -345,6 +349,7 @@ def test_the_tutorial_recipe_samples_before_splitting_and_accounts_for_every_row
     )
 
 
+@pytest.mark.e2e
 def test_agcnn_trains_in_stages_resumes_and_evaluates_every_branch(tmp_path, capsys):
     root = tmp_path / "agcnn"
     argv = ["train", "--model", "agcnn_tiny", "--data-option", "count=80", "--data-option", "size=64"]
@@ -361,6 +366,7 @@ def test_agcnn_trains_in_stages_resumes_and_evaluates_every_branch(tmp_path, cap
     assert "--stage-epochs and --stage-lr go with --stages" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_explain_draws_and_scores_attention_and_cams(cli_run, tmp_path, capsys):
     out = tmp_path / "explain"
     assert cli.main(["explain", str(cli_run), "--count", "5", "--out", str(out), "--steps", "4", "--no-progress"]) == 0
@@ -441,6 +447,7 @@ def write_medmnist(path, multilabel, count=90, size=28):
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("multilabel", [False, True], ids=["multiclass", "multilabel"])
 def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, capsys):
     data = write_medmnist(tmp_path / "set.npz", multilabel)
@@ -508,6 +515,7 @@ def test_multiclass_and_multilabel_runs_go_end_to_end(multilabel, tmp_path, caps
     }
 
 
+@pytest.mark.e2e
 def test_explain_a_model_without_spatial_attention(tmp_path, capsys):
     run = tmp_path / "plain"
     assert cli.main(["train", *TINY, "--model", "resnet_tiny", "--epochs", "1", "--run-dir", str(run)]) == 0
@@ -605,6 +613,7 @@ def test_search_with_a_folder_that_is_no_index_is_one_clear_line(tmp_path, capsy
     assert "is not an attnscope index (no index.json); build one with attnscope index" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_demo_trains_evaluates_explains_reports_and_indexes(tmp_path, capsys):
     """The demo's whole job on a tiny config (the real one takes minutes; make demo runs it)."""
     from tests.runs import tiny_settings
@@ -651,6 +660,7 @@ def test_the_demo_replaces_its_own_earlier_run(tmp_path):
     assert [p.name for p in demo.iterdir()] == [".attnscope"] and read_marker(demo) == {"kind": "run", "demo": True}
 
 
+@pytest.mark.e2e
 def test_file_names_that_look_like_formulas_are_neutralised_in_every_csv(cli_run, tmp_path, capsys):
     """Regression: ids and names starting with = + - @ went raw into the CSVs clinicians open in a spreadsheet."""
     folder = tmp_path / "q"
@@ -740,6 +750,7 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_a_token(cli_run, ca
     assert "--token must be at least 16 characters" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_explain_takes_every_method_and_the_smoothing_flags(cli_run, tmp_path, capsys):
     argv = ["explain", str(cli_run), "--method", "eigengradcam", "--method", "smoothgrad", "--aug-smooth"]
     assert (

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -14,6 +16,7 @@ def python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
+@pytest.mark.e2e
 def test_the_python_example_trains_evaluates_explains_indexes_and_reports(tmp_path):
     environment = dict(os.environ, OMP_NUM_THREADS="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run(

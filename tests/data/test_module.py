@@ -108,6 +108,7 @@ def test_a_single_class_split_stops_before_training(tmp_path):
         DataModule(config).setup()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_keeps_its_official_test_set():
     config = DataConfig(source="idx", source_options={"split": "all"}, image_size=28, mode="L", progress=False)

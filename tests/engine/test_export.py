@@ -15,6 +15,7 @@ from attnscope.errors import CheckpointError, ConfigError
 from attnscope.layers.tap import capture_attention, native_maps
 
 
+@pytest.mark.slow
 def test_the_exported_graph_equals_the_model_with_its_normalisation_and_maps(trained_run, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert cli.main(["export", str(trained_run), "--with-maps", "--check-images", "8", "--out", str(out)]) == 0
@@ -39,6 +40,7 @@ def test_the_exported_graph_equals_the_model_with_its_normalisation_and_maps(tra
         assert metadata["weights_sha256"] == run.weights_sha256() and metadata["kind"] == "binary"
 
 
+@pytest.mark.slow
 def test_a_disagreeing_export_is_refused_and_nothing_is_written(trained_run, tmp_path, monkeypatch):
     out = tmp_path / "model.onnx"
     run_outputs = onnxruntime.InferenceSession.run

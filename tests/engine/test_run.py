@@ -96,6 +96,7 @@ def test_bad_openings_and_selections_are_clear(trained_run, tmp_path):
         run.loader(DataSelection(source="folder", source_options={"root": str(tmp_path / "three")}))
 
 
+@pytest.mark.slow
 def test_opening_a_run_does_not_import_lightning():
     code = (
         "import sys; import attnscope.engine.run, attnscope.engine.inference, attnscope.explain, "

@@ -66,6 +66,7 @@ def test_a_held_lock_cannot_be_taken_twice_and_is_released_on_an_error(tmp_path)
     assert not (tmp_path / ".lock").exists()
 
 
+@pytest.mark.e2e
 def test_two_trainings_into_one_run_directory(tmp_path):
     """Regression: two `train --run-dir R` started together both exited 0 and mixed their files."""
     run_dir = tmp_path / "run"

@@ -62,6 +62,7 @@ def _reference_probabilities(
     return torch.cat(probs), torch.cat(labels)
 
 
+@pytest.mark.slow
 def test_evaluate_with_tta_averages_the_flips_and_chooses_the_threshold_on_validation_the_same_way(
     trained_run, tmp_path
 ):

@@ -155,6 +155,7 @@ def test_hooks_are_removed_also_when_forward_or_targets_fail():
     assert all_hooks(model) == 0
 
 
+@pytest.mark.slow
 def test_cams_made_in_a_loop_hold_no_memory():
     model = create_model("vgg_tiny", num_classes=2).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -1,5 +1,6 @@
 """``explain_batch`` and ``explain``: one captured pass gives the logits and the attention, maps match a reference."""
 
+import pytest
 import torch
 
 from attnscope.engine.run import Run
@@ -45,6 +46,7 @@ def test_explain_writes_one_overlay_and_one_score_row_per_image_and_method(train
     assert scores_only.summary == result.summary and len(list((tmp_path / "s" / "maps").glob("*.npz"))) == 3
 
 
+@pytest.mark.slow
 def test_every_kind_of_method_is_explained_scored_and_smoothed_as_asked(trained_run, tmp_path):
     from attnscope.explain.methods import create_cam
 

@@ -83,6 +83,7 @@ def browser():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
+@pytest.mark.e2e
 def test_the_report_renders_in_chromium_without_errors(report, tmp_path):
     driver = browser()
     try:

@@ -47,6 +47,7 @@ def temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("file_limit", "message"),
     [
@@ -88,6 +89,7 @@ def kill_at(command: list[str], ready: Callable[[], bool], delay: float) -> int:
     return process.wait(timeout=60)
 
 
+@pytest.mark.e2e
 def test_training_killed_at_a_seeded_point_resumes_to_a_consistent_run(tmp_path):
     run_dir = tmp_path / "run"
     train = ["train", *TINY, "--epochs", "3", "--run-dir", str(run_dir)]
@@ -105,6 +107,7 @@ def test_training_killed_at_a_seeded_point_resumes_to_a_consistent_run(tmp_path)
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
 
 
+@pytest.mark.e2e
 def test_a_cache_build_killed_midway_is_swept_and_rebuilt_whole(tmp_path):
     from attnscope.data.cache import load_images
     from attnscope.data.decode import decode_image
@@ -129,6 +132,7 @@ def test_a_cache_build_killed_midway_is_swept_and_rebuilt_whole(tmp_path):
         np.testing.assert_array_equal(decoded.images[decoded.index[row]], decode_image(manifest.paths[row], 32))
 
 
+@pytest.mark.e2e
 def test_an_index_write_killed_at_seeded_points_leaves_the_old_index_or_the_new(trained_run, tmp_path):
     from attnscope.retrieval import SimilarityIndex
 

@@ -14,6 +14,7 @@ def sample():
     return {r["kind"]: r for r in robustness.measure(scale=0.05, seed=1, kinds=list(robustness.KINDS))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", robustness.KINDS)
 def test_every_generated_input_works_or_is_one_clear_error(sample, kind):
     record = sample[kind]

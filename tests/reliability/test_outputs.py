@@ -19,6 +19,7 @@ def save(path, seed=0, size=(32, 32)):
     return path
 
 
+@pytest.mark.slow
 def test_evaluating_other_data_never_overwrites_the_test_splits_evaluation(trained_run, capsys):
     assert cli.main(["evaluate", str(trained_run), "--no-progress"]) == 0
     test_metrics = (trained_run / "evaluation" / "metrics.json").read_text()
@@ -105,6 +106,7 @@ def test_a_number_where_a_path_belongs_is_one_line(trained_run, capsys):
     assert err.count("\n") == 1 and "root=2024" in err and "quote text, e.g. root='2024'" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES])
 def test_a_full_disk_anywhere_is_one_line(trained_run, monkeypatch, capsys, code):
     from attnscope.engine import inference
@@ -119,6 +121,7 @@ def test_a_full_disk_anywhere_is_one_line(trained_run, monkeypatch, capsys, code
     assert ("free space and run again" in err) == (code != errno.EACCES)
 
 
+@pytest.mark.e2e
 def test_what_a_killed_evaluate_or_explain_left_half_written_is_swept_by_the_next(trained_run, tmp_path):
     import socket
 

@@ -48,6 +48,7 @@ def clustered_tokens(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     return tokens.astype(np.float16), vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels
 
 
+@pytest.mark.slow
 def test_a_trained_reranker_puts_same_class_candidates_first_where_cosine_does_not():
     tokens, vectors, labels = clustered_tokens(400, 2)
     options = ReRankerOptions(dim=16, heads=2, neighbours=10, epochs=6, lr=3e-3, batch_size=64)

@@ -63,6 +63,7 @@ def wait_for(driver, script: str, timeout: float = 60.0):
     raise AssertionError(f"the page never satisfied: {script}")
 
 
+@pytest.mark.e2e
 def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(service, image_files, tmp_path):
     driver = browser()
     try:

@@ -52,6 +52,7 @@ def _weights(run_dir):
     return load_weights(RunPaths(run_dir).last_weights)
 
 
+@pytest.mark.slow
 def test_a_budget_that_fits_every_epoch_trains_exactly_the_run_without_one(tmp_path):
     settings = ["schedule.name=onecycle", "optim.name=sgd", "optim.lr=0.05"]
     train(load_config(None, tiny_settings(tmp_path / "plain", epochs=2) + settings))
@@ -80,6 +81,7 @@ def test_a_budget_that_fits_every_epoch_trains_exactly_the_run_without_one(tmp_p
     assert not RunPaths(tmp_path / "plain").budget.exists()
 
 
+@pytest.mark.slow
 def test_a_tight_budget_plans_fewer_epochs_with_the_schedule_of_a_run_that_long(tmp_path, monkeypatch):
     # an epoch "costs" 1000 s and the budget leaves room for two and a half: two are planned of at most 5
     monkeypatch.setattr(budget, "probe_epoch_cost", lambda *a, **k: EpochCost(100.0, 0.0, 10, 1))
@@ -304,6 +306,7 @@ def test_the_early_check_leaves_a_plan_that_fits_a_finished_warm_up_and_small_di
     ]
 
 
+@pytest.mark.slow
 def test_a_run_whose_probe_fell_on_a_busy_moment_trains_the_epochs_its_first_batches_say_fit(tmp_path, monkeypatch):
     # the probe says an epoch takes 1000 s, so one of at most 3 fits in 1500 s; the run's batches take
     # milliseconds, and after 30 of the first epoch's 35 batches the run is re-planned to all 3

@@ -9,6 +9,7 @@ from attnscope.engine.rundir import RunPaths, read_metrics_csv
 from tests.runs import TINY, run_cli
 
 
+@pytest.mark.e2e
 def test_ddp_on_two_cpu_processes_reduces_metrics_across_them(tmp_path):
     run_dir = tmp_path / "ddp"
     result = run_cli(

@@ -17,6 +17,7 @@ from tests.runs import TINY, run_cli
 EPOCHS = "4"
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_cli("train", *TINY, "--epochs", EPOCHS, "--run-dir", str(whole))
@@ -60,6 +61,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path):
     assert "resuming" in RunPaths(killed).log.read_text()
 
 
+@pytest.mark.e2e
 def test_resume_of_something_that_is_not_a_run_says_so(tmp_path):
     result = run_cli("train", "--resume", str(tmp_path), check=False)
     assert result.returncode == 1

@@ -36,6 +36,7 @@ def same(first: dict, second: dict) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_three_stages_carry_weights_over_freeze_the_others_and_resume_after_a_kill(tmp_path):
     root = tmp_path / "agcnn"
     trained = train_stages(staged_config(root), PLAN)

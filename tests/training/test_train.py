@@ -63,6 +63,7 @@ def test_an_existing_run_is_not_overwritten(trained_run):
         train(load_config(None, tiny_settings(trained_run)))
 
 
+@pytest.mark.slow
 def test_supervision_pulls_attention_into_the_lesion(tmp_path):
     settings = tiny_settings(tmp_path / "run", epochs=3) + [
         "supervision.weights={pool3: 1.0, pool4: 1.0}",
@@ -74,6 +75,7 @@ def test_supervision_pulls_attention_into_the_lesion(tmp_path):
     assert all(not math.isnan(v) for v in losses) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_consistency_trains_without_masks_and_makes_the_maps_follow_the_image(tmp_path):
     """Guo et al. 2019's consistency, on data whose masks are never read: its loss falls."""
     settings = tiny_settings(tmp_path / "run", epochs=2) + [
@@ -120,6 +122,7 @@ def test_supervision_without_masks_is_refused():
         ClassifierTask(config, create_model("attn_vgg_tiny", num_classes=1), transform, "binary", ["a", "b"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["step", "cosine", "onecycle"])
 def test_schedules_and_optimizers_run(tmp_path, schedule):
     settings = tiny_settings(tmp_path / "run", epochs=1) + [
