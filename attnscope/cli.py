@@ -394,6 +394,7 @@ def _parser_report(verbs: Any) -> None:
     parser = verbs.add_parser("report", help="one self-contained HTML page about a run")
     _add_run(parser)
     parser.add_argument("--out", help="output file (default RUN/report.html)")
+    _add_force(parser)
     parser.add_argument("--per-group", type=int, default=4, help="gallery images per outcome group (default 4)")
     parser.add_argument("--score-images", type=int, default=32, help="test images scored (default 32)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the deletion/insertion curves")
@@ -420,6 +421,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 args.steps,
                 args.skip_bad,
                 tuple(args.method or ["default"]),
+                args.force,
             ),
         )
     print(f"report: {report.path}")
@@ -434,6 +436,7 @@ def _parser_predict(verbs: Any) -> None:
     parser.add_argument("--column", default="path", help="the CSV's image column (default: path)")
     parser.add_argument("--image-root", help="folder the CSV's names are relative to (default: the CSV's)")
     parser.add_argument("--out", help="output CSV (default RUN/predictions.csv, RUN/predictions-tta.csv with --tta)")
+    _add_force(parser)
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_predict(args))
@@ -444,7 +447,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     images = list(args.images) + (images_from_csv(args.csv, args.column, args.image_root) if args.csv else [])
     with _open_run(args) as run:
-        result = predict(run, PredictOptions(tuple(images), args.out, args.skip_bad, args.tta))
+        result = predict(run, PredictOptions(tuple(images), args.out, args.skip_bad, args.tta, args.force))
     print(f"{result.rows} predictions: {result.out}")
     if result.skipped:
         print(f"{result.skipped} image(s) left out (--skip-bad): {result.bad_rows}")
@@ -615,6 +618,15 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_force(parser: argparse.ArgumentParser, option: str = "--out") -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"replace a regular file at {option} that attnscope did not write (never a folder, a link, a device, "
+        "or a file of a run or index)",
+    )
+
+
 def _listed(value: str | None) -> tuple[str, ...]:
     return tuple(value.split(",")) if value else ()
 
@@ -626,6 +638,7 @@ def _parser_search(verbs: Any) -> None:
     parser.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     parser.add_argument("--out", help="also write the neighbours as a CSV")
     parser.add_argument("--html", metavar="PAGE", help="write a page with each query and its neighbours")
+    _add_force(parser, "--out or --html")
     parser.add_argument("--run", help="the run the index was built from, if it moved")
     parser.add_argument(
         "--rerank",
@@ -641,9 +654,13 @@ def _parser_search(verbs: Any) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from attnscope.outputs import NEIGHBOURS, PAGE, check_output_file
     from attnscope.retrieval import result_rows, search_images, write_results_csv
     from attnscope.retrieval.page import write_search_page
 
+    for out, output in ((args.out, NEIGHBOURS), (args.html, PAGE)):
+        if out:
+            check_output_file(out, output, args.force)  # before the search, not after it
     index, result = search_images(
         args.index, args.images, args.k, args.run, args.skip_bad, progress=not args.no_progress, rerank_k=args.rerank
     )
@@ -654,9 +671,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             reranked = f"  re-ranker {line['rerank_score']:.3f}" if "rerank_score" in line else ""
             print(f"  {line['rank']:>3}  {line['similarity']:.4f}  {line['label']:<16} {line['id']}{reranked}")
     if args.out:
-        print(f"neighbours: {write_results_csv(lines, args.out)}")
+        print(f"neighbours: {write_results_csv(lines, args.out, args.force)}")
     if args.html:
-        print(f"page: {write_search_page(index, result, args.html, args.index)}")
+        print(f"page: {write_search_page(index, result, args.html, args.index, args.force)}")
     return 0
 
 
@@ -672,6 +689,7 @@ def _parser_export(verbs: Any) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--with-maps", action="store_true", help="also output every spatial attention tap")
     parser.add_argument("--out", help="output file (default RUN/model.onnx)")
+    _add_force(parser)
     parser.add_argument("--check-images", type=int, default=64, help="images the check runs (default 64)")
     _add_data(parser, "check on")
     _add_common(parser)
@@ -688,6 +706,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         with_maps=args.with_maps,
         out=args.out,
         check_images=args.check_images,
+        force=args.force,
     )
     with _open_run(args) as run:
         result = export(run, options)

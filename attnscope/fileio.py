@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +36,28 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^~/]+)~(?P<pid>\d+)~[^/]*\.
 def temporary_prefix(name: str) -> str:
     """The start of a temporary name for ``name`` owned by this process (see :func:`sweep_temporaries`)."""
     return f".{name}.{socket.gethostname()}~{os.getpid()}~"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file or folder attnscope makes while writing."""
+    return _TEMPORARY.match(name) is not None
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file that can be read (None when it is one), found without opening it:
+    opening a FIFO or a device may block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")]
+    kinds += [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is {kind}, not a regular file"
 
 
 def process_gone(host: object, pid: object) -> bool:

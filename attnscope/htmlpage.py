@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+GENERATOR = "attnscope"  # every page says who wrote it, so a later run can tell its own pages from a user's
+
 
 def png_file_uri(path: str | Path) -> str:
     """A data URI of a PNG file."""
@@ -30,6 +32,7 @@ def png_array_uri(image: np.ndarray) -> str:
 def document(title: str, style: str, body: str) -> str:
     """A whole HTML page: ``title`` is escaped here, ``body`` is HTML the caller escaped."""
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{body}</body></html>\n"
     )

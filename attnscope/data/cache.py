@@ -311,7 +311,8 @@ def load_images(
 ) -> DecodedSet:
     """Decoded pixels of ``manifest`` at ``size`` x ``size``, from the cache when it is intact.
 
-    Rows that fail to decode are moved to the returned manifest's ``rejected``.
+    Rows whose file is missing or not a regular file, and rows that fail to decode, are moved to the
+    returned manifest's ``rejected``.
     """
     if mode not in MODES:
         raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
@@ -321,6 +322,7 @@ def load_images(
         )
     if cache_dir is None:
         raise DataError(f"{manifest.source}: image files need a cache_dir (--cache-dir) to decode into")
+    manifest = manifest.without_unreadable()
     folder = Path(cache_dir) / cache_key(manifest, size, mode, pixel_limit)
     meta = _valid(folder, len(manifest), size, mode, manifest.has_masks)
     if meta is None:

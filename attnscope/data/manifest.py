@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from attnscope.errors import DataError
-from attnscope.fileio import atomic_write, csv_text
+from attnscope.fileio import atomic_write, csv_text, file_problem
 
 MAX_LISTED_BAD_ROWS = 50
 
@@ -137,6 +137,21 @@ class Manifest:
         kept = self.subset(keep)
         kept.rejected = list(self.rejected) + [self.bad_row(i, reason) for i, reason in sorted(bad.items())]
         return kept
+
+    def without_unreadable(self) -> Manifest:
+        """The manifest without rows whose image (or mask) is missing or not a regular file (a FIFO, a
+        device, a folder), which join ``rejected`` with the reason: such a file is never opened, since
+        reading a FIFO or a device can block forever or never end."""
+        if self.paths is None:
+            return self
+        bad: dict[int, str] = {}
+        for index, path in enumerate(self.paths):
+            mask = self.mask_paths[index] if self.mask_paths is not None else None
+            for what, candidate in (("image", path), ("mask", mask)):
+                problem = None if candidate is None else file_problem(candidate)
+                if problem is not None:
+                    bad.setdefault(index, f"{what} {candidate}: {problem}")
+        return self.without(bad) if bad else self
 
     def class_counts(self) -> np.ndarray:
         """Rows per class (positives per class when multi-label)."""

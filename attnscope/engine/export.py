@@ -35,6 +35,7 @@ from attnscope.errors import CheckpointError, ConfigError, check_option, is_inte
 from attnscope.fileio import atomic_write
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.names import EXPORT_FORMATS
+from attnscope.outputs import ONNX_MODEL, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ExportOptions(DataSelection):
     out: str | Path | None = None
     check_images: int = 64
     tolerance: float = 1e-4
+    force: bool = False  # replace a regular file at ``out`` that attnscope did not write
 
     def check(self) -> None:
         super().check()
@@ -121,6 +123,9 @@ def export(run: Run, options: ExportOptions | None = None) -> Export:
     options = options or ExportOptions()
     options.check()
     started = time.perf_counter()
+    out = check_output_file(
+        options.out if options.out is not None else run.root / "model.onnx", ONNX_MODEL, options.force
+    )
     taps = _spatial_taps(run) if options.with_maps else []
     if options.with_maps and not taps:
         raise ConfigError(f"{run.name} has no spatial attention maps to export; export without --with-maps")
@@ -131,7 +136,6 @@ def export(run: Run, options: ExportOptions | None = None) -> Export:
     _add_metadata(proto, run)
     payload = proto.SerializeToString()
     result = _compare(wrapped, payload, images, names, run, options.tolerance)
-    out = Path(options.out) if options.out is not None else run.root / "model.onnx"
     atomic_write(out, payload)
     return Export(
         out,

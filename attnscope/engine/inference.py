@@ -24,6 +24,14 @@ from attnscope.engine.rundir import write_json
 from attnscope.engine.tta import averaged, flip_views
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
+from attnscope.outputs import (
+    BAD_ROWS,
+    EVALUATION,
+    PREDICTIONS,
+    check_output_file,
+    check_output_folder,
+    prepare_output_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +125,10 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
         raise ConfigError(
             "evaluation needs labels: evaluate on a split or a labelled source (--data), or use predict for image files"
         )
+    stem = "evaluation-tta" if options.tta else "evaluation"
+    out = check_output_folder(
+        options.out if options.out is not None else run.root / options.folder_name(stem), EVALUATION
+    )
     loader = run.loader(options)
     data = options.describe()
     views, threshold = _views_and_threshold(run, options.tta)
@@ -126,8 +138,7 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
         metrics["branches"] = branches
     if options.tta:
         metrics["tta"] = list(views)
-    stem = "evaluation-tta" if options.tta else "evaluation"
-    out = Path(options.out) if options.out is not None else run.root / options.folder_name(stem)
+    prepare_output_folder(out, EVALUATION)
     sweep_temporaries(out)
     result = Evaluation(run.root, run.weights, data, run.kind, run.classes, metrics, out)
     write_json(
@@ -189,6 +200,7 @@ class PredictOptions:
     out: str | Path | None = None
     skip_bad: bool = False
     tta: bool = False  # as EvaluateOptions.tta; the default CSV is then RUN/predictions-tta.csv
+    force: bool = False  # replace a regular file at ``out`` that attnscope did not write
 
 
 @dataclass
@@ -203,6 +215,9 @@ class Predictions:
 
 def predict(run: Run, options: PredictOptions) -> Predictions:
     """Per-class probabilities of ``options.images`` as a CSV (id, path, prob_<class>..., predicted)."""
+    default = run.root / ("predictions-tta.csv" if options.tta else "predictions.csv")
+    out = check_output_file(options.out if options.out is not None else default, PREDICTIONS, options.force)
+    bad_rows_out = check_output_file(out.with_name(out.stem + ".bad_rows.csv"), BAD_ROWS, options.force)
     loader = run.loader(DataSelection(images=tuple(options.images), skip_bad=options.skip_bad))
     views, threshold = _views_and_threshold(run, options.tta)
     probs, _, rows = predict_loader(run, loader, views=views)
@@ -213,11 +228,9 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
     for position, row in enumerate(rows.tolist()):
         path = kept.paths[row] if kept.paths else ""
         lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
-    default = run.root / ("predictions-tta.csv" if options.tta else "predictions.csv")
-    out = Path(options.out) if options.out is not None else default
     sweep_temporaries(out.parent)
     atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
-    bad = write_bad_rows(kept.rejected, out.with_name(out.stem + ".bad_rows.csv")) if kept.rejected else None
+    bad = write_bad_rows(kept.rejected, bad_rows_out) if kept.rejected else None
     return Predictions(out, len(rows), len(kept.rejected), bad)
 
 

@@ -36,6 +36,7 @@ from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.names import DEFAULT_EXPLAIN_METHODS, EXPLAIN_METHODS
+from attnscope.outputs import EXPLANATION, prepare_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,9 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     options.check()
     explicit_attention = "attention" in options.methods  # asked for by name, not as part of a group
     methods = resolve_methods(list(options.methods))
-    out = Path(options.out) if options.out is not None else run.root / options.folder_name("explain")
+    out = prepare_output_folder(
+        options.out if options.out is not None else run.root / options.folder_name("explain"), EXPLANATION
+    )
     for folder in (out, out / "overlays", out / "maps"):
         sweep_temporaries(folder)
     loader = run.loader(options)

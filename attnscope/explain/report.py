@@ -31,6 +31,7 @@ from attnscope.explain.overlay import write_attention_grid
 from attnscope.fileio import atomic_write, sweep_temporaries
 from attnscope.htmlpage import document, png_file_uri
 from attnscope.names import HEADLINE_METRICS
+from attnscope.outputs import PAGE, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class ReportOptions:
     steps: int = 8
     skip_bad: bool = False
     methods: Sequence[str] = ("default",)
+    force: bool = False  # replace a regular file at ``out`` that attnscope did not write
 
 
 @dataclass
@@ -159,7 +161,7 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
     for everything (the run caches its loader).
     """
     options = options or ReportOptions()
-    out = Path(options.out) if options.out is not None else run.root / "report.html"
+    out = check_output_file(options.out if options.out is not None else run.root / "report.html", PAGE, options.force)
     sweep_temporaries(out.parent)
     work = run.root / "report_files"
     test = DataSelection(split="test", skip_bad=options.skip_bad)

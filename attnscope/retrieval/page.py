@@ -9,6 +9,7 @@ import numpy as np
 
 from attnscope.fileio import atomic_write
 from attnscope.htmlpage import document, png_array_uri
+from attnscope.outputs import PAGE, check_output_file
 from attnscope.retrieval.index import SimilarityIndex
 
 DISPLAY_PX = 96
@@ -33,8 +34,12 @@ def _figure(thumb: np.ndarray | None, caption: str, css: str = "") -> str:
     return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
 
 
-def write_search_page(index: SimilarityIndex, result, out: str | Path, index_path: str | Path) -> Path:
-    """The page at ``out``: one line per query, its thumbnail, then its neighbours with label and similarity."""
+def write_search_page(
+    index: SimilarityIndex, result, out: str | Path, index_path: str | Path, force: bool = False
+) -> Path:
+    """The page at ``out``: one line per query, its thumbnail, then its neighbours with label and similarity
+    (``force`` replaces a regular file attnscope did not write)."""
+    out = check_output_file(out, PAGE, force)
     sections = []
     for number, query in enumerate(result.queries):
         truth = f"<br>truth: <b>{html.escape(query['label'])}</b>" if "label" in query else ""

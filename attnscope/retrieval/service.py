@@ -21,6 +21,7 @@ from attnscope.data.loader import BatchLoader
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write, csv_text
+from attnscope.outputs import NEIGHBOUR_COLUMNS, NEIGHBOURS, check_output_file
 from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
 from attnscope.retrieval.rerank import ReRankerOptions, rerank, token_stage, train_reranker
@@ -335,9 +336,11 @@ def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:
     return lines
 
 
-def write_results_csv(lines: list[dict], out: str | Path) -> Path:
-    """The neighbours as a CSV, one row per (query, rank)."""
-    columns = ["query", "query_path", "rank", "id", "label", "similarity", "path"]
+def write_results_csv(lines: list[dict], out: str | Path, force: bool = False) -> Path:
+    """The neighbours as a CSV, one row per (query, rank); ``force`` replaces a regular file attnscope did
+    not write."""
+    out = check_output_file(out, NEIGHBOURS, force)
+    columns = list(NEIGHBOUR_COLUMNS)
     if lines and "rerank_score" in lines[0]:
         columns.append("rerank_score")
     return atomic_write(out, csv_text(columns, ([line[c] for c in columns] for line in lines)))

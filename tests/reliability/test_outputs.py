@@ -4,6 +4,9 @@ nothing outside an image root is read, and bad input is one line."""
 import csv
 import errno
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +143,68 @@ def test_what_a_killed_evaluate_or_explain_left_half_written_is_swept_by_the_nex
     argv = ["explain", str(trained_run), "--count", "1", "--method", "gradcam", "--steps", "2", "--out", str(explained)]
     assert cli.main([*argv, "--no-progress"]) == 0
     assert not any(path.exists() for path in leftovers)
+
+
+def test_out_never_replaces_a_runs_own_files_a_users_file_or_a_device(trained_run, tmp_path, capsys):
+    image = save(tmp_path / "a.png")
+    config = (trained_run / "config.yaml").read_text()
+    predict = ["predict", str(trained_run), str(image), "--no-progress", "--out"]
+    assert cli.main([*predict, str(trained_run / "config.yaml"), "--force"]) == 1
+    assert "config.yaml: belongs to the attnscope run" in capsys.readouterr().err
+    assert (trained_run / "config.yaml").read_text() == config
+    mine = tmp_path / "mine.csv"
+    mine.write_text("patient,notes\n1,keep me\n")
+    assert cli.main([*predict, str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mine.csv: exists and is not a predictions CSV" in err and "--force" in err
+    assert mine.read_text() == "patient,notes\n1,keep me\n"
+    assert cli.main([*predict, "/dev/null"]) == 1 and os.path.exists("/dev/null")
+    assert "is a character device" in capsys.readouterr().err
+    assert cli.main([*predict, str(mine), "--force"]) == 0
+    assert cli.main([*predict, str(mine)]) == 0  # now it is attnscope's own predictions CSV
+    assert [row["id"] for row in csv.DictReader(mine.open())] == ["a.png"]
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html><title>mine</title>")
+    assert cli.main(["search", str(tmp_path / "no-index"), str(image), "--html", str(notes)]) == 1
+    assert "notes.html: exists and is not a HTML page attnscope wrote" in capsys.readouterr().err
+
+
+def test_a_runs_output_folder_that_links_to_a_users_folder_is_not_written_through(trained_run, tmp_path, capsys):
+    users = tmp_path / "documents"
+    users.mkdir()
+    (users / "metrics.json").write_text("my own numbers")
+    link = trained_run / "evaluation-linked"
+    link.symlink_to(users, target_is_directory=True)
+    try:
+        argv = ["evaluate", str(trained_run), "--out", str(link), "--no-report", "--no-progress"]
+        assert cli.main(argv) == 1
+        assert "evaluation-linked: is a symbolic link" in capsys.readouterr().err
+    finally:
+        link.unlink()
+    assert (users / "metrics.json").read_text() == "my own numbers"
+    argv = ["explain", str(trained_run), "--count", "1", "--method", "gradcam", "--out", str(users), "--no-progress"]
+    assert cli.main(argv) == 1
+    assert "holds files attnscope did not write (metrics.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in users.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.e2e
+def test_a_fifo_or_a_missing_file_among_the_images_is_a_bad_row_never_opened(trained_run, tmp_path):
+    good = save(tmp_path / "good.png")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\ngood.png\npipe.png\ngone.png\n")
+    out = tmp_path / "p.csv"
+    argv = [sys.executable, "-m", "attnscope", "predict", str(trained_run), "--csv", str(listing), "--out", str(out)]
+    # in a process of its own, with a time limit: a FIFO that is opened blocks forever
+    result = subprocess.run([*argv, "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "pipe.png: is a FIFO (named pipe), not a regular file" in result.stderr
+    assert "gone.png: file not found" in result.stderr
+    result = subprocess.run([*argv, "--no-progress", "--skip-bad"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [row["id"] for row in csv.DictReader(out.open())] == ["good.png"]
+    reasons = {row["id"]: row["reason"] for row in csv.DictReader((tmp_path / "p.bad_rows.csv").open())}
+    assert set(reasons) == {"pipe.png", "gone.png"} and "FIFO" in reasons["pipe.png"]
+    assert good.exists() and fifo.exists()
