@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -58,6 +59,15 @@ def file_problem(path: str | os.PathLike[str]) -> str | None:
     kinds += [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
     kind = next((name for test, name in kinds if test(mode)), "a special file")
     return f"is {kind}, not a regular file"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def process_gone(host: object, pid: object) -> bool:

@@ -44,6 +44,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnscope"
 
 
+MAX_IMAGE_SIZE = 4096  # one 4096 x 4096 RGB image is 50 MB decoded and far more through a network
+
+
 @dataclass
 class DataConfig:
     """Everything that decides which pixels and labels training sees."""
@@ -89,8 +92,14 @@ class DataConfig:
         check_option("data.source_options", self.source_options, lambda v: isinstance(v, dict), "must be a mapping")
         check_source_options(self.source, self.source_options)
         positive_integer = (lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")
-        for key in ("image_size", "batch_size", "pixel_limit"):
+        for key in ("batch_size", "pixel_limit"):
             check_option(f"data.{key}", getattr(self, key), *positive_integer)
+        check_option(
+            "data.image_size",
+            self.image_size,
+            lambda v: is_integer(v) and 1 <= v <= MAX_IMAGE_SIZE,
+            f"must be an integer from 1 to {MAX_IMAGE_SIZE} (the side in pixels every image is resized to)",
+        )
         check_option(
             "data.eval_batch_size",
             self.eval_batch_size,

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from attnscope.data.module import DataConfig
-from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
+from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown, shown
 from attnscope.names import FOCAL_ALPHA_MODES, LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
 
 
@@ -285,7 +285,7 @@ def read_config_file(name_or_path: str | Path) -> dict:
     """The raw mapping of a YAML file, or of a shipped config when no such file exists."""
     path = Path(name_or_path)
     if path.is_file():
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = _read_text(path), str(path)
     elif str(name_or_path) in named_configs():
         resource = importlib.resources.files("attnscope") / "configs" / f"{name_or_path}.yaml"
         text, source = resource.read_text(encoding="utf-8"), f"shipped config {name_or_path!r}"
@@ -294,24 +294,57 @@ def read_config_file(name_or_path: str | Path) -> dict:
             f"config {str(name_or_path)!r} is neither a file nor a shipped config; "
             f"shipped configs: {', '.join(named_configs())}"
         )
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML ({error})") from error
+    values = _load_yaml(text, source)
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: a run config is a mapping of sections (model:, data:, ...)")
+        raise ConfigError(f"{source}: a run config is a mapping of sections (model:, data:, ...), not {shown(values)}")
     return values
+
+
+MAX_CONFIG_DEPTH = 16  # sections, options and a value's own lists: a run config needs 4 or 5
+MAX_CONFIG_VALUES = 100_000  # after YAML's aliases are expanded: a run config has a few hundred
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text, so not a YAML config (is it the file you meant?)") from error
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """``text`` read as YAML and bounded: at most MAX_CONFIG_DEPTH levels deep and MAX_CONFIG_VALUES values
+    once aliases are expanded (an alias bomb of 160 bytes expands to billions), each a ConfigError."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML ({shown(str(error))})") from error
+    except RecursionError as error:
+        raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep") from error
+    check_size(values, source)
+    return values
+
+
+def check_size(values: Any, source: str) -> None:
+    """Refuse a value deeper than MAX_CONFIG_DEPTH or larger than MAX_CONFIG_VALUES, walked without
+    recursion and stopped at the first limit, so a hostile value costs at most that many steps."""
+    stack, count = [(values, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_CONFIG_VALUES:,} values (YAML aliases expand to that)")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
 
 
 def parse_setting(setting: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); the value is read as YAML."""
     key, sep, text = setting.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"setting {setting!r} must look like section.option=value (e.g. optim.lr=0.01)")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"setting {setting!r}: the value is not valid YAML ({error})") from error
+        raise ConfigError(f"setting {shown(setting)} must look like section.option=value (e.g. optim.lr=0.01)")
+    value = _load_yaml(text, f"setting {shown(key)}") if text.strip() else None
     return key.strip().split("."), value
 
 

@@ -146,6 +146,7 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
         {
             "run": str(result.run),
             "weights": result.weights,
+            "weights_sha256": run.weights_sha256(),  # so that these numbers are never shown for other weights
             "data": data,
             "kind": result.kind,
             "classes": result.classes,

@@ -41,7 +41,7 @@ from attnscope.engine.config import RunConfig, load_config
 from attnscope.engine.metrics import task_kind
 from attnscope.engine.rundir import RunPaths, final_stage, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
-from attnscope.fileio import spreadsheet_safe
+from attnscope.fileio import file_sha256, spreadsheet_safe
 from attnscope.names import SPLITS
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,7 @@ class Run:
 
     def weights_sha256(self, weights: str | None = None) -> str:
         """SHA-256 of a weights file: what an index or a served prediction names its model by."""
-        digest = hashlib.sha256()
-        with open(self.weights_path(weights), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.weights_path(weights))
 
     def model(self, weights: str | None = None) -> nn.Module:
         """The model with ``weights`` (default: those chosen at opening), in eval mode; built once."""

@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from attnscope.errors import CheckpointError, ConfigError, DataError
+from attnscope.errors import CheckpointError, ConfigError, DataError, is_number, shown
 from attnscope.fileio import atomic_write, process_gone, read_marker, sweep_temporaries, write_marker
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,23 @@ def read_best(paths: RunPaths) -> dict[str, Any]:
             except ValueError as error:
                 raise CheckpointError(f"{paths.best_weights}: its best-epoch record is damaged ({error})") from error
             if isinstance(values, dict):
-                return values
-    return read_json(paths.best) if paths.best.exists() else {}
+                return check_best_record(values, paths.best_weights)
+    return check_best_record(read_json(paths.best), paths.best) if paths.best.exists() else {}
+
+
+def check_best_record(values: Any, source: Path) -> dict[str, Any]:
+    """The best-epoch record when its threshold is a probability (one, or one per label) or absent: a
+    damaged threshold would otherwise decide every prediction, silently."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source}: the best-epoch record is not a mapping; the run's record is damaged")
+    threshold = values.get("threshold")
+    listed: list[Any] = threshold if isinstance(threshold, list) and threshold else [threshold]
+    if threshold is not None and not all(is_number(t) and 0 <= float(t) <= 1 for t in listed):
+        raise CheckpointError(
+            f"{source}: the recorded threshold {shown(threshold)} is not a probability in [0, 1]; the run's "
+            "record is damaged: train it again, or restore the file from a copy"
+        )
+    return values
 
 
 def sweep_run(paths: RunPaths) -> None:
@@ -263,9 +278,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no weights file; has the run finished an epoch yet?")
     try:
-        return load_safetensors(path.read_bytes())
+        tensors = load_safetensors(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    damaged = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if damaged:
+        listed = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        raise CheckpointError(
+            f"{path}: {len(damaged)} tensor(s) hold NaN or infinite values ({listed}), so every prediction "
+            "would be NaN; use other weights (--weights last, or a checkpoint) or train again"
+        )
+    return tensors
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> Path:

@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from attnscope.errors import ConfigError, RetrievalError
-from attnscope.fileio import atomic_directory, read_marker, write_marker
+from attnscope.fileio import atomic_directory, file_sha256, read_marker, write_marker
 from attnscope.names import FRACTION_INDEX_PARAMS, INDEX_KINDS, INDEX_PARAMS
 from attnscope.registry import Registry
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
@@ -326,6 +326,8 @@ class SimilarityIndex:
                     {k: v.contiguous() for k, v in self.reranker.state_dict().items()},
                     str(folder / "reranker.safetensors"),
                 )
+            # every part's checksum, so that a part changed or swapped afterwards is refused, not misread
+            header["checksums"] = {part.name: file_sha256(part) for part in sorted(folder.iterdir()) if part.is_file()}
             (folder / "index.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
         return Path(path)
 
@@ -334,6 +336,7 @@ class SimilarityIndex:
         """Read an index folder written by :meth:`save`, checking that its parts agree."""
         folder = Path(path)
         header = _read_header(folder)
+        _check_checksums(folder, header)
         faiss_index, vectors, rows = _read_parts(folder, header)
         sizes = {
             "index.json": header["count"],
@@ -347,12 +350,12 @@ class SimilarityIndex:
         if (folder / "pca.npz").is_file():
             with np.load(folder / "pca.npz") as saved:
                 pca = PCA(saved["mean"], saved["components"])
-        thumbs = np.load(folder / "thumbs.npy") if (folder / "thumbs.npy").is_file() else None
+        thumbs = _read_thumbs(folder, header["count"])
         tokens, reranker = _load_reranker(folder, header)
         meta = {
             key: value
             for key, value in header.items()
-            if key not in ("format", "kind", "params", "dim", "count", "embedding")
+            if key not in ("format", "kind", "params", "dim", "count", "embedding", "checksums")
         }
         apply_search_params(faiss_index, header["kind"], header["params"])
         return cls(
@@ -386,6 +389,37 @@ def _read_parts(folder: Path, header: dict) -> tuple[Any, np.ndarray, list[dict]
     except (OSError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise RetrievalError(f"{folder}: a part of the index cannot be read ({error}); rebuild it") from error
     return faiss_index, vectors, rows
+
+
+def _check_checksums(folder: Path, header: dict) -> None:
+    """Every part whose checksum ``index.json`` records must still have it (indexes written before checksums
+    were recorded have none to check)."""
+    recorded = header.get("checksums") or {}
+    if not isinstance(recorded, dict):
+        raise RetrievalError(f"{folder / 'index.json'}: its checksums are damaged; rebuild the index")
+    for name, expected in sorted(recorded.items()):
+        part = folder / str(name)
+        if not part.is_file() or file_sha256(part) != expected:
+            raise RetrievalError(
+                f"{part}: missing or changed since the index was written (its SHA-256 differs from index.json's); "
+                "rebuild the index"
+            )
+
+
+def _read_thumbs(folder: Path, count: int) -> np.ndarray | None:
+    """The thumbnails, one uint8 (h, w[, c]) picture per row, or None where the index keeps none."""
+    path = folder / "thumbs.npy"
+    if not path.is_file():
+        return None
+    try:
+        thumbs = np.load(path)
+    except (OSError, ValueError) as error:
+        raise RetrievalError(f"{path}: cannot be read ({error}); rebuild the index") from error
+    if thumbs.dtype != np.uint8 or thumbs.ndim not in (3, 4) or len(thumbs) != count:
+        raise RetrievalError(
+            f"{path}: holds {thumbs.dtype} of shape {thumbs.shape}, not {count} uint8 thumbnails; rebuild the index"
+        )
+    return thumbs
 
 
 def _load_reranker(folder: Path, header: dict) -> tuple[np.ndarray | None, CrossAttentionReRanker | None]:
@@ -426,6 +460,10 @@ def _read_header(folder: Path) -> dict:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise RetrievalError(f"{header_path} is not valid JSON ({error.msg}); rebuild the index") from error
+    except UnicodeDecodeError as error:
+        raise RetrievalError(f"{header_path} is not UTF-8 text, so not an index's header; rebuild the index") from error
+    if not isinstance(header, dict):
+        raise RetrievalError(f"{header_path} is not a JSON object, so not an index's header; rebuild the index")
     if header.get("format") != FORMAT:
         raise RetrievalError(
             f"{folder} has index format {header.get('format')!r}; this attnscope reads format {FORMAT}: "

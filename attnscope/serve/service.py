@@ -199,12 +199,16 @@ class ModelService:
         return None
 
     def _test_metrics(self) -> dict[str, Any] | None:
-        """The headline metrics of ``RUN/evaluation/metrics.json`` if it was computed with the served weights."""
+        """The headline metrics of ``RUN/evaluation/metrics.json`` if it was computed with the served weights:
+        the same file by its SHA-256 where the evaluation recorded one (the weights may have been retrained
+        since), else the same name (``best``, ``last``)."""
         path = self.run.root / "evaluation" / "metrics.json"
         if not path.is_file():
             return None
         recorded = read_json(path)
-        if recorded.get("weights") != self.run.weights:
+        scored = recorded.get("weights_sha256")
+        if (scored or recorded.get("weights")) != (self.weights_sha256 if scored else self.run.weights):
+            log.warning("%s scored other weights than those served; the model card leaves its metrics out", path)
             return None
         metrics = recorded.get("metrics", {})
         return {name: metrics[name] for name in (*HEADLINE_METRICS, "rows") if name in metrics}

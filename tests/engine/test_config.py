@@ -123,7 +123,8 @@ def test_the_shipped_melanoma_config_is_the_recommended_recipe():
         ),
         ("data.source=nope", "data.source='nope': unknown data source; known data sources: cluttered, csv"),
         ("data.source_options={bogus: 1}", "data source 'synthetic_lesions' has no option(s) ['bogus']"),
-        ("data.image_size=0", "data.image_size=0 must be an integer >= 1"),
+        ("data.image_size=0", "data.image_size=0 must be an integer from 1 to 4096"),
+        ("data.image_size=1000000000", "data.image_size=1000000000 must be an integer from 1 to 4096"),
         ("data.mode=CMYK", "data.mode='CMYK' is not one of RGB, L"),
         ("data.val_fraction=1", "data.val_fraction=1 must lie in [0, 1)"),
         ("data.augment={p: 2}", "data.augment.p=2 must lie in [0, 1]"),
@@ -134,3 +135,40 @@ def test_every_value_is_checked_when_the_config_is_loaded(setting, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, [setting])
     assert message in str(error.value)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text, so not a YAML config"),
+        (b"", "a run config is a mapping of sections .*, not None"),
+        (b"- model\n- data\n", "a run config is a mapping of sections .*, not \\['model', 'data'\\]"),
+        (b"model: " + b"[" * 5000 + b"]" * 5000, "nested more than 16 levels deep"),
+        (b"model: {options: " + b"[" * 20 + b"]" * 20 + b"}", "nested more than 16 levels deep"),
+        (ALIAS_BOMB.encode(), "more than 100,000 values"),
+    ],
+)
+def test_a_config_file_that_is_not_a_small_mapping_is_one_line(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_what_an_error_repeats_of_a_value_stays_short():
+    # an alias bomb just under the size limit, in a checked value: the message quotes a bounded part of it
+    small_bomb = "[" + ", ".join(["&a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"] + ["*a"] * 99) + "]"
+    with pytest.raises(ConfigError, match=r"optim.lr=\[\[1, 2, 3, 4, \.\.\.\], .*must be") as caught:
+        load_config(None, [f"optim.lr={small_bomb}"])
+    assert len(str(caught.value)) < 300
+    with pytest.raises(ConfigError, match="nested more than 16 levels deep"):
+        load_config(None, ["optim.lr=" + "[" * 5000 + "]" * 5000])
+    with pytest.raises(ConfigError, match=r"setting 'x y+\.\.\.y+' must look like") as caught:
+        load_config(None, ["x " + "y" * 10_000])
+    assert len(str(caught.value)) < 300

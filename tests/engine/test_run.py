@@ -1,5 +1,6 @@
 """``Run``: a trained run opened once; its model and loaders are built lazily and kept."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,53 @@ def test_opening_a_run_does_not_import_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def damaged_copy(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("threshold", [7.5, -0.1, "abc", [0.2, 2.0], {"a": 1}])
+def test_a_recorded_threshold_that_is_no_probability_is_refused(trained_run, tmp_path, threshold):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = damaged_copy(trained_run, tmp_path)
+    best = RunPaths(run).best_weights
+    with safe_open(best, framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    record = json.loads(metadata["best"])
+    assert 0 <= record["threshold"] <= 1  # what training recorded
+    save_file(tensors, str(best), {**metadata, "best": json.dumps({**record, "threshold": threshold})})
+    with pytest.raises(
+        CheckpointError, match=r"best.safetensors: the recorded threshold .* not a probability in \[0, 1\]"
+    ):
+        Run.open(run)
+
+
+def test_weights_holding_nan_are_refused_not_predicted_with(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = damaged_copy(trained_run, tmp_path)
+    last = RunPaths(run).last_weights
+    tensors = load_file(last)
+    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.numel() > 1)
+    tensors[name][0] = float("nan")
+    save_file(tensors, str(last))
+    assert torch.isfinite(Run.open(run).model().state_dict()[name]).all()  # the best weights are whole
+    with pytest.raises(
+        CheckpointError, match=rf"last.safetensors: 1 tensor\(s\) hold NaN or infinite values \({name}\)"
+    ):
+        Run.open(run, "last").model()
+
+
+def test_an_empty_run_config_is_refused_not_read_as_the_defaults(trained_run, tmp_path):
+    run = damaged_copy(trained_run, tmp_path)
+    (run / "config.yaml").write_text("")
+    with pytest.raises(ConfigError, match="config.yaml: a run config is a mapping of sections"):
+        Run.open(run)

@@ -1,5 +1,7 @@
 """The similarity index: exact search equals brute force, approximate kinds recall, disk round trips, refusals."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,13 @@ from attnscope.retrieval.embed import EmbeddingConfig, fit_pca
 from attnscope.retrieval.index import SimilarityIndex, resolve_params
 
 META = {"model": "m", "weights_sha256": "abc"}
+
+
+def without_checksums(folder):
+    """Drop the checksums from an index's header, as an index written before they were recorded."""
+    header = json.loads((folder / "index.json").read_text())
+    del header["checksums"]
+    (folder / "index.json").write_text(json.dumps(header))
 
 
 def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
@@ -118,9 +127,36 @@ def test_damaged_or_foreign_folders_are_refused_with_a_fix(tmp_path):
     index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
     index.save(tmp_path / "idx")
     rows = (tmp_path / "idx" / "rows.csv").read_text().splitlines()
+    (tmp_path / "idx" / "rows.csv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    with pytest.raises(RetrievalError, match=r"rows.csv: missing or changed since the index was written.*rebuild"):
+        SimilarityIndex.load(tmp_path / "idx")  # reordered rows would answer with other images' labels
     (tmp_path / "idx" / "rows.csv").write_text("\n".join(rows[:-2]) + "\n")
+    without_checksums(tmp_path / "idx")  # as an index written before checksums were recorded
     with pytest.raises(RetrievalError, match="disagree on the number of rows.*rebuild"):
         SimilarityIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [(b"\xff\xfe not text", "is not UTF-8 text"), (b"[1, 2]", "is not a JSON object"), (b"{", "is not valid JSON")],
+)
+def test_an_index_header_that_is_not_one_is_refused_by_name(tmp_path, header, message):
+    SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META).save(tmp_path / "i")
+    (tmp_path / "i" / "index.json").write_bytes(header)
+    with pytest.raises(RetrievalError, match=f"index.json {message}.*rebuild the index"):
+        SimilarityIndex.load(tmp_path / "i")
+
+
+def test_thumbnails_of_the_wrong_shape_are_refused_not_indexed_past(tmp_path):
+    thumbs = np.zeros((10, 4, 4, 3), dtype=np.uint8)
+    index = SimilarityIndex.create("flat", unit_vectors(10, 8, 0), rows_for(10), EmbeddingConfig(), META)
+    index.thumbs = thumbs
+    index.save(tmp_path / "i")
+    assert SimilarityIndex.load(tmp_path / "i").thumbs.shape == (10, 4, 4, 3)
+    np.save(tmp_path / "i" / "thumbs.npy", thumbs[:3])
+    without_checksums(tmp_path / "i")
+    with pytest.raises(RetrievalError, match=r"thumbs.npy: holds uint8 of shape \(3, 4, 4, 3\), not 10 uint8"):
+        SimilarityIndex.load(tmp_path / "i")
 
 
 def test_a_failed_save_keeps_the_previous_index_whole(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from attnscope.errors import ConfigError, RetrievalError
 from attnscope.retrieval.embed import EmbeddingConfig
 from attnscope.retrieval.index import SimilarityIndex
 from attnscope.retrieval.lsh import BucketLSH
-from tests.retrieval.test_index import META, brute_force, rows_for, unit_vectors
+from tests.retrieval.test_index import META, brute_force, rows_for, unit_vectors, without_checksums
 
 
 def intervals_of(index: BucketLSH, data: np.ndarray) -> np.ndarray:
@@ -84,6 +84,9 @@ def test_lsh_buckets_find_most_true_neighbours_scored_exactly_and_survive_a_roun
     loaded.add(extra, rows_for(3, start=1500))
     assert list(loaded.search(extra, 1)[0][:, 0]) == [1500, 1501, 1502]
     (tmp_path / "idx" / "index.lsh.npz").write_bytes(b"not a zip")
+    with pytest.raises(RetrievalError, match="index.lsh.npz: missing or changed since the index was written"):
+        SimilarityIndex.load(tmp_path / "idx")
+    without_checksums(tmp_path / "idx")  # as an index written before checksums were recorded
     with pytest.raises(RetrievalError, match="cannot be read.*rebuild"):
         SimilarityIndex.load(tmp_path / "idx")
 

@@ -11,7 +11,7 @@ from attnscope.retrieval import SimilarityIndex, build_index, result_rows, searc
 from attnscope.retrieval.embed import EmbeddingConfig
 from attnscope.retrieval.rerank import CrossAttentionReRanker, ReRankerOptions, rerank, train_reranker, training_pairs
 from attnscope.retrieval.service import IndexOptions
-from tests.retrieval.test_index import META, rows_for, unit_vectors
+from tests.retrieval.test_index import META, rows_for, unit_vectors, without_checksums
 from tests.retrieval.test_service import write_queries
 
 
@@ -97,6 +97,9 @@ def test_index_trains_saves_and_searches_with_its_reranker(trained_run, tmp_path
     for row in range(len(ids)):  # the re-ranked first four come from the cosine search's first twelve
         assert set(found.positions[row]) <= set(plain.positions[row])
     (tmp_path / "idx" / "reranker.safetensors").write_bytes(b"broken")
+    with pytest.raises(RetrievalError, match="reranker.safetensors: missing or changed since the index was written"):
+        SimilarityIndex.load(tmp_path / "idx")
+    without_checksums(tmp_path / "idx")
     with pytest.raises(RetrievalError, match="re-ranker cannot be read.*rebuild"):
         SimilarityIndex.load(tmp_path / "idx")
     build_index(run, IndexOptions(out=tmp_path / "plain"))

@@ -3,6 +3,7 @@
 import base64
 import csv
 import io
+import json
 
 import numpy as np
 import pytest
@@ -112,6 +113,13 @@ def test_the_operating_point_is_the_test_splits_once_the_run_is_evaluated_else_v
         "specificity": tested["specificity_youden"],
     }
     assert service.card()["test_metrics"]["auc"] == tested["auc"]
+    # weights trained again under the same name: the evaluation scored other weights, and is not shown
+    metrics_path = served_run / "evaluation" / "metrics.json"
+    recorded = json.loads(metrics_path.read_text())
+    assert recorded["weights_sha256"] == service.weights_sha256
+    metrics_path.write_text(json.dumps({**recorded, "weights_sha256": "0" * 64}))
+    service = ModelService(Run.open(served_run, progress=False))
+    assert service.card()["test_metrics"] is None and service.operating_point()["split"] == "val"
 
 
 def test_bad_uploads_are_data_errors_that_name_the_upload(service):
