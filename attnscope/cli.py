@@ -737,7 +737,7 @@ def _parser_serve(verbs: Any) -> None:
     _add_run(parser)
     parser.add_argument("--index", help="a similarity index of the run (attnscope index) for /v1/similar")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
-    parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    parser.add_argument("--port", type=int, default=8000, help="1 to 65535 (default 8000)")
     parser.add_argument("--token", help=f"require Authorization: Bearer TOKEN on the API (or set ${TOKEN_VARIABLE})")
     parser.add_argument(
         "--allow-no-token", action="store_true", help="listen beyond this machine without a token (a trusted network)"
@@ -748,7 +748,66 @@ def _parser_serve(verbs: Any) -> None:
     parser.add_argument("--no-batching", action="store_true", help="one forward pass per request")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
     parser.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
+    _add_serve_limits(parser)
     parser.set_defaults(handler=lambda args: _cmd_serve(args))
+
+
+def _add_serve_limits(parser: argparse.ArgumentParser) -> None:
+    """The limits that keep a hostile or careless client from stalling the server (defaults: ServeOptions)."""
+    limits = parser.add_argument_group("limits (what one client may take of the server)")
+    limits.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a host name the server answers to (repeat for more; default: this machine's loopback names, or any "
+        "name when listening on every address with a token)",
+    )
+    for flag, kind, default, meaning in (
+        ("--max-decoded-mb", float, 128.0, "the most one image's pixels may take decoded"),
+        ("--max-cost", int, 400, "forward passes one request may cost (images x its method's cost)"),
+        ("--max-queue", int, 64, "images that may wait for a forward pass; more are answered 503"),
+        ("--deadline", float, 60.0, "seconds a request may wait and compute before it is cancelled (504)"),
+        ("--body-timeout", float, 30.0, "seconds a request's body may take to arrive (408)"),
+        ("--max-header-kb", int, 16, "the largest request line and headers, together"),
+        ("--header-timeout", float, 10.0, "seconds a request's line and headers may take to arrive"),
+        ("--keep-alive", float, 5.0, "seconds an idle connection is kept open"),
+        ("--max-connections", int, 64, "connections and requests at once; more are answered 503"),
+    ):
+        limits.add_argument(flag, type=kind, default=default, help=f"{meaning} (default {default:g})")
+
+
+def _allowed_hosts(args: argparse.Namespace, token: str | None) -> tuple[str, ...]:
+    """The names the server answers to: as given; else the loopback names (and the address listened on when
+    it is one address); any name when listening on every address, where the token is the guard."""
+    if args.allowed_host:
+        return tuple(args.allowed_host)
+    if args.host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    return tuple(dict.fromkeys([*LOOPBACK, args.host]))
+
+
+def _serve_options(args: argparse.Namespace, token: str | None) -> Any:
+    from attnscope.serve.app import ServeOptions
+
+    return ServeOptions(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=not args.no_batching,
+        token=token,
+        cors=args.cors,
+        allowed_hosts=_allowed_hosts(args, token),
+        max_upload_mb=args.max_upload_mb,
+        body_timeout_s=args.body_timeout,
+        max_images=args.max_images,
+        max_decoded_mb=args.max_decoded_mb,
+        max_cost=args.max_cost,
+        max_queue=args.max_queue,
+        deadline_s=args.deadline,
+        max_header_kb=args.max_header_kb,
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
+        max_connections=args.max_connections,
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -757,35 +816,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from attnscope.serve.app import ServeOptions, create_app
+        from attnscope.serve.app import create_app
+        from attnscope.serve.protocol import uvicorn_settings
     except ImportError as error:
         raise ConfigError(f"attnscope serve needs {error.name}: pip install 'attnscope[serve]'") from error
     from attnscope.engine.run import Run
     from attnscope.retrieval.index import SimilarityIndex
     from attnscope.serve import ModelService
 
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port={args.port} must be from 1 to 65535")
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     if args.host not in LOOPBACK and token is None and not args.allow_no_token:
         raise ConfigError(
             f"--host {args.host} lets other machines reach the API: give --token (or ${TOKEN_VARIABLE}), "
             "or --allow-no-token on a network you trust"
         )
-    options = ServeOptions(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        batching=not args.no_batching,
-        token=token,
-        cors=args.cors,
-        max_upload_mb=args.max_upload_mb,
-        max_images=args.max_images,
-    )
+    options = _serve_options(args, token)
+    options.check()  # before the run is opened: a bad flag is one line at once
     run = Run.open(args.run, args.weights, progress=False)
     index_path = Path(args.index) if args.index else None
     index = SimilarityIndex.load(index_path) if index_path else None
     app = create_app(ModelService(run, index, index_path), options)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {run.root} at http://{shown}:{args.port}/ (API docs: /docs); Ctrl-C stops", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbose == 0 else "info")
+    limits = uvicorn_settings(
+        options.max_header_kb, options.header_timeout_s, options.keep_alive_s, options.max_connections
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbose == 0 else "info", **limits)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from attnscope.errors import DataError
 
@@ -100,8 +100,31 @@ def resize_and_crop(image: Image.Image, size: int, resample: int) -> Image.Image
     return image.crop((left, top, left + size, top + size))
 
 
+def decoded_bytes(image: Image.Image) -> int:
+    """The bytes ``image``'s pixels take once decoded, in its own mode (16-bit and float pixels take 2 and 4
+    per band), known from its header alone."""
+    described = ImageMode.getmode(image.mode)
+    return image.size[0] * image.size[1] * len(described.bands) * np.dtype(described.typestr).itemsize
+
+
+def _check_bytes(path: Path | str, image: Image.Image, byte_limit: int | None) -> None:
+    """Refuse an image whose decoded pixels pass ``byte_limit`` (the pixel limit alone lets a small 16-bit or
+    float file decode to gigabytes through the conversions)."""
+    if byte_limit is not None and (size := decoded_bytes(image)) > byte_limit:
+        raise DataError(
+            f"{path}: {image.size[0]} x {image.size[1]} pixels of mode {image.mode} decode to {size / 1e6:,.0f} MB, "
+            f"above this server's limit of {byte_limit / 1e6:g} MB (--max-decoded-mb)"
+        )
+
+
 def _decode(
-    path: Path | str, size: int, target_mode: str, pixel_limit: int, mask: bool, data: BinaryIO | None = None
+    path: Path | str,
+    size: int,
+    target_mode: str,
+    pixel_limit: int,
+    mask: bool,
+    data: BinaryIO | None = None,
+    byte_limit: int | None = None,
 ) -> np.ndarray:
     """The decoding of :func:`decode_image`, every failure a DataError naming the file (``path``; the
     bytes are read from ``data`` when given, ``path`` then only names them)."""
@@ -110,6 +133,7 @@ def _decode(
             image = Image.open(data if data is not None else path)
         with image:
             _check_geometry(path, image.size, pixel_limit)
+            _check_bytes(path, image, byte_limit)
             if image.format == "JPEG" and not mask:
                 shorter = min(image.size)
                 if shorter > 2 * size:
@@ -147,21 +171,33 @@ def decode_image(
 
 
 def decode_image_bytes(
-    data: bytes, name: str, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    data: bytes,
+    name: str,
+    size: int,
+    mode: str = "RGB",
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    byte_limit: int | None = None,
 ) -> np.ndarray:
-    """:func:`decode_image` of an image held in memory (an upload), with the same guards; errors name ``name``."""
-    return _decode_logged(name, size, mode, pixel_limit, False, io.BytesIO(data))
+    """:func:`decode_image` of an image held in memory (an upload), with the same guards and, where given, a
+    limit on the bytes its pixels decode to; errors name ``name``."""
+    return _decode_logged(name, size, mode, pixel_limit, False, io.BytesIO(data), byte_limit)
 
 
 def _decode_logged(
-    path: Path | str, size: int, mode: str, pixel_limit: int, mask: bool, data: BinaryIO | None
+    path: Path | str,
+    size: int,
+    mode: str,
+    pixel_limit: int,
+    mask: bool,
+    data: BinaryIO | None,
+    byte_limit: int | None = None,
 ) -> np.ndarray:
     if mode not in MODES:
         raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
     # Pillow warns of damage it reads past (corrupt EXIF, short TIFF tags): logged, not printed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask, data)
+        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask, data, byte_limit)
     for warning in caught:
         log.debug("%s: %s", path, warning.message)
     return array

@@ -94,12 +94,8 @@ class DataConfig:
         positive_integer = (lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")
         for key in ("batch_size", "pixel_limit"):
             check_option(f"data.{key}", getattr(self, key), *positive_integer)
-        check_option(
-            "data.image_size",
-            self.image_size,
-            lambda v: is_integer(v) and 1 <= v <= MAX_IMAGE_SIZE,
-            f"must be an integer from 1 to {MAX_IMAGE_SIZE} (the side in pixels every image is resized to)",
-        )
+        side = f"must be an integer from 1 to {MAX_IMAGE_SIZE} (the side in pixels every image is resized to)"
+        check_option("data.image_size", self.image_size, lambda v: is_integer(v) and 1 <= v <= MAX_IMAGE_SIZE, side)
         check_option(
             "data.eval_batch_size",
             self.eval_batch_size,

@@ -1,22 +1,28 @@
 """The web layer of ``attnscope serve``: a FastAPI app over a :class:`ModelService`.
 
-Routes: ``GET /`` (the viewer page), ``GET /healthz``, ``GET /v1/model``, ``POST
-/v1/predict``, ``POST /v1/explain``, ``POST /v1/similar``; the OpenAPI schema at
-``/openapi.json`` and its documentation at ``/docs``.
+Routes: ``GET /`` (the viewer page), ``GET /healthz``, ``GET /metrics`` (Prometheus),
+``GET /v1/model``, ``POST /v1/predict``, ``POST /v1/explain``, ``POST /v1/similar``;
+the OpenAPI schema at ``/openapi.json`` and its documentation at ``/docs``.
 
-Safety, since the images are medical: the request body is limited before it is
-parsed (413), uploads are decoded in memory by the training decoder under a
-bounded number of threads, every failure is a JSON ``{"error": ...}`` with a 4xx
-status and never a traceback, a token (when set) is required as ``Authorization:
-Bearer`` on every ``/v1`` call, no route reads a file named by a request, and CORS
-headers are sent only for the origin given with ``cors``.
+Safety, since the images are medical and the server may face a hostile page or
+client: before any body is parsed, the host name, the origin of a POST, the token
+and the body's size and arrival time are checked (:mod:`attnscope.serve.guard`);
+uploads are decoded in memory by the training decoder, at most four at once, each
+refused when its pixels would take more than ``max_decoded_mb``; a request costs
+its images times its method's forward passes, and one above ``max_cost`` is
+refused; the batcher's queue is bounded (503 with ``Retry-After`` when full); a
+request not answered within ``deadline_s`` is cancelled and answered 504, and one
+whose client has gone is cancelled before it is computed. Every failure is a JSON
+``{"error": ...}`` with its status and never a traceback; no route reads a file
+named by a request; CORS headers are sent only for the origin given with ``cors``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+import math
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -25,30 +31,59 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attnscope._version import __version__
 from attnscope.errors import AttnscopeError, ConfigError, DataError, RetrievalError
-from attnscope.serve.batching import DynamicBatcher
+from attnscope.serve.batching import DynamicBatcher, ServerBusy
+from attnscope.serve.guard import LOOPBACK_HOSTS, AccessLog, GuardRules, RequestGuard, refusal
+from attnscope.serve.metrics import ServerMetrics
 from attnscope.serve.service import RAW_NOTE, ModelService, Upload, check_cam_method
 
 log = logging.getLogger(__name__)
 
-DECODING_THREADS = 4  # uploads decoded at once: each may hold an image of up to pixel_limit pixels
+DECODING_THREADS = 4  # uploads decoded at once: each may hold an image of up to max_decoded_mb
 NAME_LENGTH = 120
+DISCONNECT_POLL_S = 0.25
+RETRY_AFTER_S = 2
+# forward-pass equivalents of one map beside the attention (the attention and the prediction are one pass),
+# as benchmarks/cam_speed.py measured them on ResNet-50 at 224 px, the largest model it times; a method not
+# listed costs about one forward and one backward pass
+MAP_COST = {
+    "scorecam": 2300,
+    "ablationcam": 1600,
+    "occlusion": 300,
+    "integrated_gradients": 90,
+    "smoothgrad": 55,
+    "fullgrad": 4,
+    "guided_backprop": 4,
+    "guided_gradcam": 4,
+}
+ONE_MAP_COST = 2
+
+
+def request_cost(method: str | None, images: int) -> int:
+    """What a request costs in forward passes: one per image, plus its map method's (``None``: no map)."""
+    return images * (1 + (0 if method is None else MAP_COST.get(method, ONE_MAP_COST)))
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """How the app batches, what it accepts, and who may call it.
+    """How the app batches, what it accepts, who may call it, and how long anything may take.
 
     ``token``: required as ``Authorization: Bearer TOKEN`` on the API when set;
     ``cors``: the one origin allowed to call from a browser page of its own (None: no CORS headers);
-    ``max_upload_mb``: the largest request body; ``max_images``: images per request;
-    ``max_k``: neighbours a similarity request may ask for.
+    ``allowed_hosts``: the names the server answers to (``Host``; ``*`` for any; empty: loopback names);
+    ``max_upload_mb``: the largest request body; ``body_timeout_s``: the longest it may take to arrive;
+    ``max_images``: images per request; ``max_decoded_mb``: the most an image's pixels may take decoded;
+    ``max_k``: neighbours a similarity request may ask for; ``max_cost``: forward passes one request may
+    cost (:func:`request_cost`); ``max_queue``: images that may wait for a forward pass; ``deadline_s``:
+    the longest a request may wait and compute. The connection limits (``max_header_kb``,
+    ``header_timeout_s``, ``keep_alive_s``, ``max_connections``) are uvicorn's (:mod:`attnscope.serve.protocol`).
     """
 
     max_batch: int = 32
@@ -56,70 +91,55 @@ class ServeOptions:
     batching: bool = True
     token: str | None = None
     cors: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     max_upload_mb: float = 20.0
+    body_timeout_s: float = 30.0
     max_images: int = 16
+    max_decoded_mb: float = 128.0
     max_k: int = 50
+    max_cost: int = 400
+    max_queue: int = 64
+    deadline_s: float = 60.0
+    max_header_kb: int = 16
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 64
 
     def check(self) -> None:
-        if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
-            raise ConfigError(f"--max-batch={self.max_batch} must be an integer >= 1")
-        if not 0 <= self.max_wait_ms <= 1000:
-            raise ConfigError(f"--max-wait-ms={self.max_wait_ms} must lie between 0 and 1000")
-        if not self.max_upload_mb > 0 or not self.max_images >= 1:
-            raise ConfigError(
-                f"--max-upload-mb={self.max_upload_mb} must be > 0 and --max-images={self.max_images} >= 1"
-            )
+        """Refuse a value no server could use, naming its flag."""
+        for flag, value, low, high, integer in (
+            ("--max-batch", self.max_batch, 1, 4096, True),
+            ("--max-wait-ms", self.max_wait_ms, 0, 1000, False),
+            ("--max-upload-mb", self.max_upload_mb, 0.001, 10_000, False),
+            ("--body-timeout", self.body_timeout_s, 0.1, 3600, False),
+            ("--max-images", self.max_images, 1, 4096, True),
+            ("--max-decoded-mb", self.max_decoded_mb, 1, 100_000, False),
+            ("--max-cost", self.max_cost, 1, 10**9, True),
+            ("--max-queue", self.max_queue, 1, 10**6, True),
+            ("--deadline", self.deadline_s, 0.1, 86_400, False),
+            ("--max-header-kb", self.max_header_kb, 1, 1024, True),
+            ("--header-timeout", self.header_timeout_s, 0.1, 3600, False),
+            ("--keep-alive", self.keep_alive_s, 0, 3600, False),
+            ("--max-connections", self.max_connections, 1, 100_000, True),
+        ):
+            _check_range(flag, value, low, high, integer)
+        if self.max_queue < self.max_images:
+            raise ConfigError(f"--max-queue={self.max_queue} must be at least --max-images={self.max_images}")
         if self.token is not None and len(self.token) < 16:
             raise ConfigError(
                 "--token must be at least 16 characters; make one with Python's secrets.token_urlsafe() "
                 "or `openssl rand -base64 24`"
             )
 
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(host.lower() for host in self.allowed_hosts) or LOOPBACK_HOSTS
 
-class BodyLimit:
-    """ASGI middleware: a request body above ``max_bytes`` is answered 413 before anything parses it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Send) -> None:
-        limit = self.max_bytes / 1e6
-        response = JSONResponse(
-            {"error": f"the request is larger than the server's limit of {limit:g} MB (--max-upload-mb)"},
-            status_code=413,
-        )
-        await response({"type": "http"}, _no_body, send)
+def _check_range(flag: str, value: Any, low: float, high: float, integer: bool) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (integer and not isinstance(value, int)) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{flag}={value!r} must be {kind} from {low:g} to {high:g}")
 
 
 class CountArrivals:
@@ -137,10 +157,6 @@ class CountArrivals:
             await self.app(scope, receive, send)
 
 
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
 def _client_name(upload: UploadFile, number: int) -> str:
     """The upload's own file name, without any folder, shortened: only ever shown, never used as a path."""
     name = PurePath((upload.filename or "").replace("\\", "/")).name
@@ -152,7 +168,17 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     """The app serving ``service``; inference runs in the batcher's thread, started with the app."""
     options = options or ServeOptions()
     options.check()
-    batcher = DynamicBatcher(_batch_runner(service), options.max_batch, options.max_wait_ms, options.batching)
+    metrics_box: list[ServerMetrics] = []
+    batcher = DynamicBatcher(
+        _batch_runner(service),
+        options.max_batch,
+        options.max_wait_ms,
+        options.batching,
+        max_queue=options.max_queue,
+        on_batch=lambda size: metrics_box[0].batch(size),
+    )
+    metrics = ServerMetrics(lambda: batcher.queued)
+    metrics_box.append(metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -168,17 +194,21 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
         summary=f"Predictions, attention maps and similar cases of the run {service.run.root.name}",
         lifespan=lifespan,
     )
-    app.state.batcher, app.state.service = batcher, service
+    app.state.batcher, app.state.service, app.state.metrics = batcher, service, metrics
     _add_error_handlers(app)
-    _Api(service, batcher, options).register(app)
-    app.add_middleware(BodyLimit, max_bytes=int(options.max_upload_mb * 1e6))
-    if options.cors:  # outside the body limit, so that a page of that origin can read a 413's message
+    _Api(service, batcher, options, metrics).register(app)
+    app.add_middleware(CountArrivals, batcher=batcher)
+    rules = GuardRules(
+        options.hosts(), options.cors, options.token, int(options.max_upload_mb * 1e6), options.body_timeout_s
+    )
+    app.add_middleware(RequestGuard, rules=rules)
+    if options.cors:  # outside the guard, so that a page of that origin can read a refusal's message
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
             CORSMiddleware, allow_origins=[options.cors], allow_methods=["GET", "POST"], allow_headers=["Authorization"]
         )
-    app.add_middleware(CountArrivals, batcher=batcher)
+    app.add_middleware(AccessLog, observe=metrics.observe)
     return app
 
 
@@ -194,28 +224,28 @@ def _batch_runner(service: ModelService) -> Callable[[Hashable, list[Any]], list
     return run
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     """Every failure as ``{"error": message}``: the input's with a 4xx status, the server's as a bare 500."""
 
     @app.exception_handler(DataError)
     async def bad_image(_request: Request, error: DataError) -> JSONResponse:
-        return _error(422, str(error))
+        return refusal(422, str(error))
 
     @app.exception_handler(RetrievalError)
     async def no_index(_request: Request, error: RetrievalError) -> JSONResponse:
-        return _error(404, str(error))
+        return refusal(404, str(error))
+
+    @app.exception_handler(ServerBusy)
+    async def busy(_request: Request, error: ServerBusy) -> JSONResponse:
+        return refusal(503, str(error), headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(AttnscopeError)
     async def bad_option(_request: Request, error: AttnscopeError) -> JSONResponse:
-        return _error(400, str(error))
+        return refusal(400, str(error))
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # FastAPI's and Starlette's own: 404, 405, a malformed multipart body
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail), dict(error.headers or {}))
+        return refusal(error.status_code, str(error.detail), dict(error.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -223,54 +253,77 @@ def _add_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(part) for part in problem.get('loc', ())[1:]) or 'request'}: {problem.get('msg')}"
             for problem in error.errors()
         )
-        return _error(422, problems or "the request is not valid")
+        return refusal(422, problems or "the request is not valid")
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-        return _error(500, "the server failed on this request; its log says why")
-
-
-def _token_check(token: str | None) -> Callable[[Request], Awaitable[None]]:
-    async def require_token(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise HTTPException(
-                401, "this server needs Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    return require_token
+        return refusal(500, "the server failed on this request; its log says why")
 
 
 class _Api:
     """The routes, as methods over the service, the batcher and the options (registered by :meth:`register`)."""
 
-    def __init__(self, service: ModelService, batcher: DynamicBatcher, options: ServeOptions) -> None:
-        self.service, self.batcher, self.options = service, batcher, options
+    def __init__(
+        self, service: ModelService, batcher: DynamicBatcher, options: ServeOptions, metrics: ServerMetrics
+    ) -> None:
+        self.service, self.batcher, self.options, self.metrics = service, batcher, options, metrics
         self.limiter = anyio.CapacityLimiter(DECODING_THREADS)
         self.page = resources.files("attnscope.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     def register(self, app: FastAPI) -> None:
-        authorised = [Depends(_token_check(self.options.token))]
         app.add_api_route("/", self.viewer, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
         app.add_api_route("/healthz", self.health, methods=["GET"])
-        app.add_api_route("/v1/model", self.model_card, methods=["GET"], dependencies=authorised)
+        app.add_api_route("/metrics", self.scrape, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/v1/model", self.model_card, methods=["GET"])
         for path, endpoint in (("predict", self.predict), ("explain", self.explain), ("similar", self.similar)):
-            app.add_api_route(f"/v1/{path}", endpoint, methods=["POST"], dependencies=authorised)
+            app.add_api_route(f"/v1/{path}", endpoint, methods=["POST"])
 
-    async def decoded(self, images: list[UploadFile]) -> tuple[list[str], list[np.ndarray]]:
-        """The client's names and the decoded pixels of the uploads, decoded in threads (at most 4 at once)."""
+    async def decoded(
+        self, request: Request, images: list[UploadFile], method: str | None = None
+    ) -> tuple[list[str], list[np.ndarray]]:
+        """The client's names and the decoded pixels of the uploads, once the request is within its limits
+        (images, cost); decoded in threads, at most four at once."""
+        request.state.images = len(images)
         if len(images) > self.options.max_images:
             raise HTTPException(413, f"{len(images)} images in one request; the limit is {self.options.max_images}")
+        cost = request_cost(method, len(images))
+        if cost > self.options.max_cost:
+            raise ConfigError(
+                f"{len(images)} image(s) with {method} cost about {cost} forward passes; this server allows "
+                f"{self.options.max_cost} per request (--max-cost): send fewer images, or choose a lighter method"
+            )
         names = [_client_name(upload, number) for number, upload in enumerate(images, 1)]
+        byte_limit = int(self.options.max_decoded_mb * 1e6)
         arrays = []
         for name, upload in zip(names, images, strict=True):
             data = await upload.read()
             decode = self.service.decode
-            arrays.append(await anyio.to_thread.run_sync(decode, Upload(name, data), limiter=self.limiter))
+            arrays.append(await anyio.to_thread.run_sync(decode, Upload(name, data), byte_limit, limiter=self.limiter))
         return names, arrays
+
+    async def computed(self, request: Request, key: tuple, arrays: list[np.ndarray]) -> list[Any]:
+        """The batcher's results for ``arrays``; cancelled when the client leaves or the deadline passes (504)."""
+        job = asyncio.ensure_future(self.batcher.submit(key, arrays))
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(DISCONNECT_POLL_S)
+            job.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await asyncio.wait_for(job, self.options.deadline_s)
+        except TimeoutError:
+            raise HTTPException(
+                504, f"the request was not answered within {self.options.deadline_s:g} s (--deadline); it was cancelled"
+            ) from None
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():  # the watcher cancelled the job: its client left
+                raise HTTPException(499, "the client went away; the request was cancelled") from None
+            raise
+        finally:
+            watcher.cancel()
 
     def answer(self, names: list[str], results: list[dict], **extra: Any) -> JSONResponse:
         """The run's identity, ``extra``, and each image's result under its name (plain JSON types already,
@@ -287,35 +340,47 @@ class _Api:
         """Whether the server is up, and whether its API needs a token."""
         return {"status": "ok", "token_required": self.options.token is not None}
 
+    async def scrape(self) -> Response:
+        """Prometheus's text format: requests, latencies, images per request, batch sizes, queue depth."""
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
+
     async def model_card(self) -> dict[str, Any]:
         """The run, its classes, threshold and test metrics, the index, the limits and the batching so far."""
         stats, options = self.batcher.stats, self.options
-        serving = {"batching": options.batching, "max_batch": options.max_batch, "max_images": options.max_images}
+        serving: dict[str, Any] = {
+            "batching": options.batching,
+            "max_batch": options.max_batch,
+            "max_images": options.max_images,
+        }
+        serving |= {"max_cost": options.max_cost, "map_costs": MAP_COST, "deadline_s": options.deadline_s}
         serving |= {"batches": stats.batches, "images": stats.items, "largest_batch": stats.largest}
         return {**self.service.card(), "serving": serving}
 
     async def predict(
-        self, images: Annotated[list[UploadFile], File(description="one or more images")]
+        self, request: Request, images: Annotated[list[UploadFile], File(description="one or more images")]
     ) -> JSONResponse:
         """Every class's probability and the decision at the run's validation threshold, per image."""
-        names, arrays = await self.decoded(images)
-        results = await self.batcher.submit(("predict",), arrays)
+        names, arrays = await self.decoded(request, images)
+        results = await self.computed(request, ("predict",), arrays)
         service = self.service
         return self.answer(names, results, threshold=service.run.threshold, operating_point=service.operating_point())
 
     async def explain(
         self,
+        request: Request,
         images: Annotated[list[UploadFile], File(description="one or more images")],
         method: Annotated[str, Form(description="the CAM method shown beside the attention")] = "gradcam",
     ) -> JSONResponse:
         """Every attention tap and ``method``'s CAM of the predicted class: heat map and overlay PNGs, raw values."""
         check_cam_method(method)
-        names, arrays = await self.decoded(images)
-        results = await self.batcher.submit(("explain", method), arrays)
+        names, arrays = await self.decoded(request, images, method)
+        results = await self.computed(request, ("explain", method), arrays)
         return self.answer(names, results, normalisation=RAW_NOTE)
 
     async def similar(
         self,
+        request: Request,
         images: Annotated[list[UploadFile], File(description="one or more images")],
         k: Annotated[int, Form(description="how many similar cases")] = 8,
     ) -> JSONResponse:
@@ -323,8 +388,8 @@ class _Api:
         self.service.require_index()  # before the uploads are decoded
         if not 1 <= k <= self.options.max_k:
             raise ConfigError(f"k={k} must lie between 1 and {self.options.max_k}")
-        names, arrays = await self.decoded(images)
-        return self.answer(names, await self.batcher.submit(("similar", k), arrays))
+        names, arrays = await self.decoded(request, images)
+        return self.answer(names, await self.computed(request, ("similar", k), arrays))
 
 
 # the page runs its own inline script and shows data: images; it loads nothing from anywhere else

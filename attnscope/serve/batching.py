@@ -13,6 +13,12 @@ answering (health checks, uploads) while a batch computes.
 
 With ``enabled=False`` every request is its own batch, at once: the baseline the
 serving benchmark compares with.
+
+The queue is bounded (``max_queue`` images waiting): a request that would pass the
+bound is refused at once with :class:`ServerBusy`, so that a flood is answered
+"busy, retry" instead of every request waiting longer. A request whose caller
+stops waiting (its deadline passed, its client left) is cancelled, and a batch
+that has not started leaves it out.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnscope.errors import AttnscopeError
+
 log = logging.getLogger(__name__)
+
+
+class ServerBusy(AttnscopeError):
+    """The batcher's queue is full: the request should be sent again later."""
+
 
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]
 
@@ -62,10 +75,21 @@ class DynamicBatcher:
     the event loop that will submit, stop with :meth:`stop`.
     """
 
-    def __init__(self, run_batch: RunBatch, max_batch: int = 32, max_wait_ms: float = 5.0, enabled: bool = True):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch={max_batch} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        enabled: bool = True,
+        max_queue: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        if max_batch < 1 or max_wait_ms < 0 or (max_queue is not None and max_queue < 1):
+            raise ValueError(
+                f"max_batch={max_batch} must be >= 1, max_wait_ms={max_wait_ms} >= 0 and max_queue={max_queue} >= 1"
+            )
         self.run_batch, self.max_batch, self.max_wait, self.enabled = run_batch, max_batch, max_wait_ms / 1000, enabled
+        self.max_queue, self.on_batch = max_queue, on_batch
         self.stats = BatchStats()
         self._pending: deque[_Job] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -106,10 +130,21 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch (not those computing now)."""
+        return sum(len(job.items) for job in self._pending if not job.future.done())
+
     async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
-        """The results of ``items``, computed in a batch with whatever else is waiting under ``key``."""
+        """The results of ``items``, computed in a batch with whatever else is waiting under ``key``; cancelling
+        the caller cancels the request (a batch that has not started leaves it out)."""
         if self._wakeup is None:
             raise RuntimeError("the batcher has not been started")
+        if self.max_queue is not None and self.queued + len(items) > self.max_queue:
+            raise ServerBusy(
+                f"the server is busy ({self.queued} image(s) waiting, the queue holds {self.max_queue}); "
+                "send the request again in a moment"
+            )
         loop = asyncio.get_running_loop()
         job = _Job(key, list(items), loop.create_future(), loop.time())
         self._pending.append(job)
@@ -186,6 +221,8 @@ class DynamicBatcher:
                     job.future.set_exception(error)
             return
         self.stats.record(len(items))
+        if self.on_batch is not None:
+            self.on_batch(len(items))
         start = 0
         for job in jobs:
             if not job.future.done():

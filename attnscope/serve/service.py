@@ -80,12 +80,15 @@ class ModelService:
 
     # --- decoding ---------------------------------------------------------------------------------------
 
-    def decode(self, upload: Upload) -> np.ndarray:
-        """uint8 (C, S, S) pixels of an upload, decoded and resized as the run's training images were."""
+    def decode(self, upload: Upload, byte_limit: int | None = None) -> np.ndarray:
+        """uint8 (C, S, S) pixels of an upload, decoded and resized as the run's training images were; an image
+        whose pixels would take more than ``byte_limit`` bytes decoded is refused before it is decoded."""
         data = self.run.config.data
         if not upload.data:
             raise DataError(f"{upload.name}: an empty file")
-        array = decode_image_bytes(upload.data, upload.name, data.image_size, data.mode, data.pixel_limit)
+        array = decode_image_bytes(
+            upload.data, upload.name, data.image_size, data.mode, data.pixel_limit, byte_limit=byte_limit
+        )
         return np.ascontiguousarray(array.reshape(data.image_size, data.image_size, -1).transpose(2, 0, 1))
 
     def _inputs(self, images: list[np.ndarray]) -> torch.Tensor:

@@ -123,7 +123,7 @@ def test_a_recorded_threshold_that_is_no_probability_is_refused(trained_run, tmp
     run = damaged_copy(trained_run, tmp_path)
     best = RunPaths(run).best_weights
     with safe_open(best, framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         metadata = handle.metadata()
     record = json.loads(metadata["best"])
     assert 0 <= record["threshold"] <= 1  # what training recorded

@@ -13,11 +13,12 @@ from attnscope.serve.app import ServeOptions, create_app
 from tests.serve.conftest import png_bytes
 
 TOKEN = "a-token-of-sixteen-or-more"
+LOCAL = "http://localhost"  # the test client's default host name, testserver, is not one the server answers to
 
 
 @pytest.fixture(scope="module")
 def client(service):
-    with TestClient(create_app(service, ServeOptions(max_upload_mb=0.5, max_images=4))) as test_client:
+    with TestClient(create_app(service, ServeOptions(max_upload_mb=0.5, max_images=4)), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -133,7 +134,7 @@ def test_nothing_is_written_to_the_run_or_the_working_folder(client, served_run,
 
 
 def test_a_server_failure_is_a_bare_500_and_the_server_goes_on(service, monkeypatch):
-    with TestClient(create_app(service), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(service), base_url=LOCAL, raise_server_exceptions=False) as test_client:
         monkeypatch.setattr(service, "predict", lambda images: 1 / 0)
         failed = test_client.post("/v1/predict", files=files(png_bytes(1)))
         assert failed.status_code == 500
@@ -143,7 +144,7 @@ def test_a_server_failure_is_a_bare_500_and_the_server_goes_on(service, monkeypa
 
 
 def test_a_token_guards_every_api_call_but_not_the_page_or_health(service):
-    with TestClient(create_app(service, ServeOptions(token=TOKEN))) as test_client:
+    with TestClient(create_app(service, ServeOptions(token=TOKEN)), base_url=LOCAL) as test_client:
         assert test_client.get("/healthz").json()["token_required"] is True
         assert test_client.get("/").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": f"Basic {TOKEN}"}):
@@ -162,7 +163,7 @@ def test_cors_is_off_unless_an_origin_is_given(client, service):
     assert "access-control-allow-origin" not in client.options("/v1/predict", headers=preflight).headers
     assert "access-control-allow-origin" not in client.get("/v1/model", headers={"Origin": preflight["Origin"]}).headers
     options = ServeOptions(cors="https://viewer.example", max_upload_mb=0.1)
-    with TestClient(create_app(service, options)) as test_client:
+    with TestClient(create_app(service, options), base_url=LOCAL) as test_client:
         allowed = test_client.get("/v1/model", headers={"Origin": "https://viewer.example"})
         assert allowed.headers["access-control-allow-origin"] == "https://viewer.example"
         too_big = test_client.post(
@@ -178,7 +179,7 @@ def test_concurrent_requests_are_batched_and_answered_alike(service):
     import concurrent.futures
 
     options = ServeOptions(max_batch=8, max_wait_ms=200)
-    with TestClient(create_app(service, options)) as test_client:
+    with TestClient(create_app(service, options), base_url=LOCAL) as test_client:
         payloads = [png_bytes(20 + i) for i in range(8)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda p: test_client.post("/v1/predict", files=files(p)).json(), payloads))

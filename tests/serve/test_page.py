@@ -2,48 +2,18 @@
 
 import csv
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from attnscope.engine.inference import PredictOptions, predict
 from attnscope.engine.run import Run
 from attnscope.serve.app import ServeOptions, create_app
 from tests.explain.test_report import browser
+from tests.serve.server import BackgroundServer
 
 SCREENSHOT = "serve-page.png"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class BackgroundServer:
-    """uvicorn serving ``app`` on 127.0.0.1 in a thread, for as long as the ``with`` block lasts."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def predicted_with_the_cli_library(run_root: Path, image: Path, out: Path) -> dict:
