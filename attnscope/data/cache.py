@@ -21,6 +21,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -235,12 +237,31 @@ def _decode_jobs(
                 bar.update(len(chunk))
             return failures
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = {pool.submit(decode, chunk): len(chunk) for chunk in chunks}
             for future in as_completed(futures):
                 failures += future.result()
                 bar.update(futures[future])
     return failures
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """A decode worker's first step: on Linux, ask the kernel to kill it when its parent dies (a SIGKILL or
+    SIGTERM to ``attnscope`` would otherwise leave workers of ~200 MB each blocked forever on the pool's
+    queue); if the parent is gone already, exit. Elsewhere the pool's own shutdown is all there is."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.debug("decode worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d)", os.getpid(), ctypes.get_errno())
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _commit_cache(temporary: Path, folder: Path, intact: Callable[[], bool]) -> None:

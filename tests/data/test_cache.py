@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +154,46 @@ def test_a_killed_builds_leftovers_are_swept_and_a_live_ones_kept(lesion_folder,
     load_images(manifest, 16, cache_dir=cache_dir, workers=1, progress=False)
     assert not dead.exists() and live.exists() and elsewhere.exists()
     assert len([p for p in cache_dir.iterdir() if not p.name.startswith(".")]) == 1
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from attnscope.data.cache import die_with_parent
+
+def block(_):
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(2, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+    for _ in range(2):
+        pool.submit(block, None)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_decode_workers_die_with_a_killed_parent(tmp_path):
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    assert all(alive(pid) for pid in workers)
+    parent.kill()  # SIGKILL: no handler of the parent's runs
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
