@@ -141,7 +141,15 @@ class RunLock:
     """
 
     def __init__(self, root: Path) -> None:
-        self.path = root / LOCK_NAME
+        self.path, self.target, self.doing, self.hint = root / LOCK_NAME, root, "trained", "choose another --run-dir"
+
+    @classmethod
+    def beside(cls, folder: Path, doing: str, hint: str) -> RunLock:
+        """A lock on ``folder`` kept beside it (``.NAME.lock``), for a folder that is replaced whole by a
+        rename (an index), which would take a lock inside it along."""
+        lock = cls(folder)
+        lock.path, lock.doing, lock.hint = folder.parent / f".{folder.name}{LOCK_NAME}", doing, hint
+        return lock
 
     def __enter__(self) -> RunLock:
         for _ in range(3):
@@ -151,9 +159,9 @@ class RunLock:
                 holder = self.holder()
                 if holder is not None and not _stale(holder):
                     raise ConfigError(
-                        f"{self.path.parent} is being trained by process {holder.get('pid')} on "
-                        f"{holder.get('host')} since {holder.get('started')}; wait for it to finish or choose "
-                        f"another --run-dir (if that process is gone, remove {self.path})"
+                        f"{self.target} is being {self.doing} by process {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('started')}; wait for it to finish or "
+                        f"{self.hint} (if that process is gone, remove {self.path})"
                     ) from None
                 log.warning("taking over the stale lock %s (%s)", self.path, holder or "unreadable")
                 self.path.unlink(missing_ok=True)

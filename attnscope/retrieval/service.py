@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from attnscope._version import __version__
 from attnscope.data.loader import BatchLoader
 from attnscope.engine.run import DataSelection, Run
+from attnscope.engine.rundir import RunLock
 from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write, csv_text
 from attnscope.outputs import NEIGHBOUR_COLUMNS, NEIGHBOURS, check_output_file
@@ -149,9 +150,17 @@ def check_same_model(index: SimilarityIndex, run: Run, index_path: Path) -> None
 
 
 def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
-    """Index the selected images at ``options.out``; with ``add``, extend the index there."""
+    """Index the selected images at ``options.out``; with ``add``, extend the index there. The index's lock
+    (``.NAME.lock`` beside it) is held throughout, so two processes adding to one index never lose one's
+    images to the other's rename."""
     options = options or IndexOptions()
     out = Path(options.out) if options.out is not None else run.root / "index"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with RunLock.beside(out, "written", "choose another --out"):
+        return _build_index(run, options, out)
+
+
+def _build_index(run: Run, options: IndexOptions, out: Path) -> IndexSummary:
     existing = _existing_index(run, options, out) if options.add else None
     embedding = existing.embedding if existing is not None else options.embedding()
     loader = run.loader(options)

@@ -81,3 +81,23 @@ def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):
     added = build_index(run, IndexOptions(out=tmp_path / "idx", split="val", add=True))
     assert added.count == len(split_rows(trained_run, "train")) + len(split_rows(trained_run, "val"))
     assert SimilarityIndex.load(tmp_path / "idx").kind == "hnsw"
+
+
+def test_an_index_being_written_by_a_live_process_is_not_added_to(trained_run, tmp_path):
+    import json
+    import os
+    import socket
+
+    from attnscope.errors import ConfigError
+
+    out = tmp_path / "idx"
+    lock = tmp_path / ".idx.lock"
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-05T10:00:00"}
+    lock.write_text(json.dumps(holder))  # a live process (this test's parent) holds it
+    with Run.open(trained_run, progress=False) as run:
+        with pytest.raises(ConfigError, match=r"idx is being written by process \d+ .* choose another --out"):
+            build_index(run, IndexOptions(out=out))
+        assert not out.exists() and lock.exists()
+        lock.write_text(json.dumps({**holder, "pid": 2**22 + 12345}))  # its process is gone: stale, taken over
+        assert build_index(run, IndexOptions(out=out)).count > 0
+    assert not lock.exists()  # released
