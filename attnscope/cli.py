@@ -445,9 +445,10 @@ def _parser_predict(verbs: Any) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from attnscope.engine.inference import PredictOptions, images_from_csv, predict
 
-    images = list(args.images) + (images_from_csv(args.csv, args.column, args.image_root) if args.csv else [])
+    listed, rejected = images_from_csv(args.csv, args.column, args.image_root, args.skip_bad) if args.csv else ([], [])
+    images = tuple([*args.images, *listed])
     with _open_run(args) as run:
-        result = predict(run, PredictOptions(tuple(images), args.out, args.skip_bad, args.tta, args.force))
+        result = predict(run, PredictOptions(images, args.out, args.skip_bad, args.tta, args.force, tuple(rejected)))
     print(f"{result.rows} predictions: {result.out}")
     if result.skipped:
         print(f"{result.skipped} image(s) left out (--skip-bad): {result.bad_rows}")

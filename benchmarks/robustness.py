@@ -377,7 +377,7 @@ def fuzz_csv(tally: Tally, folder: Path, examples: int, seed: int) -> None:
             return f"listed outside the root: {escaped}" if escaped else None
 
         attempt(tally, lambda: from_csv(path, root), ["list.csv"], check_manifest)
-        attempt(tally, lambda: images_from_csv(path, "image_id", root), ["list.csv"], check_paths)
+        attempt(tally, lambda: images_from_csv(path, "image_id", root)[0], ["list.csv"], check_paths)
 
     one_csv()
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnscope.data.loader import BatchLoader
-from attnscope.data.manifest import write_bad_rows
+from attnscope.data.manifest import BadRow, write_bad_rows
 from attnscope.data.sources.files import IMAGE_EXTENSIONS, read_csv_rows, resolve_image
 from attnscope.engine.metrics import class_probabilities, probabilities, summarize
 from attnscope.engine.run import DataSelection, Run
@@ -202,6 +202,7 @@ class PredictOptions:
     skip_bad: bool = False
     tta: bool = False  # as EvaluateOptions.tta; the default CSV is then RUN/predictions-tta.csv
     force: bool = False  # replace a regular file at ``out`` that attnscope did not write
+    rejected: tuple[BadRow, ...] = ()  # rows of an image list refused before reading (images_from_csv)
 
 
 @dataclass
@@ -231,8 +232,9 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
         lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
     sweep_temporaries(out.parent)
     atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
-    bad = write_bad_rows(kept.rejected, bad_rows_out) if kept.rejected else None
-    return Predictions(out, len(rows), len(kept.rejected), bad)
+    rejected = [*options.rejected, *kept.rejected]
+    bad = write_bad_rows(rejected, bad_rows_out) if rejected else None
+    return Predictions(out, len(rows), len(rejected), bad)
 
 
 def decisions(probs: torch.Tensor, run: Run, threshold: float | list[float] | None = None) -> torch.Tensor:
@@ -254,27 +256,33 @@ def predicted_names(probs: torch.Tensor, run: Run, threshold: float | list[float
     return ["|".join(c for c, on in zip(run.classes, row, strict=True) if on) for row in decided]
 
 
-def images_from_csv(csv_path: str | Path, column: str = "path", image_root: str | Path | None = None) -> list[str]:
-    """Image paths listed in ``column`` of a CSV, each under ``image_root`` (default: the CSV's folder).
+def images_from_csv(
+    csv_path: str | Path, column: str = "path", image_root: str | Path | None = None, skip_bad: bool = False
+) -> tuple[list[str], list[BadRow]]:
+    """Image paths listed in ``column`` of a CSV, each under ``image_root`` (default: the CSV's folder), and
+    the rows left out.
 
     A name that leads outside the root (``../``, an absolute path, a link pointing out)
-    is refused with its row: a CSV must not reach files its root does not hold.
+    is refused with its row: a CSV must not reach files its root does not hold. With
+    ``skip_bad`` such rows are left out, never read, and returned as bad rows.
     """
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root else csv_path.parent
     rows = read_csv_rows(csv_path, {"--column": column}, hint="; name the image column with --column")
-    paths, outside = [], []
+    paths, outside, rejected = [], [], []
     for line, row in rows:
         name = (row[column] or "").strip()
         path, problem, leads_out = resolve_image(root, name, IMAGE_EXTENSIONS)
         if leads_out:
             outside.append(f"line {line}: {problem}")
+            rejected.append(BadRow(str(csv_path), line, name, str(problem)))
+            continue
         # an unresolved name stays as given: decoding then reports it as a bad row with its reason
         paths.append(str(path) if path is not None else str(root / name))
-    if outside:
+    if outside and not skip_bad:
         listed = "\n  ".join(outside[:20])
         raise DataError(
             f"{csv_path}: {len(outside)} row(s) name files outside the image root {root} "
             f"(pass --image-root to widen it, or fix the rows):\n  {listed}"
         )
-    return paths
+    return paths, rejected

@@ -260,7 +260,7 @@ class Run:
             raise DataError("no images given; pass image files or folders, or --csv FILE")
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="attnscope-images-")
-        manifest = image_manifest(expand_images(images), self.classes)
+        manifest = image_manifest(expand_images(images), self.classes, skip_bad)
         return self._decode(manifest, self._scratch.name, skip_bad)
 
     def _decode(self, manifest: Manifest, cache_dir: str | Path, skip_bad: bool) -> BatchLoader:
@@ -310,22 +310,28 @@ def expand_images(images: Sequence[str | Path]) -> list[str]:
     return paths
 
 
-def image_manifest(images: Sequence[str | Path], classes: list[str]) -> Manifest:
+def image_manifest(images: Sequence[str | Path], classes: list[str], skip_bad: bool = False) -> Manifest:
     """A label-less manifest of image files (labels are zeros) for prediction.
 
     Each id is the file's path relative to the folder all the files share, so that
     ``p1/scan.png`` and ``p2/scan.png`` keep apart in every output; a file given
-    twice is refused (its results would be written twice under one name).
+    twice is refused (its results would be written twice under one name), or with ``skip_bad`` is a bad row
+    after its first time.
     """
     paths = [str(Path(p)) for p in images]
     absolute = [os.path.abspath(p) for p in paths]
-    seen: dict[str, str] = {}
-    for given, full in zip(paths, absolute, strict=True):
+    seen: dict[str, int] = {}
+    again: dict[int, str] = {}
+    for number, (given, full) in enumerate(zip(paths, absolute, strict=True)):
         if full in seen:
-            raise DataError(f"{given}: the same image is given twice (also as {seen[full]}); give each file once")
-        seen[full] = given
+            first = paths[seen[full]]
+            if not skip_bad:
+                raise DataError(f"{given}: the same image is given twice (also as {first}); give each file once")
+            again[number] = f"the same image as {first} (image {seen[full] + 1}), given again"
+            continue
+        seen[full] = number
     common = os.path.commonpath([os.path.dirname(p) for p in absolute]) if absolute else ""
-    return Manifest(
+    manifest = Manifest(
         "predict",
         [os.path.relpath(p, common) for p in absolute],
         np.zeros(len(paths), dtype=np.int64),
@@ -333,3 +339,4 @@ def image_manifest(images: Sequence[str | Path], classes: list[str]) -> Manifest
         paths=paths,
         rows=list(range(1, len(paths) + 1)),
     )
+    return manifest.without(again) if again else manifest

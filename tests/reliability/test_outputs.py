@@ -208,3 +208,23 @@ def test_a_fifo_or_a_missing_file_among_the_images_is_a_bad_row_never_opened(tra
     reasons = {row["id"]: row["reason"] for row in csv.DictReader((tmp_path / "p.bad_rows.csv").open())}
     assert set(reasons) == {"pipe.png", "gone.png"} and "FIFO" in reasons["pipe.png"]
     assert good.exists() and fifo.exists()
+
+
+def test_skip_bad_leaves_out_rows_outside_the_root_and_repeated_images_instead_of_refusing_all(
+    trained_run, tmp_path, capsys
+):
+    save(tmp_path / "secret" / "s.jpg")
+    save(tmp_path / "images" / "ok.png")
+    save(tmp_path / "images" / "other.png", 2)
+    listing = tmp_path / "images" / "list.csv"
+    listing.write_text("path\nok.png\n../secret/s.jpg\nother.png\nok.png\n")
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(trained_run), "--csv", str(listing), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 1  # without --skip-bad the whole list is refused, naming the row
+    assert "1 row(s) name files outside the image root" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*argv, "--skip-bad"]) == 0
+    assert [row["id"] for row in csv.DictReader(out.open())] == ["ok.png", "other.png"]
+    bad = list(csv.DictReader((tmp_path / "p.bad_rows.csv").open()))
+    assert [(row["row"], row["id"]) for row in bad] == [("3", "../secret/s.jpg"), ("3", "ok.png")]
+    assert "outside the image root" in bad[0]["reason"] and "the same image as" in bad[1]["reason"]
+    assert "2 image(s) left out (--skip-bad)" in capsys.readouterr().out
