@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from attnscope import DataError
-from attnscope.data.decode import decode_image
+from attnscope.data.decode import decode_image, float_to_eight, sixteen_to_eight
 from tests.data.conftest import write_image
 
 
@@ -134,3 +134,30 @@ def test_a_long_but_plausible_image_decodes(tmp_path):
     path = tmp_path / "panoramic.png"
     Image.new("L", (400, 20), 200).save(path)  # 20:1, a dental panoramic is about 2.5:1
     assert decode_image(path, 16, mode="L").tolist() == np.full((16, 16), 200).tolist()
+
+
+def test_sixteen_bit_conversion_is_round_of_value_over_257_for_every_value():
+    every = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(sixteen_to_eight(every), np.clip(np.rint(every / 257.0), 0, 255).astype(np.uint8))
+    signed = np.array([-40000, -1, 0, 128, 129, 65535, 70000], dtype=np.int32)  # mode I holds any int32
+    assert sixteen_to_eight(signed).tolist() == [0, 0, 0, 0, 1, 255, 255]
+
+
+def test_sixteen_bit_conversion_keeps_its_memory_to_one_four_byte_copy():
+    import tracemalloc
+
+    wide = np.zeros((1000, 1000), np.uint16)
+    tracemalloc.start()
+    sixteen_to_eight(wide)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 5.5 * wide.size  # a uint32 copy and the uint8 result; float64 temporaries took 34 bytes a pixel
+
+
+def test_float_images_are_stretched_from_minimum_to_maximum():
+    flat = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)
+    expected = np.rint((flat.astype(np.float64) - flat.min()) / (flat.max() - flat.min()) * 255)
+    converted = float_to_eight(flat.copy())
+    assert converted.min() == 0 and converted.max() == 255
+    assert np.abs(converted.astype(int) - expected).max() <= 1  # float32 arithmetic, within one grey level
+    assert not float_to_eight(np.full((4, 4), 3.0, np.float32)).any()
