@@ -775,6 +775,19 @@ def _add_serve_limits(parser: argparse.ArgumentParser) -> None:
         ("--max-connections", int, 64, "connections and requests at once; more are answered 503"),
     ):
         limits.add_argument(flag, type=kind, default=default, help=f"{meaning} (default {default:g})")
+    limits.add_argument(
+        "--max-client-connections",
+        type=int,
+        help="connections one client address may hold at once; more are answered 503 (default: a quarter of "
+        "--max-connections; behind a reverse proxy, where every client has the proxy's address, set it to "
+        "--max-connections)",
+    )
+    limits.add_argument(
+        "--max-client-queue",
+        type=int,
+        help="images one client address may have waiting; more are answered 503 (default: a quarter of "
+        "--max-queue, at least --max-images)",
+    )
 
 
 def _allowed_hosts(args: argparse.Namespace, token: str | None) -> tuple[str, ...]:
@@ -808,6 +821,8 @@ def _serve_options(args: argparse.Namespace, token: str | None) -> Any:
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
         max_connections=args.max_connections,
+        max_client_connections=args.max_client_connections,
+        max_client_queue=args.max_client_queue,
     )
 
 
@@ -841,9 +856,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(ModelService(run, index, index_path), options)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {run.root} at http://{shown}:{args.port}/ (API docs: /docs); Ctrl-C stops", flush=True)
-    limits = uvicorn_settings(
-        options.max_header_kb, options.header_timeout_s, options.keep_alive_s, options.max_connections
-    )
+    limits = uvicorn_settings(options)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbose == 0 else "info", **limits)
     return 0
 

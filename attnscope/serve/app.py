@@ -8,7 +8,9 @@ Safety, since the images are medical and the server may face a hostile page or
 client: before any body is parsed, the host name, the origin of a POST, the token
 and the body's size and arrival time are checked (:mod:`attnscope.serve.guard`);
 uploads are decoded in memory by the training decoder, at most four at once, each
-refused when its pixels would take more than ``max_decoded_mb``; a request costs
+refused when its pixels would take more than ``max_decoded_mb``, and together
+taking at most twice that to decode, as bodies being read take at most four
+times ``max_upload_mb`` (:mod:`attnscope.serve.budget`); a request costs
 its images times its method's forward passes, and one above ``max_cost`` is
 refused; the batcher's queue is bounded (503 with ``Retry-After`` when full); a
 request not answered within ``deadline_s`` is cancelled and answered 504, and one
@@ -20,6 +22,7 @@ named by a request; CORS headers are sent only for the origin given with ``cors`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -39,17 +42,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attnscope._version import __version__
 from attnscope.errors import AttnscopeError, ConfigError, DataError, RetrievalError
-from attnscope.serve.batching import DynamicBatcher, ServerBusy
-from attnscope.serve.guard import LOOPBACK_HOSTS, AccessLog, GuardRules, RequestGuard, refusal
+from attnscope.serve.batching import DynamicBatcher, ServerBusy, Shares
+from attnscope.serve.budget import ByteBudget, decoding_memory
+from attnscope.serve.guard import LOOPBACK_HOSTS, RETRY_AFTER_S, AccessLog, GuardRules, RequestGuard, refusal
+from attnscope.serve.memory import give_back, limit_arenas
 from attnscope.serve.metrics import ServerMetrics
 from attnscope.serve.service import RAW_NOTE, ModelService, Upload, check_cam_method
 
 log = logging.getLogger(__name__)
 
-DECODING_THREADS = 4  # uploads decoded at once: each may hold an image of up to max_decoded_mb
+DECODING_THREADS = 4  # uploads decoded at once
+DECODING_BUDGET = 2  # working memory of the uploads decoded at once, in images of max_decoded_mb (ByteBudget)
+LARGE_DECODE = 32_000_000  # bytes of working memory past which a decode's freed memory is returned at once
+PENDING_BODIES = 4  # bytes of request bodies held at once, in bodies of max_upload_mb
 NAME_LENGTH = 120
 DISCONNECT_POLL_S = 0.25
-RETRY_AFTER_S = 2
 # forward-pass equivalents of one map beside the attention (the attention and the prediction are one pass),
 # as benchmarks/cam_speed.py measured them on ResNet-50 at 224 px, the largest model it times; a method not
 # listed costs about one forward and one backward pass
@@ -82,8 +89,11 @@ class ServeOptions:
     ``max_images``: images per request; ``max_decoded_mb``: the most an image's pixels may take decoded;
     ``max_k``: neighbours a similarity request may ask for; ``max_cost``: forward passes one request may
     cost (:func:`request_cost`); ``max_queue``: images that may wait for a forward pass; ``deadline_s``:
-    the longest a request may wait and compute. The connection limits (``max_header_kb``,
-    ``header_timeout_s``, ``keep_alive_s``, ``max_connections``) are uvicorn's (:mod:`attnscope.serve.protocol`).
+    the longest a request may wait and compute; ``max_client_queue``: images one client address may have
+    waiting (None: a quarter of ``max_queue``, at least ``max_images``). The connection limits
+    (``max_header_kb``, ``header_timeout_s``, ``keep_alive_s``, ``max_connections``, and
+    ``max_client_connections``, None for a quarter of ``max_connections``) are uvicorn's
+    (:mod:`attnscope.serve.protocol`).
     """
 
     max_batch: int = 32
@@ -104,6 +114,8 @@ class ServeOptions:
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     max_connections: int = 64
+    max_client_connections: int | None = None
+    max_client_queue: int | None = None
 
     def check(self) -> None:
         """Refuse a value no server could use, naming its flag."""
@@ -125,11 +137,23 @@ class ServeOptions:
             _check_range(flag, value, low, high, integer)
         if self.max_queue < self.max_images:
             raise ConfigError(f"--max-queue={self.max_queue} must be at least --max-images={self.max_images}")
+        _check_range("--max-client-connections", self.client_connections(), 1, self.max_connections, True)
+        _check_range("--max-client-queue", self.client_queue(), self.max_images, self.max_queue, True)
         if self.token is not None and len(self.token) < 16:
             raise ConfigError(
                 "--token must be at least 16 characters; make one with Python's secrets.token_urlsafe() "
                 "or `openssl rand -base64 24`"
             )
+
+    def client_connections(self) -> int:
+        """Connections one client address may hold at once."""
+        given = self.max_client_connections
+        return max(self.max_connections // 4, 1) if given is None else given
+
+    def client_queue(self) -> int:
+        """Images one client address may have waiting: at least one request of the most images allowed."""
+        given = self.max_client_queue
+        return max(self.max_queue // 4, self.max_images) if given is None else given
 
     def hosts(self) -> tuple[str, ...]:
         return tuple(host.lower() for host in self.allowed_hosts) or LOOPBACK_HOSTS
@@ -169,12 +193,13 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     options = options or ServeOptions()
     options.check()
     metrics_box: list[ServerMetrics] = []
+    shares = Shares(options.max_queue, options.client_queue(), options.max_cost, _cost_per_image)
     batcher = DynamicBatcher(
         _batch_runner(service),
         options.max_batch,
         options.max_wait_ms,
         options.batching,
-        max_queue=options.max_queue,
+        shares,
         on_batch=lambda size: metrics_box[0].batch(size),
     )
     metrics = ServerMetrics(lambda: batcher.queued)
@@ -182,6 +207,7 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        limit_arenas()  # the decoding threads would each keep the peak of their own decodes
         await batcher.start()
         try:
             yield
@@ -198,8 +224,9 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
     _add_error_handlers(app)
     _Api(service, batcher, options, metrics).register(app)
     app.add_middleware(CountArrivals, batcher=batcher)
+    max_body = int(options.max_upload_mb * 1e6)
     rules = GuardRules(
-        options.hosts(), options.cors, options.token, int(options.max_upload_mb * 1e6), options.body_timeout_s
+        options.hosts(), options.cors, options.token, max_body, options.body_timeout_s, PENDING_BODIES * max_body
     )
     app.add_middleware(RequestGuard, rules=rules)
     if options.cors:  # outside the guard, so that a page of that origin can read a refusal's message
@@ -210,6 +237,24 @@ def create_app(service: ModelService, options: ServeOptions | None = None) -> Fa
         )
     app.add_middleware(AccessLog, observe=metrics.observe)
     return app
+
+
+Decode = Callable[[Upload, int], np.ndarray]
+
+
+def _decoded_then_given_back(decode: Decode, upload: Upload, byte_limit: int) -> np.ndarray:
+    """``decode(upload, byte_limit)``, then the heap memory it freed returned to the system (a large decode would
+    otherwise stay resident in its thread's heap)."""
+    try:
+        return decode(upload, byte_limit)
+    finally:
+        give_back()
+
+
+def _cost_per_image(key: Hashable) -> int:
+    """What one image of a batcher key costs: ``("explain", method)`` its method's maps, anything else one pass."""
+    assert isinstance(key, tuple)
+    return request_cost(key[1] if key[0] == "explain" else None, 1)
 
 
 def _batch_runner(service: ModelService) -> Callable[[Hashable, list[Any]], list[Any]]:
@@ -269,6 +314,7 @@ class _Api:
     ) -> None:
         self.service, self.batcher, self.options, self.metrics = service, batcher, options, metrics
         self.limiter = anyio.CapacityLimiter(DECODING_THREADS)
+        self.budget = ByteBudget(int(DECODING_BUDGET * options.max_decoded_mb * 1e6))
         self.page = resources.files("attnscope.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     def register(self, app: FastAPI) -> None:
@@ -298,13 +344,20 @@ class _Api:
         arrays = []
         for name, upload in zip(names, images, strict=True):
             data = await upload.read()
-            decode = self.service.decode
-            arrays.append(await anyio.to_thread.run_sync(decode, Upload(name, data), byte_limit, limiter=self.limiter))
+            working = decoding_memory(data, byte_limit)
+            async with self.budget.hold(working):
+                decode: Decode = self.service.decode
+                if working > LARGE_DECODE:
+                    decode = functools.partial(_decoded_then_given_back, decode)
+                arrays.append(
+                    await anyio.to_thread.run_sync(decode, Upload(name, data), byte_limit, limiter=self.limiter)
+                )
         return names, arrays
 
     async def computed(self, request: Request, key: tuple, arrays: list[np.ndarray]) -> list[Any]:
         """The batcher's results for ``arrays``; cancelled when the client leaves or the deadline passes (504)."""
-        job = asyncio.ensure_future(self.batcher.submit(key, arrays))
+        client = request.client.host if request.client else None
+        job = asyncio.ensure_future(self.batcher.submit(key, arrays, client))
 
         async def watch() -> None:
             while not await request.is_disconnected():

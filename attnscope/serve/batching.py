@@ -14,11 +14,19 @@ answering (health checks, uploads) while a batch computes.
 With ``enabled=False`` every request is its own batch, at once: the baseline the
 serving benchmark compares with.
 
-The queue is bounded (``max_queue`` images waiting): a request that would pass the
-bound is refused at once with :class:`ServerBusy`, so that a flood is answered
-"busy, retry" instead of every request waiting longer. A request whose caller
-stops waiting (its deadline passed, its client left) is cancelled, and a batch
-that has not started leaves it out.
+The queue is bounded (:class:`Shares`: ``max_queue`` images waiting, of which
+``max_client_queue`` from one client): a request that would pass a bound is
+refused at once with :class:`ServerBusy`, so that a flood is answered "busy,
+retry" instead of every request waiting longer, and one client's flood leaves
+room for the others. A request whose caller stops waiting (its deadline passed,
+its client left) is cancelled, and a batch that has not started leaves it out.
+
+Keys share the worker by cost, not by arrival: each key's batches are ordered by
+start-time fair queueing (Goyal et al. 1996), each batch costing its images times
+its key's cost per image (a prediction 1, an occlusion map 301 forward passes), so
+a cheap prediction never waits behind a queue of costly maps, only behind the one
+batch computing; and no batch costs more than ``max_batch_cost``, which bounds that
+wait. A key that keeps sending is never starved: it gets its share of the compute.
 """
 
 from __future__ import annotations
@@ -44,12 +52,35 @@ class ServerBusy(AttnscopeError):
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]
 
 
+def _one(_key: Hashable) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class Shares:
+    """How the batcher divides its queue and its worker: ``max_queue`` items may wait in all, ``max_client_queue``
+    of them from one client; an item of ``key`` costs ``cost(key)``, and a batch at most ``max_batch_cost``
+    unless it is one request (None: no bound)."""
+
+    max_queue: int | None = None
+    max_client_queue: int | None = None
+    max_batch_cost: int | None = None
+    cost: Callable[[Hashable], int] = _one
+
+    def check(self) -> None:
+        for name in ("max_queue", "max_client_queue", "max_batch_cost"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be None or >= 1")
+
+
 @dataclass
 class _Job:
     key: Hashable
     items: list[Any]
     future: asyncio.Future[list[Any]]
     arrived: float
+    client: str | None = None
 
 
 @dataclass
@@ -81,16 +112,18 @@ class DynamicBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         enabled: bool = True,
-        max_queue: int | None = None,
+        shares: Shares | None = None,
         on_batch: Callable[[int], None] | None = None,
     ):
-        if max_batch < 1 or max_wait_ms < 0 or (max_queue is not None and max_queue < 1):
-            raise ValueError(
-                f"max_batch={max_batch} must be >= 1, max_wait_ms={max_wait_ms} >= 0 and max_queue={max_queue} >= 1"
-            )
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch={max_batch} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
+        self.shares = shares or Shares()
+        self.shares.check()
         self.run_batch, self.max_batch, self.max_wait, self.enabled = run_batch, max_batch, max_wait_ms / 1000, enabled
-        self.max_queue, self.on_batch = max_queue, on_batch
+        self.on_batch = on_batch
         self.stats = BatchStats()
+        self._virtual = 0.0  # the start tag of the last batch started (fair queueing's virtual time)
+        self._finish: dict[Hashable, float] = {}  # each key's finish tag: where its next batch starts
         self._pending: deque[_Job] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup: asyncio.Event | None = None
@@ -135,18 +168,30 @@ class DynamicBatcher:
         """Items waiting for a batch (not those computing now)."""
         return sum(len(job.items) for job in self._pending if not job.future.done())
 
-    async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
-        """The results of ``items``, computed in a batch with whatever else is waiting under ``key``; cancelling
-        the caller cancels the request (a batch that has not started leaves it out)."""
-        if self._wakeup is None:
-            raise RuntimeError("the batcher has not been started")
-        if self.max_queue is not None and self.queued + len(items) > self.max_queue:
+    def _check_room(self, items: int, client: str | None) -> None:
+        shares = self.shares
+        if shares.max_queue is not None and self.queued + items > shares.max_queue:
             raise ServerBusy(
-                f"the server is busy ({self.queued} image(s) waiting, the queue holds {self.max_queue}); "
+                f"the server is busy ({self.queued} image(s) waiting, the queue holds {shares.max_queue}); "
                 "send the request again in a moment"
             )
+        if shares.max_client_queue is not None and client is not None:
+            theirs = sum(len(job.items) for job in self._pending if job.client == client and not job.future.done())
+            if theirs + items > shares.max_client_queue:
+                raise ServerBusy(
+                    f"this client has {theirs} image(s) waiting and may have {shares.max_client_queue}, its share "
+                    "of the queue; send the request again when an answer has come"
+                )
+
+    async def submit(self, key: Hashable, items: list[Any], client: str | None = None) -> list[Any]:
+        """The results of ``items``, computed in a batch with whatever else is waiting under ``key``; ``client``
+        (its address) is held to its share of the queue. Cancelling the caller cancels the request (a batch
+        that has not started leaves it out)."""
+        if self._wakeup is None:
+            raise RuntimeError("the batcher has not been started")
+        self._check_room(len(items), client)
         loop = asyncio.get_running_loop()
-        job = _Job(key, list(items), loop.create_future(), loop.time())
+        job = _Job(key, list(items), loop.create_future(), loop.time(), client)
         self._pending.append(job)
         self._submitted += 1
         self._wakeup.set()
@@ -188,27 +233,46 @@ class DynamicBatcher:
             except TimeoutError:
                 break
 
+    def _next_key(self) -> Hashable:
+        """The key whose next batch starts earliest in fair queueing's virtual time (the oldest on a tie)."""
+        keys = list(dict.fromkeys(job.key for job in self._pending if not job.future.done()))
+        return min(keys, key=lambda key: max(self._virtual, self._finish.get(key, 0.0)))
+
     def _take(self) -> list[_Job]:
-        """The oldest request and the others of its key that fit in one batch (requests are never split)."""
+        """The oldest requests of the next key that fit in one batch (requests are never split; a batch holds at
+        most ``max_batch`` items and costs at most ``max_batch_cost``, unless it is one request)."""
         while self._pending and self._pending[0].future.done():  # its client went away
             self._pending.popleft()
         if not self._pending:
             return []
-        if not self.enabled:
-            return [self._pending.popleft()]
-        key = self._pending[0].key
+        if not any(not job.future.done() for job in self._pending):
+            self._pending.clear()
+            return []
+        key = self._next_key()
+        per_item, most = self.shares.cost(key), self.shares.max_batch_cost
         chosen: list[_Job] = []
         count = 0
         for job in self._pending:
             if job.key != key or job.future.done():
                 continue
-            if chosen and count + len(job.items) > self.max_batch:
+            grown = count + len(job.items)
+            too_costly = most is not None and grown * per_item > most
+            if chosen and (not self.enabled or grown > self.max_batch or too_costly):
                 break
             chosen.append(job)
-            count += len(job.items)
+            count = grown
         for job in chosen:
             self._pending.remove(job)
+        self._charge(key, count * per_item)
         return chosen
+
+    def _charge(self, key: Hashable, cost: int) -> None:
+        """Advance the virtual time to this batch's start and ``key``'s finish tag past it; forget keys that are
+        behind the virtual time (they would start there anyway)."""
+        self._virtual = max(self._virtual, self._finish.get(key, 0.0))
+        self._finish[key] = self._virtual + cost
+        for stale in [name for name, finish in self._finish.items() if finish <= self._virtual]:
+            del self._finish[stale]
 
     async def _run(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]

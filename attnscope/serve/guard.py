@@ -24,22 +24,27 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from attnscope.serve.budget import BudgetTimeout, ByteBudget
+
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("attnscope.serve.access")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+RETRY_AFTER_S = 2  # what a busy server asks a client to wait before sending again
 
 
 @dataclass(frozen=True)
 class GuardRules:
     """What :class:`RequestGuard` lets through: ``allowed_hosts`` (``*`` for any), the ``cors`` origin, the
-    ``token`` of ``/v1`` calls, the largest body and the seconds it may take to arrive."""
+    ``token`` of ``/v1`` calls, the largest body, the seconds it may take to arrive, and the bytes of all the
+    bodies being read and answered at once."""
 
     allowed_hosts: tuple[str, ...]
     cors: str | None
     token: str | None
     max_body_bytes: int
     body_timeout_s: float
+    max_pending_bytes: int
 
 
 def host_name(host_header: str) -> str:
@@ -63,6 +68,7 @@ class RequestGuard:
 
     def __init__(self, app: ASGIApp, rules: GuardRules) -> None:
         self.app, self.rules = app, rules
+        self.pending = ByteBudget(rules.max_pending_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,11 +77,8 @@ class RequestGuard:
         headers = Headers(scope=scope)
         problem = self._problem(scope, headers)
         if problem is None and scope["method"] == "POST":
-            body = await self._body(headers, receive)
-            if isinstance(body, JSONResponse):
-                problem = body
-            else:
-                await self.app(scope, _replay(body, receive), send)
+            problem = await self._posted(scope, headers, receive, send)
+            if problem is None:  # answered by the app
                 return
         if problem is not None:
             await problem({"type": "http"}, _no_body, send)
@@ -103,8 +106,29 @@ class RequestGuard:
                 )
         return None
 
-    async def _body(self, headers: Headers, receive: Receive) -> bytes | JSONResponse:
-        """The whole body, or the refusal: above the size limit (413), or slower than the time limit (408)."""
+    async def _posted(self, scope: Scope, headers: Headers, receive: Receive, send: Send) -> JSONResponse | None:
+        """Read the body, holding its declared size of the bytes all bodies may hold, and hand it to the app;
+        the refusal when it cannot be (503 when the budget stays full for the body's time)."""
+        declared = headers.get("content-length", "")
+        amount = int(declared) if declared.isdigit() else self.rules.max_body_bytes
+        deadline = anyio.current_time() + self.rules.body_timeout_s  # waiting for room counts as arriving
+        try:
+            async with self.pending.hold(amount, self.rules.body_timeout_s):
+                body = await self._body(headers, receive, deadline)
+                if isinstance(body, JSONResponse):
+                    return body
+                await self.app(scope, _replay(body, receive), send)
+        except BudgetTimeout:
+            return refusal(
+                503,
+                "the server is reading too many uploads; send the request again in a moment",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return None
+
+    async def _body(self, headers: Headers, receive: Receive, deadline: float) -> list[bytes] | JSONResponse:
+        """The whole body as it came (its chunks, never joined: a copy would double its memory), or the refusal:
+        above the size limit (413), or slower than the time limit (408)."""
         limit = self.rules.max_body_bytes
         declared = headers.get("content-length")
         too_large = refusal(
@@ -114,7 +138,7 @@ class RequestGuard:
             return too_large
         chunks: list[bytes] = []
         size = 0
-        with anyio.move_on_after(self.rules.body_timeout_s) as scope:
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as scope:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -124,20 +148,19 @@ class RequestGuard:
                 if size > limit:
                     return too_large
                 if not message.get("more_body", False):
-                    return b"".join(chunks)
+                    return chunks
         assert scope.cancelled_caught
         return refusal(408, f"the request body did not arrive within {self.rules.body_timeout_s:g} s (--body-timeout)")
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the app the body already read, then the client's own messages (a disconnect)."""
-    replayed = False
+def _replay(chunks: list[bytes], receive: Receive) -> Receive:
+    """A receive that gives the app the body already read, chunk by chunk, then the client's own messages (a
+    disconnect)."""
+    pending = chunks  # consumed, so that each chunk is freed once the app has it
 
     async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        if pending:
+            return {"type": "http.request", "body": pending.pop(0), "more_body": bool(pending)}
         return await receive()
 
     return replay

@@ -23,9 +23,7 @@ class BackgroundServer:
     def __init__(self, app, options: ServeOptions | None = None) -> None:
         options = options or ServeOptions()
         self.port = free_port()
-        limits = uvicorn_settings(
-            options.max_header_kb, options.header_timeout_s, options.keep_alive_s, options.max_connections
-        )
+        limits = uvicorn_settings(options)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **limits)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

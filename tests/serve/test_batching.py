@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from attnscope.serve.batching import DynamicBatcher
+from attnscope.serve.batching import DynamicBatcher, ServerBusy, Shares
 
 
 class Recorder:
@@ -193,3 +193,74 @@ def test_submitting_before_start_and_bad_settings_are_refused():
         DynamicBatcher(Recorder(), max_batch=0)
     with pytest.raises(RuntimeError, match="not been started"):
         asyncio.run(DynamicBatcher(Recorder()).submit("k", [1]))
+
+
+def _costly_then_cheap(shares):
+    """Four costly requests (key "map", 1 image each) queued behind one that computes, then one cheap request:
+    the order the batches ran in."""
+    recorder = Recorder(delay=0.05)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch=32, max_wait_ms=0, shares=shares)
+        await batcher.start()
+        try:
+            running = [asyncio.create_task(batcher.submit("map", [n])) for n in range(5)]
+            await asyncio.sleep(0.01)  # the first costly batch is computing
+            cheap = asyncio.create_task(batcher.submit("predict", [100]))
+            await asyncio.gather(*running, cheap)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    return recorder.batches
+
+
+def test_a_cheap_request_waits_only_for_the_batch_computing_not_for_the_costly_queue():
+    shares = Shares(max_batch_cost=300, cost=lambda key: 300 if key == "map" else 1)
+    batches = _costly_then_cheap(shares)
+    assert batches[0] == ("map", [0])  # computing when the cheap request came
+    assert batches[1] == ("predict", [100])  # before the four costly requests queued before it
+    assert [items for key, items in batches[2:]] == [[1], [2], [3], [4]]  # one per batch: each costs the limit
+
+
+def test_without_a_cost_limit_the_costly_requests_share_one_batch_that_the_cheap_one_waits_for():
+    assert _costly_then_cheap(Shares()) == [("map", [0, 1, 2, 3, 4]), ("predict", [100])]
+
+
+def test_a_key_that_keeps_sending_is_never_starved():
+    recorder = Recorder()
+
+    async def scenario():
+        shares = Shares(max_batch_cost=10, cost=lambda key: 10 if key == "map" else 1)
+        batcher = DynamicBatcher(recorder, max_batch=4, max_wait_ms=0, shares=shares)
+        await batcher.start()
+        try:
+            jobs = [batcher.submit("predict", [n]) for n in range(40)] + [batcher.submit("map", [-1])]
+            await asyncio.gather(*jobs)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    keys = [key for key, _ in recorder.batches]
+    # the map costs ten predictions: it runs once the predictions have had about that much of the worker
+    assert keys.index("map") <= 4 and len(keys) == 11
+
+
+def test_one_client_may_fill_only_its_share_of_the_queue():
+    async def scenario():
+        shares = Shares(max_queue=8, max_client_queue=3)
+        batcher = DynamicBatcher(Recorder(delay=0.2), max_batch=1, max_wait_ms=0, shares=shares)
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit("k", [0], client="a"))
+            await asyncio.sleep(0.05)  # computing: no longer waiting
+            mine = [asyncio.create_task(batcher.submit("k", [n], client="a")) for n in (1, 2, 3)]
+            await asyncio.sleep(0)
+            with pytest.raises(ServerBusy, match="this client has 3 image"):
+                await batcher.submit("k", [4], client="a")
+            other = await batcher.submit("k", [5], client="b")  # another client still has room
+            return await first, [await job for job in mine], other
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ([0], [[2], [4], [6]], [10])

@@ -179,6 +179,8 @@ def test_each_request_is_logged_and_counted(service, caplog):
         ({"deadline_s": 0}, "--deadline=0 must be a number from 0.1"),
         ({"max_cost": 2.5}, "--max-cost=2.5 must be an integer"),
         ({"max_queue": 4, "max_images": 8}, "--max-queue=4 must be at least --max-images=8"),
+        ({"max_client_queue": 4, "max_images": 8}, "--max-client-queue=4 must be an integer from 8 to 64"),
+        ({"max_client_connections": 65}, "--max-client-connections=65 must be an integer from 1 to 64"),
     ],
 )
 def test_limits_no_server_could_use_are_refused_by_flag(service, options, message):
@@ -191,9 +193,59 @@ def test_limits_no_server_could_use_are_refused_by_flag(service, options, messag
     [
         (["--port", "70000"], "--port=70000 must be from 1 to 65535"),
         (["--max-upload-mb", "inf"], "--max-upload-mb=inf"),
+        (["--max-connections", "8", "--max-client-connections", "9"], "--max-client-connections=9 must be"),
     ],
 )
 def test_the_serve_command_refuses_bad_limits_in_one_line(trained_run, capsys, argv, message):
     assert cli.main(["serve", str(trained_run), *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_bodies_being_read_and_answered_share_a_budget_that_small_requests_pass_beside():
+    import asyncio
+
+    from attnscope.serve.guard import GuardRules, RequestGuard
+
+    async def app(scope, receive, send):  # an app that takes its time over /slow, holding its body's bytes
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = RequestGuard(app, GuardRules(("localhost",), None, None, 100, 0.3, max_pending_bytes=150))
+
+    async def post(path, size):
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"host", b"localhost"), (b"content-length", str(size).encode())],
+        }
+        statuses = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"x" * size, "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await guard(scope, receive, send)
+        return statuses[0]
+
+    async def scenario():
+        slow = asyncio.create_task(post("/slow", 100))  # holds 100 of the 150 bytes for a second
+        await asyncio.sleep(0.05)
+        return await asyncio.gather(slow, post("/fast", 100), post("/fast", 40))
+
+    # the second large body finds no room within its time (503); the small one fits beside the first
+    assert asyncio.run(scenario()) == [200, 503, 200]
+
+
+def test_the_shares_of_one_client_default_to_a_quarter_of_the_limits():
+    assert ServeOptions().client_connections() == 16 and ServeOptions().client_queue() == 16
+    assert ServeOptions(max_connections=200, max_queue=400).client_connections() == 50
+    assert ServeOptions(max_queue=40, max_images=16).client_queue() == 16  # one request of the most images fits

@@ -116,3 +116,39 @@ def test_a_request_whose_client_left_is_never_computed(service, monkeypatch):
         first.close()
         time.sleep(1.5)
         assert computed == [1] and app.state.batcher.queued == 0
+
+
+def test_a_large_head_sent_in_one_piece_is_refused_before_it_is_parsed(service):
+    # h11 bounds only a head that arrives in several reads; 10,000 short headers fit in one
+    options = ServeOptions(max_header_kb=16)
+    head = "".join(f"X-{n}: a\r\n" for n in range(10_000)).encode()
+    with BackgroundServer(create_app(service, options), options) as url, connect(url) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + head + b"\r\n")
+            answer = read_all(sock)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b"(reset before an answer)"
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b"--max-header-kb" in answer
+
+
+def test_one_client_address_holds_only_its_share_of_the_connections(service):
+    options = ServeOptions(max_connections=8)  # a quarter, 2, per client address
+    with BackgroundServer(create_app(service, options), options) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [connect(url), connect(url)]
+        with connect(url) as third:
+            answer = read_all(third)
+            assert answer.startswith(b"HTTP/1.1 503") and b"--max-client-connections" in answer
+            assert b"retry-after: 2" in answer.lower()
+        other = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+        with other:  # another client is still served
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert read_all(other).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        time.sleep(0.2)
+        with connect(url) as again:  # a closed connection gives its place back
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert read_all(again).startswith(b"HTTP/1.1 200")
+        for sock in held:
+            sock.close()
