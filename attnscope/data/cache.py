@@ -66,8 +66,8 @@ class DecodedSet:
         return len(self.index)
 
 
-def cache_key(manifest: Manifest, size: int, mode: str, pixel_limit: int) -> str:
-    text = f"v{CACHE_VERSION}|{manifest.fingerprint()}|{size}|{mode}|{pixel_limit}"
+def cache_key(manifest: Manifest, size: int, mode: str, pixel_limit: int, window: str = "auto") -> str:
+    text = f"v{CACHE_VERSION}|{manifest.fingerprint()}|{size}|{mode}|{pixel_limit}|{window}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -94,6 +94,7 @@ def _decode_chunk(
     size: int,
     mode: str,
     pixel_limit: int,
+    window: str = "auto",
 ) -> list[tuple[int, str]]:
     """Decode ``jobs`` (position, image, mask) into the open cache files; return the failures."""
     images = np.load(images_path, mmap_mode="r+")
@@ -101,7 +102,7 @@ def _decode_chunk(
     failures = []
     for position, image_path, mask_path in jobs:
         try:
-            images[position] = decode_image(image_path, size, mode, pixel_limit).reshape(size, size, -1)
+            images[position] = decode_image(image_path, size, mode, pixel_limit, window=window).reshape(size, size, -1)
             if masks is not None:
                 if mask_path is None:
                     raise DataError("no mask for this row")
@@ -133,7 +134,14 @@ def _valid(folder: Path, count: int, size: int, mode: str, has_masks: bool) -> d
 
 
 def build_cache(
-    manifest: Manifest, folder: Path, size: int, mode: str, pixel_limit: int, workers: int, progress: bool
+    manifest: Manifest,
+    folder: Path,
+    size: int,
+    mode: str,
+    pixel_limit: int,
+    workers: int,
+    progress: bool,
+    window: str = "auto",
 ) -> dict:
     """Decode every image of ``manifest`` into ``folder`` (built aside, then renamed into place).
 
@@ -146,7 +154,7 @@ def build_cache(
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     try:
-        meta = _build_into(temporary, manifest, size, mode, pixel_limit, workers, progress)
+        meta = _build_into(temporary, manifest, (size, mode, pixel_limit, window), workers, progress)
         _commit_cache(
             temporary, folder, lambda: _valid(folder, len(manifest), size, mode, manifest.has_masks) is not None
         )
@@ -157,9 +165,11 @@ def build_cache(
 
 
 def _build_into(
-    temporary: Path, manifest: Manifest, size: int, mode: str, pixel_limit: int, workers: int, progress: bool
+    temporary: Path, manifest: Manifest, decoding: tuple[int, str, int, str], workers: int, progress: bool
 ) -> dict:
-    """Allocate the arrays in ``temporary``, decode into them and write ``meta.json``; the metadata."""
+    """Allocate the arrays in ``temporary``, decode into them (``decoding``: size, mode, pixel limit, window) and
+    write ``meta.json``; the metadata."""
+    size, mode, pixel_limit, window = decoding
     count = len(manifest)
     images_path = temporary / "images.npy"
     masks_path = temporary / "masks.npy" if manifest.has_masks else None
@@ -181,6 +191,7 @@ def _build_into(
         size=size,
         mode=mode,
         pixel_limit=pixel_limit,
+        window=window,
     )
     try:
         failures = _decode_jobs(decode, [(i, paths[i], mask_paths[i]) for i in range(count)], workers, progress)
@@ -194,6 +205,7 @@ def _build_into(
         "count": count,
         "size": size,
         "mode": mode,
+        "window": window,
         "source": manifest.source,
         "failed": {str(position): reason for position, reason in sorted(failures)},
         "images_crc": sampled_checksum(images_path),
@@ -329,6 +341,7 @@ def load_images(
     workers: int | None = None,
     pixel_limit: int = DEFAULT_PIXEL_LIMIT,
     progress: bool = True,
+    window: str = "auto",
 ) -> DecodedSet:
     """Decoded pixels of ``manifest`` at ``size`` x ``size``, from the cache when it is intact.
 
@@ -344,13 +357,13 @@ def load_images(
     if cache_dir is None:
         raise DataError(f"{manifest.source}: image files need a cache_dir (--cache-dir) to decode into")
     manifest = manifest.without_unreadable()
-    folder = Path(cache_dir) / cache_key(manifest, size, mode, pixel_limit)
+    folder = Path(cache_dir) / cache_key(manifest, size, mode, pixel_limit, window)
     meta = _valid(folder, len(manifest), size, mode, manifest.has_masks)
     if meta is None:
         if folder.exists():
             log.warning("cache %s is incomplete or corrupt; rebuilding it", folder)
         workers = workers or min(os.cpu_count() or 1, 8)
-        meta = build_cache(manifest, folder, size, mode, pixel_limit, workers, progress)
+        meta = build_cache(manifest, folder, size, mode, pixel_limit, workers, progress, window)
     else:
         log.info("reusing the decode cache %s", folder)
     images = np.load(folder / "images.npy", mmap_mode="r")

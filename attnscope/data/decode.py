@@ -15,12 +15,15 @@ import math
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
+from attnscope.data.dicom import looks_like_dicom, read_dicom
+from attnscope.data.window import WINDOWS, WindowError, window_values
 from attnscope.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,33 +37,11 @@ _PILLOW_LIMIT = threading.Lock()
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def sixteen_to_eight(wide: np.ndarray) -> np.ndarray:
-    """16-bit (or 32-bit integer) pixels as 8 bits, ``round(value / 257)`` clipped to 0-255, computed in place on
-    one 4-byte copy: float64 temporaries made a 16-bit image cost 34 bytes per pixel to convert."""
-    scaled = wide.astype(np.int32)  # uint16 fits; a copy of int32 pixels (mode I) is clipped in place
-    np.clip(scaled, 0, 65535, out=scaled)
-    scaled += 128  # (v + 128) // 257 is round(v / 257): v / 257 is never halfway between two integers
-    scaled //= 257
-    return scaled.astype(np.uint8)
-
-
-def float_to_eight(flat: np.ndarray) -> np.ndarray:
-    """Floating-point pixels stretched from their minimum to their maximum over 0-255, in place (float32)."""
-    low, high = float(flat.min()), float(flat.max())
-    if not high > low:  # constant, or NaN somewhere
-        return np.zeros(flat.shape, np.uint8)
-    flat -= low
-    flat *= 255.0 / (high - low)
-    np.rint(flat, out=flat)
-    return np.clip(flat, 0, 255, out=flat).astype(np.uint8)
-
-
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert any Pillow mode to RGB or L; 16-bit data is scaled to 8 bits, alpha is composited on black."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        image = Image.fromarray(sixteen_to_eight(np.asarray(image)), mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(float_to_eight(np.asarray(image, dtype=np.float32)), mode="L")
+def _to_mode(image: Image.Image, mode: str, window: str) -> Image.Image:
+    """Convert any Pillow mode to RGB or L; 16-bit and float grey values are windowed to 8 bits
+    (:mod:`attnscope.data.window`), alpha is composited on black."""
+    if image.mode in (*SIXTEEN_BIT_MODES, "F"):
+        image = Image.fromarray(window_values(np.asarray(image), window), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -134,35 +115,50 @@ def _check_bytes(path: Path | str, image: Image.Image, byte_limit: int | None) -
         )
 
 
-def _decode(
-    path: Path | str,
-    size: int,
-    target_mode: str,
-    pixel_limit: int,
-    mask: bool,
-    data: BinaryIO | None = None,
-    byte_limit: int | None = None,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _Target:
+    """What one decode makes: ``size`` x ``size`` pixels of ``mode``, within the limits, grey values windowed."""
+
+    size: int
+    mode: str
+    pixel_limit: int
+    mask: bool = False
+    window: str = "auto"
+    byte_limit: int | None = None
+
+
+def _open(path: Path | str, data: BinaryIO | None, target: _Target) -> Image.Image:
+    """The file's image: a DICOM file through pydicom (already windowed to 8 bits), any other through Pillow
+    (opened lazily: nothing is decoded yet)."""
+    source = data if data is not None else path
+    if looks_like_dicom(path, data):
+        return read_dicom(source, str(path), target.window, target.pixel_limit, target.byte_limit)
+    with _pillow_pixel_limit(target.pixel_limit):
+        return Image.open(source)
+
+
+def _decode(path: Path | str, data: BinaryIO | None, target: _Target) -> np.ndarray:
     """The decoding of :func:`decode_image`, every failure a DataError naming the file (``path``; the
     bytes are read from ``data`` when given, ``path`` then only names them)."""
+    size, mode = target.size, ("L" if target.mask else target.mode)
     try:
-        with _pillow_pixel_limit(pixel_limit):
-            image = Image.open(data if data is not None else path)
-        with image:
-            _check_geometry(path, image.size, pixel_limit)
-            _check_bytes(path, image, byte_limit)
-            if image.format == "JPEG" and not mask:
+        with _open(path, data, target) as image:
+            _check_geometry(path, image.size, target.pixel_limit)
+            _check_bytes(path, image, target.byte_limit)
+            if image.format == "JPEG" and not target.mask:
                 shorter = min(image.size)
                 if shorter > 2 * size:
                     ratio = size / shorter
-                    image.draft(target_mode, (math.ceil(image.size[0] * ratio), math.ceil(image.size[1] * ratio)))
+                    image.draft(mode, (math.ceil(image.size[0] * ratio), math.ceil(image.size[1] * ratio)))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # a copy otherwise, even of an image that needs none
-            converted = _to_mode(image, target_mode)
-            resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+            converted = _to_mode(image, mode, target.window)
+            resample = Image.Resampling.NEAREST if target.mask else Image.Resampling.BILINEAR
             return np.asarray(resize_and_crop(converted, size, resample), dtype=np.uint8)
     except DataError:
         raise
+    except WindowError as error:
+        raise DataError(f"{path}: {error}; choose another data.window, e.g. auto or percentile") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"{path}: too many pixels to decode safely ({error})") from error
     except FileNotFoundError as error:
@@ -176,14 +172,20 @@ def _decode(
 
 
 def decode_image(
-    path: str | Path, size: int, mode: str = "RGB", pixel_limit: int = DEFAULT_PIXEL_LIMIT, mask: bool = False
+    path: str | Path,
+    size: int,
+    mode: str = "RGB",
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    mask: bool = False,
+    window: str = "auto",
 ) -> np.ndarray:
-    """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L.
+    """Decode ``path`` to uint8 (size, size, 3) for RGB or (size, size) for L; grey values of more than 8 bits
+    (16-bit PNG and TIFF, float TIFF, DICOM) are windowed by ``window`` (:mod:`attnscope.data.window`).
 
     ``mask=True`` decodes a segmentation mask: mode L, nearest-neighbour resizing,
     values above 127 become 1 and the rest 0.
     """
-    array = _decode_logged(Path(path), size, mode, pixel_limit, mask, None)
+    array = _decode_logged(Path(path), None, _Target(size, mode, pixel_limit, mask, window))
     return (array > 127).astype(np.uint8) if mask else array
 
 
@@ -194,27 +196,22 @@ def decode_image_bytes(
     mode: str = "RGB",
     pixel_limit: int = DEFAULT_PIXEL_LIMIT,
     byte_limit: int | None = None,
+    window: str = "auto",
 ) -> np.ndarray:
     """:func:`decode_image` of an image held in memory (an upload), with the same guards and, where given, a
     limit on the bytes its pixels decode to; errors name ``name``."""
-    return _decode_logged(name, size, mode, pixel_limit, False, io.BytesIO(data), byte_limit)
+    return _decode_logged(name, io.BytesIO(data), _Target(size, mode, pixel_limit, False, window, byte_limit))
 
 
-def _decode_logged(
-    path: Path | str,
-    size: int,
-    mode: str,
-    pixel_limit: int,
-    mask: bool,
-    data: BinaryIO | None,
-    byte_limit: int | None = None,
-) -> np.ndarray:
-    if mode not in MODES:
-        raise DataError(f"mode={mode!r} is not supported; use one of {list(MODES)}")
+def _decode_logged(path: Path | str, data: BinaryIO | None, target: _Target) -> np.ndarray:
+    if target.mode not in MODES:
+        raise DataError(f"mode={target.mode!r} is not supported; use one of {list(MODES)}")
+    if target.window not in WINDOWS:
+        raise DataError(f"window={target.window!r} is not supported; use one of {', '.join(WINDOWS)}")
     # Pillow warns of damage it reads past (corrupt EXIF, short TIFF tags): logged, not printed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        array = _decode(path, size, "L" if mask else mode, pixel_limit, mask, data, byte_limit)
+        array = _decode(path, data, target)
     for warning in caught:
         log.debug("%s: %s", path, warning.message)
     return array

@@ -34,6 +34,7 @@ from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources.registry import SOURCES, check_source_options, load_source
 from attnscope.data.splits import UNUSED_SPLIT, assign_splits, check_splits
+from attnscope.data.window import WINDOWS
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.fileio import atomic_write
 
@@ -71,6 +72,7 @@ class DataConfig:
     workers: int | None = None
     skip_bad: bool = False
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    window: str = "auto"
     progress: bool = True
 
     @classmethod
@@ -109,6 +111,7 @@ class DataConfig:
             "must be null or an integer >= 0",
         )
         check_option("data.mode", self.mode, lambda v: v in MODES, f"is not one of {', '.join(MODES)}")
+        check_option("data.window", self.window, lambda v: v in WINDOWS, f"is not one of {', '.join(WINDOWS)}")
         check_option(
             "data.normalize", self.normalize, lambda v: v in ("dataset", "imagenet"), "is not one of dataset, imagenet"
         )
@@ -201,6 +204,7 @@ class DataModule:
             config.workers,
             config.pixel_limit,
             config.progress,
+            config.window,
         )
         check_bad_rows(decoded.manifest, config.skip_bad)
         if decoded.manifest.rejected:

@@ -15,6 +15,7 @@ own splits, re-derived from its config and checked against ``split.csv``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,10 +35,10 @@ from attnscope.data.cache import load_images
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows
 from attnscope.data.module import DataConfig, DataModule, default_cache_dir
-from attnscope.data.sources.files import IMAGE_EXTENSIONS
+from attnscope.data.sources.files import IMAGE_EXTENSIONS, is_image_file
 from attnscope.data.sources.registry import load_source
 from attnscope.engine.build import build_model
-from attnscope.engine.config import RunConfig, load_config
+from attnscope.engine.config import RunConfig, load_config, read_config_file
 from attnscope.engine.metrics import task_kind
 from attnscope.engine.rundir import RunPaths, final_stage, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
@@ -131,7 +132,7 @@ class Run:
         A staged training folder opens as its last stage."""
         paths = RunPaths(final_stage(Path(path))).require()
         best = read_best(paths)
-        run = cls(paths, load_config(paths.config), read_json(paths.data), best, weights, progress)
+        run = cls(paths, _with_recorded_window(paths.config), read_json(paths.data), best, weights, progress)
         if not run.weights_path().is_file():
             raise CheckpointError(f"{run.weights_path()}: no weights file; has the run finished an epoch yet?")
         return run
@@ -266,7 +267,7 @@ class Run:
     def _decode(self, manifest: Manifest, cache_dir: str | Path, skip_bad: bool) -> BatchLoader:
         data = self.config.data
         decoded = load_images(
-            manifest, data.image_size, data.mode, cache_dir, data.workers, data.pixel_limit, self.progress
+            manifest, data.image_size, data.mode, cache_dir, data.workers, data.pixel_limit, self.progress, data.window
         )
         check_bad_rows(decoded.manifest, skip_bad)
         return BatchLoader(decoded, np.arange(len(decoded.manifest)), self._batch_size())
@@ -301,7 +302,7 @@ def expand_images(images: Sequence[str | Path]) -> list[str]:
     paths: list[str] = []
     for item in map(Path, images):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            found = sorted(p for p in item.rglob("*") if is_image_file(p))
             if not found:
                 raise DataError(f"{item}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths.extend(str(p) for p in found)
@@ -340,3 +341,13 @@ def image_manifest(images: Sequence[str | Path], classes: list[str], skip_bad: b
         rows=list(range(1, len(paths) + 1)),
     )
     return manifest.without(again) if again else manifest
+
+
+def _with_recorded_window(path: Path) -> RunConfig:
+    """The run's config; a run trained before ``data.window`` existed divided 16-bit values by 257, and its
+    images must decode as they did in training."""
+    config = load_config(path)
+    if "window" not in (read_config_file(path).get("data") or {}):
+        log.info("%s records no data.window: its 16-bit images decode divided by 257, as in its training", path)
+        config.data = dataclasses.replace(config.data, window="divide")
+    return config

@@ -87,7 +87,7 @@ class ModelService:
         if not upload.data:
             raise DataError(f"{upload.name}: an empty file")
         array = decode_image_bytes(
-            upload.data, upload.name, data.image_size, data.mode, data.pixel_limit, byte_limit=byte_limit
+            upload.data, upload.name, data.image_size, data.mode, data.pixel_limit, byte_limit, data.window
         )
         return np.ascontiguousarray(array.reshape(data.image_size, data.image_size, -1).transpose(2, 0, 1))
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from attnscope import DataError
-from attnscope.data.decode import decode_image, float_to_eight, sixteen_to_eight
+from attnscope.data.decode import decode_image
 from tests.data.conftest import write_image
 
 
@@ -38,10 +38,29 @@ def test_any_mode_becomes_rgb_or_l(tmp_path, mode):
     assert decode_image(path, 8, "L").shape == (8, 8)
 
 
-def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+def test_sixteen_bit_images_divided_as_before_windowing_with_window_divide(tmp_path):
     wide = np.array([[0, 257 * 100], [65535, 257 * 200]], dtype=np.uint16)
     Image.fromarray(wide).save(tmp_path / "xray.png")
-    assert decode_image(tmp_path / "xray.png", 2, "L").tolist() == [[0, 100], [255, 200]]
+    assert decode_image(tmp_path / "xray.png", 2, "L", window="divide").tolist() == [[0, 100], [255, 200]]
+
+
+def test_a_twelve_bit_radiograph_in_a_sixteen_bit_png_is_windowed_not_divided(tmp_path):
+    rng = np.random.default_rng(0)
+    twelve = (np.linspace(0, 4095, 256 * 256).reshape(256, 256) + rng.normal(0, 2, (256, 256))).clip(0, 4095)
+    Image.fromarray(twelve.astype(np.uint16)).save(tmp_path / "chest.png")
+    divided = decode_image(tmp_path / "chest.png", 256, "L", window="divide")
+    windowed = decode_image(tmp_path / "chest.png", 256, "L")  # auto: the 0.5-99.5 percentiles
+    assert len(np.unique(divided)) == 17 and divided.max() == 16  # nearly black: what /257 made of it
+    assert len(np.unique(windowed)) == 256 and windowed.min() == 0 and windowed.max() == 255
+    in_range = decode_image(tmp_path / "chest.png", 256, "L", window="range")  # 12 bits: 0-4095
+    expected = np.rint(np.clip(twelve.astype(np.uint16) / 4095, 0, 1) * 255)
+    assert np.abs(in_range.astype(int) - expected).max() <= 1
+
+
+def test_a_window_the_file_cannot_have_is_an_error_naming_it(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match=r"a\.png: window=lut needs a DICOM file's own VOI LUT"):
+        decode_image(tmp_path / "a.png", 8, "L", window="lut")
 
 
 def test_transparent_pixels_become_black(tmp_path):
@@ -134,30 +153,3 @@ def test_a_long_but_plausible_image_decodes(tmp_path):
     path = tmp_path / "panoramic.png"
     Image.new("L", (400, 20), 200).save(path)  # 20:1, a dental panoramic is about 2.5:1
     assert decode_image(path, 16, mode="L").tolist() == np.full((16, 16), 200).tolist()
-
-
-def test_sixteen_bit_conversion_is_round_of_value_over_257_for_every_value():
-    every = np.arange(65536, dtype=np.uint16)
-    assert np.array_equal(sixteen_to_eight(every), np.clip(np.rint(every / 257.0), 0, 255).astype(np.uint8))
-    signed = np.array([-40000, -1, 0, 128, 129, 65535, 70000], dtype=np.int32)  # mode I holds any int32
-    assert sixteen_to_eight(signed).tolist() == [0, 0, 0, 0, 1, 255, 255]
-
-
-def test_sixteen_bit_conversion_keeps_its_memory_to_one_four_byte_copy():
-    import tracemalloc
-
-    wide = np.zeros((1000, 1000), np.uint16)
-    tracemalloc.start()
-    sixteen_to_eight(wide)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < 5.5 * wide.size  # a uint32 copy and the uint8 result; float64 temporaries took 34 bytes a pixel
-
-
-def test_float_images_are_stretched_from_minimum_to_maximum():
-    flat = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)
-    expected = np.rint((flat.astype(np.float64) - flat.min()) / (flat.max() - flat.min()) * 255)
-    converted = float_to_eight(flat.copy())
-    assert converted.min() == 0 and converted.max() == 255
-    assert np.abs(converted.astype(int) - expected).max() <= 1  # float32 arithmetic, within one grey level
-    assert not float_to_eight(np.full((4, 4), 3.0, np.float32)).any()

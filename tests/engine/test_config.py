@@ -126,6 +126,7 @@ def test_the_shipped_melanoma_config_is_the_recommended_recipe():
         ("data.image_size=0", "data.image_size=0 must be an integer from 1 to 4096"),
         ("data.image_size=1000000000", "data.image_size=1000000000 must be an integer from 1 to 4096"),
         ("data.mode=CMYK", "data.mode='CMYK' is not one of RGB, L"),
+        ("data.window=gamma", "data.window='gamma' is not one of auto, lut, window, range, minmax, percentile, divide"),
         ("data.val_fraction=1", "data.val_fraction=1 must lie in [0, 1)"),
         ("data.augment={p: 2}", "data.augment.p=2 must lie in [0, 1]"),
     ],

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from attnscope.data import module as data_module
+from attnscope.data.decode import decode_image
 from attnscope.engine.inference import EvaluateOptions, evaluate, predict_loader
 from attnscope.engine.metrics import summarize
 from attnscope.engine.run import DataSelection, Run
@@ -155,3 +156,22 @@ def test_an_empty_run_config_is_refused_not_read_as_the_defaults(trained_run, tm
     (run / "config.yaml").write_text("")
     with pytest.raises(ConfigError, match="config.yaml: a run config is a mapping of sections"):
         Run.open(run)
+
+
+def test_a_run_trained_before_windowing_keeps_decoding_sixteen_bit_images_divided(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "older"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("evaluation*", "explain*", "report*"))
+    config = copy / "config.yaml"
+    assert Run.open(copy, progress=False).config.data.window == "auto"  # recorded when it was trained
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if "window:" not in line))
+    older = Run.open(copy, progress=False)
+    assert older.config.data.window == "divide"
+    wide = np.array([[0, 257 * 100], [65535, 257 * 200]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "xray.png")
+    size = older.image_size
+    decoded = np.asarray(older.loader(DataSelection(images=[tmp_path / "xray.png"])).decoded.images[0])
+    expected = decode_image(tmp_path / "xray.png", size, "L", window="divide")
+    assert np.array_equal(decoded[..., 0], expected)
+    assert not np.array_equal(expected, decode_image(tmp_path / "xray.png", size, "L"))  # windowing differs

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from attnscope.data.dicom import DICOM_SUFFIXES, looks_like_dicom
 from attnscope.data.manifest import BadRow, Manifest
 from attnscope.errors import ConfigError, DataError
 from attnscope.names import SPLITS
@@ -21,7 +22,16 @@ log = logging.getLogger(__name__)
 # class indices without a list of class names: a sane bound, so that one mistyped cell
 # cannot turn a task into millions of classes
 MAX_CLASSES = 10_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", *DICOM_SUFFIXES)
+
+
+def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a regular file is an image by its extension, or a DICOM file without one (a PACS export),
+    known by the ``DICM`` after its preamble."""
+    if not path.is_file():  # never opened otherwise: a FIFO would block
+        return False
+    suffix = path.suffix.lower()
+    return suffix in extensions or (suffix == "" and looks_like_dicom(path))
 
 
 class ImageLookup(NamedTuple):
@@ -44,7 +54,8 @@ def resolve_image(root: Path, name: str, extensions: Sequence[str], follow_symli
     lexical = Path(os.path.normpath(root / name))
     if not lexical.is_relative_to(root):
         return ImageLookup(None, f"'{name}' resolves outside the image root {root}", outside=True)
-    candidates = [lexical] if lexical.suffix.lower() in extensions else []
+    known = lexical.suffix.lower() in extensions or (lexical.suffix == "" and is_image_file(lexical, extensions))
+    candidates = [lexical] if known else []
     candidates += [
         lexical.with_name(lexical.name + variant)
         for extension in extensions
@@ -347,8 +358,8 @@ def from_folder(
     ids, paths, labels, ignored, rejected = [], [], [], [], []
     for index, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in extensions]
-        ignored += [p for p in files if p.suffix.lower() not in extensions]
+        images = [p for p in files if is_image_file(p, extensions)]
+        ignored += [p for p in files if not is_image_file(p, extensions)]
         if not images:
             log.warning("%s: class folder %r holds no images", root, class_dir.name)
         for path in images:
