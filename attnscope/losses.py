@@ -89,7 +89,14 @@ class FocalLoss(nn.Module):
             if self.task == "binary":
                 logits = logits.reshape(-1)
                 target = target.reshape(-1)
-            loss = self._sigmoid(logits, target.to(logits.dtype))
+            target = target.to(logits.dtype)
+            known = ~torch.isnan(target)
+            if not bool(known.all()):  # labels left out (uncertain, ignored) add nothing to the loss or its mean
+                loss = self._sigmoid(logits, torch.nan_to_num(target, nan=0.0)) * known
+                if self.reduction == "mean":
+                    return loss.sum() / known.sum().clamp_min(1)
+                return _reduce(loss, self.reduction)
+            loss = self._sigmoid(logits, target)
         return _reduce(loss, self.reduction)
 
     def _sigmoid(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -293,3 +293,22 @@ def test_self_focal_needs_no_mask_but_checks_its_options_and_taps():
         SelfFocalAttentionLoss({"pool9": 1.0})({"pool3": torch.rand(1, 1, 4, 4)})
     with pytest.raises(ConfigError, match="channel gate"):
         SelfFocalAttentionLoss({"se": 1.0})({"se": torch.rand(2, 8)})
+
+
+@pytest.mark.parametrize("gamma, alpha", [(0.0, None), (2.0, 0.25)])
+def test_labels_left_out_are_masked_out_of_the_multilabel_loss_and_its_mean(gamma, alpha):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4) * 3
+    target = torch.randint(0, 2, (6, 4)).float()
+    target[0, 1] = target[3, 0] = target[5, 3] = math.nan  # uncertain, ignored
+    known = ~torch.isnan(target)
+    loss = FocalLoss(alpha=alpha, gamma=gamma, task="multilabel")(logits, target)
+    per_entry = FocalLoss(alpha=alpha, gamma=gamma, task="multilabel", reduction="none")(
+        logits[known][:, None], target[known][:, None]
+    )
+    assert torch.allclose(loss, per_entry.mean(), atol=1e-6)  # the mean over the 21 known entries only
+    if gamma == 0.0:
+        assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits[known], target[known]), atol=1e-6)
+    logits.requires_grad_(True)
+    FocalLoss(alpha=alpha, gamma=gamma, task="multilabel")(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and not logits.grad[~known].any()  # no gradient from a left-out label

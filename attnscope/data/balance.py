@@ -64,11 +64,11 @@ def class_weights(labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.
     A class without rows is an error: its weight would be infinite.
     """
     chosen = labels[rows]
-    if chosen.ndim == 2:
-        positives = chosen.sum(axis=0)
+    if chosen.ndim == 2:  # over the rows where each label is known (NaN: left out)
+        positives = np.nansum(chosen, axis=0)
         if (positives == 0).any():
             raise ConfigError(f"class weights: classes {np.flatnonzero(positives == 0).tolist()} have no positive row")
-        return ((len(chosen) - positives) / positives).astype(np.float32)
+        return ((np.sum(~np.isnan(chosen), axis=0) - positives) / positives).astype(np.float32)
     counts = np.bincount(chosen, minlength=num_classes)
     if (counts == 0).any():
         raise ConfigError(f"class weights: classes {np.flatnonzero(counts == 0).tolist()} have no training row")

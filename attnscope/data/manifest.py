@@ -24,6 +24,14 @@ from attnscope.fileio import atomic_write, csv_text, file_problem
 MAX_LISTED_BAD_ROWS = 50
 
 
+def multilabel_text(classes: Sequence[str], row: np.ndarray) -> str:
+    """The positive labels of a multi-hot row, ``a|b``; a label left out (NaN: uncertain, ignored) as ``c?``."""
+    shown = [
+        f"{name}?" if np.isnan(value) else name for name, value in zip(classes, row, strict=True) if not value <= 0.5
+    ]
+    return "|".join(shown)
+
+
 @dataclass(frozen=True)
 class BadRow:
     """One row that cannot be used: where it came from and why."""
@@ -155,8 +163,8 @@ class Manifest:
 
     def class_counts(self) -> np.ndarray:
         """Rows per class (positives per class when multi-label)."""
-        if self.multilabel:
-            return self.labels.sum(axis=0).astype(np.int64)
+        if self.multilabel:  # positives; a label left out (NaN) counts as none
+            return np.nansum(self.labels, axis=0).astype(np.int64)
         return np.bincount(self.labels, minlength=self.num_classes)
 
     def fingerprint(self) -> str:
@@ -181,14 +189,18 @@ class Manifest:
     def label_text(self, index: int) -> str:
         """The label of entry ``index`` as the class names (joined by '|' when multi-label)."""
         if self.multilabel:
-            return "|".join(c for c, on in zip(self.classes, self.labels[index], strict=True) if on)
+            return multilabel_text(self.classes, self.labels[index])
         return self.classes[int(self.labels[index])]
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the rows (id, path, label, class, group, split) as a CSV, atomically."""
         rows = []
         for i in range(len(self)):
-            label = "|".join(str(int(v)) for v in self.labels[i]) if self.multilabel else int(self.labels[i])
+            label = (
+                "|".join("?" if np.isnan(v) else str(int(v)) for v in self.labels[i])
+                if self.multilabel
+                else int(self.labels[i])
+            )
             path_cell = self.paths[i] if self.paths else f"#{i}"
             group = self.groups[i] if self.groups else ""
             rows.append(

@@ -299,7 +299,9 @@ class DataModule:
             rows = self.rows(split)
             labels = manifest.labels[rows]
             per_class = (
-                labels.sum(axis=0) if manifest.multilabel else np.bincount(labels, minlength=manifest.num_classes)
+                np.nansum(labels, axis=0)
+                if manifest.multilabel
+                else np.bincount(labels, minlength=manifest.num_classes)
             )
             counts[split] = {"rows": len(rows), "per_class": [int(c) for c in per_class]}
         return {

@@ -19,8 +19,8 @@ from attnscope.names import SPLITS
 def _stratum(manifest: Manifest, rows: list[int]) -> int:
     """The label a unit of rows is stratified by: its majority class (multi-label: any positive)."""
     labels = manifest.labels[rows]
-    if manifest.multilabel:
-        return int(labels.any(axis=1).mean() >= 0.5)
+    if manifest.multilabel:  # a label left out (NaN) is not a positive
+        return int((np.nan_to_num(labels, nan=0.0) > 0).any(axis=1).mean() >= 0.5)
     return int(np.bincount(labels).argmax())
 
 
@@ -82,7 +82,7 @@ def check_splits(manifest: Manifest, splits: np.ndarray, required: tuple[str, ..
             problems.append(f"split {split!r} is empty")
             continue
         counts = (
-            manifest.labels[rows].sum(axis=0)
+            np.nansum(manifest.labels[rows], axis=0)
             if manifest.multilabel
             else np.bincount(manifest.labels[rows], minlength=manifest.num_classes)
         )

@@ -192,9 +192,11 @@ MEAN_KEYS = HEADLINE_METRICS
 def _multilabel_summary(
     probs: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float | None], split: str
 ) -> dict:
-    """Each label as a binary problem; the scalars are the macro means over labels."""
+    """Each label as a binary problem over the rows where it is known (NaN: uncertain and ignored, left out of
+    that label's figures only); the scalars are the macro means over labels."""
+    known = ~torch.isnan(targets.float())
     columns = [
-        _binary_column(probs[:, c], targets[:, c], thresholds[c], f"{split}, label {name!r}")
+        _binary_column(probs[known[:, c], c], targets[known[:, c], c], thresholds[c], f"{split}, label {name!r}")
         for c, name in enumerate(classes)
     ]
     result: dict[str, Any] = {key: _mean([column[key] for column in columns]) for key in MEAN_KEYS}
@@ -203,6 +205,7 @@ def _multilabel_summary(
     result["threshold"] = [column["threshold"] for column in columns]
     result["confusion_per_class"] = [column["confusion"] for column in columns]
     result["rows"] = len(targets)
+    result["rows_per_class"] = known.sum(dim=0).tolist()
     return result
 
 

@@ -42,9 +42,10 @@ def _columns(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list
     elif kind == "multiclass":
         for c, name in enumerate(classes):
             yield name, probs[:, c], (labels == c).long()
-    else:
+    else:  # a label left out of a row (NaN: uncertain, ignored) is left out of its curve
         for c, name in enumerate(classes):
-            yield name, probs[:, c], labels[:, c].long()
+            known = ~torch.isnan(labels[:, c].float())
+            yield name, probs[known, c], labels[known, c].long()
 
 
 def _defined(targets: torch.Tensor) -> bool:

@@ -91,7 +91,9 @@ def outcome(kind: str, truth, predicted) -> str:
         return {(1, 1): "true positive", (0, 1): "false positive", (0, 0): "true negative", (1, 0): "false negative"}[
             (int(truth), int(predicted))
         ]
-    return "correct" if np.array_equal(np.asarray(truth), np.asarray(predicted)) else "error"
+    truth, predicted = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
+    known = ~np.isnan(truth)  # a label left out (uncertain, ignored) is judged on the others
+    return "correct" if np.array_equal(truth[known], predicted[known]) else "error"
 
 
 def probability_text(run: Run, probs: torch.Tensor) -> str:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from attnscope._version import __version__
 from attnscope.data.loader import BatchLoader
+from attnscope.data.manifest import multilabel_text
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunLock
 from attnscope.errors import RetrievalError
@@ -33,9 +34,9 @@ THUMBNAIL_SIZE = 64
 
 
 def label_names(labels: np.ndarray, classes: list[str]) -> list[str]:
-    """Class names of integer labels, or ``a|b`` for multi-hot rows."""
+    """Class names of integer labels, or ``a|b`` for multi-hot rows (``b?`` for a label left out as uncertain)."""
     if labels.ndim == 2:
-        return ["|".join(c for c, on in zip(classes, row, strict=True) if on > 0.5) for row in labels]
+        return [multilabel_text(classes, row) for row in labels]
     return [classes[int(label)] for label in labels]
 
 

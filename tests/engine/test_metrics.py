@@ -102,3 +102,18 @@ def test_task_kinds_and_head_sizes():
     assert (task_kind(2, False), head_size("binary", 2)) == ("binary", 1)
     assert (task_kind(5, False), head_size("multiclass", 5)) == ("multiclass", 5)
     assert (task_kind(2, True), head_size("multilabel", 2)) == ("multilabel", 2)
+
+
+def test_multilabel_labels_left_out_are_left_out_of_their_own_metrics_only():
+    torch.manual_seed(1)
+    probs = torch.rand(40, 3)
+    targets = (torch.rand(40, 3) > 0.5).float()
+    targets[:10, 0] = math.nan  # uncertain, ignored for label a in ten rows
+    summary = summarize(probs, targets, "multilabel", ["a", "b", "c"], threshold=[0.5, 0.5, 0.5])
+    reference = summarize(probs[10:, :1], targets[10:, :1], "multilabel", ["a"], threshold=[0.5])
+    assert summary["auc_per_class"][0] == pytest.approx(reference["auc_per_class"][0])
+    assert summary["confusion_per_class"][0] == reference["confusion_per_class"][0]
+    assert sum(map(sum, summary["confusion_per_class"][0])) == 30
+    full = summarize(probs[:, 1:], targets[:, 1:], "multilabel", ["b", "c"], threshold=[0.5, 0.5])
+    assert summary["auc_per_class"][1:] == pytest.approx(full["auc_per_class"])  # the others use every row
+    assert summary["rows_per_class"] == [30, 40, 40] and summary["rows"] == 40

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,6 +34,38 @@ def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> b
         return False
     suffix = path.suffix.lower()
     return suffix in extensions or (suffix == "" and looks_like_dicom(path))
+
+
+CHESTXRAY14_FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)  # fmt: skip
+CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)  # fmt: skip
+# the CSV layouts of public chest X-ray sets, as csv source options (layout=NAME; options beside it win)
+LAYOUTS: dict[str, dict[str, Any]] = {
+    # NIH ChestX-ray14's Data_Entry_2017.csv: findings joined by "|", "No Finding" for none
+    "chestxray14": {
+        "id_column": "Image Index",
+        "label_column": "Finding Labels",
+        "multilabel_separator": "|",
+        "none_label": "No Finding",
+        "classes": list(CHESTXRAY14_FINDINGS),
+        "group_column": "Patient ID",
+    },
+    # CheXpert's train.csv / valid.csv (and MIMIC-CXR's labels joined to paths): one column per label, 1 / 0 /
+    # -1 (uncertain: ignored) / empty (not mentioned: negative), the patient inside the path
+    "chexpert": {
+        "id_column": "Path",
+        "label_column": list(CHEXPERT_LABELS),
+        "uncertain": "ignore",
+        "blank": "zeros",
+        "group_pattern": r"(patient\d+)",
+    },
+}
 
 
 class ImageLookup(NamedTuple):
@@ -96,13 +130,27 @@ def _parse_label(value: str, classes: list[str] | None) -> tuple[int | None, str
     return label, None
 
 
-def _parse_flags(row: dict[str, str], columns: Sequence[str]) -> tuple[list[float] | None, str | None]:
+POLICY_VALUES = {"ignore": math.nan, "ones": 1.0, "zeros": 0.0}
+
+
+def _parse_flags(
+    row: dict[str, str], columns: Sequence[str], uncertain: str | None, blank: str | None
+) -> tuple[list[float] | None, str | None]:
+    """0/1 per column; -1 (uncertain) and an empty cell follow ``uncertain`` and ``blank`` (ignore: NaN, left
+    out of the loss and of that label's metrics), and are bad rows when no policy is set."""
     flags = []
     for column in columns:
         value = row[column].strip()
-        if value not in ("0", "1", "0.0", "1.0"):
-            return None, f"column {column!r} holds {value!r}; multi-label columns hold 0 or 1"
-        flags.append(float(value))
+        if value in ("0", "1", "0.0", "1.0"):
+            flags.append(float(value))
+        elif value in ("-1", "-1.0") and uncertain is not None:
+            flags.append(POLICY_VALUES[uncertain])
+        elif value == "" and blank is not None:
+            flags.append(POLICY_VALUES[blank])
+        else:
+            allowed = "0 or 1" + (", -1" if uncertain else "") + (" or empty" if blank else "")
+            hint = "; for CheXpert-style labels set uncertain= and blank= (or layout=chexpert)" if not uncertain else ""
+            return None, f"column {column!r} holds {value!r}; multi-label columns hold {allowed}{hint}"
     return flags, None
 
 
@@ -116,6 +164,14 @@ class CsvLayout:
     "No Finding", means none). An id without an extension finds its file by
     trying ``extensions``; masks are found under ``mask_root`` (default: the images').
     Files must lie under their root; ``follow_symlinks`` also takes links that point out.
+
+    CheXpert-style 0/1 columns may hold -1 (uncertain) and empty cells (not mentioned):
+    ``uncertain`` and ``blank`` say what they become (``ignore``: left out of the
+    loss and of that label's metrics; ``ones``; ``zeros``: Irvin et al. 2019's
+    U-Ignore, U-Ones, U-Zeros); unset, such a row is a bad row. ``group_pattern``, a
+    regular expression, takes each row's group (its patient) from its id when no
+    column holds it (CheXpert's ``patient00001`` inside the path). ``layout`` fills
+    the options of a known layout (:data:`LAYOUTS`); options given beside it win.
     """
 
     id_column: str = "image_id"
@@ -129,6 +185,10 @@ class CsvLayout:
     none_label: str | None = None
     extensions: Sequence[str] = IMAGE_EXTENSIONS
     follow_symlinks: bool = False
+    uncertain: str | None = None
+    blank: str | None = None
+    group_pattern: str | None = None
+    layout: str | None = None
 
     @classmethod
     def from_options(cls, options: dict) -> CsvLayout:
@@ -139,6 +199,14 @@ class CsvLayout:
                 f"data source 'csv' has no option(s) {unknown}; its options are: csv_path, "
                 f"image_root, {', '.join(known)}"
             )
+        if options.get("layout") is not None:
+            if options["layout"] not in LAYOUTS:
+                raise ConfigError(f"csv layout={options['layout']!r} is not one of {', '.join(LAYOUTS)}")
+            options = {**LAYOUTS[options["layout"]], **options}
+        for option in ("uncertain", "blank"):
+            allowed = ("ignore", "ones", "zeros") if option == "uncertain" else ("ignore", "zeros")
+            if options.get(option) is not None and options[option] not in allowed:
+                raise ConfigError(f"csv {option}={options[option]!r} is not one of {', '.join(allowed)}")
         return cls(**options)
 
     @property
@@ -219,10 +287,20 @@ def from_csv(csv_path: str | Path, image_root: str | Path | None = None, **optio
         parsed.paths.append(str(path))
         parsed.labels.append(label)
         parsed.mask_paths.append(str(mask_path) if mask_path else None)
-        parsed.groups.append((row[layout.group_column] or "").strip() if layout.group_column else None)
+        parsed.groups.append(_group(row, image_id, layout))
         parsed.splits.append(split)
         parsed.rows.append(line)
     return _csv_manifest(str(csv_path), parsed, layout, class_names)
+
+
+def _group(row: dict[str, str], image_id: str, layout: CsvLayout) -> str | None:
+    """The row's group: its group column, else what ``group_pattern`` finds in its id (the whole id if not)."""
+    if layout.group_column:
+        return (row[layout.group_column] or "").strip()
+    if layout.group_pattern:
+        found = re.search(layout.group_pattern, image_id)
+        return (found.group(1) if found.groups() else found.group(0)) if found else image_id
+    return None
 
 
 def read_csv_rows(csv_path: Path, wanted: dict[str, str], hint: str = "") -> list[tuple[int, dict[str, str]]]:
@@ -301,7 +379,9 @@ def _parse_row_label(
 ) -> tuple[Any, str | None]:
     columns = layout.label_columns
     if layout.multilabel_separator is None:
-        return _parse_flags(row, columns) if layout.multilabel else _parse_label(row[columns[0]], class_names)
+        if layout.multilabel:
+            return _parse_flags(row, columns, layout.uncertain, layout.blank)
+        return _parse_label(row[columns[0]], class_names)
     tokens = [t.strip() for t in row[columns[0]].split(layout.multilabel_separator) if t.strip()]
     tokens = [t for t in tokens if t != layout.none_label]
     tokens_seen.update(tokens)
@@ -332,7 +412,7 @@ def _csv_manifest(source: str, parsed: _CsvRows, layout: CsvLayout, class_names:
         list(class_names or []),
         paths=parsed.paths,
         mask_paths=parsed.mask_paths if layout.mask_column else None,
-        groups=parsed.groups if layout.group_column else None,
+        groups=parsed.groups if layout.group_column or layout.group_pattern else None,
         splits=parsed.splits if layout.split_column else None,
         rows=parsed.rows,
         rejected=parsed.rejected,
