@@ -32,6 +32,8 @@ PUBLISHED = {
     "local_resnet26": (10.3e6, "Ramachandran et al. 2019, Table 1"),
     "local_resnet38": (14.1e6, "Ramachandran et al. 2019, Table 1"),
     "local_resnet50": (18.0e6, "Ramachandran et al. 2019, Table 1"),
+    "densenet121": (7.98e6, "Huang et al. 2017 / torchvision (7,978,856)"),
+    "densenet169": (14.15e6, "Huang et al. 2017 / torchvision (14,149,480)"),
 }
 TORCHVISION_DENSE_HEAD = ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))
 

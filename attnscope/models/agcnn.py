@@ -213,4 +213,5 @@ def _register(name: str, default_backbone: str) -> None:
 
 
 _register("agcnn_resnet50", "resnet50")
+_register("agcnn_densenet121", "densenet121")  # Guan et al. 2018's second backbone
 _register("agcnn_tiny", "resnet_tiny")

@@ -70,6 +70,12 @@ class AttnClassifier(nn.Module, metaclass=ABCMeta):
     head_dropout: nn.Module
     classifier_name = "classifier"  # torchvision's name: "classifier" for VGG, "fc" for ResNet
 
+    @staticmethod
+    def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A weights file's state dict under today's names (a family whose published files use older names
+        renames them here); the same dict otherwise."""
+        return state
+
     def resolve_config(self, config: ModelConfig) -> ModelConfig:
         """The registered config, completed from this instance's options (AG-CNN takes its backbone's)."""
         return config

@@ -147,6 +147,7 @@ def apply_state_dict(model: AttnClassifier, state: dict[str, torch.Tensor], sour
     A whole-model state (:func:`is_whole_model_state`) loads as it is, every tensor."""
     config = model.default_cfg
     target = model.state_dict()
+    state = model.upgrade_state_dict(state)
     if is_whole_model_state(target, state):
         model.load_state_dict({key: state.get(key, value).to(value.dtype) for key, value in target.items()})
         report = LoadReport(source, loaded=list(target), unused=sorted(set(state) - set(target)))

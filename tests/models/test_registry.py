@@ -33,11 +33,18 @@ EXPECTED = {
     "attn_resnet_tiny",
     "agcnn_resnet50",
     "agcnn_tiny",
+    "densenet121",
+    "densenet169",
+    "se_densenet121",
+    "cbam_densenet121",
+    "attn_densenet121",
+    "agcnn_densenet121",
 }
 # Forward and backward of every model is run at this size; big models at a small one.
 SIZE = 32
 # the deeper ResNets repeat the blocks of resnet50 and local_resnet50: one input shape is enough for them
 DEEPER = {"resnet101", "se_resnet101", "cbam_resnet101", "attn_resnet101", "local_resnet38"}
+DEEPER |= {"densenet169", "se_densenet121", "cbam_densenet121", "attn_densenet121", "agcnn_densenet121"}
 SHAPES = [(1, 14), (3, 1), (3, 2)]
 
 
@@ -47,7 +54,8 @@ def test_lists_every_model_sorted():
 
 
 def test_an_unknown_name_is_a_value_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'resnet51'; known models: agcnn_resnet50, agcnn_tiny"):
+    known = "known models: agcnn_densenet121, agcnn_resnet50, agcnn_tiny"
+    with pytest.raises(ValueError, match=f"unknown model .resnet51.; {known}"):
         create_model("resnet51")
 
 
@@ -120,6 +128,8 @@ FAMILY_OPTIONS = {
     "vgg": {"dropout", "head"},
     "attn_vgg": {"normalize", "dropout", "attention", "attn_channels", "head"},
     "agcnn": {"backbone", "tau", "stage", "backbone_options"},
+    "densenet": {"bn_size", "attn", "attn_kwargs", "dropout", "head"},
+    "attn_densenet": {"bn_size", "attn", "attn_kwargs", "dropout", "head", "normalize", "attn_channels"},
 }
 
 
@@ -130,6 +140,8 @@ def family(name: str) -> str:
         return "attn_resnet"
     if name.startswith("attn_vgg"):
         return "attn_vgg"
+    if "densenet" in name:
+        return "attn_densenet" if name.startswith("attn_") else "densenet"
     return "vgg" if name.startswith("vgg") else "resnet"
 
 
