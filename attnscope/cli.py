@@ -477,6 +477,12 @@ def _parser_explain(verbs: Any) -> None:
     )
     _add_data(parser, "explain (with masks: score)")
     parser.add_argument("--count", type=int, default=16, help="images to explain (0: all; default 16)")
+    parser.add_argument(
+        "--target",
+        metavar="CLASS",
+        help="the class whose maps are drawn: a name or an index, or all for one map per class (a map per "
+        "finding of a chest X-ray run); default: each image's predicted class",
+    )
     parser.add_argument("--layer", action="append", help="CAM target layer (default: the model's; repeatable)")
     parser.add_argument("--steps", type=int, default=16, help="steps of the deletion/insertion curves")
     parser.add_argument(
@@ -510,6 +516,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays,
         alpha=args.alpha,
         cmap=args.cmap,
+        target=args.target,
         out=args.out,
     )
     with _open_run(args) as run:

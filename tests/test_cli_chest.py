@@ -45,3 +45,7 @@ def test_a_chexpert_csv_trains_and_evaluates_with_uncertain_labels_left_out(tmp_
     known = metrics["rows_per_class"]
     assert known[0] < test_rows == known[1]  # uncertain Cardiomegaly labels left out; blank Edema ones are negatives
     assert all(np.isfinite(metrics["auc_per_class"]))
+    capsys.readouterr()
+    assert cli.main(["explain", str(tmp_path / "run"), "--target", "all", "--count", "2", "--no-progress"]) == 0
+    overlays = sorted(path.stem.rsplit("-", 1)[1] for path in (tmp_path / "run" / "explain" / "overlays").glob("*.png"))
+    assert overlays == ["Cardiomegaly", "Cardiomegaly", "Edema", "Edema"]  # a map per finding

@@ -87,8 +87,10 @@ def explain_batch(
     cam_layers: Sequence[str] | None = None,
     require_attention: bool = False,
     map_options: Mapping[str, Any] | None = None,
+    target: int | None = None,
 ) -> BatchExplanation:
-    """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of the predicted class.
+    """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of class ``target`` (a class
+    index; None: each image's predicted class, the top label of a multi-label run).
 
     The logits and the attention maps come from one captured forward pass. A model
     without spatial attention maps (a plain or SE network) has no attention to show:
@@ -102,7 +104,10 @@ def explain_batch(
     )
     with torch.no_grad(), capture as captured:
         logits = model(inputs)
-    targets = predicted_classes(logits) if run.kind != "multilabel" else logits.argmax(1)
+    if target is not None:
+        targets = torch.full((len(logits),), target, dtype=torch.long)
+    else:
+        targets = predicted_classes(logits) if run.kind != "multilabel" else logits.argmax(1)
     maps: dict[str, torch.Tensor] = {}
     raw: dict[str, torch.Tensor] = {}
     if want_attention:
@@ -122,6 +127,24 @@ def explain_batch(
             raw[method] = next(iter(result.raw.values())) if len(result.raw) == 1 else result.maps
     probs = class_probabilities(probabilities(logits, run.kind), run.kind)
     return BatchExplanation(inputs, targets, probs.gather(1, targets[:, None])[:, 0], maps, raw)
+
+
+def resolve_targets(run: Run, target: str | int | None) -> list[int | None]:
+    """The classes whose maps to draw: ``None`` (each image's predicted class), one class by name or index, or
+    ``all`` (a map per class: per finding, for a multi-label chest X-ray run)."""
+    if target is None:
+        return [None]
+    text = str(target).strip()
+    if text == "all":
+        return list(range(len(run.classes)))
+    if text in run.classes:
+        return [run.classes.index(text)]
+    if text.isdigit() and int(text) < len(run.classes):
+        return [int(text)]
+    raise ConfigError(
+        f"target={str(target)[:80]!r} is not a class of {run.name}: give a class name ({', '.join(run.classes)}), "
+        f"an index from 0 to {len(run.classes) - 1}, or all"
+    )
 
 
 def _map_method(method: str, model: torch.nn.Module, layers: list[str] | None, options: dict[str, Any]):
@@ -190,7 +213,8 @@ class ExplainOptions(DataSelection):
     ROAD too (eight imputed images per map: the dearest score); overlays
     blend ``cmap`` (a matplotlib colour map) over the image with weight ``alpha``, and
     ``overlays=False`` draws none (scoring hundreds of images: drawing is most of the time);
-    ``out`` default ``RUN/explain``.
+    ``target``: the class whose maps are drawn (:func:`resolve_targets`: a name, an index, ``all``; default each
+    image's predicted class); ``out`` default ``RUN/explain``.
     """
 
     methods: Sequence[str] = ("default",)
@@ -204,6 +228,7 @@ class ExplainOptions(DataSelection):
     overlays: bool = True
     alpha: float = 0.4
     cmap: str = "jet"
+    target: str | None = None
     out: str | Path | None = None
 
     def check(self) -> None:
@@ -246,6 +271,7 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     )
     for folder in (out, out / "overlays", out / "maps"):
         sweep_temporaries(folder)
+    targets = resolve_targets(run, options.target)
     loader = run.loader(options)
     names = _FileNames()
     total = len(loader.sampler) if not options.count else min(options.count, len(loader.sampler))
@@ -258,28 +284,30 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
             if take <= 0:
                 break
             images_u8 = batch["image"][:take]
-            explanation = explain_batch(
-                run, images_u8, methods, options.cam_layers, explicit_attention, options.map_options()
-            )
             masks = batch["mask"][:take] if "mask" in batch else None
-            scores = score_batch(run, explanation, masks, options.steps, with_road=options.road)
-            for position, row in enumerate(batch["row"][:take].tolist()):
-                record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
-                name = names.unique(record["id"])
-                drawn = _write_image(images_u8, explanation, position, record, out / name, options)
-                overlays += [drawn] if drawn is not None else []
-                rows += [
-                    {
-                        **record,
-                        "method": label,
-                        **{name: float(values[name][position]) for name in SCORE_NAMES if name in values},
-                    }
-                    for label, values in scores.items()
-                ]
+            for target in targets:
+                explanation = explain_batch(
+                    run, images_u8, methods, options.cam_layers, explicit_attention, options.map_options(), target
+                )
+                scores = score_batch(run, explanation, masks, options.steps, with_road=options.road)
+                for position, row in enumerate(batch["row"][:take].tolist()):
+                    record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
+                    name = names.unique(record["id"] if len(targets) == 1 else f"{record['id']}-{record['target']}")
+                    drawn = _write_image(images_u8, explanation, position, record, out / name, options)
+                    overlays += [drawn] if drawn is not None else []
+                    rows += _score_rows(record, scores, position)
             done += take
             bar.update(take)
     has_masks = _write_scores(rows, out / "scores.csv")
     return Explanation(out, done, list(dict.fromkeys(r["method"] for r in rows)), _summary(rows), overlays, has_masks)
+
+
+def _score_rows(record: dict, scores: dict[str, dict[str, torch.Tensor]], position: int) -> list[dict]:
+    """One ``scores.csv`` row per method of one image."""
+    return [
+        {**record, "method": label, **{name: float(values[name][position]) for name in SCORE_NAMES if name in values}}
+        for label, values in scores.items()
+    ]
 
 
 def _image_record(

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attnscope._version import __version__
 from attnscope.errors import AttnscopeError, ConfigError, DataError, RetrievalError
+from attnscope.explain.explainer import resolve_targets
 from attnscope.serve.batching import DynamicBatcher, ServerBusy, Shares
 from attnscope.serve.budget import ByteBudget, decoding_memory
 from attnscope.serve.guard import LOOPBACK_HOSTS, RETRY_AFTER_S, AccessLog, GuardRules, RequestGuard, refusal
@@ -263,7 +264,7 @@ def _batch_runner(service: ModelService) -> Callable[[Hashable, list[Any]], list
         if key[0] == "predict":
             return service.predict(images)
         if key[0] == "explain":
-            return service.explain(images, key[1])
+            return service.explain(images, key[1], key[2])
         return service.similar(images, key[1])
 
     return run
@@ -424,11 +425,18 @@ class _Api:
         request: Request,
         images: Annotated[list[UploadFile], File(description="one or more images")],
         method: Annotated[str, Form(description="the CAM method shown beside the attention")] = "gradcam",
+        target: Annotated[
+            str | None, Form(description="the class (finding) whose map is drawn, by name or index; default: predicted")
+        ] = None,
     ) -> JSONResponse:
-        """Every attention tap and ``method``'s CAM of the predicted class: heat map and overlay PNGs, raw values."""
+        """Every attention tap and ``method``'s CAM of the predicted class, or of ``target``: heat map and overlay
+        PNGs, raw values."""
         check_cam_method(method)
+        chosen = None if target in (None, "") else resolve_targets(self.service.run, target)
+        if chosen is not None and len(chosen) != 1:
+            raise ConfigError("target=all draws a map per class: ask for one class per request")
         names, arrays = await self.decoded(request, images, method)
-        results = await self.computed(request, ("explain", method), arrays)
+        results = await self.computed(request, ("explain", method, None if chosen is None else chosen[0]), arrays)
         return self.answer(names, results, normalisation=RAW_NOTE)
 
     async def similar(

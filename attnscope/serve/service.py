@@ -112,12 +112,12 @@ class ModelService:
             results.append({"probabilities": dict(zip(self.run.classes, values, strict=True)), "predicted": predicted})
         return results
 
-    def explain(self, images: list[np.ndarray], method: str) -> list[dict[str, Any]]:
-        """Per image: the explained class, the input as a PNG, and every attention tap and ``method``'s CAM
-        as a colour heat map, an overlay and the raw values."""
+    def explain(self, images: list[np.ndarray], method: str, target: int | None = None) -> list[dict[str, Any]]:
+        """Per image: the explained class (``target``, a class index; None: the predicted one), the input as a
+        PNG, and every attention tap and ``method``'s CAM as a colour heat map, an overlay and the raw values."""
         check_cam_method(method)
         images_u8 = self._inputs(images)
-        explanation = explain_batch(self.run, images_u8, ["attention", method])
+        explanation = explain_batch(self.run, images_u8, ["attention", method], target=target)
         pictures = images_u8.permute(0, 2, 3, 1).float().numpy() / 255.0
         results = []
         for position in range(len(images)):

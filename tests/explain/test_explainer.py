@@ -62,3 +62,39 @@ def test_every_kind_of_method_is_explained_scored_and_smoothed_as_asked(trained_
     expected = create_cam("scorecam", run.model(), None, eigen_smooth=True).compute(inputs, batch.targets)
     torch.testing.assert_close(batch.maps["scorecam"], expected.maps)  # eigen_smooth reached the layer CAM
     assert batch.raw["occlusion"].shape == (2, 32, 32)  # and was left out of the pixel method
+
+
+def test_the_maps_of_a_chosen_class_are_those_of_its_target(trained_run):
+    from attnscope.explain.methods import create_cam
+
+    run = Run.open(trained_run, progress=False)
+    images_u8 = next(iter(run.loader()))["image"][:4]
+    inputs, _ = run.transform(images_u8)
+    for target in (0, 1):
+        result = explain_batch(run, images_u8, ["gradcam"], target=target)
+        assert result.targets.tolist() == [target] * 4
+        reference = create_cam("gradcam", run.model(), None).compute(inputs, torch.full((4,), target)).maps
+        torch.testing.assert_close(result.maps["gradcam"], reference)
+        with torch.no_grad():
+            positive = torch.sigmoid(run.model()(inputs)[:, 0])
+        torch.testing.assert_close(result.probabilities, positive if target == 1 else 1 - positive)
+
+
+def test_explain_draws_a_map_per_class_when_asked_for_all(trained_run, tmp_path):
+    run = Run.open(trained_run, progress=False)
+    result = explain(run, ExplainOptions(methods=("gradcam",), count=2, steps=2, target="all", out=tmp_path))
+    assert result.images == 2 and len(result.overlays) == 4
+    assert sorted(p.stem.rsplit("-", 1)[1] for p in result.overlays) == ["benign", "benign", "malignant", "malignant"]
+    rows = (tmp_path / "scores.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[3] for row in rows) == ["benign", "benign", "malignant", "malignant"]
+    one = explain(run, ExplainOptions(methods=("gradcam",), count=2, steps=2, target="malignant", out=tmp_path / "m"))
+    assert len(one.overlays) == 2 and all("-" not in p.stem for p in one.overlays)
+
+
+@pytest.mark.parametrize("target", ["melanoma", "2", "-1"])
+def test_a_target_that_is_no_class_is_refused_with_the_classes(trained_run, tmp_path, target):
+    from attnscope.errors import ConfigError
+
+    run = Run.open(trained_run, progress=False)
+    with pytest.raises(ConfigError, match=r"is not a class of .*benign, malignant\), an index from 0 to 1, or all"):
+        explain(run, ExplainOptions(count=1, target=target, out=tmp_path))

@@ -55,6 +55,15 @@ def test_explain_and_similar_answer_through_http(client, service):
     explained = client.post("/v1/explain", files=files(png_bytes(3)), data={"method": "layercam"}).json()
     assert [m["name"] for m in explained["results"][0]["maps"]] == ["attention:pool3", "attention:pool4", "layercam"]
     assert "not rescaled" in explained["normalisation"]
+    for target in ("benign", "malignant", "1"):  # a chosen class (a finding), by name or index
+        chosen = client.post("/v1/explain", files=files(png_bytes(3)), data={"method": "gradcam", "target": target})
+        expected = service.explain(
+            [service.decode(Upload("x", png_bytes(3)))], "gradcam", 0 if target == "benign" else 1
+        )
+        assert chosen.json()["results"][0]["target"] == expected[0]["target"]
+        assert chosen.json()["results"][0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-6)
+    refused = client.post("/v1/explain", files=files(png_bytes(3)), data={"target": "melanoma"})
+    assert refused.status_code == 400 and "is not a class of" in refused.json()["error"]
     similar = client.post("/v1/similar", files=files(png_bytes(3)), data={"k": "5"}).json()
     assert len(similar["results"][0]["neighbours"]) == 5
     expected = service.similar([service.decode(Upload("x", png_bytes(3)))], 5)[0]["neighbours"]

@@ -63,12 +63,20 @@ def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(serv
             value, label = float(shown.get_attribute("data-value")), shown.get_attribute("data-class")
             predicted = driver.find_element("id", "predicted").text
             similar = driver.execute_script("return document.querySelectorAll('#similar figure').length")
+            driver.execute_script(  # the map of a chosen class (a finding), not the predicted one
+                "const s = document.getElementById('target'); s.value = 'benign'; s.dispatchEvent(new Event('change'))"
+            )
+            caption = wait_for(
+                driver,
+                "const c = document.querySelector('#maps figcaption'); return document.body.dataset.state === 'done'"
+                " && c.textContent.includes('explained: benign') && c.textContent",
+            )
     finally:
         driver.quit()
     row = predicted_with_the_cli_library(service.run.root, image_files[0], tmp_path / "predictions.csv")
     assert value == pytest.approx(float(row[f"prob_{label}"]), abs=1e-6)
     assert predicted.startswith(f"predicted: {row['predicted']} (at the validation threshold")
-    assert errors == []
+    assert errors == [] and caption.startswith("input; explained: benign (")
     maps = [alt for alt, *_ in images if alt.startswith(("attention:", "gradcam"))]
     assert maps == ["attention:pool3", "attention:pool4", "gradcam"]
     assert heat == ["0.7"] * 3  # the opacity slider moved every heat map
