@@ -30,14 +30,19 @@ from attnscope.errors import DataError
 log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 PREAMBLE_END = 132  # 128 bytes of preamble, then the magic b"DICM"
 
 
 def looks_like_dicom(path: Path | str, data: BinaryIO | None = None) -> bool:
     """Whether a file is DICOM: by its extension, or by the ``DICM`` after its 128-byte preamble (the way
-    PACS exports without extensions are recognised)."""
-    if Path(str(path)).suffix.lower() in DICOM_SUFFIXES:
+    PACS exports without extensions are recognised). A file named as a Pillow image is not opened to look:
+    every decode would read it twice."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
         return True
+    if data is None and suffix in PILLOW_SUFFIXES:
+        return False
     try:
         if data is not None:
             start = data.tell()

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from attnscope.data.dicom import DICOM_SUFFIXES, looks_like_dicom
+from attnscope.data.dicom import DICOM_SUFFIXES, PILLOW_SUFFIXES, looks_like_dicom
 from attnscope.data.manifest import BadRow, Manifest
 from attnscope.errors import ConfigError, DataError
 from attnscope.names import SPLITS
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # class indices without a list of class names: a sane bound, so that one mistyped cell
 # cannot turn a task into millions of classes
 MAX_CLASSES = 10_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", *DICOM_SUFFIXES)
+IMAGE_EXTENSIONS = (*PILLOW_SUFFIXES, *DICOM_SUFFIXES)
 
 
 def is_image_file(path: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
