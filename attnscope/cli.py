@@ -185,8 +185,7 @@ def _parser_train(verbs: Any) -> None:
         "train",
         help="train a model into a run directory",
         description="Options come from --config (a YAML file or a shipped name: "
-        "demo, melanoma, fashion_mnist), then --set, then the flags; "
-        "later ones win.",
+        f"{', '.join(names.shipped_configs())}), then --set, then the flags; later ones win.",
     )
     parser.add_argument("--config", help="YAML run config, or the name of a shipped one")
     _add_settings(parser)
@@ -334,6 +333,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo finished in {result.seconds:.0f} s; everything is in {result.run_dir}")
     print(f"to look at its predictions, maps and similar cases in a browser: {serve_command(result)}")
     return 0
+
+
+def _parser_generate(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "generate",
+        help="write a generated data set to a folder, as real ones come (chest X-rays: DICOM, 16-bit PNG, CSVs)",
+        description="Writes generated chest-X-ray-like films with four findings and their boxes: 16-bit PNGs with "
+        "NIH ChestX-ray14's CSV, box file and split lists, and the same films as DICOM with a CheXpert-style CSV. "
+        "The patients, names and dates in the DICOM files are invented.",
+    )
+    parser.add_argument("kind", choices=["chest_xrays"], help="what to generate")
+    parser.add_argument("out", help="a new folder (an earlier generated set there is replaced with --force)")
+    parser.add_argument("--count", type=int, default=400, help="films (default 400; two per patient)")
+    parser.add_argument("--size", type=int, default=256, help="pixels per side (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same films (default 0)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="patients listed in test_list.txt")
+    parser.add_argument("--force", action="store_true", help="replace a set generated there before")
+    _add_common(parser, skip_bad=False)
+    parser.set_defaults(handler=lambda args: _cmd_generate(args))
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from attnscope.data.sources.chest_files import write_chest_xray_set
+
+    out = write_chest_xray_set(
+        args.out, args.count, args.size, args.seed, test_fraction=args.test_fraction, replace=args.force,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"{args.count} films in {out}: images/ (16-bit PNG) with Data_Entry_2017.csv, BBox_List_2017.csv, "
+          "test_list.txt and train_val_list.txt; dicom/ with train.csv (CheXpert layout)")  # fmt: skip
+    print(f"train on it: {generated_train_command(out)}")
+    return 0
+
+
+def generated_train_command(out: Path) -> str:
+    """The command that trains the chest X-ray recipe on a generated set at ``out``."""
+    import shlex
+
+    command = "attnscope train --config chest_xray_generated --run-dir runs/chest_xray"
+    if out == Path("chest_xrays"):  # where the recipe looks
+        return command
+    options = {"csv_path": "Data_Entry_2017.csv", "image_root": "images", "boxes_csv": "BBox_List_2017.csv",
+               "test_list": "test_list.txt", "train_list": "train_val_list.txt"}  # fmt: skip
+    return command + "".join(f" --data-option {shlex.quote(f'{k}={out / v}')}" for k, v in options.items())
 
 
 def serve_command(result: Any) -> str:
@@ -883,6 +926,7 @@ VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_export,
     _parser_serve,
     _parser_demo,
+    _parser_generate,
 )
 
 

@@ -39,7 +39,7 @@ MONITOR_MODES = ("max", "min")
 # (Ilse et al. 2018), plain or gated
 MODEL_HEADS = ("avg", "attn_pool", "gated_attn_pool")
 
-DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "cluttered")
+DATA_SOURCES = ("csv", "folder", "idx", "medmnist", "synthetic_lesions", "synthetic_chest_xrays", "cluttered")
 
 # layer CAMs: one backward pass (the first six), none (eigencam), one forward pass per channel (score-, ablation-),
 # or Grad-CAM times guided backpropagation (guided_gradcam: two backward passes)
@@ -76,3 +76,11 @@ INDEX_PARAMS: dict[str, dict[str, int | float]] = {
 }
 # the index parameters that are shares, not counts
 FRACTION_INDEX_PARAMS = ("margin",)
+
+
+def shipped_configs() -> list[str]:
+    """Configs shipped with the package (``attnscope train --config NAME``), read from its ``configs`` folder."""
+    import importlib.resources
+
+    folder = importlib.resources.files("attnscope") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES, decode_image, resize_and_crop
+from attnscope.data.boxes import box_mask
+from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES, decode_image, resize_and_crop, stored_size
 from attnscope.data.manifest import Manifest
 from attnscope.errors import DataError
 from attnscope.fileio import sweep_temporaries, temporary_prefix
@@ -90,7 +91,7 @@ def _channels(mode: str) -> int:
 def _decode_chunk(
     images_path: str,
     masks_path: str | None,
-    jobs: list[tuple[int, str, str | None]],
+    jobs: list[tuple[int, str, MaskSource]],
     size: int,
     mode: str,
     pixel_limit: int,
@@ -104,15 +105,25 @@ def _decode_chunk(
         try:
             images[position] = decode_image(image_path, size, mode, pixel_limit, window=window).reshape(size, size, -1)
             if masks is not None:
-                if mask_path is None:
-                    raise DataError("no mask for this row")
-                masks[position] = decode_image(mask_path, size, pixel_limit=pixel_limit, mask=True)
+                masks[position] = _decode_mask(image_path, mask_path, size, pixel_limit)
         except DataError as error:
             failures.append((position, str(error)))
     images.flush()
     if masks is not None:
         masks.flush()
     return failures
+
+
+MaskSource = str | tuple | None  # a mask file, a row's boxes, or nothing
+
+
+def _decode_mask(image_path: str, mask: MaskSource, size: int, pixel_limit: int) -> np.ndarray:
+    """A row's mask at the cache size: its mask file decoded, or its boxes drawn (:mod:`attnscope.data.boxes`)."""
+    if mask is None:
+        raise DataError("no mask for this row")
+    if isinstance(mask, tuple):
+        return box_mask(mask, stored_size(image_path), size)
+    return decode_image(mask, size, pixel_limit=pixel_limit, mask=True)
 
 
 def _valid(folder: Path, count: int, size: int, mode: str, has_masks: bool) -> dict | None:
@@ -183,7 +194,7 @@ def _build_into(
             "free space there or point data.cache_dir (--cache-dir) at a disk with room"
         ) from error
     paths: list[str] = manifest.paths or []
-    mask_paths: list[str | None] = list(manifest.mask_paths or [None] * count)
+    mask_paths: list[MaskSource] = list(manifest.boxes or manifest.mask_paths or [None] * count)
     decode = partial(
         _decode_chunk,
         str(images_path),

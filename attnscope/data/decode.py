@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from attnscope.data.dicom import looks_like_dicom, read_dicom
+from attnscope.data.dicom import looks_like_dicom, read_dicom, read_dicom_header
 from attnscope.data.window import WINDOWS, WindowError, window_values
 from attnscope.errors import DataError
 
@@ -35,6 +35,7 @@ DEFAULT_PIXEL_LIMIT = 100_000_000  # 10,000 x 10,000; whole-slide images need a 
 MAX_ASPECT_RATIO = 20
 _PILLOW_LIMIT = threading.Lock()
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ORIENTATION_TAG = 0x0112  # EXIF orientation: 5-8 turn the image a quarter
 
 
 def _to_mode(image: Image.Image, mode: str, window: str) -> Image.Image:
@@ -169,6 +170,20 @@ def _decode(path: Path | str, data: BinaryIO | None, target: _Target) -> np.ndar
         raise DataError(f"{path}: not enough memory to decode this image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: truncated or corrupt image ({error})") from error
+
+
+def stored_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`decode_image` sees it before resizing (EXIF rotation applied),
+    read from its header alone; a DataError naming the file when it has none."""
+    try:
+        if looks_like_dicom(path):
+            dataset = read_dicom_header(path)
+            return int(dataset.Columns), int(dataset.Rows)
+        with _pillow_pixel_limit(DEFAULT_PIXEL_LIMIT), Image.open(path) as image:
+            turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+            return (image.size[1], image.size[0]) if turned else image.size
+    except (OSError, ValueError, AttributeError, UnidentifiedImageError) as error:
+        raise DataError(f"{path}: the image's size cannot be read ({error})") from error
 
 
 def decode_image(

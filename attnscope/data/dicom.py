@@ -66,6 +66,16 @@ def _pydicom() -> Any:
     return pydicom
 
 
+def read_dicom_header(source: Path | str | BinaryIO) -> Any:
+    """A DICOM file's header without its pixels (sizes, the patient's id); a DataError naming it when unreadable."""
+    pydicom = _pydicom()
+    name = str(getattr(source, "name", source))
+    try:
+        return pydicom.dcmread(source, stop_before_pixels=True, force=Path(name).suffix.lower() in DICOM_SUFFIXES)
+    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{name}: not a readable DICOM file ({error})") from error
+
+
 def read_dicom(
     source: Path | str | BinaryIO, name: str, window: str, pixel_limit: int, byte_limit: int | None = None
 ) -> Image.Image:

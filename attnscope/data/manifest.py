@@ -65,6 +65,8 @@ class Manifest:
     ``labels``: (N,) int64 class indices, or (N, K) float32 multi-hot vectors.
     ``paths``: image files (file-backed), or ``images``: uint8 (N, H, W[, C]) (array-backed).
     ``mask_paths`` / ``masks``: the same for ground-truth masks (optional).
+    ``boxes``: per file-backed row, its boxes ``(x, y, width, height)`` in the stored image's pixels, whose
+    union is its mask (an empty tuple: an empty mask); instead of ``mask_paths``.
     ``ids``: what a user calls each row (image id, file name, index), for messages.
     ``rows``: the row of the source file each entry came from, for messages.
     ``rejected``: rows left out so far, with their reasons.
@@ -78,6 +80,7 @@ class Manifest:
     images: np.ndarray | None = None
     mask_paths: list[str | None] | None = None
     masks: np.ndarray | None = None
+    boxes: list[tuple[tuple[float, float, float, float], ...]] | None = None
     groups: list[str | None] | None = None
     splits: list[str | None] | None = None
     rows: list[int] | None = None
@@ -85,7 +88,7 @@ class Manifest:
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        for name in ("labels", "paths", "images", "mask_paths", "masks", "groups", "splits", "rows"):
+        for name in ("labels", "paths", "images", "mask_paths", "masks", "boxes", "groups", "splits", "rows"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise DataError(f"{self.source}: manifest column {name!r} has {len(value)} entries for {n} rows")
@@ -105,7 +108,7 @@ class Manifest:
 
     @property
     def has_masks(self) -> bool:
-        return self.mask_paths is not None or self.masks is not None
+        return self.mask_paths is not None or self.masks is not None or self.boxes is not None
 
     def row_of(self, index: int) -> int | None:
         return None if self.rows is None else self.rows[index]
@@ -133,6 +136,7 @@ class Manifest:
             images=pick(self.images),
             mask_paths=pick(self.mask_paths),
             masks=pick(self.masks),
+            boxes=pick(self.boxes),
             groups=pick(self.groups),
             splits=pick(self.splits),
             rows=pick(self.rows),
@@ -184,6 +188,8 @@ class Manifest:
                 digest.update(f"{mask_path}\0{size}\0{mtime}\n".encode())
         elif self.masks is not None:
             digest.update(np.ascontiguousarray(self.masks).data)
+        if self.boxes is not None:
+            digest.update(repr(self.boxes).encode())
         return digest.hexdigest()
 
     def label_text(self, index: int) -> str:

@@ -21,7 +21,15 @@ import yaml
 
 from attnscope.data.module import DataConfig
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown, shown
-from attnscope.names import FOCAL_ALPHA_MODES, LOSSES, MONITOR_MODES, OPTIMIZERS, SCHEDULES, SUPERVISION_KINDS
+from attnscope.names import (
+    FOCAL_ALPHA_MODES,
+    LOSSES,
+    MONITOR_MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    SUPERVISION_KINDS,
+    shipped_configs,
+)
 
 
 @dataclass
@@ -277,8 +285,7 @@ def _refuse_unknown(where: str, values: dict, kind: type) -> None:
 
 def named_configs() -> list[str]:
     """Configs shipped with the package (``attnscope train --config NAME``)."""
-    folder = importlib.resources.files("attnscope") / "configs"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_configs()
 
 
 def read_config_file(name_or_path: str | Path) -> dict:

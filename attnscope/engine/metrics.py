@@ -200,12 +200,13 @@ def _multilabel_summary(
         for c, name in enumerate(classes)
     ]
     result: dict[str, Any] = {key: _mean([column[key] for column in columns]) for key in MEAN_KEYS}
-    for key in ("auc", "ap", "sensitivity", "specificity", "threshold"):
+    for key in ("auc", "ap", "sensitivity", "specificity", "threshold", "sensitivity_youden", "specificity_youden"):
         result[f"{key}_per_class"] = [column[key] for column in columns]
     result["threshold"] = [column["threshold"] for column in columns]
     result["confusion_per_class"] = [column["confusion"] for column in columns]
     result["rows"] = len(targets)
     result["rows_per_class"] = known.sum(dim=0).tolist()
+    result["positives_per_class"] = torch.nan_to_num(targets.float(), nan=0.0).sum(dim=0).int().tolist()
     return result
 
 

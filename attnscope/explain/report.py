@@ -26,7 +26,21 @@ from attnscope.engine.inference import EvaluateOptions, Evaluation, evaluate, pr
 from attnscope.engine.plots import save_figure
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_metrics_csv
-from attnscope.explain.explainer import SCORE_NAMES, ExplainOptions, Explanation, explain, explain_batch
+from attnscope.explain.explainer import (
+    SCORE_NAMES,
+    ExplainOptions,
+    Explanation,
+    explain,
+    explain_batch,
+    resolve_methods,
+)
+from attnscope.explain.findings import (
+    FINDING_METRIC_HEADER,
+    GalleryPick,
+    finding_gallery_order,
+    finding_localisation,
+    finding_metric_rows,
+)
 from attnscope.explain.overlay import write_attention_grid
 from attnscope.fileio import atomic_write, sweep_temporaries
 from attnscope.htmlpage import document, png_file_uri
@@ -180,7 +194,12 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
         ),
     )
     gallery = _gallery(run, run.loader(test), options.per_group, work / "gallery")
-    atomic_write(out, _page(run, evaluation, curves, scores, gallery))
+    by_finding = (
+        finding_localisation(run, run.loader(test), resolve_methods(list(options.methods)), options.score_images)
+        if run.kind == "multilabel" and scores.has_masks
+        else {}
+    )
+    atomic_write(out, _page(run, evaluation, curves, scores, gallery, by_finding))
     return Report(out, evaluation, scores)
 
 
@@ -196,21 +215,31 @@ def evaluate_with_report(
     return evaluation, write_report(run, ReportOptions(skip_bad=options.skip_bad), evaluation)
 
 
+def gallery_picks(run: Run, probs: torch.Tensor, labels: torch.Tensor, per_group: int) -> list[GalleryPick]:
+    """(position, finding whose maps are drawn, group) of the gallery: by outcome, or per finding when multi-label."""
+    if run.kind == "multilabel":
+        return finding_gallery_order(probs, labels, run.label_thresholds, per_group)
+    return [(position, None, group) for position, group, _ in gallery_order(run, probs, labels, per_group)]
+
+
 def _gallery(run: Run, loader: BatchLoader, per_group: int, folder: Path) -> list[str]:
-    """HTML figures of test images grouped by outcome, each with every attention tap and Grad-CAM."""
+    """HTML figures of test images grouped by outcome (per finding when multi-label), each with every attention
+    tap and Grad-CAM of the predicted class (of the finding)."""
     probs, labels, rows = predict_loader(run, loader)
-    chosen = gallery_order(run, probs, labels, per_group)
+    chosen = gallery_picks(run, probs, labels, per_group)
     if not chosen:
         return []
     manifest = loader.decoded.manifest
-    wanted = np.array([int(rows[position]) for position, _, _ in chosen])
-    batch = next(iter(loader.subset(wanted)))  # rows come back in cache order
-    explanation = explain_batch(run, batch["image"], ["attention", "gradcam"])
+    batch = next(iter(loader.subset(np.array(sorted({int(rows[p]) for p, _, _ in chosen})))))
     where = {row: index for index, row in enumerate(batch["row"].tolist())}
+    explanations = {
+        target: explain_batch(run, batch["image"], ["attention", "gradcam"], target=target)
+        for target in dict.fromkeys(target for _, target, _ in chosen)
+    }
     parts, current = [], None
-    for number, (position, group, _) in enumerate(chosen):
+    for number, (position, target, group) in enumerate(chosen):
         row = int(rows[position])
-        index = where[row]
+        index, explanation = where[row], explanations[target]
         figure = write_attention_grid(
             batch["image"][index : index + 1],
             {k: v[index : index + 1] for k, v in explanation.maps.items()},
@@ -218,9 +247,10 @@ def _gallery(run: Run, loader: BatchLoader, per_group: int, folder: Path) -> lis
             folder / f"{number:03d}.png",
             normalise_maps=False,
         )
-        if group != current:
-            parts.append(f"<h3>{html.escape(group)}</h3>")
-            current = group
+        heading = group if target is None else f"{run.classes[target]}: {group}"
+        if heading != current:
+            parts.append(f"<h3>{html.escape(heading)}</h3>")
+            current = heading
         caption = (
             f"{html.escape(manifest.ids[row])}: true {html.escape(manifest.label_text(row))}; "
             f"{html.escape(probability_text(run, probs[position]))}"
@@ -287,13 +317,41 @@ def _config_rows(run: Run) -> list[list]:
     ]
 
 
-def _page(run: Run, evaluation: Evaluation, curves: Path | None, scores: Explanation, gallery_html: list[str]) -> str:
+def _finding_sections(run: Run, evaluation: Evaluation, by_finding: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A multi-label run's figures per finding: its metrics at its operating point, and where its maps point."""
+    parts = [
+        '<section id="findings"><h2>Per finding</h2><p>Each finding as its own binary problem over the test images '
+        "where it is labelled (uncertain labels left out); the threshold is the one chosen on validation.</p>"
+        f"{_table(FINDING_METRIC_HEADER, finding_metric_rows(run.classes, evaluation.metrics))}"
+    ]
+    methods = list(dict.fromkeys(method for entry in by_finding.values() for method in entry))
+    for score, meaning in (("pointing_game", "pointing game"), ("energy", "energy inside the boxes")):
+        rows = [[method, *(by_finding.get(name, {}).get(method, {}).get(score) for name in run.classes)]
+                for method in methods]  # fmt: skip
+        if rows:
+            parts.append(
+                f"<h3>Maps of each finding: {meaning}</h3><p>The maps of a finding on the test images where it is "
+                "present and boxed, against the image's boxes (higher is better).</p>"
+                f"{_table(['method', *run.classes], rows)}"
+            )
+    return "".join(parts) + "</section>"
+
+
+def _page(
+    run: Run,
+    evaluation: Evaluation,
+    curves: Path | None,
+    scores: Explanation,
+    gallery_html: list[str],
+    by_finding: dict[str, dict[str, dict[str, float]]] | None = None,
+) -> str:
     score_header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores.summary.values())]]
     score_rows = [[method, *[entry.get(n) for n in score_header[1:]]] for method, entry in scores.summary.items()]
     plots = "".join(
         f'<img src="{png_file_uri(p)}" alt="{name}" id="plot-{name}">' for name, p in evaluation.plots.items()
     )
     where = "with masks: localisation and faithfulness" if scores.has_masks else "without masks: faithfulness only"
+    gallery_target = "the finding it is shown under" if run.kind == "multilabel" else "the predicted class"
     sections = [
         f'<h1>attnscope report: {html.escape(run.root.name)}</h1><p class="muted">{html.escape(str(run.root))}</p>',
         f'<section id="config"><h2>Run</h2>{_table(["setting", "value"], _config_rows(run), numeric_from=2)}</section>',
@@ -302,6 +360,8 @@ def _page(run: Run, evaluation: Evaluation, curves: Path | None, scores: Explana
         f"{_table(['metric', 'value'], _metric_rows(run, evaluation.metrics))}</section>",
         f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion</h2>{plots}</section>',
     ]
+    if run.kind == "multilabel":
+        sections.append(_finding_sections(run, evaluation, by_finding or {}))
     if curves is not None:
         sections.append(
             f'<section id="curves"><h2>Training curves</h2>'
@@ -315,7 +375,7 @@ def _page(run: Run, evaluation: Evaluation, curves: Path | None, scores: Explana
     )
     sections.append(
         '<section id="gallery" class="gallery"><h2>Gallery</h2>'
-        "<p>Each row: the input, every attention tap and Grad-CAM of the predicted class.</p>"
+        f"<p>Each row: the input, every attention tap and Grad-CAM of {gallery_target}.</p>"
         + "".join(gallery_html)
         + "</section>"
     )

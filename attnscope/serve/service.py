@@ -214,7 +214,7 @@ class ModelService:
             log.warning("%s scored other weights than those served; the model card leaves its metrics out", path)
             return None
         metrics = recorded.get("metrics", {})
-        return {name: metrics[name] for name in (*HEADLINE_METRICS, "rows") if name in metrics}
+        return {name: metrics[name] for name in (*HEADLINE_METRICS, "rows", *FINDING_METRICS) if name in metrics}
 
     def card(self) -> dict[str, Any]:
         """What ``GET /v1/model`` says: the run, its model and data settings, classes, threshold, metrics."""
@@ -237,6 +237,15 @@ class ModelService:
             if self.index is None
             else {"images": len(self.index), "kind": self.index.kind, "thumbnails": self.index.thumbs is not None},
         }
+
+
+# a multi-label run's figures per finding, for the page's table of findings
+FINDING_METRICS = (
+    "auc_per_class",
+    "threshold_per_class",
+    "sensitivity_youden_per_class",
+    "specificity_youden_per_class",
+)
 
 
 def check_cam_method(method: str) -> None:

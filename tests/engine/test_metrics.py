@@ -117,3 +117,21 @@ def test_multilabel_labels_left_out_are_left_out_of_their_own_metrics_only():
     full = summarize(probs[:, 1:], targets[:, 1:], "multilabel", ["b", "c"], threshold=[0.5, 0.5])
     assert summary["auc_per_class"][1:] == pytest.approx(full["auc_per_class"])  # the others use every row
     assert summary["rows_per_class"] == [30, 40, 40] and summary["rows"] == 40
+
+
+def test_multilabel_operating_point_per_finding_is_at_its_own_threshold():
+    torch.manual_seed(2)
+    probs = torch.rand(50, 2)
+    targets = (torch.rand(50, 2) > 0.6).float()
+    targets[:5, 1] = math.nan
+    summary = summarize(probs, targets, "multilabel", ["a", "b"], threshold=[0.3, 0.7])
+    for column, threshold in enumerate((0.3, 0.7)):
+        known = ~torch.isnan(targets[:, column])
+        p, t = probs[known, column], targets[known, column].bool()
+        predicted = p >= threshold
+        assert summary["sensitivity_youden_per_class"][column] == pytest.approx(float((predicted & t).sum() / t.sum()))
+        assert summary["specificity_youden_per_class"][column] == pytest.approx(
+            float((~predicted & ~t).sum() / (~t).sum())
+        )
+        assert summary["positives_per_class"][column] == int(t.sum())
+    assert summary["threshold_per_class"] == [0.3, 0.7]

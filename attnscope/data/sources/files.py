@@ -16,6 +16,7 @@ import numpy as np
 
 from attnscope.data.dicom import DICOM_SUFFIXES, PILLOW_SUFFIXES, looks_like_dicom
 from attnscope.data.manifest import BadRow, Manifest
+from attnscope.data.sources.extras import apply_split_lists, attach_boxes, dicom_patient_groups
 from attnscope.errors import ConfigError, DataError
 from attnscope.names import SPLITS
 
@@ -170,7 +171,10 @@ class CsvLayout:
     loss and of that label's metrics; ``ones``; ``zeros``: Irvin et al. 2019's
     U-Ignore, U-Ones, U-Zeros); unset, such a row is a bad row. ``group_pattern``, a
     regular expression, takes each row's group (its patient) from its id when no
-    column holds it (CheXpert's ``patient00001`` inside the path). ``layout`` fills
+    column holds it (CheXpert's ``patient00001`` inside the path); ``dicom_patient_group`` takes it from each
+    DICOM file's Patient ID instead (hashed: the id is never written). ``boxes_csv`` names a file of boxes
+    (ChestX-ray14's ``BBox_List_2017.csv``) that become the masks; ``test_list`` the ids of the test split
+    (ChestX-ray14's ``test_list.txt``) and ``train_list`` those of the rest (``train_val_list.txt``). ``layout`` fills
     the options of a known layout (:data:`LAYOUTS`); options given beside it win.
     """
 
@@ -188,6 +192,10 @@ class CsvLayout:
     uncertain: str | None = None
     blank: str | None = None
     group_pattern: str | None = None
+    dicom_patient_group: bool = False
+    boxes_csv: str | Path | None = None
+    test_list: str | Path | None = None
+    train_list: str | Path | None = None
     layout: str | None = None
 
     @classmethod
@@ -290,7 +298,20 @@ def from_csv(csv_path: str | Path, image_root: str | Path | None = None, **optio
         parsed.groups.append(_group(row, image_id, layout))
         parsed.splits.append(split)
         parsed.rows.append(line)
-    return _csv_manifest(str(csv_path), parsed, layout, class_names)
+    return _with_extras(_csv_manifest(str(csv_path), parsed, layout, class_names), layout)
+
+
+def _with_extras(manifest: Manifest, layout: CsvLayout) -> Manifest:
+    """The manifest with what the layout takes from beside the CSV: patient groups, split lists, boxes."""
+    if layout.dicom_patient_group:
+        manifest = dicom_patient_groups(manifest)
+    if layout.test_list is not None or layout.train_list is not None:
+        manifest = apply_split_lists(manifest, layout.test_list, layout.train_list)
+    if layout.boxes_csv is not None:
+        if layout.mask_column is not None:
+            raise ConfigError("csv options boxes_csv and mask_column both give masks; choose one")
+        manifest = attach_boxes(manifest, layout.boxes_csv)
+    return manifest
 
 
 def _group(row: dict[str, str], image_id: str, layout: CsvLayout) -> str | None:
@@ -420,12 +441,17 @@ def _csv_manifest(source: str, parsed: _CsvRows, layout: CsvLayout, class_names:
 
 
 def from_folder(
-    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, follow_symlinks: bool = False
+    root: str | Path,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    follow_symlinks: bool = False,
+    dicom_patient_group: bool = False,
 ) -> Manifest:
     """A manifest from ``root/<class name>/**/<image>``; class names sorted give the indices.
 
     A file (or class folder) that is a link leading outside ``root`` is a bad row
     unless ``follow_symlinks``: its pixels would otherwise end up in shared thumbnails.
+    ``dicom_patient_group`` keeps each patient's images in one split, by the DICOM
+    files' Patient ID (hashed: the id is never written).
     """
     root = Path(root)
     if not root.is_dir():
@@ -462,4 +488,5 @@ def from_folder(
             ", ".join(str(p.relative_to(root)) for p in ignored[:10]),
         )
     classes = [d.name for d in class_dirs]
-    return Manifest(str(root), ids, np.array(labels, dtype=np.int64), classes, paths=paths, rejected=rejected)
+    manifest = Manifest(str(root), ids, np.array(labels, dtype=np.int64), classes, paths=paths, rejected=rejected)
+    return dicom_patient_groups(manifest) if dicom_patient_group else manifest

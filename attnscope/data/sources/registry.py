@@ -18,6 +18,7 @@ from typing import Any
 
 from attnscope.data.manifest import Manifest
 from attnscope.data.sources.arrays import from_idx, from_medmnist
+from attnscope.data.sources.chest import synthetic_chest_xrays
 from attnscope.data.sources.files import CsvLayout, from_csv, from_folder
 from attnscope.data.sources.synthetic import cluttered, synthetic_lesions
 from attnscope.errors import ConfigError, is_integer, is_number
@@ -66,6 +67,7 @@ SOURCES = Registry[Source](
         "idx": Source(from_idx),
         "medmnist": Source(from_medmnist),
         "synthetic_lesions": Source(synthetic_lesions),
+        "synthetic_chest_xrays": Source(synthetic_chest_xrays),
         "cluttered": Source(cluttered_idx),
     },
     options=Source.options,
