@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -335,6 +336,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser_calibrate(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "calibrate",
+        help="fit a run's temperature scaling on its validation split (train does this itself)",
+        description="Fits the temperature that makes the run's probabilities match observed frequencies on its "
+        "validation split (Guo et al. 2017) and writes RUN/calibration.json; predict, evaluate, explain, serve and "
+        "export then use it. For runs trained before calibration existed, or with trainer.calibration: none.",
+    )
+    _add_run(parser)
+    _add_common(parser, skip_bad=False)
+    parser.set_defaults(handler=lambda args: _cmd_calibrate(args))
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from attnscope.engine.recalibrate import calibrate_run
+
+    with _open_run(args) as run:
+        values = calibrate_run(run)
+    before, after = values["val_before"], values["val_after"]
+    print(f"temperature {values['temperature']} fitted on the {values['fitted_on']}")
+    print(
+        f"validation ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}"
+    )
+    print(f"written: {run.paths.calibration}")
+    return 0
+
+
 def _parser_generate(verbs: Any) -> None:
     parser = verbs.add_parser(
         "generate",
@@ -401,6 +429,13 @@ def _parser_evaluate(verbs: Any) -> None:
     parser.add_argument("--out", help="output folder (default RUN/evaluation, RUN/evaluation-tta with --tta)")
     parser.add_argument("--tta", action="store_true", help=TTA_HELP + " (no report is written from it)")
     parser.add_argument("--no-report", action="store_true", help="do not write RUN/report.html afterwards")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples of the confidence intervals (default 1000; 0: none)"
+    )
+    parser.add_argument("--confidence", type=float, default=0.95, help="the intervals' level (default 0.95)")
+    parser.add_argument(
+        "--bootstrap-method", choices=["percentile", "BCa"], default="percentile", help="default percentile"
+    )
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_evaluate(args))
 
@@ -410,9 +445,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attnscope.explain.report import evaluate_with_report
 
     with _open_run(args) as run:
-        evaluation, report = evaluate_with_report(
-            run, EvaluateOptions(**_selection(args), out=args.out, tta=args.tta), report=not args.no_report
-        )
+        options = EvaluateOptions(
+            **_selection(args), out=args.out, tta=args.tta, bootstrap=args.bootstrap, confidence=args.confidence,
+            bootstrap_method=args.bootstrap_method,
+        )  # fmt: skip
+        evaluation, report = evaluate_with_report(run, options, report=not args.no_report)
     _print_metrics(evaluation)
     if report is not None:
         print(f"report: {report.path}")
@@ -423,14 +460,32 @@ def _print_metrics(result: Evaluation) -> None:
     metrics = result.metrics
     averaged = f", averaged over {', '.join(metrics['tta'])}" if "tta" in metrics else ""
     print(f"{result.data} ({metrics['rows']} images, {result.kind}{averaged}):")
+    drawn = metrics.get("intervals", {})
     for name in names.HEADLINE_METRICS:
         if name in metrics:
-            print(f"  {name:<20} {metrics[name]:.4f}")
+            print(f"  {name:<20} {metrics[name]:.4f}{interval_text(drawn, name)}")
+    if drawn.get("intervals"):
+        print(f"  ({drawn['level']:.0%} intervals: {drawn['method']}, {drawn['resamples']} resamples of "
+              f"{drawn['units']} {drawn['unit']}s, seed {drawn['seed']}; DeLong's for AUC)")  # fmt: skip
+    if "calibration" in metrics:
+        before = metrics.get("calibration_uncalibrated", {}).get("ece")
+        change = f" (uncalibrated {before:.4f})" if before is not None else ""
+        print(f"  {'ECE':<20} {metrics['calibration']['ece']:.4f}{change}")
     if isinstance(metrics.get("threshold"), float):
         print(f"  {'threshold (val)':<20} {metrics['threshold']:.4f}")
     for branch, values in metrics.get("branches", {}).items():
         print(f"  {branch + ' branch AUC':<20} {values['auc']:.4f}")
     print(f"metrics and plots: {result.out}")
+
+
+def interval_text(drawn: dict, name: str) -> str:
+    """`` (0.91 to 0.95; DeLong 0.92 to 0.95)`` of a metric, or nothing where no interval was drawn."""
+    interval = drawn.get("intervals", {}).get(name)
+    if not interval or any(math.isnan(v) for v in interval):
+        return ""
+    delong = drawn.get("delong", {}).get(name)
+    extra = f"; DeLong {delong[0]:.4f} to {delong[1]:.4f}" if delong and not math.isnan(delong[0]) else ""
+    return f"   ({interval[0]:.4f} to {interval[1]:.4f}{extra})"
 
 
 def _parser_report(verbs: Any) -> None:
@@ -927,6 +982,7 @@ VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_serve,
     _parser_demo,
     _parser_generate,
+    _parser_calibrate,
 )
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 GENERATOR = "attnscope"  # every page says who wrote it, so a later run can tell its own pages from a user's
+RESEARCH_USE = (
+    "For research use only, not for diagnosis: a model's output is no substitute for a clinician's judgement."
+)
 
 
 def png_file_uri(path: str | Path) -> str:
@@ -30,9 +33,11 @@ def png_array_uri(image: np.ndarray) -> str:
 
 
 def document(title: str, style: str, body: str) -> str:
-    """A whole HTML page: ``title`` is escaped here, ``body`` is HTML the caller escaped."""
+    """A whole HTML page: ``title`` is escaped here, ``body`` is HTML the caller escaped; every page opens with
+    the notice that it is for research use (:data:`RESEARCH_USE`)."""
+    notice = f'<p class="research-use" role="note"><strong>{html.escape(RESEARCH_USE)}</strong></p>'
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">'
         f"<title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{body}</body></html>\n"
+        f"<style>{style}</style></head><body>{notice}{body}</body></html>\n"
     )

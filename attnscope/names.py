@@ -12,6 +12,7 @@ from __future__ import annotations
 SPLITS = ("train", "val", "test")
 # the scalar metrics of an evaluation, in the order they are shown (CLI, report); the ``_youden``
 # pair is at the operating threshold chosen on validation
+CALIBRATIONS = ("temperature", "none")  # trainer.calibration
 HEADLINE_METRICS = (
     "auc",
     "ap",

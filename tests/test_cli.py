@@ -129,9 +129,11 @@ def test_evaluate_writes_metrics_and_plots(cli_run, capsys):
     assert "test split (24 images, binary)" in out and "auc" in out
     metrics = json.loads((cli_run / "evaluation" / "metrics.json").read_text())
     assert metrics["metrics"]["rows"] == 24 and 0 <= metrics["metrics"]["auc"] <= 1
-    best = json.loads((cli_run / "best.json").read_text())
-    assert metrics["metrics"]["threshold"] == pytest.approx(best["threshold"])  # chosen on validation
-    for name in ("roc.png", "pr.png", "confusion.png"):
+    calibration = json.loads((cli_run / "calibration.json").read_text())
+    assert metrics["metrics"]["threshold"] == pytest.approx(calibration["threshold"])  # chosen on validation
+    assert metrics["metrics"]["temperature"] == pytest.approx(calibration["temperature"])
+    assert set(metrics["metrics"]["calibration"]) >= {"ece", "ece_equal_mass", "mce", "brier"}
+    for name in ("roc.png", "pr.png", "confusion.png", "reliability.png"):
         with Image.open(cli_run / "evaluation" / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100
 
@@ -201,7 +203,7 @@ def test_predict_writes_probabilities_per_class(cli_run, tmp_path, capsys):
     for row in rows:
         benign, malignant = float(row["prob_benign"]), float(row["prob_malignant"])
         assert benign + malignant == pytest.approx(1, abs=1e-5)
-        threshold = json.loads((cli_run / "best.json").read_text())["threshold"]
+        threshold = json.loads((cli_run / "calibration.json").read_text())["threshold"]  # the calibrated scale
         assert row["predicted"] == ("malignant" if malignant >= threshold else "benign")
 
 
@@ -218,7 +220,8 @@ def test_predict_matches_the_model_on_the_same_pixels(cli_run, tmp_path):
     run = Run.open(cli_run)
     pixels = torch.from_numpy(np.array(decode_image(path, 32))).permute(2, 0, 1)[None]
     with torch.no_grad():
-        expected = torch.sigmoid(run.model()(run.transform(pixels)[0]))[0, 0].item()
+        temperature = json.loads((cli_run / "calibration.json").read_text())["temperature"]
+        expected = torch.sigmoid(run.model()(run.transform(pixels)[0]) / temperature)[0, 0].item()
     assert float(next(csv.DictReader(out.open()))["prob_malignant"]) == pytest.approx(expected, abs=1e-5)
 
 

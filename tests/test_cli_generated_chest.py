@@ -79,13 +79,38 @@ def test_the_served_model_card_carries_each_findings_operating_point(generated_r
     from attnscope.serve import ModelService
     from attnscope.serve.app import create_app
 
+    # evaluated here too: with several workers, the test that evaluates may run in another one
+    assert cli.main(["evaluate", str(generated_run / "run"), "--no-report", "--bootstrap", "50", "--no-progress"]) == 0
     with Run.open(generated_run / "run", progress=False) as run:
         service = ModelService(run, None, None)
         with TestClient(create_app(service), base_url="http://localhost") as client:
             card = client.get("/v1/model").json()
     tested = card["test_metrics"]
     assert card["kind"] == "multilabel" and len(tested["threshold_per_class"]) == 4
+    low, high = tested["intervals"]["auc"]  # the interval of the test AUC travels with it
+    assert low <= tested["auc"] <= high and tested["interval_method"]["resamples"] == 50
     assert (
         tested["auc_per_class"]
         == json.loads((generated_run / "run" / "evaluation" / "metrics.json").read_text())["metrics"]["auc_per_class"]
     )
+
+
+def test_the_chexpert_csv_of_dicom_films_trains_with_the_recipe_and_groups_by_dicom_patient(generated_run):
+    films, run_dir = generated_run / "films", generated_run / "chexpert-run"
+    names = "[Cardiomegaly, Pleural Effusion, Lung Lesion, Consolidation]"
+    argv = ["train", "--config", "chest_xray_generated", "--model", "attn_vgg_tiny", "--image-size", "32"]
+    argv += ["--data-option", f"csv_path={films / 'train.csv'}", "--data-option", f"image_root={films}"]
+    argv += ["--data-option", "layout=chexpert", "--data-option", f"label_column={names}"]
+    argv += ["--data-option", "classes=null", "--data-option", "boxes_csv=null", "--data-option", "test_list=null"]
+    argv += ["--data-option", "train_list=null", "--data-option", "dicom_patient_group=true"]
+    argv += ["--set", "data.test_fraction=0.2", "--epochs", "1", "--run-dir", str(run_dir), "--no-progress"]
+    assert cli.main(argv) == 0  # binary cross-entropy (the recipe's) with the uncertain labels left out
+    with open(run_dir / "split.csv", newline="") as handle:
+        split = list(csv.DictReader(handle))
+    groups = {row["group"] for row in split}
+    assert all(group.startswith("patient-") for group in groups) and len(groups) == 32  # two films a patient
+    by_group: dict[str, set[str]] = {}
+    for row in split:
+        by_group.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in by_group.values())
+    assert "00000001" not in (run_dir / "split.csv").read_text()  # the DICOM Patient ID itself is never written

@@ -22,6 +22,7 @@ import yaml
 from attnscope.data.module import DataConfig
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown, shown
 from attnscope.names import (
+    CALIBRATIONS,
     FOCAL_ALPHA_MODES,
     LOSSES,
     MONITOR_MODES,
@@ -113,6 +114,7 @@ class TrainerSection:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    calibration: str = "temperature"  # or none: temperature scaling fitted on validation after training
 
 
 @dataclass
@@ -163,6 +165,7 @@ class RunConfig:
             ("schedule.name", self.schedule.name, SCHEDULES),
             ("loss.name", self.loss.name, LOSSES),
             ("trainer.mode", self.trainer.mode, MONITOR_MODES),
+            ("trainer.calibration", self.trainer.calibration, CALIBRATIONS),
         )
         for key, value, allowed in choices:
             if value not in allowed:

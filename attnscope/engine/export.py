@@ -2,7 +2,7 @@
 
 The exported graph takes what the loader yields, uint8 images (N, C, H, W) at the
 run's size, and normalises them inside, so a hospital's runtime needs nothing of
-attnscope: ``image`` in, ``logits`` out (and, with ``with_maps``, every spatial
+attnscope: ``image`` in, ``logits`` out, divided by the run's temperature (and, with ``with_maps``, every spatial
 attention tap as ``attention_<tap>``, at its own grid and in its own normalisation).
 The batch axis is dynamic. The run's classes, validation threshold, image size,
 normalisation and weights' SHA-256 travel in the model's metadata.
@@ -43,22 +43,32 @@ MIN_OPSET = 18  # the lowest opset torch's exporter (torch.export based) writes
 
 
 class ExportedModel(nn.Module):
-    """The run's model with its normalisation in front and, optionally, its attention maps as outputs."""
+    """The run's model with its normalisation in front, its logits divided by its temperature (so that their
+    softmax or sigmoid are the calibrated probabilities) and, optionally, its attention maps as outputs."""
 
-    def __init__(self, model: nn.Module, transform: BatchTransform, taps: list[str]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        transform: BatchTransform,
+        taps: list[str],
+        temperature: float | list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.taps = model, taps
         self.scale: torch.Tensor
         self.shift: torch.Tensor
+        self.inverse_temperature: torch.Tensor
         self.register_buffer("scale", transform.scale.clone())
         self.register_buffer("shift", transform.shift.clone())
+        inverse = 1.0 / torch.as_tensor(1.0 if temperature is None else temperature, dtype=torch.float32)
+        self.register_buffer("inverse_temperature", inverse)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         inputs = image.float() * self.scale + self.shift
         if not self.taps:
-            return (self.model(inputs),)
+            return (self.model(inputs) * self.inverse_temperature,)
         with capture_attention(self.model) as captured:
-            logits = self.model(inputs)
+            logits = self.model(inputs) * self.inverse_temperature
         maps = native_maps(captured)
         return (logits, *(maps[tap] for tap in self.taps))
 
@@ -129,7 +139,7 @@ def export(run: Run, options: ExportOptions | None = None) -> Export:
     taps = _spatial_taps(run) if options.with_maps else []
     if options.with_maps and not taps:
         raise ConfigError(f"{run.name} has no spatial attention maps to export; export without --with-maps")
-    wrapped = ExportedModel(run.model(), run.transform, taps).eval()
+    wrapped = ExportedModel(run.model(), run.transform, taps, run.temperature).eval()
     images = _check_images(run, options)
     names = ["logits", *[f"attention_{tap}" for tap in taps]]
     proto = to_onnx(wrapped, images[:2], names, options.opset)
@@ -213,6 +223,7 @@ def _add_metadata(proto, run: Run) -> None:
         "kind": run.kind,
         "classes": json.dumps(run.classes),
         "threshold": json.dumps(run.threshold),
+        "temperature": json.dumps(run.temperature),  # already applied to the logits in the graph
         "input": f"uint8 (N, {run.channels}, {run.image_size}, {run.image_size}), normalised inside the graph",
         "mean": json.dumps(run.summary["mean"]),
         "std": json.dumps(run.summary["std"]),

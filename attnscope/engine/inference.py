@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import BadRow, write_bad_rows
 from attnscope.data.sources.files import IMAGE_EXTENSIONS, read_csv_rows, resolve_image
+from attnscope.engine.calibration import calibration_scores
+from attnscope.engine.intervals import BootstrapOptions, metric_intervals
 from attnscope.engine.metrics import class_probabilities, probabilities, summarize
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
@@ -36,25 +38,41 @@ from attnscope.outputs import (
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def predict_loader(
     run: Run,
     loader: BatchLoader,
     description: str = "predict",
     views: tuple[str, ...] = ("none",),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilities (averaged over ``views``, see :mod:`~attnscope.engine.tta`), labels and
+    """Calibrated probabilities (averaged over ``views``, see :mod:`~attnscope.engine.tta`), labels and
     manifest rows of every batch of ``loader``, in loader order."""
+    probs, _, labels, rows = predict_with_raw(run, loader, description, views)
+    return probs, labels, rows
+
+
+@torch.no_grad()
+def predict_with_raw(
+    run: Run, loader: BatchLoader, description: str = "predict", views: tuple[str, ...] = ("none",)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`predict_loader` with the uncalibrated probabilities too (calibrated, raw, labels, rows): what the
+    run's calibration changed, from one forward pass."""
     model = run.model()
-    probs, labels, rows = [], [], []
+
+    def both(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = model(images)
+        return {"calibrated": run.probabilities(logits), "raw": probabilities(logits, run.kind)}
+
+    calibrated, raw, labels, rows = [], [], [], []
     for batch in tqdm(loader, desc=description, disable=not run.progress, leave=False):
         images, _ = run.transform(batch["image"])
-        probs.append(averaged(lambda x: probabilities(model(x), run.kind), images, views))
+        outputs = averaged(both, images, views)
+        calibrated.append(outputs["calibrated"])
+        raw.append(outputs["raw"])
         labels.append(batch["label"])
         rows.append(batch["row"])
-    if not probs:
+    if not calibrated:
         raise DataError("no images to predict")
-    return torch.cat(probs), torch.cat(labels), torch.cat(rows)
+    return torch.cat(calibrated), torch.cat(raw), torch.cat(labels), torch.cat(rows)
 
 
 BRANCH_METRICS = ("auc", "ap", "auc_per_class")
@@ -64,26 +82,32 @@ BRANCHES = ("global", "local", "fusion")
 @torch.no_grad()
 def predict_branches(
     run: Run, loader: BatchLoader, views: tuple[str, ...] = ("none",)
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """AG-CNN: probabilities of the global, local and fusion branches of every batch (averaged
-    over ``views``), and the labels."""
+    over ``views``; the trained branch's calibrated, and also as ``raw``), the labels and the manifest rows."""
     model: Any = run.model()  # an AGCNN
+    trained = str(model.stage)  # the branch the run's calibration was fitted to
 
     def branch_probabilities(images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = model.forward_branches(images)
-        return {name: probabilities(outputs[name], run.kind) for name in BRANCHES}
+        found = {
+            name: run.probabilities(outputs[name]) if name == trained else probabilities(outputs[name], run.kind)
+            for name in BRANCHES
+        }
+        return found | {"raw": probabilities(outputs[trained], run.kind)}
 
-    probs: dict[str, list[torch.Tensor]] = {name: [] for name in BRANCHES}
-    labels = []
+    probs: dict[str, list[torch.Tensor]] = {name: [] for name in (*BRANCHES, "raw")}
+    labels, rows = [], []
     for batch in tqdm(loader, desc="evaluate", disable=not run.progress, leave=False):
         images, _ = run.transform(batch["image"])
         outputs = averaged(branch_probabilities, images, views)
         for name, values in probs.items():
             values.append(outputs[name])
         labels.append(batch["label"])
+        rows.append(batch["row"])
     if not labels:
         raise DataError("no images to evaluate")
-    return {name: torch.cat(values) for name, values in probs.items()}, torch.cat(labels)
+    return {name: torch.cat(values) for name, values in probs.items()}, torch.cat(labels), torch.cat(rows)
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,13 @@ class EvaluateOptions(DataSelection):
 
     out: str | Path | None = None
     tta: bool = False
+    bootstrap: int = 1000  # resamples of the confidence intervals (0: none)
+    confidence: float = 0.95
+    bootstrap_method: str = "percentile"  # or BCa
+    seed: int = 0
+
+    def bootstrap_options(self) -> BootstrapOptions:
+        return BootstrapOptions(self.bootstrap, self.confidence, self.bootstrap_method, self.seed)
 
 
 @dataclass
@@ -132,10 +163,11 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     loader = run.loader(options)
     data = options.describe()
     views, threshold = _views_and_threshold(run, options.tta)
-    probs, labels, branches = _evaluated_probabilities(run, loader, data, views)
-    metrics = summarize(probs, labels, run.kind, run.classes, threshold=threshold, split=data)
-    if branches:
-        metrics["branches"] = branches
+    found = _evaluated_probabilities(run, loader, data, views)
+    probs, labels = found.probs, found.labels
+    metrics = _metrics(run, found, loader.decoded.manifest.groups, threshold, options, data)
+    if found.branches:
+        metrics["branches"] = found.branches
     if options.tta:
         metrics["tta"] = list(views)
     prepare_output_folder(out, EVALUATION)
@@ -159,20 +191,53 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     return result
 
 
-def _evaluated_probabilities(
-    run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, dict]]:
-    """Probabilities and labels of ``loader``; for AG-CNN also every branch's AUC beside the trained one's."""
+@dataclass
+class _Evaluated:
+    """What :func:`evaluate` computes metrics from: calibrated and uncalibrated probabilities, labels, the manifest
+    rows they belong to, and AG-CNN's branches."""
+
+    probs: torch.Tensor
+    raw: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor
+    branches: dict[str, dict]
+
+
+def _metrics(
+    run: Run,
+    found: _Evaluated,
+    groups: list[str | None] | None,
+    threshold: float | list[float] | None,
+    options: EvaluateOptions,
+    data: str,
+) -> dict:
+    """The metrics of an evaluation: the summary at the validation threshold, the calibration (before and after
+    the run's temperature) and the confidence intervals, resampling patients where the rows have groups."""
+    metrics = summarize(found.probs, found.labels, run.kind, run.classes, threshold=threshold, split=data)
+    metrics["calibration"] = calibration_scores(found.probs, found.labels, run.kind)
+    if run.temperature is not None:
+        metrics["calibration_uncalibrated"] = calibration_scores(found.raw, found.labels, run.kind)
+        metrics["temperature"] = run.temperature
+    metrics["intervals"] = metric_intervals(
+        found.probs.numpy(), found.labels.numpy(), run.kind, run.classes, threshold,
+        [groups[int(r)] for r in found.rows] if groups else None, options.bootstrap_options(),
+    )  # fmt: skip
+    return metrics
+
+
+def _evaluated_probabilities(run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]) -> _Evaluated:
+    """Calibrated and uncalibrated probabilities and labels of ``loader``; for AG-CNN also every branch's AUC
+    beside the trained one's."""
     model: Any = run.model()
     if not hasattr(model, "forward_branches"):
-        probs, labels, _ = predict_loader(run, loader, "evaluate", views)
-        return probs, labels, {}
-    branch_probs, labels = predict_branches(run, loader, views)
+        probs, raw, labels, rows = predict_with_raw(run, loader, "evaluate", views)
+        return _Evaluated(probs, raw, labels, rows, {})
+    branch_probs, labels, rows = predict_branches(run, loader, views)
     branches = {}
-    for name, values in branch_probs.items():
-        summary = summarize(values, labels, run.kind, run.classes, split=f"{data}, {name} branch")
+    for name in BRANCHES:
+        summary = summarize(branch_probs[name], labels, run.kind, run.classes, split=f"{data}, {name} branch")
         branches[name] = {key: summary[key] for key in BRANCH_METRICS if key in summary}
-    return branch_probs[str(model.stage)], labels, branches
+    return _Evaluated(branch_probs[str(model.stage)], branch_probs["raw"], labels, rows, branches)
 
 
 def _views_and_threshold(run: Run, tta: bool) -> tuple[tuple[str, ...], float | list[float] | None]:
@@ -189,8 +254,10 @@ def _tta_threshold(run: Run, views: tuple[str, ...]) -> float | list[float] | No
     on probabilities averaged over ``views``: the recorded one fits single-view probabilities."""
     if run.kind == "multiclass" or run.threshold is None:
         return run.threshold
-    probs, labels, _ = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
-    return summarize(probs, labels, run.kind, run.classes, split="val split (test-time augmentation)").get("threshold")
+    found = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
+    return summarize(found.probs, found.labels, run.kind, run.classes, split="val split (test-time augmentation)").get(
+        "threshold"
+    )
 
 
 @dataclass(frozen=True)

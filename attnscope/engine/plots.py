@@ -1,4 +1,4 @@
-"""ROC, precision-recall and confusion plots of an evaluation, as PNG files (matplotlib, no display).
+"""ROC, precision-recall, confusion and reliability plots of an evaluation, as PNG files (matplotlib, no display).
 
 Curves are one line per class one-vs-rest for multi-class and per label for
 multi-label; the binary ROC marks the validation (Youden) operating point.
@@ -139,13 +139,43 @@ def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure
     return figure
 
 
+def _reliability_columns(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str]):
+    """(name, confidences, 0/1 outcomes) per line: the positive class, the top label, or each finding."""
+    if kind == "multiclass":
+        confidence, predicted = probs.max(1)
+        yield "top label", confidence, (predicted == labels.long()).long()
+    else:
+        yield from _columns(probs, labels, kind, classes)
+
+
+def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str], summary: dict):
+    """The reliability diagram: observed frequency against mean probability per bin of equal width; on the
+    diagonal, a probability means what it says."""
+    from attnscope.engine.calibration import reliability_curve
+
+    figure, axes = plt.subplots(figsize=(4.6, 4.2))
+    axes.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, confidence, outcome in _reliability_columns(probs, labels, kind, classes):
+        curve = reliability_curve(confidence, outcome)
+        if curve:
+            axes.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=name)
+    ece = summary.get("calibration", {}).get("ece", math.nan)
+    axes.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
+             title=f"reliability (ECE {ece:.3f}, 15 equal-width bins)")  # fmt: skip
+    axes.legend(fontsize=7, loc="upper left")
+    return figure
+
+
 def write_evaluation_plots(
     probs: torch.Tensor, labels: torch.Tensor, kind: str, classes: list[str], summary: dict, out: Path
 ) -> dict[str, Path]:
-    """``roc.png``, ``pr.png`` and ``confusion.png`` in ``out`` (class names shown as written)."""
+    """``roc.png``, ``pr.png``, ``confusion.png`` and ``reliability.png`` in ``out`` (class names as written)."""
     with literal_text():
         return {
             "roc": save_figure(roc_figure(probs, labels, kind, classes, summary), out / "roc.png"),
             "pr": save_figure(pr_figure(probs, labels, kind, classes, summary), out / "pr.png"),
             "confusion": save_figure(confusion_figure(summary, kind, classes), out / "confusion.png"),
+            "reliability": save_figure(
+                reliability_figure(probs, labels, kind, classes, summary), out / "reliability.png"
+            ),
         }

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from attnscope.data.augment import AugmentConfig, BatchTransform
@@ -38,8 +39,9 @@ from attnscope.data.module import DataConfig, DataModule, default_cache_dir
 from attnscope.data.sources.files import IMAGE_EXTENSIONS, is_image_file
 from attnscope.data.sources.registry import load_source
 from attnscope.engine.build import build_model
+from attnscope.engine.calibration import scale_logits
 from attnscope.engine.config import RunConfig, load_config, read_config_file
-from attnscope.engine.metrics import task_kind
+from attnscope.engine.metrics import probabilities, task_kind
 from attnscope.engine.rundir import RunPaths, final_stage, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
 from attnscope.fileio import file_sha256, spreadsheet_safe
@@ -166,10 +168,31 @@ class Run:
     def channels(self) -> int:
         return len(self.summary["mean"])
 
+    @cached_property
+    def calibration(self) -> dict:
+        """``calibration.json`` when it was fitted to the weights this run was opened with, else empty (a run
+        trained before calibration existed, with ``trainer.calibration: none``, or opened with other weights)."""
+        values = read_json(self.paths.calibration) if self.paths.calibration.is_file() else {}
+        if values and values.get("weights_sha256") != self.weights_sha256():
+            log.info("%s was fitted to other weights than %s: probabilities left uncalibrated",
+                     self.paths.calibration, self.weights_path())  # fmt: skip
+            return {}
+        return values
+
+    @property
+    def temperature(self) -> float | list[float] | None:
+        """The temperature the logits are divided by (one per finding for multi-label), or None."""
+        return self.calibration.get("temperature")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated probabilities of ``logits`` of this run's model (:mod:`attnscope.engine.calibration`)."""
+        return probabilities(scale_logits(logits, self.temperature), self.kind)
+
     @property
     def threshold(self) -> float | list[float] | None:
-        """The operating threshold chosen on validation (Youden), recorded in ``best.json``."""
-        return self.best.get("threshold")
+        """The operating threshold chosen on validation (Youden), recorded in ``best.json``; on the calibrated
+        scale where the run is calibrated (the same decisions)."""
+        return self.calibration.get("threshold", self.best.get("threshold"))
 
     @property
     def binary_threshold(self) -> float:

@@ -10,6 +10,7 @@
         last.safetensors     weights of the last finished epoch
         last.ckpt            full training state for --resume (weights, optimiser, schedule, loops)
       best.json              the best epoch, its metrics and the validation threshold
+      calibration.json       the temperature fitted on validation, and the threshold on its scale
       metrics.csv            one row per epoch
       tensorboard/           TensorBoard events
       train.log              the log of every session of the run
@@ -73,6 +74,11 @@ class RunPaths:
     @property
     def best(self) -> Path:
         return self.root / "best.json"
+
+    @property
+    def calibration(self) -> Path:
+        """The temperature fitted on validation (``trainer.calibration``), with the weights it was fitted to."""
+        return self.root / "calibration.json"
 
     @property
     def metrics(self) -> Path:

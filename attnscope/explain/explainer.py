@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnscope.data.loader import BatchLoader
-from attnscope.engine.metrics import class_probabilities, probabilities
+from attnscope.engine.metrics import class_probabilities
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import ConfigError
 from attnscope.explain.cam import normalise, predicted_classes
@@ -125,7 +125,7 @@ def explain_batch(
             result = _map_method(method, model, layers, dict(map_options or {})).compute(inputs, targets)
             maps[method] = result.maps
             raw[method] = next(iter(result.raw.values())) if len(result.raw) == 1 else result.maps
-    probs = class_probabilities(probabilities(logits, run.kind), run.kind)
+    probs = class_probabilities(run.probabilities(logits), run.kind)
     return BatchExplanation(inputs, targets, probs.gather(1, targets[:, None])[:, 0], maps, raw)
 
 

@@ -104,7 +104,7 @@ def _grid_figure(
 @torch.no_grad()
 def write_run_attention_grid(run: Run, loader: BatchLoader, count: int, path: Path) -> Path:
     """The first ``count`` images of ``loader`` with every tap of ``run``'s model, titled id, truth, probability."""
-    from attnscope.engine.metrics import class_probabilities, probabilities
+    from attnscope.engine.metrics import class_probabilities
 
     batch = next(iter(loader))
     images_u8 = batch["image"][:count]
@@ -113,7 +113,7 @@ def write_run_attention_grid(run: Run, loader: BatchLoader, count: int, path: Pa
     with capture_attention(model, detach=True) as captured:
         logits = model(images)
     maps = {f"{tap} attention": values for tap, values in spatial_maps(captured, tuple(images.shape[-2:])).items()}
-    probs = class_probabilities(probabilities(logits, run.kind), run.kind)
+    probs = class_probabilities(run.probabilities(logits), run.kind)
     manifest = loader.decoded.manifest
     titles = []
     for position, row in enumerate(batch["row"][:count].tolist()):

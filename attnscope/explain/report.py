@@ -4,7 +4,10 @@
 confusion), draws its training curves, scores attention and CAMs on test images
 (localisation when the images have masks, faithfulness always), and builds a
 gallery of test images grouped by outcome, the most confident errors first,
-each with its probability, every attention tap and Grad-CAM. Every picture is
+each with its probability, every attention tap and Grad-CAM. A multi-label run
+(chest X-rays) is also shown finding by finding (:mod:`attnscope.explain.findings`):
+each finding's metrics at its validation threshold, the localisation of its maps,
+and its own gallery with the maps of that finding. Every picture is
 embedded as a data URI: the file opens anywhere, with no network and no folder
 beside it.
 """
@@ -262,13 +265,40 @@ def _gallery(run: Run, loader: BatchLoader, per_group: int, folder: Path) -> lis
     return parts
 
 
+def _interval(drawn: dict, kind: str, name: str) -> str:
+    """``0.912 to 0.951`` of a metric's interval, or empty."""
+    values = drawn.get(kind, {}).get(name)
+    if not values or any(math.isnan(v) for v in values):
+        return ""
+    return f"{values[0]:.3f} to {values[1]:.3f}"
+
+
 def _metric_rows(run: Run, metrics: dict) -> list[list]:
+    """Each headline metric with its bootstrap and DeLong intervals, then per class."""
+    drawn = metrics.get("intervals", {})
     names = (*HEADLINE_METRICS, "threshold", "rows")
-    rows = [[name, metrics[name]] for name in names if not isinstance(metrics.get(name), (list, type(None)))]
+    rows = [
+        [name, metrics[name], _interval(drawn, "intervals", name), _interval(drawn, "delong", name)]
+        for name in names
+        if not isinstance(metrics.get(name), (list, type(None)))
+    ]
     for key in ("auc_per_class", "ap_per_class"):
         for name, value in zip(run.classes, metrics.get(key) or [], strict=False):
-            rows.append([f"{key[: -len('_per_class')]} ({name})", value])
+            label = f"{key[: -len('_per_class')]} ({name})"
+            rows.append([label, value, _interval(drawn, "intervals", label), _interval(drawn, "delong", label)])
     return rows
+
+
+def interval_note(metrics: dict) -> str:
+    """What the intervals are, in one sentence."""
+    drawn = metrics.get("intervals", {})
+    if not drawn.get("intervals"):
+        return "No confidence intervals were drawn."
+    return (
+        f"Intervals at {drawn['level']:.0%}: {drawn['method']} with {drawn['resamples']} resamples of the "
+        f"{drawn['units']} {drawn['unit']}s (seed {drawn['seed']}), at the validation threshold; DeLong's "
+        "interval of each AUC beside it. A narrow interval needs many test images."
+    )
 
 
 def _taps(weights: dict) -> str:
@@ -317,6 +347,43 @@ def _config_rows(run: Run) -> list[list]:
     ]
 
 
+CALIBRATION_NAMES = (("ece", "ECE (15 equal-width bins)"), ("ece_equal_mass", "ECE (15 equal-mass bins)"),
+                     ("mce", "MCE"), ("brier", "Brier score"))  # fmt: skip
+
+
+def calibration_section(run: Run, evaluation: Evaluation) -> str:
+    """How far the probabilities mean what they say, before and after the run's temperature scaling, on the
+    validation split it was fitted on and on the test split."""
+    columns = {
+        "validation, uncalibrated": run.calibration.get("val_before"),
+        "validation, calibrated": run.calibration.get("val_after"),
+        "test, uncalibrated": evaluation.metrics.get("calibration_uncalibrated"),
+        "test" + (", calibrated" if run.temperature is not None else ""): evaluation.metrics.get("calibration"),
+    }
+    shown: dict[str, dict] = {name: values for name, values in columns.items() if values}
+    rows = [[label, *(values.get(key) for values in shown.values())] for key, label in CALIBRATION_NAMES]
+    if run.temperature is None:
+        how = "The probabilities are the model's own: this run has no temperature fitted (attnscope calibrate RUN)."
+    else:
+        how = (
+            f"Temperature scaling (Guo et al. 2017) fitted on the {html.escape(run.calibration['fitted_on'])}: the "
+            f"logits are divided by T = {html.escape(_temperatures(run))}, which keeps every ranking, AUC and "
+            "decision and makes the probabilities match observed frequencies."
+        )
+    return (
+        f'<section id="calibration"><h2>Calibration</h2><p>{how} Lower is better: ECE is the mean gap between '
+        "predicted probability and observed frequency, MCE the largest gap of a bin, the Brier score the mean "
+        f"squared error of the probabilities.</p>{_table(['', *shown], rows)}</section>"
+    )
+
+
+def _temperatures(run: Run) -> str:
+    temperature = run.temperature
+    if isinstance(temperature, list):
+        return ", ".join(f"{name} {t:.3f}" for name, t in zip(run.classes, temperature, strict=True))
+    return f"{temperature:.3f}"
+
+
 def _finding_sections(run: Run, evaluation: Evaluation, by_finding: dict[str, dict[str, dict[str, float]]]) -> str:
     """A multi-label run's figures per finding: its metrics at its operating point, and where its maps point."""
     parts = [
@@ -356,10 +423,12 @@ def _page(
         f'<h1>attnscope report: {html.escape(run.root.name)}</h1><p class="muted">{html.escape(str(run.root))}</p>',
         f'<section id="config"><h2>Run</h2>{_table(["setting", "value"], _config_rows(run), numeric_from=2)}</section>',
         f'<section id="metrics"><h2>Test metrics</h2>'
-        f"<p>{html.escape(evaluation.data)}, thresholds chosen on validation.</p>"
-        f"{_table(['metric', 'value'], _metric_rows(run, evaluation.metrics))}</section>",
-        f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion</h2>{plots}</section>',
+        f"<p>{html.escape(evaluation.data)}, thresholds chosen on validation. "
+        f"{html.escape(interval_note(evaluation.metrics))}</p>"
+        f"{_table(['metric', 'value', 'interval', 'DeLong'], _metric_rows(run, evaluation.metrics))}</section>",
+        f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion, reliability</h2>{plots}</section>',
     ]
+    sections.append(calibration_section(run, evaluation))
     if run.kind == "multilabel":
         sections.append(_finding_sections(run, evaluation, by_finding or {}))
     if curves is not None:

@@ -22,7 +22,7 @@ from matplotlib import colormaps
 
 from attnscope.data.decode import decode_image_bytes
 from attnscope.engine.inference import decisions
-from attnscope.engine.metrics import class_probabilities, probabilities
+from attnscope.engine.metrics import class_probabilities
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import read_json
 from attnscope.errors import ConfigError, DataError, RetrievalError
@@ -100,7 +100,7 @@ class ModelService:
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """Per image: every class's probability and the predicted class(es) at the validation threshold."""
         inputs, _ = self.run.transform(self._inputs(images))
-        probs = probabilities(self.model(inputs), self.run.kind)
+        probs = self.run.probabilities(self.model(inputs))
         per_class = class_probabilities(probs, self.run.kind).tolist()
         decided = decisions(probs, self.run).tolist()
         results = []
@@ -214,7 +214,12 @@ class ModelService:
             log.warning("%s scored other weights than those served; the model card leaves its metrics out", path)
             return None
         metrics = recorded.get("metrics", {})
-        return {name: metrics[name] for name in (*HEADLINE_METRICS, "rows", *FINDING_METRICS) if name in metrics}
+        found = {name: metrics[name] for name in (*HEADLINE_METRICS, "rows", *FINDING_METRICS) if name in metrics}
+        drawn = metrics.get("intervals", {})
+        if drawn.get("intervals"):  # each headline metric's interval, and how it was drawn
+            found["intervals"] = {name: drawn["intervals"][name] for name in drawn["intervals"] if name in found}
+            found["interval_method"] = {key: drawn[key] for key in ("method", "level", "resamples", "unit", "units")}
+        return found
 
     def card(self) -> dict[str, Any]:
         """What ``GET /v1/model`` says: the run, its model and data settings, classes, threshold, metrics."""

@@ -77,7 +77,8 @@ def build_supervision(config: RunConfig) -> nn.Module | None:
 
 
 class _SmoothedBCE(nn.Module):
-    """BCE-with-logits whose 0/1 targets are pulled towards 1/2 by ``smoothing``."""
+    """BCE-with-logits whose 0/1 targets are pulled towards 1/2 by ``smoothing``; a label left out (NaN:
+    uncertain, ignored) adds nothing to the loss or its mean, as in :class:`~attnscope.losses.FocalLoss`."""
 
     def __init__(self, pos_weight: torch.Tensor | None, smoothing: float) -> None:
         super().__init__()
@@ -87,10 +88,12 @@ class _SmoothedBCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.dtype).reshape(logits.shape)
-        target = target * (1 - self.smoothing) + 0.5 * self.smoothing
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), target.float(), pos_weight=self.pos_weight
+        known = ~torch.isnan(target)
+        target = torch.nan_to_num(target, nan=0.0) * (1 - self.smoothing) + 0.5 * self.smoothing
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), target.float(), pos_weight=self.pos_weight, reduction="none"
         )
+        return (loss * known).sum() / known.sum().clamp_min(1)
 
 
 class ClassifierTask(L.LightningModule):

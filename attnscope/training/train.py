@@ -296,7 +296,18 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
         with quiet_fit_warnings():
             trainer.fit(task, datamodule=LoaderModule(data), ckpt_path=state, weights_only=True)
         best = read_best(paths) if trainer.is_global_zero else {}
+        if trainer.is_global_zero and config.trainer.calibration == "temperature":
+            _calibrate(paths)
     return TrainResult(paths.root, best, trainer.is_global_zero)
+
+
+def _calibrate(paths: RunPaths) -> None:
+    """Temperature scaling of the best weights on the validation split (:mod:`attnscope.engine.recalibrate`)."""
+    from attnscope.engine.recalibrate import calibrate_run
+    from attnscope.engine.run import Run
+
+    with Run.open(paths.root, progress=False) as run:
+        calibrate_run(run)
 
 
 def _budget_guard(config: RunConfig, paths: RunPaths, started: float, journal: dict) -> list[BudgetGuard]:

@@ -31,12 +31,14 @@ def test_the_exported_graph_equals_the_model_with_its_normalisation_and_maps(tra
         with torch.no_grad(), capture_attention(model) as captured:
             expected = model(run.transform(images)[0])
         maps = native_maps(captured)
-        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+        # the graph's logits are divided by the run's temperature: their sigmoid is the calibrated probability
+        np.testing.assert_allclose(logits, (expected / run.temperature).numpy(), atol=1e-4)
         np.testing.assert_allclose(pool3, maps["pool3"].numpy(), atol=1e-5)
         np.testing.assert_allclose(pool4, maps["pool4"].numpy(), atol=1e-5)
         metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert json.loads(metadata["classes"]) == run.classes
         assert json.loads(metadata["threshold"]) == pytest.approx(run.threshold)
+        assert json.loads(metadata["temperature"]) == pytest.approx(run.temperature)
         assert metadata["weights_sha256"] == run.weights_sha256() and metadata["kind"] == "binary"
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from attnscope.data import module as data_module
 from attnscope.data.decode import decode_image
+from attnscope.engine.calibration import carry_threshold
 from attnscope.engine.inference import EvaluateOptions, evaluate, predict_loader
 from attnscope.engine.metrics import summarize
 from attnscope.engine.run import DataSelection, Run
@@ -23,7 +24,10 @@ def test_open_reads_the_record_and_builds_nothing_yet(trained_run):
     run = Run.open(trained_run, progress=False)
     data = read_json(RunPaths(trained_run).data)
     assert run.classes == data["classes"] == ["benign", "malignant"] and run.kind == "binary"
-    assert run.threshold == pytest.approx(read_json(RunPaths(trained_run).best)["threshold"])
+    recorded = read_json(RunPaths(trained_run).best)["threshold"]
+    assert run.temperature is not None  # train fits temperature scaling on validation by default
+    # the threshold on the calibrated scale: the same decisions as the one chosen during training
+    assert run.threshold == pytest.approx(carry_threshold(recorded, run.temperature))
     assert run.binary_threshold == pytest.approx(run.threshold)
     assert run.image_size == 32 and run.channels == 3
     assert run._models == {} and run._loaders == {}  # lazy: nothing built by opening
@@ -65,7 +69,9 @@ def test_evaluate_equals_the_metrics_of_the_model_on_the_test_split(trained_run,
     expected = summarize(probs, labels, "binary", run.classes, threshold=run.threshold)
     assert result.metrics["auc"] == pytest.approx(expected["auc"]) and result.metrics["rows"] == len(labels)
     assert result.data == "test split" and result.out == tmp_path / "ev"
-    assert set(result.plots) == {"roc", "pr", "confusion"} and all(p.is_file() for p in result.plots.values())
+    assert set(result.plots) == {"roc", "pr", "confusion", "reliability"} and all(
+        p.is_file() for p in result.plots.values()
+    )
 
 
 def test_image_files_decode_into_a_scratch_folder_that_close_removes(trained_run, tmp_path):

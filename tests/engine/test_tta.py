@@ -56,7 +56,8 @@ def _reference_probabilities(
         for batch in run.loader(DataSelection(split=split, images=tuple(images))):
             images, _ = run.transform(batch["image"])
             flips = {"none": (), "hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
-            outputs = [probabilities(model(images.flip(flips[v]) if flips[v] else images), run.kind) for v in views]
+            logits = [model(images.flip(flips[v]) if flips[v] else images) / run.temperature for v in views]
+            outputs = [probabilities(value, run.kind) for value in logits]  # calibrated: logits over the temperature
             probs.append(torch.stack(outputs).mean(0))
             labels.append(batch["label"])
     return torch.cat(probs), torch.cat(labels)

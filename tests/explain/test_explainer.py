@@ -76,7 +76,7 @@ def test_the_maps_of_a_chosen_class_are_those_of_its_target(trained_run):
         reference = create_cam("gradcam", run.model(), None).compute(inputs, torch.full((4,), target)).maps
         torch.testing.assert_close(result.maps["gradcam"], reference)
         with torch.no_grad():
-            positive = torch.sigmoid(run.model()(inputs)[:, 0])
+            positive = torch.sigmoid(run.model()(inputs)[:, 0] / run.temperature)  # calibrated
         torch.testing.assert_close(result.probabilities, positive if target == 1 else 1 - positive)
 
 

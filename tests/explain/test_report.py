@@ -1,6 +1,7 @@
 """The HTML report, opened in a real browser: headless Chromium through chromedriver."""
 
 import base64
+import html
 import re
 import shutil
 
@@ -8,8 +9,9 @@ import pytest
 
 from attnscope.engine.run import Run
 from attnscope.explain.report import ReportOptions, write_report
+from attnscope.htmlpage import RESEARCH_USE
 
-SECTIONS = ("config", "metrics", "plots", "curves", "scores", "gallery")
+SECTIONS = ("config", "metrics", "plots", "calibration", "curves", "scores", "gallery")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,9 @@ def test_the_report_is_one_self_contained_file(report):
         assert name in page
     assert "false positive" in page or "false negative" in page or "true positive" in page
     assert "none: the maps are learned from the labels alone" in page  # the run had no attention supervision
+    assert html.escape(RESEARCH_USE) in page
+    assert "Temperature scaling (Guo et al. 2017)" in page and "validation, calibrated" in page
+    assert "bootstrap (percentile) with 1000 resamples" in page and "<th>DeLong</th>" in page
 
 
 def test_the_report_says_which_masks_supervised_the_attention():

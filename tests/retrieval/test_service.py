@@ -59,6 +59,7 @@ def test_index_holds_each_training_image_once_and_finds_a_copy_of_it_first(train
     text = page.read_text()
     assert text.count("<img") == len(ids) * (1 + 4)
     assert all(name in text for name in ids)
+    assert "For research use only, not for diagnosis" in text
 
 
 def test_other_weights_and_repeated_images_are_refused(trained_run, tmp_path):

@@ -62,6 +62,7 @@ def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(serv
             errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
             value, label = float(shown.get_attribute("data-value")), shown.get_attribute("data-class")
             predicted = driver.find_element("id", "predicted").text
+            notice = driver.find_element("css selector", "p.research-use").text
             similar = driver.execute_script("return document.querySelectorAll('#similar figure').length")
             driver.execute_script(  # the map of a chosen class (a finding), not the predicted one
                 "const s = document.getElementById('target'); s.value = 'benign'; s.dispatchEvent(new Event('change'))"
@@ -77,6 +78,7 @@ def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(serv
     assert value == pytest.approx(float(row[f"prob_{label}"]), abs=1e-6)
     assert predicted.startswith(f"predicted: {row['predicted']} (at the validation threshold")
     assert errors == [] and caption.startswith("input; explained: benign (")
+    assert notice.startswith("For research use only, not for diagnosis")
     maps = [alt for alt, *_ in images if alt.startswith(("attention:", "gradcam"))]
     assert maps == ["attention:pool3", "attention:pool4", "gradcam"]
     assert heat == ["0.7"] * 3  # the opacity slider moved every heat map
