@@ -463,18 +463,18 @@ def _print_metrics(result: Evaluation) -> None:
     drawn = metrics.get("intervals", {})
     for name in names.HEADLINE_METRICS:
         if name in metrics:
-            print(f"  {name:<20} {metrics[name]:.4f}{interval_text(drawn, name)}")
+            print(f"  {name:<26} {metrics[name]:.4f}{interval_text(drawn, name)}")
     if drawn.get("intervals"):
         print(f"  ({drawn['level']:.0%} intervals: {drawn['method']}, {drawn['resamples']} resamples of "
               f"{drawn['units']} {drawn['unit']}s, seed {drawn['seed']}; DeLong's for AUC)")  # fmt: skip
     if "calibration" in metrics:
         before = metrics.get("calibration_uncalibrated", {}).get("ece")
         change = f" (uncalibrated {before:.4f})" if before is not None else ""
-        print(f"  {'ECE':<20} {metrics['calibration']['ece']:.4f}{change}")
+        print(f"  {'ECE':<26} {metrics['calibration']['ece']:.4f}{change}")
     if isinstance(metrics.get("threshold"), float):
-        print(f"  {'threshold (val)':<20} {metrics['threshold']:.4f}")
+        print(f"  {'threshold (val)':<26} {metrics['threshold']:.4f}")
     for branch, values in metrics.get("branches", {}).items():
-        print(f"  {branch + ' branch AUC':<20} {values['auc']:.4f}")
+        print(f"  {branch + ' branch AUC':<26} {values['auc']:.4f}")
     print(f"metrics and plots: {result.out}")
 
 

@@ -10,9 +10,10 @@ name (:class:`attnscope.registry.Registry`); a test checks each holds its whole 
 from __future__ import annotations
 
 SPLITS = ("train", "val", "test")
-# the scalar metrics of an evaluation, in the order they are shown (CLI, report); the ``_youden``
-# pair is at the operating threshold chosen on validation
 CALIBRATIONS = ("temperature", "none")  # trainer.calibration
+# the scalar metrics of an evaluation, in the order they are shown (CLI, report): accuracy, balanced accuracy,
+# sensitivity and specificity at 0.5, then sensitivity and specificity at the operating threshold chosen on
+# validation (trainer.threshold)
 HEADLINE_METRICS = (
     "auc",
     "ap",
@@ -20,8 +21,8 @@ HEADLINE_METRICS = (
     "balanced_accuracy",
     "sensitivity",
     "specificity",
-    "sensitivity_youden",
-    "specificity_youden",
+    "sensitivity_at_threshold",
+    "specificity_at_threshold",
 )
 WEIGHTS = ("best", "last")
 

@@ -115,6 +115,9 @@ class TrainerSection:
     threads: int | None = None
     progress: bool = True
     calibration: str = "temperature"  # or none: temperature scaling fitted on validation after training
+    threshold: str = (
+        "youden"  # the operating point chosen on validation: youden, sensitivity>=X, specificity>=X, fixed:X
+    )
 
 
 @dataclass
@@ -160,6 +163,9 @@ class RunConfig:
 
     def check(self) -> None:
         """Refuse values no run could use, naming the option."""
+        from attnscope.engine.metrics import parse_policy
+
+        parse_policy(self.trainer.threshold)
         choices = (
             ("optim.name", self.optim.name, OPTIMIZERS),
             ("schedule.name", self.schedule.name, SCHEDULES),

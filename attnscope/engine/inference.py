@@ -214,6 +214,7 @@ def _metrics(
     """The metrics of an evaluation: the summary at the validation threshold, the calibration (before and after
     the run's temperature) and the confidence intervals, resampling patients where the rows have groups."""
     metrics = summarize(found.probs, found.labels, run.kind, run.classes, threshold=threshold, split=data)
+    metrics["threshold_policy"] = run.threshold_policy
     metrics["calibration"] = calibration_scores(found.probs, found.labels, run.kind)
     if run.temperature is not None:
         metrics["calibration_uncalibrated"] = calibration_scores(found.raw, found.labels, run.kind)
@@ -255,9 +256,14 @@ def _tta_threshold(run: Run, views: tuple[str, ...]) -> float | list[float] | No
     if run.kind == "multiclass" or run.threshold is None:
         return run.threshold
     found = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
-    return summarize(found.probs, found.labels, run.kind, run.classes, split="val split (test-time augmentation)").get(
-        "threshold"
-    )
+    return summarize(
+        found.probs,
+        found.labels,
+        run.kind,
+        run.classes,
+        split="val split (test-time augmentation)",
+        policy=run.threshold_policy,
+    ).get("threshold")
 
 
 @dataclass(frozen=True)

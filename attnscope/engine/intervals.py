@@ -138,8 +138,8 @@ def _binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -
     return {
         "auc": lambda s, t: rank_auc(s, t),
         "accuracy": lambda s, t: float(((s >= 0.5) == (t == 1)).mean()),
-        "sensitivity_youden": lambda s, t: _at_threshold(s, t, threshold)[0],
-        "specificity_youden": lambda s, t: _at_threshold(s, t, threshold)[1],
+        "sensitivity_at_threshold": lambda s, t: _at_threshold(s, t, threshold)[0],
+        "specificity_at_threshold": lambda s, t: _at_threshold(s, t, threshold)[1],
     }
 
 
@@ -198,10 +198,10 @@ def metric_intervals(
     elif kind == "multilabel":
         limits = list(threshold) if isinstance(threshold, list) else [0.5] * len(classes)
         functions["auc"] = _columns_metric(probs, labels, _known(lambda s, t, c: rank_auc(s, t)))
-        functions["sensitivity_youden"] = _columns_metric(
+        functions["sensitivity_at_threshold"] = _columns_metric(
             probs, labels, _known(lambda s, t, c: _at_threshold(s, t, limits[c])[0])
         )
-        functions["specificity_youden"] = _columns_metric(
+        functions["specificity_at_threshold"] = _columns_metric(
             probs, labels, _known(lambda s, t, c: _at_threshold(s, t, limits[c])[1])
         )
         for c, name in enumerate(classes):

@@ -27,6 +27,7 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from attnscope.errors import ConfigError
 from attnscope.names import HEADLINE_METRICS
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,46 @@ def _binary_scores(probs: torch.Tensor, targets: torch.Tensor, what: str) -> tup
 
 def youden_threshold(probs: torch.Tensor, targets: torch.Tensor) -> float:
     """The threshold maximising sensitivity + specificity - 1 (Youden's J); 0.5 when undefined."""
+    return choose_threshold(probs, targets, "youden")
+
+
+def parse_policy(policy: str) -> tuple[str, float | None]:
+    """``youden``, ``sensitivity>=X``, ``specificity>=X`` or ``fixed:X`` as (kind, X); a ConfigError otherwise."""
+    text = str(policy).replace(" ", "")
+    if text == "youden":
+        return "youden", None
+    for kind, marker in (("sensitivity", "sensitivity>="), ("specificity", "specificity>="), ("fixed", "fixed:")):
+        if text.startswith(marker):
+            try:
+                value = float(text[len(marker) :])
+            except ValueError:
+                break
+            if 0.0 <= value <= 1.0:
+                return kind, value
+    raise ConfigError(
+        f"threshold policy {policy!r}: use youden, sensitivity>=X, specificity>=X or fixed:X with X in [0, 1] "
+        "(e.g. sensitivity>=0.95 for a screening test)"
+    )
+
+
+def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, policy: str = "youden") -> float:
+    """The operating threshold ``policy`` picks on these data: Youden's J at its best; the highest threshold whose
+    sensitivity reaches X (the fewest false alarms for that sensitivity); the lowest whose specificity reaches X
+    (the most found for that specificity); or X itself. 0.5 where the data hold one class only."""
+    kind, given = parse_policy(policy)
+    value = 0.0 if given is None else given
+    if kind == "fixed":
+        return value
     positives = int(targets.sum())
     if positives == 0 or positives == len(targets):
         return 0.5
-    fpr, tpr, thresholds = binary_roc(probs, targets.long())
-    best = int(torch.argmax(tpr - fpr))
+    fpr, tpr, thresholds = binary_roc(probs, targets.long())  # thresholds falling, tpr and fpr rising
+    if kind == "youden":
+        best = int(torch.argmax(tpr - fpr))
+    elif kind == "sensitivity":
+        best = int(torch.nonzero(tpr >= value - 1e-12)[0])
+    else:
+        best = int(torch.nonzero(1 - fpr >= value - 1e-12)[-1])
     return min(float(thresholds[best]), 1.0)
 
 
@@ -128,9 +164,11 @@ def _rates(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _binary_column(probs: torch.Tensor, targets: torch.Tensor, threshold: float | None, what: str) -> dict:
+def _binary_column(
+    probs: torch.Tensor, targets: torch.Tensor, threshold: float | None, what: str, policy: str = "youden"
+) -> dict:
     auc, ap = _binary_scores(probs, targets, what)
-    chosen = youden_threshold(probs, targets) if threshold is None else float(threshold)
+    chosen = choose_threshold(probs, targets, policy) if threshold is None else float(threshold)
     at_half = _rates(probs >= 0.5, targets)
     at_chosen = _rates(probs >= chosen, targets)
     return {
@@ -141,9 +179,14 @@ def _binary_column(probs: torch.Tensor, targets: torch.Tensor, threshold: float 
         "sensitivity": at_half["sensitivity"],
         "specificity": at_half["specificity"],
         "threshold": chosen,
+        # at the operating threshold (chosen on validation by the run's policy); "_youden" names the same values for
+        # readers written when Youden's J was the only policy
+        "sensitivity_at_threshold": at_chosen["sensitivity"],
+        "specificity_at_threshold": at_chosen["specificity"],
         "sensitivity_youden": at_chosen["sensitivity"],
         "specificity_youden": at_chosen["specificity"],
         "confusion": at_half["confusion"],
+        "confusion_at_threshold": at_chosen["confusion"],
         "confusion_youden": at_chosen["confusion"],
     }
 
@@ -160,12 +203,13 @@ def summarize(
     classes: list[str],
     threshold: float | list[float] | None = None,
     split: str = "split",
+    policy: str = "youden",
 ) -> dict:
     """Every metric of one split: scalars, plus per-class lists and confusion matrices.
 
-    ``threshold``: the operating point for the ``*_youden`` values, chosen on the
+    ``threshold``: the operating point for the ``*_at_threshold`` values, chosen on the
     validation split (pass it when summarising the test split); None chooses it
-    on these data. Multi-class has no threshold; its sensitivity and
+    on these data by ``policy`` (:func:`choose_threshold`). Multi-class has no threshold; its sensitivity and
     specificity are per class (one-vs-rest at the arg-max) and macro-averaged.
     """
     if kind not in KINDS:
@@ -177,30 +221,49 @@ def summarize(
     if kind == "binary":
         if isinstance(threshold, list):
             raise ValueError(f"{split}: a binary problem has one threshold, got {threshold}")
-        result = _binary_column(probs, targets, threshold, f"{split}")
+        result = _binary_column(probs, targets, threshold, f"{split}", policy)
         result["rows"] = len(targets)
         return result
     if kind == "multilabel":
         thresholds = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(classes)
-        return _multilabel_summary(probs, targets, classes, list(thresholds), split)
+        return _multilabel_summary(probs, targets, classes, list(thresholds), split, policy)
     return _multiclass_summary(probs, targets.long(), classes, split)
 
 
-MEAN_KEYS = HEADLINE_METRICS
+MEAN_KEYS = (*HEADLINE_METRICS, "sensitivity_youden", "specificity_youden")
+PER_CLASS_KEYS = (
+    "auc",
+    "ap",
+    "sensitivity",
+    "specificity",
+    "threshold",
+    "sensitivity_at_threshold",
+    "specificity_at_threshold",
+    "sensitivity_youden",
+    "specificity_youden",
+    "confusion_at_threshold",
+)
 
 
 def _multilabel_summary(
-    probs: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float | None], split: str
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    classes: list[str],
+    thresholds: list[float | None],
+    split: str,
+    policy: str = "youden",
 ) -> dict:
     """Each label as a binary problem over the rows where it is known (NaN: uncertain and ignored, left out of
     that label's figures only); the scalars are the macro means over labels."""
     known = ~torch.isnan(targets.float())
     columns = [
-        _binary_column(probs[known[:, c], c], targets[known[:, c], c], thresholds[c], f"{split}, label {name!r}")
+        _binary_column(
+            probs[known[:, c], c], targets[known[:, c], c], thresholds[c], f"{split}, label {name!r}", policy
+        )
         for c, name in enumerate(classes)
     ]
     result: dict[str, Any] = {key: _mean([column[key] for column in columns]) for key in MEAN_KEYS}
-    for key in ("auc", "ap", "sensitivity", "specificity", "threshold", "sensitivity_youden", "specificity_youden"):
+    for key in PER_CLASS_KEYS:
         result[f"{key}_per_class"] = [column[key] for column in columns]
     result["threshold"] = [column["threshold"] for column in columns]
     result["confusion_per_class"] = [column["confusion"] for column in columns]

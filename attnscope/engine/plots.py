@@ -105,17 +105,20 @@ def pr_figure(probs, labels, kind, classes, summary) -> plt.Figure:
 
 
 def confusion_figure(summary: dict, kind: str, classes: list[str]) -> plt.Figure:
-    """Counts with true classes as rows; multi-label shows one 2x2 matrix per label."""
+    """Counts with true classes as rows, at the run's operating threshold (arg-max for multi-class); multi-label
+    shows one 2x2 matrix per label at its own threshold."""
     if kind == "multilabel":
-        matrices = summary["confusion_per_class"]
-        titles = classes
+        matrices = summary.get("confusion_at_threshold_per_class") or summary["confusion_per_class"]
+        thresholds = summary.get("threshold") or [0.5] * len(classes)
+        titles = [f"{name} (at {t:.2f})" for name, t in zip(classes, thresholds, strict=False)]
         ticks = [["no", "yes"]] * len(classes)
+    elif kind == "binary":  # at the operating threshold every other figure and table of the run uses
+        at = summary.get("threshold")
+        matrices = [summary.get("confusion_at_threshold") or summary["confusion"]]
+        titles = [f"Confusion at the threshold {at:.2f}" if isinstance(at, float) else "Confusion (threshold 0.5)"]
+        ticks = [classes]
     else:
-        matrices, titles, ticks = (
-            [summary["confusion"]],
-            ["Confusion (threshold 0.5)" if kind == "binary" else "Confusion (arg-max)"],
-            [classes],
-        )
+        matrices, titles, ticks = [summary["confusion"]], ["Confusion (arg-max)"], [classes]
     figure, axes_list = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices) + 0.6, 3.6), squeeze=False)
     for axes, matrix, title, names in zip(axes_list[0], matrices, titles, ticks, strict=True):
         values = torch.tensor(matrix, dtype=torch.float64)

@@ -190,9 +190,14 @@ class Run:
 
     @property
     def threshold(self) -> float | list[float] | None:
-        """The operating threshold chosen on validation (Youden), recorded in ``best.json``; on the calibrated
-        scale where the run is calibrated (the same decisions)."""
+        """The operating threshold chosen on validation by :attr:`threshold_policy`, recorded in ``best.json``; on
+        the calibrated scale where the run is calibrated (the same decisions)."""
         return self.calibration.get("threshold", self.best.get("threshold"))
+
+    @property
+    def threshold_policy(self) -> str:
+        """How the threshold was chosen on validation (``trainer.threshold``; runs from before: Youden's J)."""
+        return self.config.trainer.threshold
 
     @property
     def binary_threshold(self) -> float:

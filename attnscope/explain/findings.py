@@ -81,8 +81,10 @@ def finding_metric_rows(classes: Sequence[str], metrics: dict) -> list[list]:
     """Per finding: labelled rows, positives, AUC, AP, the validation threshold and sensitivity and specificity
     there (the operating point every figure of the run uses)."""
     columns = ("rows_per_class", "positives_per_class", "auc_per_class", "ap_per_class", "threshold_per_class",
-               "sensitivity_youden_per_class", "specificity_youden_per_class")  # fmt: skip
-    values = [metrics.get(column) or [None] * len(classes) for column in columns]
+               "sensitivity_at_threshold_per_class", "specificity_at_threshold_per_class")  # fmt: skip
+    older = {"sensitivity_at_threshold_per_class": "sensitivity_youden_per_class",
+             "specificity_at_threshold_per_class": "specificity_youden_per_class"}  # fmt: skip
+    values = [metrics.get(column) or metrics.get(older.get(column, "")) or [None] * len(classes) for column in columns]
     return [[name, *(column[index] for column in values)] for index, name in enumerate(classes)]
 
 

@@ -47,7 +47,6 @@ from attnscope.explain.findings import (
 from attnscope.explain.overlay import write_attention_grid
 from attnscope.fileio import atomic_write, sweep_temporaries
 from attnscope.htmlpage import document, png_file_uri
-from attnscope.names import HEADLINE_METRICS
 from attnscope.outputs import PAGE, check_output_file
 
 log = logging.getLogger(__name__)
@@ -114,13 +113,14 @@ def outcome(kind: str, truth, predicted) -> str:
 
 
 def probability_text(run: Run, probs: torch.Tensor) -> str:
-    """``p(malignant) = 0.283`` (binary: the positive class), the top class, or every label."""
+    """``p(malignant) = 0.28`` (binary: the positive class), the top class, or every label: two decimals, as a
+    calibrated probability known to about a hundredth is read."""
     if run.kind == "binary":
-        return f"p({run.classes[1]}) = {float(probs):.3f}"
+        return f"p({run.classes[1]}) = {float(probs):.2f}"
     if run.kind == "multiclass":
         top = int(probs.argmax())
-        return f"p({run.classes[top]}) = {float(probs[top]):.3f}"
-    return ", ".join(f"p({name}) = {float(p):.3f}" for name, p in zip(run.classes, probs.tolist(), strict=True))
+        return f"p({run.classes[top]}) = {float(probs[top]):.2f}"
+    return ", ".join(f"p({name}) = {float(p):.2f}" for name, p in zip(run.classes, probs.tolist(), strict=True))
 
 
 def gallery_order(run: Run, probs: torch.Tensor, labels: torch.Tensor, per_group: int) -> list[tuple[int, str, float]]:
@@ -273,14 +273,28 @@ def _interval(drawn: dict, kind: str, name: str) -> str:
     return f"{values[0]:.3f} to {values[1]:.3f}"
 
 
+# what the report's table calls each metric: every figure at one threshold, the one chosen on validation
+SHOWN_METRICS = {
+    "auc": "AUC",
+    "ap": "average precision",
+    "sensitivity_at_threshold": "sensitivity at the threshold",
+    "specificity_at_threshold": "specificity at the threshold",
+    "threshold": "threshold",
+    "accuracy": "accuracy (arg-max)",  # multi-class only: it has no threshold
+    "rows": "images",
+}
+
+
 def _metric_rows(run: Run, metrics: dict) -> list[list]:
-    """Each headline metric with its bootstrap and DeLong intervals, then per class."""
+    """Each headline metric at the run's one threshold, with its bootstrap and DeLong intervals, then per class."""
     drawn = metrics.get("intervals", {})
-    names = (*HEADLINE_METRICS, "threshold", "rows")
+    shown = {k: v for k, v in SHOWN_METRICS.items() if k != "accuracy" or run.kind == "multiclass"}
+    if isinstance(metrics.get("threshold"), float):
+        shown["threshold"] = f"threshold (chosen on validation: {metrics.get('threshold_policy', 'youden')})"
     rows = [
-        [name, metrics[name], _interval(drawn, "intervals", name), _interval(drawn, "delong", name)]
-        for name in names
-        if not isinstance(metrics.get(name), (list, type(None)))
+        [label, metrics[name], _interval(drawn, "intervals", name), _interval(drawn, "delong", name)]
+        for name, label in shown.items()
+        if not isinstance(metrics.get(name), (list, dict, type(None)))
     ]
     for key in ("auc_per_class", "ap_per_class"):
         for name, value in zip(run.classes, metrics.get(key) or [], strict=False):

@@ -186,18 +186,20 @@ class ModelService:
         """The sensitivity and specificity at the validation threshold, measured on the test split when the run
         was evaluated with these weights (``RUN/evaluation``), else on the validation split; None if neither."""
         tested = self.tested
-        if tested is not None and "sensitivity_youden" in tested:
+        if tested is not None and "sensitivity_at_threshold" in tested:
             return {
                 "split": "test",
-                "sensitivity": tested["sensitivity_youden"],
-                "specificity": tested["specificity_youden"],
+                "sensitivity": tested["sensitivity_at_threshold"],
+                "specificity": tested["specificity_at_threshold"],
+                "policy": self.run.threshold_policy,
             }
         validated = self.run.best.get("metrics", {})
-        if "val/sensitivity_youden" in validated:
+        if "val/sensitivity_youden" in validated:  # the name every run's training log has
             return {
                 "split": "val",
                 "sensitivity": validated["val/sensitivity_youden"],
                 "specificity": validated["val/specificity_youden"],
+                "policy": self.run.threshold_policy,
             }
         return None
 
@@ -213,8 +215,15 @@ class ModelService:
         if (scored or recorded.get("weights")) != (self.weights_sha256 if scored else self.run.weights):
             log.warning("%s scored other weights than those served; the model card leaves its metrics out", path)
             return None
-        metrics = recorded.get("metrics", {})
-        found = {name: metrics[name] for name in (*HEADLINE_METRICS, "rows", *FINDING_METRICS) if name in metrics}
+        metrics = dict(recorded.get("metrics", {}))
+        for old, new in (
+            ("sensitivity_youden", "sensitivity_at_threshold"),
+            ("specificity_youden", "specificity_at_threshold"),
+        ):
+            for suffix in ("", "_per_class"):  # evaluations written before the names said what they are
+                metrics.setdefault(new + suffix, metrics.get(old + suffix))
+        wanted = (*HEADLINE_METRICS, "rows", *FINDING_METRICS)
+        found = {name: metrics[name] for name in wanted if metrics.get(name) is not None}
         drawn = metrics.get("intervals", {})
         if drawn.get("intervals"):  # each headline metric's interval, and how it was drawn
             found["intervals"] = {name: drawn["intervals"][name] for name in drawn["intervals"] if name in found}
@@ -248,8 +257,8 @@ class ModelService:
 FINDING_METRICS = (
     "auc_per_class",
     "threshold_per_class",
-    "sensitivity_youden_per_class",
-    "specificity_youden_per_class",
+    "sensitivity_at_threshold_per_class",
+    "specificity_at_threshold_per_class",
 )
 
 

@@ -228,7 +228,7 @@ class ClassifierTask(L.LightningModule):
         outputs.reset()
         if len(targets) == 0:
             return {}
-        summary = summarize(probs, targets, self.kind, self.classes, split=split)
+        summary = summarize(probs, targets, self.kind, self.classes, split=split, policy=self.config.trainer.threshold)
         if split == "val":
             self.val_threshold = summary.get("threshold")
         values = scalars(summary, split, self.classes)

@@ -65,7 +65,7 @@ def test_patients_are_drawn_whole_so_copies_of_an_image_add_no_certainty():
     patients = [f"p{i}" for i in range(80) for _ in range(4)]
     grouped = metric_intervals(*copies, "binary", ["a", "b"], 0.4, patients, options)
     assert grouped["unit"] == "patient" and grouped["units"] == 80
-    for name in ("auc", "sensitivity_youden", "specificity_youden", "accuracy"):
+    for name in ("auc", "sensitivity_at_threshold", "specificity_at_threshold", "accuracy"):
         assert grouped["intervals"][name] == pytest.approx(alone["intervals"][name])
     by_image = metric_intervals(*copies, "binary", ["a", "b"], 0.4, None, options)
     assert np.diff(by_image["intervals"]["auc"])[0] < 0.7 * np.diff(alone["intervals"]["auc"])[0]
@@ -77,7 +77,13 @@ def test_multilabel_intervals_use_each_findings_known_labels():
     probs = np.clip(targets * 0.3 + rng.random((120, 2)) * 0.7, 0, 1)
     targets[:20, 1] = np.nan
     found = metric_intervals(probs, targets, "multilabel", ["x", "y"], [0.5, 0.5], None, BootstrapOptions(100))
-    assert set(found["intervals"]) == {"auc", "sensitivity_youden", "specificity_youden", "auc (x)", "auc (y)"}
+    assert set(found["intervals"]) == {
+        "auc",
+        "sensitivity_at_threshold",
+        "specificity_at_threshold",
+        "auc (x)",
+        "auc (y)",
+    }
     known = ~np.isnan(targets[:, 1])
     assert found["delong"]["auc (y)"] == pytest.approx(list(delong_interval(probs[known, 1], targets[known, 1])[1:]))
     assert all(not math.isnan(v) for v in found["intervals"]["auc (y)"])

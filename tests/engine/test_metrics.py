@@ -4,7 +4,17 @@ import math
 import pytest
 import torch
 
-from attnscope.engine.metrics import EpochOutputs, head_size, scalars, summarize, task_kind, youden_threshold
+from attnscope.engine.metrics import (
+    EpochOutputs,
+    choose_threshold,
+    head_size,
+    parse_policy,
+    scalars,
+    summarize,
+    task_kind,
+    youden_threshold,
+)
+from attnscope.errors import ConfigError
 
 
 def rank_auc(scores, targets):
@@ -135,3 +145,46 @@ def test_multilabel_operating_point_per_finding_is_at_its_own_threshold():
         )
         assert summary["positives_per_class"][column] == int(t.sum())
     assert summary["threshold_per_class"] == [0.3, 0.7]
+
+
+@pytest.mark.parametrize(
+    ("policy", "check"),
+    [
+        ("sensitivity>=0.9", lambda sens, spec, t, probs, targets: sens >= 0.9),
+        ("specificity>=0.8", lambda sens, spec, t, probs, targets: spec >= 0.8),
+        ("fixed:0.3", lambda sens, spec, t, probs, targets: t == 0.3),
+    ],
+)
+def test_a_threshold_policy_meets_its_target_with_the_best_other_rate(policy, check):
+    torch.manual_seed(4)
+    targets = (torch.rand(300) < 0.4).float()
+    probs = torch.sigmoid(torch.randn(300) + 1.5 * targets)
+    threshold = choose_threshold(probs, targets, policy)
+    predicted = probs >= threshold
+    sens = float(predicted[targets == 1].float().mean())
+    spec = float((~predicted[targets == 0]).float().mean())
+    assert check(sens, spec, threshold, probs, targets)
+    if policy.startswith("sensitivity"):  # no higher threshold among the scores keeps the sensitivity
+        higher = probs[probs > threshold].min()
+        assert float((probs[targets == 1] >= higher).float().mean()) < 0.9
+    if policy.startswith("specificity"):  # no lower threshold keeps the specificity
+        lower = probs[probs < threshold].max()
+        assert float((probs[targets == 0] < lower).float().mean()) < 0.8
+    summary = summarize(probs, targets, "binary", ["a", "b"], policy=policy)
+    assert summary["threshold"] == pytest.approx(threshold) and summary["sensitivity_at_threshold"] == pytest.approx(
+        sens
+    )
+
+
+@pytest.mark.parametrize("policy", ["sensitivity>=1.5", "precision>=0.9", "fixed:x", ""])
+def test_a_threshold_policy_that_is_not_one_is_refused(policy):
+    with pytest.raises(ConfigError, match="threshold policy"):
+        parse_policy(policy)
+
+
+def test_the_run_config_refuses_a_threshold_policy_that_is_not_one():
+    from attnscope.engine.config import load_config
+
+    assert load_config(None, ["trainer.threshold=sensitivity>=0.95"]).trainer.threshold == "sensitivity>=0.95"
+    with pytest.raises(ConfigError, match="threshold policy 'precision>=0.9'"):
+        load_config(None, ["trainer.threshold=precision>=0.9"])

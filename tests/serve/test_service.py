@@ -103,16 +103,25 @@ def test_the_operating_point_is_the_test_splits_once_the_run_is_evaluated_else_v
         "split": "val",
         "sensitivity": validation["val/sensitivity_youden"],
         "specificity": validation["val/specificity_youden"],
+        "policy": "youden",
     }
     assert service.card()["test_metrics"] is None
     tested = evaluate(service.run, EvaluateOptions()).metrics
     service = ModelService(Run.open(served_run, progress=False))  # the evaluation is read when a server starts
     assert service.operating_point() == {
         "split": "test",
-        "sensitivity": tested["sensitivity_youden"],
-        "specificity": tested["specificity_youden"],
+        "sensitivity": tested["sensitivity_at_threshold"],
+        "specificity": tested["specificity_at_threshold"],
+        "policy": "youden",
     }
     assert service.card()["test_metrics"]["auc"] == tested["auc"]
+    # an evaluation written before the names said what they are still gives the test split's operating point
+    metrics_path = served_run / "evaluation" / "metrics.json"
+    recorded = json.loads(metrics_path.read_text())
+    older = {k: v for k, v in recorded["metrics"].items() if "_at_threshold" not in k}
+    metrics_path.write_text(json.dumps({**recorded, "metrics": older}))
+    service = ModelService(Run.open(served_run, progress=False))
+    assert service.operating_point()["sensitivity"] == tested["sensitivity_youden"]
     # weights trained again under the same name: the evaluation scored other weights, and is not shown
     metrics_path = served_run / "evaluation" / "metrics.json"
     recorded = json.loads(metrics_path.read_text())
