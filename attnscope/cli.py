@@ -363,6 +363,49 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser_compare(verbs: Any) -> None:
+    parser = verbs.add_parser(
+        "compare",
+        help="two runs on the same images: paired DeLong test of AUC, McNemar at the thresholds, differences",
+        description="Predicts the same images with both runs (the first run's test split, or --data) and tests, per "
+        "finding, whether the difference is more than the images can tell: DeLong's paired test for AUC, McNemar's "
+        "exact test for the decisions at each run's threshold, bootstrap intervals of the differences. Writes "
+        "comparison.json and comparison.html.",
+    )
+    parser.add_argument("run_a", metavar="RUN_A", help="a run directory")
+    parser.add_argument("run_b", metavar="RUN_B", help="another run with the same classes")
+    _add_data(parser, "compare on")
+    parser.add_argument("--out", help="output folder (default RUN_A/compare-<RUN_B's folder name>)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the differences (default 1000)")
+    _add_common(parser)
+    parser.set_defaults(handler=lambda args: _cmd_compare(args))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from attnscope.engine.compare import CompareOptions
+    from attnscope.engine.comparison import compare_runs, write_comparison
+    from attnscope.engine.intervals import BootstrapOptions
+    from attnscope.engine.run import Run
+
+    selection = _selection(args)
+    options = CompareOptions(
+        selection["split"], selection["source"], dict(selection["source_options"]), selection["skip_bad"],
+        BootstrapOptions(args.bootstrap),
+    )  # fmt: skip
+    progress = not args.no_progress
+    with Run.open(args.run_a, progress=progress) as run_a, Run.open(args.run_b, progress=progress) as run_b:
+        comparison = compare_runs(run_a, run_b, options)
+        out = args.out or run_a.root / f"compare-{run_b.root.name}"
+        write_comparison(comparison, out)
+    print(f"{comparison.data}: {comparison.images} images")
+    for column in comparison.columns:
+        delong, test = column.delong, column.mcnemar
+        print(f"  {column.name}: AUC {delong['auc_a']:.4f} vs {delong['auc_b']:.4f} (DeLong p {delong['p']:.4f}); "
+              f"right only by A {test['only_a']}, only by B {test['only_b']} (McNemar p {test['p']:.4f})")  # fmt: skip
+    print(f"comparison: {comparison.out}")
+    return 0
+
+
 def _parser_generate(verbs: Any) -> None:
     parser = verbs.add_parser(
         "generate",
@@ -983,6 +1026,7 @@ VERB_PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_demo,
     _parser_generate,
     _parser_calibrate,
+    _parser_compare,
 )
 
 

@@ -109,7 +109,8 @@ EXPLANATION = FolderOutput(
     "explanation", frozenset({"scores.csv", "bad_rows.csv", "overlays", "maps"}), subfolders=("overlays", "maps")
 )
 
-ATTNSCOPE_FOLDERS = ("run", "index", "stages", EVALUATION.kind, EXPLANATION.kind)
+COMPARISON = FolderOutput("comparison", frozenset({"comparison.json", "comparison.html"}))
+ATTNSCOPE_FOLDERS = ("run", "index", "stages", EVALUATION.kind, EXPLANATION.kind, COMPARISON.kind)
 
 
 def _ancestors(path: Path) -> Iterator[Path]:
