@@ -477,6 +477,13 @@ def _parser_evaluate(verbs: Any) -> None:
     )
     parser.add_argument("--confidence", type=float, default=0.95, help="the intervals' level (default 0.95)")
     parser.add_argument(
+        "--by",
+        action="append",
+        metavar="COLUMN",
+        help="metrics per subgroup: a column of the source CSV (site, sex, age: numbers banded at quartiles) or a "
+        "DICOM tag as dicom:Keyword (dicom:Manufacturer); repeatable",
+    )
+    parser.add_argument(
         "--bootstrap-method", choices=["percentile", "BCa"], default="percentile", help="default percentile"
     )
     _add_common(parser)
@@ -490,7 +497,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _open_run(args) as run:
         options = EvaluateOptions(
             **_selection(args), out=args.out, tta=args.tta, bootstrap=args.bootstrap, confidence=args.confidence,
-            bootstrap_method=args.bootstrap_method,
+            bootstrap_method=args.bootstrap_method, by=tuple(args.by or ()),
         )  # fmt: skip
         evaluation, report = evaluate_with_report(run, options, report=not args.no_report)
     _print_metrics(evaluation)
@@ -516,6 +523,13 @@ def _print_metrics(result: Evaluation) -> None:
         print(f"  {'ECE':<26} {metrics['calibration']['ece']:.4f}{change}")
     if isinstance(metrics.get("threshold"), float):
         print(f"  {'threshold (val)':<26} {metrics['threshold']:.4f}")
+    for by, found in metrics.get("subgroups", {}).items():
+        print(f"  by {by}:")
+        for name, values in found.items():
+            drawn = values["intervals"].get("auc")
+            within = f" ({drawn[0]:.4f} to {drawn[1]:.4f})" if drawn and not math.isnan(drawn[0]) else ""
+            print(f"    {name:<22} {values['images']:>6} images  AUC {values['auc']:.4f}{within}  "
+                  f"gap {values['auc_gap']:+.4f}")  # fmt: skip
     for branch, values in metrics.get("branches", {}).items():
         print(f"  {branch + ' branch AUC':<26} {values['auc']:.4f}")
     print(f"metrics and plots: {result.out}")

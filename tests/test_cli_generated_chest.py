@@ -42,11 +42,18 @@ def test_the_run_holds_the_four_findings_and_the_official_test_list(generated_ru
 
 def test_evaluate_and_report_give_each_finding_its_figures_and_maps(generated_run):
     run_dir = generated_run / "run"
-    assert cli.main(["evaluate", str(run_dir), "--no-progress"]) == 0
+    argv = ["evaluate", str(run_dir), "--by", "Patient Gender", "--by", "Patient Age", "--bootstrap", "100"]
+    assert cli.main([*argv, "--no-progress"]) == 0
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["metrics"]
+    by_sex, by_age = metrics["subgroups"]["Patient Gender"], metrics["subgroups"]["Patient Age"]
+    assert set(by_sex) <= {"F", "M"} and sum(v["images"] for v in by_sex.values()) == metrics["rows"]
+    assert sum(v["images"] for v in by_age.values()) == metrics["rows"]
+    # the test list's few patients have eight ages or fewer: each is its own subgroup (more would be banded)
+    assert len(by_age) <= 8 and all(name.isdigit() for name in by_age)
     assert len(metrics["sensitivity_youden_per_class"]) == 4 and len(metrics["positives_per_class"]) == 4
     page = (run_dir / "report.html").read_text()
     assert 'id="findings"' in page and "Maps of each finding: pointing game" in page
+    assert 'id="subgroups"' in page and "by Patient Gender" in page
     for finding in FINDINGS:
         assert f"<h3>{finding}: " in page  # a gallery section per finding
 

@@ -128,6 +128,7 @@ class EvaluateOptions(DataSelection):
     confidence: float = 0.95
     bootstrap_method: str = "percentile"  # or BCa
     seed: int = 0
+    by: tuple[str, ...] = ()  # subgroups: columns of the source CSV, or dicom:Keyword tags
 
     def bootstrap_options(self) -> BootstrapOptions:
         return BootstrapOptions(self.bootstrap, self.confidence, self.bootstrap_method, self.seed)
@@ -166,6 +167,8 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     found = _evaluated_probabilities(run, loader, data, views)
     probs, labels = found.probs, found.labels
     metrics = _metrics(run, found, loader.decoded.manifest.groups, threshold, options, data)
+    if options.by:
+        metrics["subgroups"] = _subgroups(run, loader, found, threshold, options)
     if found.branches:
         metrics["branches"] = found.branches
     if options.tta:
@@ -224,6 +227,29 @@ def _metrics(
         [groups[int(r)] for r in found.rows] if groups else None, options.bootstrap_options(),
     )  # fmt: skip
     return metrics
+
+
+def _subgroups(
+    run: Run, loader: BatchLoader, found: _Evaluated, threshold: float | list[float] | None, options: EvaluateOptions
+) -> dict[str, dict]:
+    """Each ``options.by``'s subgroups with their metrics (:mod:`attnscope.engine.subgroups`)."""
+    from attnscope.engine.subgroups import subgroup_metrics, subgroup_values
+
+    manifest, rows = loader.decoded.manifest, [int(r) for r in found.rows]
+    groups = [manifest.groups[r] for r in rows] if manifest.groups else None
+    return {
+        by: subgroup_metrics(
+            found.probs.numpy(),
+            found.labels.numpy(),
+            run.kind,
+            run.classes,
+            threshold,
+            subgroup_values(manifest, rows, by),
+            groups,
+            options.bootstrap_options(),
+        )
+        for by in options.by
+    }
 
 
 def _evaluated_probabilities(run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]) -> _Evaluated:

@@ -365,6 +365,27 @@ CALIBRATION_NAMES = (("ece", "ECE (15 equal-width bins)"), ("ece_equal_mass", "E
                      ("mce", "MCE"), ("brier", "Brier score"))  # fmt: skip
 
 
+def subgroup_section(evaluation: Evaluation) -> str:
+    """Each subgroup's AUC with its interval, its sensitivity and specificity at the threshold, and its gap to the
+    whole test set (``evaluate --by``); empty when none was asked for."""
+    parts = []
+    for by, found in evaluation.metrics.get("subgroups", {}).items():
+        rows = [
+            [name, values["images"], values["auc"], _interval({"i": values["intervals"]}, "i", "auc"),
+             values["sensitivity_at_threshold"], values["specificity_at_threshold"], values["auc_gap"]]
+            for name, values in found.items()
+        ]  # fmt: skip
+        header = ["subgroup", "images", "AUC", "interval", "sensitivity", "specificity", "AUC gap to all"]
+        parts.append(f"<h3>by {html.escape(by)}</h3>{_table(header, rows)}")
+    if not parts:
+        return ""
+    return (
+        '<section id="subgroups"><h2>Subgroups</h2><p>The same metrics on each subgroup of the test images, at the '
+        "same threshold; a gap whose interval is wide may be the small subgroup's noise.</p>" + "".join(parts)
+        + "</section>"
+    )  # fmt: skip
+
+
 def calibration_section(run: Run, evaluation: Evaluation) -> str:
     """How far the probabilities mean what they say, before and after the run's temperature scaling, on the
     validation split it was fitted on and on the test split."""
@@ -443,6 +464,7 @@ def _page(
         f'<section id="plots" class="plots"><h2>ROC, precision-recall, confusion, reliability</h2>{plots}</section>',
     ]
     sections.append(calibration_section(run, evaluation))
+    sections.append(subgroup_section(evaluation))
     if run.kind == "multilabel":
         sections.append(_finding_sections(run, evaluation, by_finding or {}))
     if curves is not None:

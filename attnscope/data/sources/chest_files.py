@@ -28,8 +28,8 @@ from attnscope.fileio import atomic_directory, csv_text
 CHEXPERT_NAMES = {"Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion", "Nodule": "Lung Lesion",
                   "Consolidation": "Consolidation"}  # fmt: skip
 DATASET_KIND = "dataset"
-NIH_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "View Position"]
-NIH_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "View Position"]
+NIH_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+               "View Position"]  # fmt: skip
 
 
 def dicom_path(index: int) -> str:
@@ -83,7 +83,9 @@ def _tables(items: list[ChestXray], test_patients: set[int]) -> dict[str, str]:
     for index, item in enumerate(items):
         name = image_name(index)
         found = [f for f, present in zip(FINDINGS, item.present, strict=True) if present]
-        entries.append([name, "|".join(found) or "No Finding", index % 2, f"{item.patient:08d}", "PA"])
+        person = np.random.default_rng((item.patient, 7))  # an invented age and sex, the same for both films
+        age, sex = int(person.integers(18, 90)), "MF"[int(person.integers(2))]
+        entries.append([name, "|".join(found) or "No Finding", index % 2, f"{item.patient:08d}", age, sex, "PA"])
         boxes += [[name, finding, *box, "", ""] for finding, box in item.boxes.items()]
         cells = [-1.0 if uncertain else 1.0 if present else (0.0 if rng.random() < 0.3 else "")
                  for present, uncertain in zip(item.present, item.uncertain, strict=True)]  # fmt: skip
