@@ -477,6 +477,13 @@ def _parser_evaluate(verbs: Any) -> None:
     )
     parser.add_argument("--confidence", type=float, default=0.95, help="the intervals' level (default 0.95)")
     parser.add_argument(
+        "--refer-sensitivity",
+        type=float,
+        default=0.95,
+        help="the sensitivity a referral band around the threshold must reach on validation among the images it "
+        "leaves to the model (default 0.95; the least sure images go to a clinician)",
+    )
+    parser.add_argument(
         "--by",
         action="append",
         metavar="COLUMN",
@@ -498,6 +505,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         options = EvaluateOptions(
             **_selection(args), out=args.out, tta=args.tta, bootstrap=args.bootstrap, confidence=args.confidence,
             bootstrap_method=args.bootstrap_method, by=tuple(args.by or ()),
+            refer_sensitivity=args.refer_sensitivity,
         )  # fmt: skip
         evaluation, report = evaluate_with_report(run, options, report=not args.no_report)
     _print_metrics(evaluation)
@@ -523,6 +531,20 @@ def _print_metrics(result: Evaluation) -> None:
         print(f"  {'ECE':<26} {metrics['calibration']['ece']:.4f}{change}")
     if isinstance(metrics.get("threshold"), float):
         print(f"  {'threshold (val)':<26} {metrics['threshold']:.4f}")
+    _print_breakdowns(metrics)
+    for branch, values in metrics.get("branches", {}).items():
+        print(f"  {branch + ' branch AUC':<26} {values['auc']:.4f}")
+    print(f"metrics and plots: {result.out}")
+
+
+def _print_breakdowns(metrics: dict) -> None:
+    """The referral band's effect and each subgroup's AUC, where the evaluation has them."""
+    for name, values in metrics.get("referral", {}).get("findings", {}).items():
+        band, tested = values["band"], values["test"]
+        print(
+            f"  referral ({name}): refer p in [{band['low']:.2f}, {band['high']:.2f}] -> {tested['referred']:.0%} "
+            f"referred; the rest: sensitivity {tested['sensitivity']:.3f}, specificity {tested['specificity']:.3f}"
+        )
     for by, found in metrics.get("subgroups", {}).items():
         print(f"  by {by}:")
         for name, values in found.items():
@@ -530,9 +552,6 @@ def _print_metrics(result: Evaluation) -> None:
             within = f" ({drawn[0]:.4f} to {drawn[1]:.4f})" if drawn and not math.isnan(drawn[0]) else ""
             print(f"    {name:<22} {values['images']:>6} images  AUC {values['auc']:.4f}{within}  "
                   f"gap {values['auc_gap']:+.4f}")  # fmt: skip
-    for branch, values in metrics.get("branches", {}).items():
-        print(f"  {branch + ' branch AUC':<26} {values['auc']:.4f}")
-    print(f"metrics and plots: {result.out}")
 
 
 def interval_text(drawn: dict, name: str) -> str:

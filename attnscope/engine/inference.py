@@ -129,6 +129,7 @@ class EvaluateOptions(DataSelection):
     bootstrap_method: str = "percentile"  # or BCa
     seed: int = 0
     by: tuple[str, ...] = ()  # subgroups: columns of the source CSV, or dicom:Keyword tags
+    refer_sensitivity: float | None = 0.95  # the referral band's target on validation (None: no band)
 
     def bootstrap_options(self) -> BootstrapOptions:
         return BootstrapOptions(self.bootstrap, self.confidence, self.bootstrap_method, self.seed)
@@ -169,6 +170,8 @@ def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
     metrics = _metrics(run, found, loader.decoded.manifest.groups, threshold, options, data)
     if options.by:
         metrics["subgroups"] = _subgroups(run, loader, found, threshold, options)
+    if options.refer_sensitivity is not None and run.kind != "multiclass":
+        metrics["referral"] = _referral(run, found, threshold, views, options.refer_sensitivity)
     if found.branches:
         metrics["branches"] = found.branches
     if options.tta:
@@ -250,6 +253,27 @@ def _subgroups(
         )
         for by in options.by
     }
+
+
+def _referral(
+    run: Run, found: _Evaluated, threshold: float | list[float] | None, views: tuple[str, ...], sensitivity: float
+) -> dict:
+    """The referral band chosen on the validation split, applied to ``found`` (:mod:`attnscope.engine.referral`)."""
+    from attnscope.engine.referral import referral_metrics
+
+    validation = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
+    names = [run.classes[1]] if run.kind == "binary" else list(run.classes)
+    if run.kind == "binary":
+        limits = [float(threshold) if isinstance(threshold, (int, float)) else run.binary_threshold]
+    else:
+        limits = list(threshold) if isinstance(threshold, list) else run.label_thresholds
+    return {
+        "target_sensitivity": sensitivity,
+        "findings": referral_metrics(
+            (validation.probs.numpy(), validation.labels.numpy()), (found.probs.numpy(), found.labels.numpy()),
+            names, limits, sensitivity,
+        ),
+    }  # fmt: skip
 
 
 def _evaluated_probabilities(run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]) -> _Evaluated:

@@ -386,6 +386,30 @@ def subgroup_section(evaluation: Evaluation) -> str:
     )  # fmt: skip
 
 
+def referral_section(evaluation: Evaluation) -> str:
+    """The band of probabilities referred to a clinician, chosen on validation, and what it does on the test
+    images; with the coverage curve. Empty without one."""
+    referral = evaluation.metrics.get("referral")
+    if not referral:
+        return ""
+    target = referral["target_sensitivity"]
+    rows, curves = [], []
+    for name, values in referral["findings"].items():
+        band, tested = values["band"], values["test"]
+        rows.append([name, f"{band['low']:.2f} to {band['high']:.2f}", "yes" if band["met"] else "no",
+                     tested["referred"], tested["sensitivity"], tested["specificity"]])  # fmt: skip
+        curves += [[name, point["coverage"], point["sensitivity"], point["specificity"]] for point in values["curve"]]
+    header = ["finding", "referred when p is in", f"sensitivity {target:g} reached on validation", "referred (test)",
+              "sensitivity of the rest", "specificity of the rest"]  # fmt: skip
+    return (
+        '<section id="referral"><h2>Referral of uncertain cases</h2><p>The images whose probability lies in a band '
+        f"around the threshold go to a clinician; the band is the narrowest that lets the model reach sensitivity "
+        f"{target:g} on the validation images it decides. On the test images:</p>{_table(header, rows)}"
+        "<p>Coverage (the share the model decides, the least sure referred) against sensitivity and specificity "
+        f"among the decided:</p>{_table(['finding', 'coverage', 'sensitivity', 'specificity'], curves)}</section>"
+    )
+
+
 def calibration_section(run: Run, evaluation: Evaluation) -> str:
     """How far the probabilities mean what they say, before and after the run's temperature scaling, on the
     validation split it was fitted on and on the test split."""
@@ -465,6 +489,7 @@ def _page(
     ]
     sections.append(calibration_section(run, evaluation))
     sections.append(subgroup_section(evaluation))
+    sections.append(referral_section(evaluation))
     if run.kind == "multilabel":
         sections.append(_finding_sections(run, evaluation, by_finding or {}))
     if curves is not None:
