@@ -612,6 +612,18 @@ def _parser_predict(verbs: Any) -> None:
     parser.add_argument("--out", help="output CSV (default RUN/predictions.csv, RUN/predictions-tta.csv with --tta)")
     _add_force(parser)
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
+    parser.add_argument(
+        "--uncertainty",
+        choices=["tta", "mc_dropout"],
+        help="a column of each image's uncertainty: the spread of its probability over the trained flips or over "
+        "20 dropout samples (averaged probabilities are then written)",
+    )
+    parser.add_argument(
+        "--refer-sensitivity",
+        type=float,
+        help="a refer column: whether the image lies in the band around the threshold that, on validation, leaves "
+        "the model this sensitivity on what it decides (e.g. 0.95)",
+    )
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_predict(args))
 
@@ -622,7 +634,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     listed, rejected = images_from_csv(args.csv, args.column, args.image_root, args.skip_bad) if args.csv else ([], [])
     images = tuple([*args.images, *listed])
     with _open_run(args) as run:
-        result = predict(run, PredictOptions(images, args.out, args.skip_bad, args.tta, args.force, tuple(rejected)))
+        options = PredictOptions(
+            images, args.out, args.skip_bad, args.tta, args.force, tuple(rejected), args.uncertainty,
+            args.refer_sensitivity,
+        )  # fmt: skip
+        result = predict(run, options)
     print(f"{result.rows} predictions: {result.out}")
     if result.skipped:
         print(f"{result.skipped} image(s) left out (--skip-bad): {result.bad_rows}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +25,7 @@ from attnscope.engine.metrics import class_probabilities, probabilities, summari
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import write_json
 from attnscope.engine.tta import averaged, flip_views
+from attnscope.engine.uncertainty import predict_with_uncertainty, spread_of_decision
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.outputs import (
@@ -326,6 +328,8 @@ class PredictOptions:
     tta: bool = False  # as EvaluateOptions.tta; the default CSV is then RUN/predictions-tta.csv
     force: bool = False  # replace a regular file at ``out`` that attnscope did not write
     rejected: tuple[BadRow, ...] = ()  # rows of an image list refused before reading (images_from_csv)
+    uncertainty: str | None = None  # tta or mc_dropout: a column of each image's spread (engine.uncertainty)
+    refer_sensitivity: float | None = None  # a column saying which images the validation band refers
 
 
 @dataclass
@@ -343,21 +347,60 @@ def predict(run: Run, options: PredictOptions) -> Predictions:
     default = run.root / ("predictions-tta.csv" if options.tta else "predictions.csv")
     out = check_output_file(options.out if options.out is not None else default, PREDICTIONS, options.force)
     bad_rows_out = check_output_file(out.with_name(out.stem + ".bad_rows.csv"), BAD_ROWS, options.force)
+    if options.tta and options.uncertainty == "mc_dropout":
+        raise ConfigError("--tta and --uncertainty mc_dropout average different things: choose one")
     loader = run.loader(DataSelection(images=tuple(options.images), skip_bad=options.skip_bad))
-    views, threshold = _views_and_threshold(run, options.tta)
-    probs, _, rows = predict_loader(run, loader, views=views)
+    # the spread over the flips comes with their average, decided at the threshold chosen under them
+    views, threshold = _views_and_threshold(run, options.tta or options.uncertainty == "tta")
+    if options.uncertainty:
+        probs, spread, rows = predict_with_uncertainty(run, loader, options.uncertainty)
+    else:
+        probs, _, rows = predict_loader(run, loader, views=views)
     kept = loader.decoded.manifest
     per_class = class_probabilities(probs, run.kind).numpy()
     names = predicted_names(probs, run, threshold)
+    header, extra = ["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], []
+    if options.uncertainty:
+        header.append("uncertainty")
+        extra.append([_joined(v) for v in spread_of_decision(probs, spread, run.kind).reshape(len(rows), -1).tolist()])
+    if options.refer_sensitivity is not None:
+        header.append("refer")
+        extra.append(_referred(run, probs, threshold, views, options.refer_sensitivity))
     lines = []
     for position, row in enumerate(rows.tolist()):
         path = kept.paths[row] if kept.paths else ""
-        lines.append([kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]])
+        cells = [kept.ids[row], path, *[f"{p:.6f}" for p in per_class[position]], names[position]]
+        lines.append(cells + [column[position] for column in extra])
     sweep_temporaries(out.parent)
-    atomic_write(out, csv_text(["id", "path", *[f"prob_{c}" for c in run.classes], "predicted"], lines))
+    atomic_write(out, csv_text(header, lines))
     rejected = [*options.rejected, *kept.rejected]
     bad = write_bad_rows(rejected, bad_rows_out) if rejected else None
     return Predictions(out, len(rows), len(rejected), bad)
+
+
+def _joined(values: list[float]) -> str:
+    return "|".join(f"{v:.4f}" for v in values)
+
+
+def _referred(
+    run: Run, probs: torch.Tensor, threshold: float | list[float] | None, views: tuple[str, ...], sensitivity: float
+) -> list[str]:
+    """``yes``/``no`` per image (per finding, joined by ``|``): inside the referral band chosen on validation."""
+    from attnscope.engine.referral import choose_band, margins
+
+    if run.kind == "multiclass":
+        raise ConfigError("a referral band needs a threshold: binary and multi-label runs only")
+    validation = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
+    limits = [float(threshold)] if isinstance(threshold, (int, float)) else list(threshold or run.label_thresholds)
+    val_probs = validation.probs.reshape(len(validation.probs), -1).numpy()
+    val_labels = validation.labels.reshape(len(validation.labels), -1).numpy().astype(float)
+    columns = probs.reshape(len(probs), -1).numpy()
+    flags = []
+    for c, limit in enumerate(limits):
+        known = ~np.isnan(val_labels[:, c])
+        band = choose_band(val_probs[known, c], val_labels[known, c], limit, sensitivity)
+        flags.append(margins(columns[:, c], limit) < band["margin"])
+    return ["|".join("yes" if flag[i] else "no" for flag in flags) for i in range(len(columns))]
 
 
 def decisions(probs: torch.Tensor, run: Run, threshold: float | list[float] | None = None) -> torch.Tensor:
