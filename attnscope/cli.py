@@ -219,6 +219,13 @@ def _parser_train(verbs: Any) -> None:
     parser.add_argument("--devices", help="how many devices (or 'auto')")
     parser.add_argument("--strategy", help="auto, ddp, ... (Lightning's names)")
     parser.add_argument("--run-dir", help="where the run goes (default runs/<model>-<time>)")
+    _add_several_runs(parser)
+    _add_common(parser)
+    parser.set_defaults(handler=lambda args: _cmd_train(args))
+
+
+def _add_several_runs(parser: argparse.ArgumentParser) -> None:
+    """--stages (AG-CNN's, one run per stage) and --folds (cross-validation, one run per fold): a folder of runs."""
     parser.add_argument(
         "--stages",
         help="train an AG-CNN in stages, in this order (e.g. global,local,fusion): one run folder per stage "
@@ -226,8 +233,12 @@ def _parser_train(verbs: Any) -> None:
     )
     parser.add_argument("--stage-epochs", help="epochs of each stage, comma-separated (default: --epochs)")
     parser.add_argument("--stage-lr", help="learning rate of each stage, comma-separated (default: --lr)")
-    _add_common(parser)
-    parser.set_defaults(handler=lambda args: _cmd_train(args))
+    parser.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold cross-validation: one run per fold under --run-dir, each validated on its part of the non-test "
+        "images (stratified, patients whole), the test split held out from all; evaluate the folder afterwards",
+    )
 
 
 def _train_settings(args: argparse.Namespace) -> list[str]:
@@ -255,7 +266,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         display = ["trainer.progress=false", "data.progress=false"]
         changes = [setting for setting in _train_settings(args) if setting not in display]
-        if args.config or changes or args.stages or args.stage_epochs or args.stage_lr:
+        if args.config or changes or args.stages or args.stage_epochs or args.stage_lr or args.folds:
             raise ConfigError(
                 "--resume continues a run exactly as configured; drop the other options "
                 f"(its config is in {args.resume}; only --no-progress and --verbose go with it)"
@@ -263,6 +274,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, progress=False if args.no_progress else None)
     elif args.stages:
         result = train_stages(load_config(args.config, _train_settings(args)), _stage_plan(args))
+    elif args.folds:
+        from attnscope.training.folds import train_folds
+
+        result = train_folds(load_config(args.config, _train_settings(args)), args.folds)
     elif args.stage_epochs or args.stage_lr:
         raise ConfigError("--stage-epochs and --stage-lr go with --stages (e.g. --stages global,local,fusion)")
     else:
@@ -302,7 +317,11 @@ def _print_best(result: TrainResult) -> None:
         )
         print(f"best epoch {best['epoch'] + 1} ({best['monitor']}): {shown}")
     if result.staged_root is not None:
-        print(f"staged run: {result.staged_root} (last stage: {result.run_dir.name})")
+        if (result.staged_root / "folds.json").is_file():
+            print(f"cross-validation: {result.staged_root}; evaluate every fold and their ensemble with "
+                  f"attnscope evaluate {result.staged_root}")  # fmt: skip
+        else:
+            print(f"staged run: {result.staged_root} (last stage: {result.run_dir.name})")
     else:
         print(f"run directory: {result.run_dir}")
 
@@ -499,8 +518,11 @@ def _parser_evaluate(verbs: Any) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attnscope.engine.inference import EvaluateOptions
+    from attnscope.engine.rundir import fold_runs
     from attnscope.explain.report import evaluate_with_report
 
+    if fold_runs(Path(args.run)):
+        return _evaluate_folds(args)
     with _open_run(args) as run:
         options = EvaluateOptions(
             **_selection(args), out=args.out, tta=args.tta, bootstrap=args.bootstrap, confidence=args.confidence,
@@ -511,6 +533,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics(evaluation)
     if report is not None:
         print(f"report: {report.path}")
+    return 0
+
+
+def _evaluate_folds(args: argparse.Namespace) -> int:
+    """``evaluate`` of a cross-validation folder: every fold, their mean and spread, the fold ensemble."""
+    from attnscope.engine.folds import evaluate_folds
+    from attnscope.engine.inference import EvaluateOptions
+
+    options = EvaluateOptions(**_selection(args), out=args.out, bootstrap=args.bootstrap, confidence=args.confidence)
+    result = evaluate_folds(args.run, options, progress=not args.no_progress)
+    print(f"{len(result.folds)} folds on {options.describe()}:")
+    for name, mean in result.mean.items():
+        folds = " ".join(f"{fold[name]:.4f}" for fold in result.folds)
+        ensemble = result.ensemble.get(name)
+        shown = (
+            f"{ensemble:.4f}{interval_text(result.ensemble.get('intervals', {}), name)}" if ensemble is not None else ""
+        )
+        print(f"  {name:<26} {mean:.4f} ± {result.sd[name]:.4f}  (folds {folds})  ensemble {shown}")
+    print(f"metrics: {result.out / 'metrics.json'}")
     return 0
 
 

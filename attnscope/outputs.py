@@ -110,7 +110,7 @@ EXPLANATION = FolderOutput(
 )
 
 COMPARISON = FolderOutput("comparison", frozenset({"comparison.json", "comparison.html"}))
-ATTNSCOPE_FOLDERS = ("run", "index", "stages", EVALUATION.kind, EXPLANATION.kind, COMPARISON.kind)
+ATTNSCOPE_FOLDERS = ("run", "index", "stages", "folds", EVALUATION.kind, EXPLANATION.kind, COMPARISON.kind)
 
 
 def _ancestors(path: Path) -> Iterator[Path]:

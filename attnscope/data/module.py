@@ -33,7 +33,7 @@ from attnscope.data.decode import DEFAULT_PIXEL_LIMIT, MODES
 from attnscope.data.loader import BatchLoader
 from attnscope.data.manifest import Manifest, check_bad_rows, write_bad_rows
 from attnscope.data.sources.registry import SOURCES, check_source_options, load_source
-from attnscope.data.splits import UNUSED_SPLIT, assign_splits, check_splits
+from attnscope.data.splits import UNUSED_SPLIT, assign_fold_splits, assign_splits, check_splits
 from attnscope.data.window import WINDOWS
 from attnscope.errors import ConfigError, check_option, is_integer, is_number, refuse_unknown
 from attnscope.fileio import atomic_write
@@ -61,6 +61,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    folds: int | None = None  # k-fold cross-validation: the non-test rows in this many parts (train --folds)
+    fold: int | None = None  # which part (1..folds) is this run's validation split
     undersample: dict | None = None
     undersample_before_split: bool = False
     oversample: dict | None = None
@@ -118,6 +120,7 @@ class DataConfig:
         for key in ("val_fraction", "test_fraction"):
             check_option(f"data.{key}", getattr(self, key), lambda v: is_number(v) and 0 <= v < 1, "must lie in [0, 1)")
         check_option("data.seed", self.seed, is_integer, "must be an integer")
+        self._check_folds()
         check_option(
             "data.mask_fraction", self.mask_fraction, lambda v: is_number(v) and 0 <= v <= 1, "must lie in [0, 1]"
         )
@@ -137,6 +140,14 @@ class DataConfig:
         if isinstance(self.augment, AugmentConfig):
             check_config(self.augment)
 
+    def _check_folds(self) -> None:
+        check_option(
+            "data.folds",
+            (self.folds, self.fold),
+            lambda v: v == (None, None) or (is_integer(v[0]) and v[0] >= 2 and is_integer(v[1]) and 1 <= v[1] <= v[0]),
+            "(with data.fold) must both be null, or folds >= 2 and fold in 1..folds",
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -150,13 +161,19 @@ def split_and_balance(manifest: Manifest, config: DataConfig) -> tuple[np.ndarra
     """
     labels, classes = manifest.labels, manifest.classes
     before = bool(config.undersample) and config.undersample_before_split
+
+    def split(part: Manifest) -> np.ndarray:
+        if config.folds is not None and config.fold is not None:  # cross-validation: this fold's part validates
+            return assign_fold_splits(part, config.folds, config.fold, config.test_fraction, config.seed)
+        return assign_splits(part, config.val_fraction, config.test_fraction, config.seed)
+
     if before:
         kept = undersample(labels, np.arange(len(manifest)), config.undersample or {}, classes, seed=config.seed)
         splits = np.full(len(manifest), UNUSED_SPLIT, dtype=object)
-        splits[kept] = assign_splits(manifest.subset(kept), config.val_fraction, config.test_fraction, config.seed)
+        splits[kept] = split(manifest.subset(kept))
         splits = splits.astype(str)
     else:
-        splits = assign_splits(manifest, config.val_fraction, config.test_fraction, config.seed)
+        splits = split(manifest)
     check_splits(manifest, splits)
     train_rows = np.flatnonzero(splits == "train")
     if config.undersample and not before:

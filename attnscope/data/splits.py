@@ -106,3 +106,33 @@ def groups_per_split(manifest: Manifest, splits: np.ndarray) -> dict[str, set[st
         if group is not None:
             found[split].add(group)
     return dict(found)
+
+
+def assign_fold_splits(
+    manifest: Manifest, folds: int, fold: int, test_fraction: float = 0.15, seed: int = 0
+) -> np.ndarray:
+    """K-fold cross-validation's splits for fold ``fold`` (1 to ``folds``): the test split held out as
+    :func:`assign_splits` holds it (the same for every fold), the rest cut into ``folds`` parts, stratified by
+    label and with every group (patient) whole in one part; part ``fold`` is the validation split."""
+    if not (isinstance(folds, int) and folds >= 2) or not (isinstance(fold, int) and 1 <= fold <= folds):
+        raise ConfigError(f"data.folds={folds!r}, data.fold={fold!r}: folds must be >= 2 and fold in 1..folds")
+    if manifest.splits is not None and any(s == "val" for s in manifest.splits):
+        raise DataError(f"{manifest.source}: its split column names a validation split; folds make their own")
+    splits = assign_splits(manifest, 0.0, test_fraction, seed)
+    groups = manifest.groups or [f"row{i}" for i in range(len(manifest))]
+    units: dict[str, list[int]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        if splits[i] == "train":
+            units[group or f"row{i}"].append(i)
+    strata: dict[int, list[str]] = defaultdict(list)
+    for name, members in units.items():
+        strata[_stratum(manifest, members)].append(name)
+    rng = np.random.default_rng(seed)
+    for stratum in sorted(strata):
+        names = [strata[stratum][i] for i in rng.permutation(len(strata[stratum]))]
+        sizes = np.array([len(units[n]) for n in names])
+        middles = (np.cumsum(sizes) - sizes / 2) / sizes.sum()  # each unit's midpoint in [0, 1]
+        for name, middle in zip(names, middles, strict=True):
+            if min(int(middle * folds), folds - 1) == fold - 1:
+                splits[units[name]] = "val"
+    return splits

@@ -42,7 +42,7 @@ from attnscope.engine.build import build_model
 from attnscope.engine.calibration import scale_logits
 from attnscope.engine.config import RunConfig, load_config, read_config_file
 from attnscope.engine.metrics import probabilities, task_kind
-from attnscope.engine.rundir import RunPaths, final_stage, load_weights, read_best, read_json
+from attnscope.engine.rundir import RunPaths, final_stage, fold_runs, load_weights, read_best, read_json
 from attnscope.errors import CheckpointError, ConfigError, DataError
 from attnscope.fileio import file_sha256, spreadsheet_safe
 from attnscope.names import SPLITS
@@ -132,6 +132,11 @@ class Run:
     def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
         """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model.
         A staged training folder opens as its last stage."""
+        if fold_runs(Path(path)):
+            raise ConfigError(
+                f"{path} is a cross-validation folder: evaluate it (every fold and their ensemble) with attnscope "
+                f"evaluate {path}; predict, explain, serve or export one fold's run ({Path(path) / 'fold1'})"
+            )
         paths = RunPaths(final_stage(Path(path))).require()
         best = read_best(paths)
         run = cls(paths, _with_recorded_window(paths.config), read_json(paths.data), best, weights, progress)

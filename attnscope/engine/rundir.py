@@ -117,6 +117,21 @@ class RunPaths:
 
 
 STAGES_FILE = "stages.json"
+FOLDS_FILE = "folds.json"
+
+
+def fold_folder(root: Path, fold: int) -> Path:
+    """The run directory of fold ``fold`` (1-based) of a cross-validation folder."""
+    return Path(root) / f"fold{fold}"
+
+
+def fold_runs(path: Path) -> list[Path] | None:
+    """The fold run directories of a cross-validation folder (``folds.json``), or None for any other path."""
+    try:
+        state = json.loads((Path(path) / FOLDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [fold_folder(Path(path), fold) for fold in range(1, int(state["folds"]) + 1)]
 
 
 def stage_folder(root: Path, index: int, stage: str) -> Path:

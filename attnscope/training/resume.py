@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnscope.engine.rundir import STAGES_FILE
+from attnscope.engine.rundir import FOLDS_FILE, STAGES_FILE
 from attnscope.training.stages import resume_stages
 from attnscope.training.train import TrainResult, resume_config, train
 
@@ -29,4 +29,8 @@ def resume(run_dir: str | Path, progress: bool | None = None) -> TrainResult:
     """
     if (Path(run_dir) / STAGES_FILE).is_file():
         return resume_stages(run_dir, progress)
+    if (Path(run_dir) / FOLDS_FILE).is_file():
+        from attnscope.training.folds import resume_folds
+
+        return resume_folds(run_dir, progress)
     return train(resume_config(run_dir, progress), resume=True)

@@ -16,15 +16,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attnscope.engine.config import RunConfig
-from attnscope.engine.rundir import STAGES_FILE, RunPaths, read_best, stage_folder
+from attnscope.engine.rundir import STAGES_FILE, RunPaths, stage_folder
 from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, read_marker, write_marker
 from attnscope.models import model_entry
-from attnscope.training.train import TrainResult, resolve_run_dir, resume_config, train, with_progress
+from attnscope.training.train import TrainResult, finished_folder, resolve_run_dir, train_or_resume, with_progress
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +132,9 @@ def _run(root: Path, config: RunConfig, plan: StagePlan, done: list[str], progre
             log.info("stage %d/%d %s: done before, kept", index + 1, len(plan.stages), stage)
             continue
         log.info("stage %d/%d %s into %s", index + 1, len(plan.stages), stage, folder)
-        if RunPaths(folder).config.is_file():
-            result = train(resume_config(folder, progress), resume=True)
-        else:
-            result = train(stage_config(config, plan, index, root))
+        result = train_or_resume(folder, stage_config(config, plan, index, root), progress)
         if not result.is_global_zero:
             continue
         done.append(stage)
         _write_state(root, config, plan, done)
-    last = RunPaths(stage_folder(root, len(plan.stages) - 1, plan.stages[-1]))
-    if result is None:
-        result = TrainResult(last.root, read_best(last), True)
-    return replace(result, staged_root=root)
+    return finished_folder(root, stage_folder(root, len(plan.stages) - 1, plan.stages[-1]), result)

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -377,3 +377,18 @@ def with_progress(config: RunConfig, progress: bool | None) -> RunConfig:
         config.trainer.progress = progress
         config.data.progress = progress
     return config
+
+
+def train_or_resume(folder: Path, config: RunConfig, progress: bool | None = None) -> TrainResult:
+    """One run of a folder of runs (a stage, a fold): continued from its last epoch where it was begun, else
+    trained from ``config``."""
+    if RunPaths(folder).config.is_file():
+        return train(resume_config(folder, progress), resume=True)
+    return train(config)
+
+
+def finished_folder(root: Path, last: Path, result: TrainResult | None) -> TrainResult:
+    """The result of a folder of runs: its last run's (read back when every run was done before)."""
+    if result is None:
+        result = TrainResult(last, read_best(RunPaths(last)), True)
+    return replace(result, staged_root=root)

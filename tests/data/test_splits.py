@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from attnscope import DataError
+from attnscope import ConfigError, DataError
 from attnscope.data.manifest import Manifest
 from attnscope.data.splits import assign_splits, check_splits, groups_per_split
 
@@ -65,3 +65,23 @@ def test_a_split_with_one_class_is_refused():
         check_splits(rows, splits)
     with pytest.raises(DataError, match="split 'val' is empty"):
         check_splits(rows, np.array(["train"] * 12))
+
+
+def test_folds_validate_each_non_test_row_once_and_hold_out_the_same_test_split():
+    from attnscope.data.splits import assign_fold_splits
+
+    labels = np.array([i % 3 == 0 for i in range(90)], dtype=np.int64)
+    groups = [f"p{i // 2}" for i in range(90)]  # two images a patient
+    manifest = Manifest("m", [str(i) for i in range(90)], labels, ["a", "b"], images=np.zeros((90, 2, 2), np.uint8),
+                        groups=groups)  # fmt: skip
+    plain = assign_splits(manifest, 0.0, 0.2, seed=3)
+    per_fold = [assign_fold_splits(manifest, 3, fold, 0.2, seed=3) for fold in (1, 2, 3)]
+    for splits in per_fold:
+        assert np.array_equal(splits == "test", plain == "test")  # the same test split in every fold
+        assert set(splits) == {"train", "val", "test"} and labels[splits == "val"].any()  # stratified
+        for patient in set(groups):
+            assert len({splits[i] for i in range(90) if groups[i] == patient}) == 1  # patients whole
+    validated = np.sum([splits == "val" for splits in per_fold], axis=0)
+    assert np.array_equal(validated, (plain != "test").astype(int))  # each non-test row validates exactly once
+    with pytest.raises(ConfigError, match="folds must be >= 2"):
+        assign_fold_splits(manifest, 3, 4)

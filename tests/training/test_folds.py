@@ -1,0 +1,61 @@
+"""Cross-validation end to end: one run per fold, the test split held out from all, resumable; the folder's
+evaluation gives each fold, their mean and spread, and the ensemble of their averaged probabilities."""
+
+import json
+
+import pytest
+import torch
+
+from attnscope import cli
+from attnscope.engine.config import load_config
+from attnscope.engine.folds import evaluate_folds
+from attnscope.engine.inference import EvaluateOptions, predict_loader
+from attnscope.engine.metrics import summarize
+from attnscope.engine.run import DataSelection, Run
+from attnscope.errors import ConfigError
+from attnscope.training.folds import resume_folds, train_folds
+from tests.runs import tiny_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folds_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cv") / "cv"
+    train_folds(load_config(None, tiny_settings(root, epochs=1)), 2)
+    return root
+
+
+def test_each_fold_validates_its_part_and_every_fold_holds_out_the_same_test_split(folds_root):
+    splits = []
+    for fold in (1, 2):
+        with open(folds_root / f"fold{fold}" / "split.csv") as handle:
+            splits.append({line.split(",")[0]: line.rsplit(",", 1)[1].strip() for line in handle.readlines()[1:]})
+    tests = [{i for i, s in split.items() if s == "test"} for split in splits]
+    vals = [{i for i, s in split.items() if s == "val"} for split in splits]
+    assert tests[0] == tests[1] and vals[0].isdisjoint(vals[1]) and vals[0] | vals[1] == set(splits[0]) - tests[0]
+    with pytest.raises(ConfigError, match="cross-validation folder"):
+        Run.open(folds_root)
+
+
+def test_resuming_a_finished_folder_keeps_its_folds(folds_root):
+    weights = folds_root / "fold1" / "checkpoints" / "best.safetensors"
+    before = weights.stat().st_mtime_ns
+    resume_folds(folds_root, progress=False)
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_the_folder_evaluation_gives_the_folds_their_spread_and_the_ensemble(folds_root, tmp_path):
+    result = evaluate_folds(folds_root, EvaluateOptions(bootstrap=50), progress=False)
+    assert len(result.folds) == 2 and result.mean["auc"] == pytest.approx(
+        (result.folds[0]["auc"] + result.folds[1]["auc"]) / 2
+    )
+    runs = [Run.open(folds_root / f"fold{fold}", progress=False) for fold in (1, 2)]
+    probs = [predict_loader(run, run.loader(DataSelection(split="test"))) for run in runs]
+    assert torch.equal(probs[0][2], probs[1][2])  # the same test rows in the same order
+    averaged = (probs[0][0] + probs[1][0]) / 2
+    expected = summarize(averaged, probs[0][1], "binary", runs[0].classes)
+    assert result.ensemble["auc"] == pytest.approx(expected["auc"])
+    written = json.loads((folds_root / "evaluation" / "metrics.json").read_text())
+    assert set(written) == {"folds", "mean", "sd", "ensemble", "data"}
+    assert cli.main(["evaluate", str(folds_root), "--bootstrap", "20", "--no-progress"]) == 0
