@@ -20,8 +20,15 @@ from pathlib import Path
 from attnscope.engine.config import RunConfig
 from attnscope.engine.rundir import FOLDS_FILE, fold_folder
 from attnscope.errors import ConfigError, DataError
-from attnscope.fileio import atomic_write, read_marker, write_marker
-from attnscope.training.train import TrainResult, finished_folder, resolve_run_dir, train_or_resume, with_progress
+from attnscope.fileio import atomic_write, read_marker
+from attnscope.training.train import (
+    TrainResult,
+    finished_folder,
+    new_folder_of_runs,
+    resolve_run_dir,
+    train_or_resume,
+    with_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,7 @@ def train_folds(config: RunConfig, folds: int) -> TrainResult:
     if config.trainer.time_budget_s is not None:
         raise ConfigError("trainer.time_budget_s plans one run, and --folds trains several: give --epochs")
     root = resolve_run_dir(config)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(
-            f"{root} exists and is not an empty folder; cross-validation creates its folder: choose another "
-            f"--run-dir, or continue it with --resume {root}"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    write_marker(root, MARKER_KIND)
+    new_folder_of_runs(root, MARKER_KIND, "cross-validation")
     config = copy.deepcopy(config)
     config.run_dir = str(root)
     _write_state(root, config, folds, [])

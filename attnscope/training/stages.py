@@ -22,9 +22,16 @@ from pathlib import Path
 from attnscope.engine.config import RunConfig
 from attnscope.engine.rundir import STAGES_FILE, RunPaths, stage_folder
 from attnscope.errors import ConfigError, DataError
-from attnscope.fileio import atomic_write, read_marker, write_marker
+from attnscope.fileio import atomic_write, read_marker
 from attnscope.models import model_entry
-from attnscope.training.train import TrainResult, finished_folder, resolve_run_dir, train_or_resume, with_progress
+from attnscope.training.train import (
+    TrainResult,
+    finished_folder,
+    new_folder_of_runs,
+    resolve_run_dir,
+    train_or_resume,
+    with_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +86,7 @@ def _write_state(root: Path, config: RunConfig, plan: StagePlan, done: list[str]
 
 def _prepare(root: Path) -> None:
     """A new staged folder goes into a new or empty folder, never into a user's or a run's."""
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(
-            f"{root} exists and is not an empty folder; staged training creates its folder: choose another "
-            f"--run-dir, or continue it with --resume {root} if it is a staged run"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    write_marker(root, MARKER_KIND)
+    new_folder_of_runs(root, MARKER_KIND, "staged training")
 
 
 def train_stages(config: RunConfig, plan: StagePlan) -> TrainResult:

@@ -41,8 +41,8 @@ from attnscope.engine.rundir import (
     write_json,
     write_metrics_csv,
 )
-from attnscope.errors import ConfigError
-from attnscope.fileio import atomic_write
+from attnscope.errors import ConfigError, DataError
+from attnscope.fileio import atomic_write, write_marker
 from attnscope.training.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
 from attnscope.training.checkpoint_io import AtomicCheckpointIO
 from attnscope.training.precision import AUTO, FLOAT32, resolve_precision
@@ -392,3 +392,15 @@ def finished_folder(root: Path, last: Path, result: TrainResult | None) -> Train
     if result is None:
         result = TrainResult(last, read_best(RunPaths(last)), True)
     return replace(result, staged_root=root)
+
+
+def new_folder_of_runs(root: Path, kind: str, what: str) -> None:
+    """Make ``root`` for a folder of runs (``kind``: stages, folds) in a new or empty folder, never a user's or a
+    run's, and mark it; ``what`` names the training for the message."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(
+            f"{root} exists and is not an empty folder; {what} creates its folder: choose another --run-dir, or "
+            f"continue it with --resume {root} if it is one"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    write_marker(root, kind)
