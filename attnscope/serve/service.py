@@ -241,6 +241,7 @@ class ModelService:
             "kind": self.run.kind,
             "classes": self.run.classes,
             "threshold": self.run.threshold,
+            "temperature": self.run.temperature,  # None: the probabilities are the model's own, not calibrated
             "image_size": self.run.image_size,
             "mode": config.data.mode,
             "attention_taps": self.taps,

@@ -11,7 +11,7 @@ from attnscope.engine.run import Run
 from attnscope.explain.report import ReportOptions, write_report
 from attnscope.htmlpage import RESEARCH_USE
 
-SECTIONS = ("config", "metrics", "plots", "calibration", "curves", "scores", "gallery")
+SECTIONS = ("config", "metrics", "plots", "calibration", "referral", "curves", "scores", "gallery")
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,7 @@ def test_model_health_and_page(client, service):
     assert client.get("/healthz").json() == {"status": "ok", "token_required": False}
     card = client.get("/v1/model").json()
     assert card["classes"] == service.run.classes and card["serving"]["max_images"] == 4
+    assert card["temperature"] == service.run.temperature is not None  # the page says calibrated only then
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
