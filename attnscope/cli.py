@@ -543,15 +543,18 @@ def _evaluate_folds(args: argparse.Namespace) -> int:
 
     options = EvaluateOptions(**_selection(args), out=args.out, bootstrap=args.bootstrap, confidence=args.confidence)
     result = evaluate_folds(args.run, options, progress=not args.no_progress)
-    print(f"{len(result.folds)} folds on {options.describe()}:")
+    print(f"{len(result.folds)} folds on {options.describe()}, mean ± standard deviation (each fold):")
     for name, mean in result.mean.items():
         folds = " ".join(f"{fold[name]:.4f}" for fold in result.folds)
-        ensemble = result.ensemble.get(name)
-        shown = (
-            f"{ensemble:.4f}{interval_text(result.ensemble.get('intervals', {}), name)}" if ensemble is not None else ""
-        )
-        print(f"  {name:<26} {mean:.4f} ± {result.sd[name]:.4f}  (folds {folds})  ensemble {shown}")
-    print(f"metrics: {result.out / 'metrics.json'}")
+        print(f"  {name:<26} {mean:.4f} ± {result.sd[name]:.4f}  ({folds})")
+    print("the fold ensemble (their calibrated probabilities averaged):")
+    _print_metrics(result.evaluation)
+    if not args.no_report and options.split == "test" and options.source is None:
+        from attnscope.engine.run import Run
+        from attnscope.explain.report import ReportOptions, write_report
+
+        with Run.open(args.run, progress=not args.no_progress) as ensemble:
+            print(f"report: {write_report(ensemble, ReportOptions(skip_bad=args.skip_bad), result.evaluation).path}")
     return 0
 
 

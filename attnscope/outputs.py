@@ -104,7 +104,7 @@ NEIGHBOURS = FileOutput("neighbours CSV", (".csv",), _is_neighbours_csv)
 PAGE = FileOutput("HTML page", (".html", ".htm"), is_attnscope_page)
 ONNX_MODEL = FileOutput("ONNX model", (".onnx",), _is_attnscope_onnx)
 
-EVALUATION = FolderOutput("evaluation", frozenset({"metrics.json", "bad_rows.csv"}), suffixes=(".png",))
+EVALUATION = FolderOutput("evaluation", frozenset({"metrics.json", "bad_rows.csv", "folds.json"}), suffixes=(".png",))
 EXPLANATION = FolderOutput(
     "explanation", frozenset({"scores.csv", "bad_rows.csv", "overlays", "maps"}), subfolders=("overlays", "maps")
 )

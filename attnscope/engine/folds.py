@@ -2,11 +2,10 @@
 mean and spread, and the fold ensemble.
 
 Each fold's run is evaluated as any run is (``foldN/evaluation``). The ensemble
-averages the folds' calibrated probabilities image by image; its threshold is the
-mean of the folds' thresholds in logits (each chosen on its own validation part, so
-no image decided the ensemble's threshold and its test score). The folder's
-``evaluation/metrics.json`` holds the folds' headline metrics, their mean and
-standard deviation, and the ensemble's metrics with their intervals.
+(:mod:`attnscope.engine.ensemble`: the folds' calibrated probabilities averaged, its
+threshold the mean of theirs in logits, so no test image chose it) is evaluated as
+any run is, into the folder's ``evaluation/``; ``evaluation/folds.json`` holds the
+folds' headline metrics, their mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -16,17 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from attnscope.engine.calibration import calibration_scores
-from attnscope.engine.inference import EvaluateOptions, evaluate, predict_loader
-from attnscope.engine.intervals import metric_intervals
-from attnscope.engine.metrics import summarize
+from attnscope.engine.inference import EvaluateOptions, Evaluation, evaluate
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import fold_runs, write_json
 from attnscope.errors import DataError
 from attnscope.names import HEADLINE_METRICS
-from attnscope.outputs import EVALUATION, prepare_output_folder
 
 
 @dataclass
@@ -39,44 +33,7 @@ class FoldsEvaluation:
     sd: dict[str, float]
     ensemble: dict
     out: Path
-
-
-def _mean_threshold(thresholds: list) -> float | list[float] | None:
-    """The mean of the folds' thresholds in logits (per finding for lists)."""
-    if thresholds[0] is None:
-        return None
-    values = np.array(thresholds, dtype=np.float64).reshape(len(thresholds), -1).clip(1e-7, 1 - 1e-7)
-    mean = 1 / (1 + np.exp(-np.log(values / (1 - values)).mean(0)))
-    return [float(v) for v in mean] if isinstance(thresholds[0], list) else float(mean[0])
-
-
-def _fold_probabilities(run: Run, options: EvaluateOptions) -> tuple[dict[str, int], torch.Tensor, torch.Tensor, list]:
-    """One fold's calibrated probabilities on the selected images: (id -> position, probabilities, labels, groups)."""
-    loader = run.loader(options)
-    probs, labels, rows = predict_loader(run, loader, "ensemble")
-    manifest = loader.decoded.manifest
-    groups = [manifest.groups[int(r)] for r in rows] if manifest.groups else []
-    return {manifest.ids[int(r)]: i for i, r in enumerate(rows)}, probs, labels, groups
-
-
-def _ensemble(runs: list[Run], options: EvaluateOptions) -> dict:
-    """The folds' averaged probabilities on the selected images, scored like one run's."""
-    order, first_probs, labels, groups = _fold_probabilities(runs[0], options)
-    ids = sorted(order, key=order.get)  # type: ignore[arg-type]
-    stacked = [first_probs]
-    for run in runs[1:]:
-        where, probs, _, _ = _fold_probabilities(run, options)
-        if set(where) != set(order):
-            raise DataError(f"{run.root} read other images than {runs[0].root}: the folds must share their test split")
-        stacked.append(probs[torch.tensor([where[i] for i in ids])])
-    averaged = torch.stack(stacked).mean(0)
-    kind, classes = runs[0].kind, runs[0].classes
-    threshold = _mean_threshold([run.threshold for run in runs])
-    metrics = summarize(averaged, labels, kind, classes, threshold=threshold)
-    metrics["calibration"] = calibration_scores(averaged, labels, kind)
-    metrics["intervals"] = metric_intervals(averaged.numpy(), labels.numpy(), kind, classes, threshold,
-                                            groups or None, options.bootstrap_options())  # fmt: skip
-    return metrics
+    evaluation: Evaluation
 
 
 def evaluate_folds(root: str | Path, options: EvaluateOptions | None = None, progress: bool = True) -> FoldsEvaluation:
@@ -92,15 +49,14 @@ def evaluate_folds(root: str | Path, options: EvaluateOptions | None = None, pro
     runs = [Run.open(folder, progress=progress) for folder in folders]
     try:
         folds = [evaluate(run, replace(options, out=None)).metrics for run in runs]
-        ensemble = _ensemble(runs, options)
     finally:
         for run in runs:
             run.close()
+    with Run.open(root, progress=progress) as ensemble_run:  # the folds' ensemble, evaluated as any run is
+        ensemble = evaluate(ensemble_run, replace(options, out=options.out or Path(root) / "evaluation"))
     names = [name for name in HEADLINE_METRICS if all(isinstance(f.get(name), float) for f in folds)]
     mean = {name: float(np.nanmean([f[name] for f in folds])) for name in names}
     sd = {name: float(np.nanstd([f[name] for f in folds], ddof=1)) if len(folds) > 1 else math.nan for name in names}
-    out = prepare_output_folder(options.out or Path(root) / "evaluation", EVALUATION)
     headline = [{name: f.get(name) for name in names} for f in folds]
-    write_json(out / "metrics.json", {"folds": headline, "mean": mean, "sd": sd, "ensemble": ensemble,
-                                      "data": options.describe()})  # fmt: skip
-    return FoldsEvaluation(Path(root), headline, mean, sd, ensemble, out)
+    write_json(ensemble.out / "folds.json", {"folds": headline, "mean": mean, "sd": sd, "data": options.describe()})
+    return FoldsEvaluation(Path(root), headline, mean, sd, ensemble.metrics, ensemble.out, ensemble)

@@ -132,11 +132,11 @@ class Run:
     def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
         """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model.
         A staged training folder opens as its last stage."""
-        if fold_runs(Path(path)):
-            raise ConfigError(
-                f"{path} is a cross-validation folder: evaluate it (every fold and their ensemble) with attnscope "
-                f"evaluate {path}; predict, explain, serve or export one fold's run ({Path(path) / 'fold1'})"
-            )
+        folds = fold_runs(Path(path))
+        if folds:  # a cross-validation folder: its folds' ensemble
+            from attnscope.engine.ensemble import FoldEnsembleRun
+
+            return FoldEnsembleRun.open_folds(Path(path), folds, weights, progress)
         paths = RunPaths(final_stage(Path(path))).require()
         best = read_best(paths)
         run = cls(paths, _with_recorded_window(paths.config), read_json(paths.data), best, weights, progress)

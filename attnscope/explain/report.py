@@ -421,7 +421,9 @@ def calibration_section(run: Run, evaluation: Evaluation) -> str:
     }
     shown: dict[str, dict] = {name: values for name, values in columns.items() if values}
     rows = [[label, *(values.get(key) for values in shown.values())] for key, label in CALIBRATION_NAMES]
-    if run.temperature is None:
+    if run.calibration.get("method") == "per fold":
+        how = "A fold ensemble: each fold's probabilities are calibrated on its own validation part, then averaged."
+    elif run.temperature is None:
         how = "The probabilities are the model's own: this run has no temperature fitted (attnscope calibrate RUN)."
     else:
         how = (

@@ -1,5 +1,5 @@
-"""Cross-validation end to end: one run per fold, the test split held out from all, resumable; the folder's
-evaluation gives each fold, their mean and spread, and the ensemble of their averaged probabilities."""
+"""Cross-validation end to end: one run per fold, the test split held out from all, resumable; the folder opens as
+the ensemble of its folds, and its evaluation gives each fold, their mean and spread, and the ensemble."""
 
 import json
 
@@ -8,11 +8,11 @@ import torch
 
 from attnscope import cli
 from attnscope.engine.config import load_config
+from attnscope.engine.ensemble import FoldEnsembleRun
 from attnscope.engine.folds import evaluate_folds
 from attnscope.engine.inference import EvaluateOptions, predict_loader
 from attnscope.engine.metrics import summarize
 from attnscope.engine.run import DataSelection, Run
-from attnscope.errors import ConfigError
 from attnscope.training.folds import resume_folds, train_folds
 from tests.runs import tiny_settings
 
@@ -26,6 +26,11 @@ def folds_root(tmp_path_factory):
     return root
 
 
+def _fold_probabilities(root):
+    runs = [Run.open(root / f"fold{fold}", progress=False) for fold in (1, 2)]
+    return runs, [predict_loader(run, run.loader(DataSelection(split="test"))) for run in runs]
+
+
 def test_each_fold_validates_its_part_and_every_fold_holds_out_the_same_test_split(folds_root):
     splits = []
     for fold in (1, 2):
@@ -34,8 +39,6 @@ def test_each_fold_validates_its_part_and_every_fold_holds_out_the_same_test_spl
     tests = [{i for i, s in split.items() if s == "test"} for split in splits]
     vals = [{i for i, s in split.items() if s == "val"} for split in splits]
     assert tests[0] == tests[1] and vals[0].isdisjoint(vals[1]) and vals[0] | vals[1] == set(splits[0]) - tests[0]
-    with pytest.raises(ConfigError, match="cross-validation folder"):
-        Run.open(folds_root)
 
 
 def test_resuming_a_finished_folder_keeps_its_folds(folds_root):
@@ -45,17 +48,27 @@ def test_resuming_a_finished_folder_keeps_its_folds(folds_root):
     assert weights.stat().st_mtime_ns == before
 
 
-def test_the_folder_evaluation_gives_the_folds_their_spread_and_the_ensemble(folds_root, tmp_path):
-    result = evaluate_folds(folds_root, EvaluateOptions(bootstrap=50), progress=False)
-    assert len(result.folds) == 2 and result.mean["auc"] == pytest.approx(
-        (result.folds[0]["auc"] + result.folds[1]["auc"]) / 2
-    )
-    runs = [Run.open(folds_root / f"fold{fold}", progress=False) for fold in (1, 2)]
-    probs = [predict_loader(run, run.loader(DataSelection(split="test"))) for run in runs]
+def test_the_folder_opens_as_the_ensemble_of_its_folds(folds_root, tmp_path):
+    runs, probs = _fold_probabilities(folds_root)
     assert torch.equal(probs[0][2], probs[1][2])  # the same test rows in the same order
-    averaged = (probs[0][0] + probs[1][0]) / 2
-    expected = summarize(averaged, probs[0][1], "binary", runs[0].classes)
-    assert result.ensemble["auc"] == pytest.approx(expected["auc"])
-    written = json.loads((folds_root / "evaluation" / "metrics.json").read_text())
-    assert set(written) == {"folds", "mean", "sd", "ensemble", "data"}
+    with Run.open(folds_root, progress=False) as ensemble:
+        assert isinstance(ensemble, FoldEnsembleRun) and ensemble.root == folds_root
+        found, _, _ = predict_loader(ensemble, ensemble.loader(DataSelection(split="test")))
+        # each fold normalised as it trained, calibrated by its own temperature, then averaged
+        torch.testing.assert_close(found, (probs[0][0] + probs[1][0]) / 2, atol=1e-5, rtol=0)
+        logits = torch.logit(torch.tensor([runs[0].threshold, runs[1].threshold], dtype=torch.float64))
+        assert ensemble.threshold == pytest.approx(float(torch.sigmoid(logits.mean())))
+    assert cli.main(["export", str(folds_root), "--out", str(tmp_path / "m.onnx"), "--check-images", "4"]) == 0
+
+
+def test_the_folder_evaluation_gives_the_folds_their_spread_and_the_ensemble(folds_root):
+    result = evaluate_folds(folds_root, EvaluateOptions(bootstrap=50), progress=False)
+    assert len(result.folds) == 2
+    assert result.mean["auc"] == pytest.approx((result.folds[0]["auc"] + result.folds[1]["auc"]) / 2)
+    runs, probs = _fold_probabilities(folds_root)
+    expected = summarize((probs[0][0] + probs[1][0]) / 2, probs[0][1], "binary", runs[0].classes)
+    assert result.ensemble["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+    summary = json.loads((folds_root / "evaluation" / "folds.json").read_text())
+    assert set(summary) == {"folds", "mean", "sd", "data"} and (folds_root / "evaluation" / "metrics.json").is_file()
     assert cli.main(["evaluate", str(folds_root), "--bootstrap", "20", "--no-progress"]) == 0
+    assert "A fold ensemble" in (folds_root / "report.html").read_text()
