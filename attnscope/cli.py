@@ -658,9 +658,9 @@ def _parser_predict(verbs: Any) -> None:
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.add_argument(
         "--uncertainty",
-        choices=["tta", "mc_dropout"],
-        help="a column of each image's uncertainty: the spread of its probability over the trained flips or over "
-        "20 dropout samples (averaged probabilities are then written)",
+        choices=["tta", "mc_dropout", "ensemble"],
+        help="a column of each image's uncertainty: the spread of its probability over the trained flips, 20 "
+        "dropout samples, or the folds of a cross-validation folder (averaged probabilities are then written)",
     )
     parser.add_argument(
         "--refer-sensitivity",

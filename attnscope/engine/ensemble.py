@@ -46,14 +46,18 @@ class FoldEnsemble(nn.Module):
         first: Any = getattr(models[0], "default_cfg")  # noqa: B009 (a module attribute, not a tensor)
         self.default_cfg = replace(first, cam_target_layer=f"fold1.{first.cam_target_layer}")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def fold_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(folds, B, ...) each fold's calibrated probabilities of ``images`` (normalised as the first fold's)."""
         outputs = []
         for index, (name, temperature) in enumerate(zip(self.names, self.temperatures, strict=True)):
             model = getattr(self, name)
             logits = model(images * getattr(self, f"ratio{index}") + getattr(self, f"offset{index}"))
             scale = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
             outputs.append(probabilities(logits / scale, self.kind))
-        mean = torch.stack(outputs).mean(0).clamp(1e-7, 1 - 1e-7)
+        return torch.stack(outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = self.fold_probabilities(images).mean(0).clamp(1e-7, 1 - 1e-7)
         if self.kind == "multiclass":
             return mean.log()
         logits = torch.log(mean / (1 - mean))

@@ -1,11 +1,13 @@
-"""How sure the model is of one image: the spread of its probability over test-time flips or dropout samples.
+"""How sure the model is of one image: the spread of its probability over flips, dropout samples or folds.
 
 ``tta``: the flips the run was trained with (a model that learnt them should not
 care; where it does, it is unsure). ``mc_dropout``: the dropout layers left on at
 inference, ``samples`` passes (Gal and Ghahramani 2016), for models trained with
-dropout. Each image gets the mean probability and its standard deviation (per
-finding for multi-label, of the positive class for binary, of the top class for
-multi-class); the mean is what the decision is made on.
+dropout. ``ensemble``: the folds of a cross-validation folder (``train --folds``),
+each model trained on other images (Lakshminarayanan et al. 2017's deep ensembles).
+Each image gets the mean probability and its standard deviation (per finding for
+multi-label, of the positive class for binary, of the top class for multi-class);
+the mean is what the decision is made on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from attnscope.engine.run import Run
 from attnscope.engine.tta import flip_views, view
 from attnscope.errors import ConfigError, DataError
 
-UNCERTAINTY_METHODS = ("tta", "mc_dropout")
+UNCERTAINTY_METHODS = ("tta", "mc_dropout", "ensemble")
 
 
 def _dropouts(model: nn.Module) -> list[nn.Module]:
@@ -29,6 +31,12 @@ def _dropouts(model: nn.Module) -> list[nn.Module]:
 def _samples(run: Run, images: torch.Tensor, method: str, samples: int) -> torch.Tensor:
     """(S, B, ...) calibrated probabilities of one batch under each view or dropout sample."""
     model = run.model()
+    if method == "ensemble":
+        if not hasattr(model, "fold_probabilities"):
+            raise ConfigError(
+                f"--uncertainty ensemble needs a cross-validation folder (train --folds); {run.root} is one run"
+            )
+        return model.fold_probabilities(images)  # type: ignore[operator]
     if method == "tta":
         views = flip_views(run.config.data.augment)
         if len(views) < 2:

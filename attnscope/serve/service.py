@@ -25,6 +25,7 @@ from attnscope.engine.inference import decisions
 from attnscope.engine.metrics import class_probabilities
 from attnscope.engine.run import Run
 from attnscope.engine.rundir import read_json
+from attnscope.engine.uncertainty import spread_of_decision
 from attnscope.errors import ConfigError, DataError, RetrievalError
 from attnscope.explain.explainer import explain_batch
 from attnscope.explain.overlay import overlay
@@ -98,18 +99,30 @@ class ModelService:
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        """Per image: every class's probability and the predicted class(es) at the validation threshold."""
+        """Per image: every class's probability and the predicted class(es) at the validation threshold; served
+        from a cross-validation folder, also ``uncertainty``: the spread of the probability over its folds."""
         inputs, _ = self.run.transform(self._inputs(images))
-        probs = self.run.probabilities(self.model(inputs))
+        spread = None
+        if hasattr(self.model, "fold_probabilities"):  # a fold ensemble: its folds' spread comes for free
+            drawn = self.model.fold_probabilities(inputs)  # type: ignore[operator]
+            probs, spread = (
+                drawn.mean(0),
+                spread_of_decision(drawn.mean(0), drawn.std(0, unbiased=False), self.run.kind),
+            )
+        else:
+            probs = self.run.probabilities(self.model(inputs))
         per_class = class_probabilities(probs, self.run.kind).tolist()
         decided = decisions(probs, self.run).tolist()
         results = []
-        for values, decision in zip(per_class, decided, strict=True):
+        for position, (values, decision) in enumerate(zip(per_class, decided, strict=True)):
             if self.run.kind == "multilabel":
                 predicted: str | list[str] = [c for c, on in zip(self.run.classes, decision, strict=True) if on]
             else:
                 predicted = self.run.classes[decision]
-            results.append({"probabilities": dict(zip(self.run.classes, values, strict=True)), "predicted": predicted})
+            result = {"probabilities": dict(zip(self.run.classes, values, strict=True)), "predicted": predicted}
+            if spread is not None:
+                result["uncertainty"] = spread[position].tolist()
+            results.append(result)
         return results
 
     def explain(self, images: list[np.ndarray], method: str, target: int | None = None) -> list[dict[str, Any]]:

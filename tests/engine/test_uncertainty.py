@@ -43,6 +43,8 @@ def test_mc_dropout_needs_dropout_and_the_refer_column_follows_the_band(trained_
     with Run.open(trained_run, progress=False) as run:
         with pytest.raises(ConfigError, match="no dropout layer"):
             predict(run, PredictOptions(tuple(images), tmp_path / "m.csv", uncertainty="mc_dropout"))
+        with pytest.raises(ConfigError, match="needs a cross-validation folder"):
+            predict(run, PredictOptions(tuple(images), tmp_path / "e.csv", uncertainty="ensemble"))
         with pytest.raises(ConfigError, match="choose one"):
             predict(run, PredictOptions(tuple(images), tmp_path / "m.csv", tta=True, uncertainty="mc_dropout"))
         written = predict(run, PredictOptions(tuple(images), tmp_path / "p.csv", uncertainty="tta",

@@ -72,3 +72,30 @@ def test_the_folder_evaluation_gives_the_folds_their_spread_and_the_ensemble(fol
     assert set(summary) == {"folds", "mean", "sd", "data"} and (folds_root / "evaluation" / "metrics.json").is_file()
     assert cli.main(["evaluate", str(folds_root), "--bootstrap", "20", "--no-progress"]) == 0
     assert "A fold ensemble" in (folds_root / "report.html").read_text()
+
+
+def test_the_folds_spread_is_each_images_uncertainty(folds_root):
+    from attnscope.engine.uncertainty import predict_with_uncertainty
+
+    _, probs = _fold_probabilities(folds_root)
+    with Run.open(folds_root, progress=False) as ensemble:
+        mean, spread, _ = predict_with_uncertainty(ensemble, ensemble.loader(DataSelection(split="test")), "ensemble")
+    stacked = torch.stack([probs[0][0], probs[1][0]])
+    torch.testing.assert_close(mean, stacked.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(spread, stacked.std(0, unbiased=False), atol=1e-5, rtol=0)
+
+
+def test_the_served_ensemble_gives_each_prediction_its_spread_over_the_folds(folds_root):
+    import numpy as np
+
+    from attnscope.serve import ModelService
+
+    images = [np.random.default_rng(seed).integers(0, 256, (3, 32, 32), dtype=np.uint8) for seed in range(3)]
+    with Run.open(folds_root, progress=False) as ensemble:
+        service = ModelService(ensemble)
+        answers = service.predict(images)
+        inputs, _ = ensemble.transform(torch.from_numpy(np.stack(images)))
+        with torch.no_grad():
+            drawn = ensemble.model().fold_probabilities(inputs)
+    assert [a["uncertainty"] for a in answers] == pytest.approx(drawn.std(0, unbiased=False).tolist(), abs=1e-6)
+    assert [a["probabilities"]["malignant"] for a in answers] == pytest.approx(drawn.mean(0).tolist(), abs=1e-6)
