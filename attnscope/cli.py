@@ -718,6 +718,16 @@ def _parser_explain(verbs: Any) -> None:
         "finding of a chest X-ray run); default: each image's predicted class",
     )
     parser.add_argument("--layer", action="append", help="CAM target layer (default: the model's; repeatable)")
+    parser.add_argument(
+        "--sanity",
+        type=int,
+        nargs="?",
+        const=16,
+        default=0,
+        metavar="N",
+        help="sanity checks (Adebayo et al. 2018) on N images (default 16): does each method's map depend on the "
+        "weights and on the image? (sanity.json)",
+    )
     parser.add_argument("--steps", type=int, default=16, help="steps of the deletion/insertion curves")
     parser.add_argument(
         "--alpha",
@@ -752,11 +762,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         cmap=args.cmap,
         target=args.target,
         out=args.out,
+        sanity=args.sanity,
     )
     with _open_run(args) as run:
         result = explain(run, options)
     print(f"{result.images} image(s), methods: {', '.join(result.methods)}")
     _print_scores(result.summary)
+    if result.sanity is not None:
+        print(f"sanity checks on {result.sanity.images} image(s): weights randomised from the top, maps vs the mean")
+        for method, flag in result.sanity.flags().items():
+            print(f"  {method:<18} {flag or 'passes both'}")
     masks = "" if result.has_masks else " (no masks: faithfulness only)"
     print(f"overlays, raw maps and scores.csv{masks}: {result.out}")
     return 0

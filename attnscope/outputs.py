@@ -106,7 +106,9 @@ ONNX_MODEL = FileOutput("ONNX model", (".onnx",), _is_attnscope_onnx)
 
 EVALUATION = FolderOutput("evaluation", frozenset({"metrics.json", "bad_rows.csv", "folds.json"}), suffixes=(".png",))
 EXPLANATION = FolderOutput(
-    "explanation", frozenset({"scores.csv", "bad_rows.csv", "overlays", "maps"}), subfolders=("overlays", "maps")
+    "explanation",
+    frozenset({"scores.csv", "bad_rows.csv", "sanity.json", "overlays", "maps"}),
+    subfolders=("overlays", "maps"),
 )
 
 COMPARISON = FolderOutput("comparison", frozenset({"comparison.json", "comparison.html"}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import re
@@ -32,6 +33,7 @@ from attnscope.explain.cam import normalise, predicted_classes
 from attnscope.explain.methods import CAM_METHODS, MAP_METHODS, create_cam
 from attnscope.explain.overlay import upsample, write_attention_grid
 from attnscope.explain.road import confidence_change, road
+from attnscope.explain.sanity import Sanity, randomised_cascade, sanity_checks
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
@@ -88,15 +90,17 @@ def explain_batch(
     require_attention: bool = False,
     map_options: Mapping[str, Any] | None = None,
     target: int | None = None,
+    model: torch.nn.Module | None = None,
 ) -> BatchExplanation:
     """Attention maps (one label per spatial tap: ``attention:<tap>``) and CAMs of class ``target`` (a class
     index; None: each image's predicted class, the top label of a multi-label run).
 
     The logits and the attention maps come from one captured forward pass. A model
     without spatial attention maps (a plain or SE network) has no attention to show:
-    that is an error when ``require_attention`` (the user asked for it by name), else skipped.
+    that is an error when ``require_attention`` (the user asked for it by name), else skipped. ``model``
+    replaces the run's (the sanity checks' randomised copies).
     """
-    model = run.model()
+    model = model if model is not None else run.model()
     inputs, _ = run.transform(images_u8)
     want_attention = "attention" in methods
     capture: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
@@ -127,6 +131,34 @@ def explain_batch(
             raw[method] = next(iter(result.raw.values())) if len(result.raw) == 1 else result.maps
     probs = class_probabilities(run.probabilities(logits), run.kind)
     return BatchExplanation(inputs, targets, probs.gather(1, targets[:, None])[:, 0], maps, raw)
+
+
+def run_sanity(run: Run, images_u8: torch.Tensor, methods: list[str], target: int | None = None) -> Sanity:
+    """The sanity checks (:mod:`attnscope.explain.sanity`) of ``methods`` on these images: their maps from the
+    trained model and from its randomised cascade, for the same classes."""
+    trained = explain_batch(run, images_u8, methods, target=target)
+    steps = []
+    for randomised in randomised_cascade(run.model()):
+        targets = trained.targets
+        step = explain_batch(run, images_u8, methods, target=None if target is None else target, model=randomised)
+        if target is None and not torch.equal(step.targets, targets):  # the trained model's classes, not the new
+            step = _per_image_targets(run, images_u8, methods, targets, randomised)
+        steps.append(step.maps)
+    return sanity_checks(trained.maps, steps)
+
+
+def _per_image_targets(
+    run: Run, images_u8: torch.Tensor, methods: list[str], targets: torch.Tensor, model: torch.nn.Module
+) -> BatchExplanation:
+    """Maps of ``model`` for each image's class in ``targets``, one class at a time."""
+    maps: dict[str, torch.Tensor] = {}
+    for value in targets.unique().tolist():
+        chosen = targets == value
+        part = explain_batch(run, images_u8[chosen], methods, target=int(value), model=model)
+        for label, values in part.maps.items():
+            maps.setdefault(label, torch.zeros((len(images_u8), *values.shape[1:]), dtype=values.dtype))
+            maps[label][chosen] = values
+    return BatchExplanation(images_u8, targets, torch.zeros(len(targets)), maps, maps)
 
 
 def resolve_targets(run: Run, target: str | int | None) -> list[int | None]:
@@ -214,7 +246,8 @@ class ExplainOptions(DataSelection):
     blend ``cmap`` (a matplotlib colour map) over the image with weight ``alpha``, and
     ``overlays=False`` draws none (scoring hundreds of images: drawing is most of the time);
     ``target``: the class whose maps are drawn (:func:`resolve_targets`: a name, an index, ``all``; default each
-    image's predicted class); ``out`` default ``RUN/explain``.
+    image's predicted class); ``out`` default ``RUN/explain``; ``sanity``: run the sanity checks
+    (:mod:`attnscope.explain.sanity`) on that many of the images.
     """
 
     methods: Sequence[str] = ("default",)
@@ -230,6 +263,7 @@ class ExplainOptions(DataSelection):
     cmap: str = "jet"
     target: str | None = None
     out: str | Path | None = None
+    sanity: int = 0  # images the sanity checks run on (0: none); written to sanity.json
 
     def check(self) -> None:
         super().check()
@@ -258,6 +292,7 @@ class Explanation:
     summary: dict[str, dict[str, float]]
     overlays: list[Path]
     has_masks: bool
+    sanity: Sanity | None = None
 
 
 def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
@@ -299,7 +334,17 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
             done += take
             bar.update(take)
     has_masks = _write_scores(rows, out / "scores.csv")
-    return Explanation(out, done, list(dict.fromkeys(r["method"] for r in rows)), _summary(rows), overlays, has_masks)
+    sanity = _sanity(run, loader, methods, targets[0], options.sanity, out) if options.sanity else None
+    found = list(dict.fromkeys(r["method"] for r in rows))
+    return Explanation(out, done, found, _summary(rows), overlays, has_masks, sanity)
+
+
+def _sanity(run: Run, loader: BatchLoader, methods: list[str], target: int | None, count: int, out: Path) -> Sanity:
+    """The sanity checks on the first ``count`` images, written to ``sanity.json``."""
+    images = next(iter(loader.head(count)))["image"]
+    sanity = run_sanity(run, images, methods, target)
+    atomic_write(out / "sanity.json", json.dumps(sanity.as_dict(), indent=2) + "\n")
+    return sanity
 
 
 def _score_rows(record: dict, scores: dict[str, dict[str, torch.Tensor]], position: int) -> list[dict]:

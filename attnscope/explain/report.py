@@ -161,6 +161,7 @@ class ReportOptions:
     skip_bad: bool = False
     methods: Sequence[str] = ("default",)
     force: bool = False  # replace a regular file at ``out`` that attnscope did not write
+    sanity: int = 4  # test images the sanity checks run on (0: none): a method that fails is flagged
 
 
 @dataclass
@@ -194,6 +195,7 @@ def write_report(run: Run, options: ReportOptions | None = None, evaluation: Eva
             count=options.score_images,
             steps=options.steps,
             out=work / "explain",
+            sanity=options.sanity,
         ),
     )
     gallery = _gallery(run, run.loader(test), options.per_group, work / "gallery")
@@ -465,6 +467,18 @@ def _finding_sections(run: Run, evaluation: Evaluation, by_finding: dict[str, di
     return "".join(parts) + "</section>"
 
 
+def score_table(scores: Explanation) -> tuple[list[str], list[list]]:
+    """The scores table: each method's mean scores and, where checked, its sanity (Adebayo et al.'s: a map that does
+    not depend on the image or the weights is flagged)."""
+    header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores.summary.values())]]
+    rows = [[method, *[entry.get(n) for n in header[1:]]] for method, entry in scores.summary.items()]
+    if scores.sanity is not None:
+        flags = scores.sanity.flags()
+        header.append("sanity")
+        rows = [[*row, flags.get(str(row[0]), "") or "passes"] for row in rows]
+    return header, rows
+
+
 def _page(
     run: Run,
     evaluation: Evaluation,
@@ -473,8 +487,7 @@ def _page(
     gallery_html: list[str],
     by_finding: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> str:
-    score_header = ["method", *[n for n in SCORE_NAMES if any(n in e for e in scores.summary.values())]]
-    score_rows = [[method, *[entry.get(n) for n in score_header[1:]]] for method, entry in scores.summary.items()]
+    score_header, score_rows = score_table(scores)
     plots = "".join(
         f'<img src="{png_file_uri(p)}" alt="{name}" id="plot-{name}">' for name, p in evaluation.plots.items()
     )
@@ -502,7 +515,9 @@ def _page(
     sections.append(
         f'<section id="scores"><h2>Where the model looks: scores</h2>'
         f"<p>{scores.images} test images, {where}. Pointing game, energy and Jaccard (map &ge; 0.5): "
-        f"higher is better; deletion AUC: lower is better; insertion AUC: higher is better.</p>"
+        f"higher is better; deletion AUC: lower is better; insertion AUC: higher is better. Sanity (Adebayo et al. "
+        "2018, on a few test images): a map that stays the same when the model's weights are randomised, or "
+        "looks the same on every image, is flagged: it cannot be trusted to show what the model saw.</p>"
         f"{_table(score_header, score_rows)}</section>"
     )
     sections.append(

@@ -35,6 +35,7 @@ def test_the_report_is_one_self_contained_file(report):
     assert html.escape(RESEARCH_USE) in page
     assert "Temperature scaling (Guo et al. 2017)" in page and "validation, calibrated" in page
     assert "bootstrap (percentile) with 1000 resamples" in page and "<th>DeLong</th>" in page
+    assert "<th>sanity</th>" in page and "Adebayo et al." in page  # each method's maps checked and flagged
 
 
 def test_the_report_says_which_masks_supervised_the_attention():
