@@ -308,6 +308,9 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
         sweep_temporaries(folder)
     targets = resolve_targets(run, options.target)
     loader = run.loader(options)
+    # first, so that every overlay of a flagged method says so
+    sanity = _sanity(run, loader, methods, targets[0], options.sanity, out) if options.sanity else None
+    flags = sanity.flags() if sanity is not None else {}
     names = _FileNames()
     total = len(loader.sampler) if not options.count else min(options.count, len(loader.sampler))
     rows: list[dict] = []
@@ -328,13 +331,12 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
                 for position, row in enumerate(batch["row"][:take].tolist()):
                     record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
                     name = names.unique(record["id"] if len(targets) == 1 else f"{record['id']}-{record['target']}")
-                    drawn = _write_image(images_u8, explanation, position, record, out / name, options)
+                    drawn = _write_image(images_u8, explanation, position, record, out / name, options, flags)
                     overlays += [drawn] if drawn is not None else []
                     rows += _score_rows(record, scores, position)
             done += take
             bar.update(take)
     has_masks = _write_scores(rows, out / "scores.csv")
-    sanity = _sanity(run, loader, methods, targets[0], options.sanity, out) if options.sanity else None
     found = list(dict.fromkeys(r["method"] for r in rows))
     return Explanation(out, done, found, _summary(rows), overlays, has_masks, sanity)
 
@@ -343,7 +345,8 @@ def _sanity(run: Run, loader: BatchLoader, methods: list[str], target: int | Non
     """The sanity checks on the first ``count`` images, written to ``sanity.json``."""
     images = next(iter(loader.head(count)))["image"]
     sanity = run_sanity(run, images, methods, target)
-    atomic_write(out / "sanity.json", json.dumps(sanity.as_dict(), indent=2) + "\n")
+    values = {**sanity.as_dict(), "weights_sha256": run.weights_sha256()}  # the server shows them for these weights
+    atomic_write(out / "sanity.json", json.dumps(values, indent=2) + "\n")
     return sanity
 
 
@@ -385,6 +388,12 @@ class _FileNames:
         return name
 
 
+def _titled(label: str, flags: Mapping[str, str] | None) -> str:
+    """A map's column title: its label, and the sanity checks' warning where they flagged it."""
+    flag = (flags or {}).get(label, "")
+    return f"{label}\n(!) {flag.removeprefix('this map ')}" if flag else label
+
+
 def _write_image(
     images_u8: torch.Tensor,
     explanation: BatchExplanation,
@@ -392,9 +401,10 @@ def _write_image(
     record: dict,
     out_name: Path,
     options: ExplainOptions,
+    flags: Mapping[str, str] | None = None,
 ) -> Path | None:
     """One image's raw maps (``.npz``) and, unless ``options.overlays`` is off, its overlay figure,
-    ``out_name`` being ``OUT/<name>``; the figure's path."""
+    ``out_name`` being ``OUT/<name>``; the figure's path. A map the sanity checks flagged says so in its title."""
     truth = f"true {record['truth']}, " if record["truth"] else ""
     title = f"{record['id']}\n{truth}p({record['target']})={record['probability']:.2f}"
     out, name = out_name.parent, out_name.name
@@ -402,7 +412,7 @@ def _write_image(
     if options.overlays:
         figure = write_attention_grid(
             images_u8[position : position + 1],
-            {k: v[position : position + 1] for k, v in explanation.maps.items()},
+            {_titled(k, flags): v[position : position + 1] for k, v in explanation.maps.items()},
             [title],
             out / "overlays" / f"{name}.png",
             options.alpha,

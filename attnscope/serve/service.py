@@ -70,6 +70,7 @@ class ModelService:
         self.weights_sha256 = run.weights_sha256()
         self.taps = self._taps()
         self.tested = self._test_metrics()  # read once: every prediction names its operating point
+        self.sanity = self._sanity_flags()  # the maps' sanity checks, as explain or the report left them
 
     def _taps(self) -> list[str]:
         """The model's spatial attention taps, found by one forward pass (which also warms the model up)."""
@@ -243,6 +244,17 @@ class ModelService:
             found["interval_method"] = {key: drawn[key] for key in ("method", "level", "resamples", "unit", "units")}
         return found
 
+    def _sanity_flags(self) -> dict[str, str]:
+        """Each method's flag from the newest ``sanity.json`` of this run's explanations or report (for the served
+        weights): empty where it passed, or where nothing was checked."""
+        found = [p for p in (self.run.root / "explain" / "sanity.json",
+                             self.run.root / "report_files" / "explain" / "sanity.json") if p.is_file()]  # fmt: skip
+        for path in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+            recorded = read_json(path)
+            if recorded.get("weights_sha256") == self.weights_sha256:
+                return {name: values.get("flag", "") for name, values in recorded.get("methods", {}).items()}
+        return {}
+
     def card(self) -> dict[str, Any]:
         """What ``GET /v1/model`` says: the run, its model and data settings, classes, threshold, metrics."""
         config = self.run.config
@@ -260,6 +272,7 @@ class ModelService:
             "attention_taps": self.taps,
             "cam_methods": [*CAM_METHODS, *PIXEL_METHODS],
             "test_metrics": self.tested,
+            "sanity": self.sanity,  # method -> "this map barely depends on ..." or "" (passed)
             "operating_point": self.operating_point(),
             "index": None
             if self.index is None

@@ -82,3 +82,20 @@ def test_a_supervised_lesion_models_attention_passes_and_explain_writes_the_chec
     pool3 = written["methods"]["attention:pool3"]  # the supervised tap at the finer grid
     assert pool3["depends_on_weights"] and pool3["depends_on_image"] and pool3["flag"] == ""
     assert len(pool3["spearman"]) == 4 and written["images"] == 8
+    from attnscope.engine.run import Run
+    from attnscope.serve import ModelService
+
+    with Run.open(tmp_path / "run", progress=False) as run:  # the server shows the flags for these weights
+        flags = ModelService(run).card()["sanity"]
+        assert flags == {name: values["flag"] for name, values in written["methods"].items()}
+        written["weights_sha256"] = "0" * 64
+        (tmp_path / "run" / "explain" / "sanity.json").write_text(json.dumps(written))
+        assert ModelService(run).card()["sanity"] == {}  # checked on other weights: not shown
+
+
+def test_a_flagged_maps_overlay_title_says_so():
+    from attnscope.explain.explainer import _titled
+
+    flags = {"layercam": "this map barely depends on the weights", "gradcam": ""}
+    assert _titled("layercam", flags) == "layercam\n(!) barely depends on the weights"
+    assert _titled("gradcam", flags) == "gradcam" and _titled("attention:pool3", None) == "attention:pool3"

@@ -1,6 +1,7 @@
 """The viewer page in a real browser (headless Chromium): upload an image, see what predict says."""
 
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from attnscope.engine.inference import PredictOptions, predict
 from attnscope.engine.run import Run
+from attnscope.serve import ModelService
 from attnscope.serve.app import ServeOptions, create_app
 from tests.explain.test_report import browser
 from tests.serve.server import BackgroundServer
@@ -35,6 +37,12 @@ def wait_for(driver, script: str, timeout: float = 60.0):
 
 @pytest.mark.e2e
 def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(service, image_files, tmp_path):
+    # the maps' sanity checks as explain left them: the page flags the method they flagged
+    checked = service.run.root / "explain" / "sanity.json"
+    checked.parent.mkdir(exist_ok=True)
+    flagged = {"gradcam": {"flag": "this map barely depends on the weights"}, "attention:pool3": {"flag": ""}}
+    checked.write_text(json.dumps({"weights_sha256": service.weights_sha256, "methods": flagged}))
+    service = ModelService(service.run, service.index)
     driver = browser()
     try:
         with BackgroundServer(create_app(service, ServeOptions())) as url:
@@ -63,6 +71,7 @@ def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(serv
             value, label = float(shown.get_attribute("data-value")), shown.get_attribute("data-class")
             predicted = driver.find_element("id", "predicted").text
             notice = driver.find_element("css selector", "p.research-use").text
+            flags = [element.text for element in driver.find_elements("css selector", "#maps p.flag")]
             similar = driver.execute_script("return document.querySelectorAll('#similar figure').length")
             driver.execute_script(  # the map of a chosen class (a finding), not the predicted one
                 "const s = document.getElementById('target'); s.value = 'benign'; s.dispatchEvent(new Event('change'))"
@@ -79,6 +88,7 @@ def test_the_page_shows_the_probability_maps_and_similar_cases_of_an_upload(serv
     assert predicted.startswith(f"predicted: {row['predicted']} (at the validation threshold")
     assert errors == [] and caption.startswith("input; explained: benign (")
     assert notice.startswith("For research use only, not for diagnosis")
+    assert flags == ["(!) this map barely depends on the weights"]  # under gradcam only
     maps = [alt for alt, *_ in images if alt.startswith(("attention:", "gradcam"))]
     assert maps == ["attention:pool3", "attention:pool4", "gradcam"]
     assert heat == ["0.7"] * 3  # the opacity slider moved every heat map
