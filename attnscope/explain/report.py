@@ -388,6 +388,10 @@ def subgroup_section(evaluation: Evaluation) -> str:
     )  # fmt: skip
 
 
+def _pair(point: dict) -> str:
+    return " / ".join("–" if math.isnan(point[k]) else f"{point[k]:.3f}" for k in ("sensitivity", "specificity"))
+
+
 def referral_section(evaluation: Evaluation) -> str:
     """The band of probabilities referred to a clinician, chosen on validation, and what it does on the test
     images; with the coverage curve. Empty without one."""
@@ -395,12 +399,19 @@ def referral_section(evaluation: Evaluation) -> str:
     if not referral:
         return ""
     target = referral["target_sensitivity"]
-    rows, curves = [], []
+    rows = []
     for name, values in referral["findings"].items():
         band, tested = values["band"], values["test"]
         rows.append([name, f"{band['low']:.2f} to {band['high']:.2f}", "yes" if band["met"] else "no",
                      tested["referred"], tested["sensitivity"], tested["specificity"]])  # fmt: skip
-        curves += [[name, point["coverage"], point["sensitivity"], point["specificity"]] for point in values["curve"]]
+    names = list(referral["findings"])
+    curves = [  # one row per coverage, "sensitivity / specificity" per finding
+        [
+            f"{point['coverage']:.0%}",
+            *(_pair(referral["findings"][name]["curve"][index]) for name in names),
+        ]
+        for index, point in enumerate(referral["findings"][names[0]]["curve"])
+    ]
     header = ["finding", "referred when p is in", f"sensitivity {target:g} reached on validation", "referred (test)",
               "sensitivity of the rest", "specificity of the rest"]  # fmt: skip
     return (
@@ -408,7 +419,7 @@ def referral_section(evaluation: Evaluation) -> str:
         f"around the threshold go to a clinician; the band is the narrowest that lets the model reach sensitivity "
         f"{target:g} on the validation images it decides. On the test images:</p>{_table(header, rows)}"
         "<p>Coverage (the share the model decides, the least sure referred) against sensitivity and specificity "
-        f"among the decided:</p>{_table(['finding', 'coverage', 'sensitivity', 'specificity'], curves)}</section>"
+        f"among the decided (sensitivity / specificity):</p>{_table(['coverage', *names], curves)}</section>"
     )
 
 

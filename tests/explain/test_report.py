@@ -36,6 +36,7 @@ def test_the_report_is_one_self_contained_file(report):
     assert "Temperature scaling (Guo et al. 2017)" in page and "validation, calibrated" in page
     assert "bootstrap (percentile) with 1000 resamples" in page and "<th>DeLong</th>" in page
     assert "<th>sanity</th>" in page and "Adebayo et al." in page  # each method's maps checked and flagged
+    assert "<th>coverage</th><th>malignant</th>" in page and "<td>100%</td>" in page  # the referral curve
 
 
 def test_the_report_says_which_masks_supervised_the_attention():
