@@ -871,7 +871,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         f"({result.kind}{params}, {result.dim}-d vectors)"
     )
     if result.skipped:
-        print(f"{result.skipped} image(s) left out (--skip-bad)")
+        print(f"{result.skipped} image(s) could not be read or used and were left out (bad rows skipped)")
     return 0
 
 

@@ -49,7 +49,7 @@ class BadRow:
 class BadRowsError(DataError):
     """Rows that cannot be used, listed one per line."""
 
-    def __init__(self, rows: Sequence[BadRow], hint: str = "fix or remove them, or pass skip_bad=True (--skip-bad)"):
+    def __init__(self, rows: Sequence[BadRow], hint: str = "fix or remove them, or leave them out with --skip-bad"):
         self.rows = list(rows)
         listed = "\n  ".join(row.describe() for row in self.rows[:MAX_LISTED_BAD_ROWS])
         more = (

@@ -226,7 +226,7 @@ class DataModule:
         check_bad_rows(decoded.manifest, config.skip_bad)
         if decoded.manifest.rejected:
             log.warning(
-                "%s: left out %d bad row(s) (skip_bad); write(run_dir) lists them in bad_rows.csv",
+                "%s: left out %d bad row(s) (data.skip_bad); the run lists them with their reasons in bad_rows.csv",
                 decoded.manifest.source,
                 len(decoded.manifest.rejected),
             )

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnscope.data.loader import BatchLoader
+from attnscope.data.sources.files import IMAGE_EXTENSIONS
 from attnscope.engine.metrics import class_probabilities
 from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import ConfigError
@@ -330,7 +332,7 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
                 scores = score_batch(run, explanation, masks, options.steps, with_road=options.road)
                 for position, row in enumerate(batch["row"][:take].tolist()):
                     record = _image_record(run, loader, row, explanation, position, labelled=not options.images)
-                    name = names.unique(record["id"] if len(targets) == 1 else f"{record['id']}-{record['target']}")
+                    name = names.unique(record["id"], None if len(targets) == 1 else record["target"])
                     drawn = _write_image(images_u8, explanation, position, record, out / name, options, flags)
                     overlays += [drawn] if drawn is not None else []
                     rows += _score_rows(record, scores, position)
@@ -373,13 +375,15 @@ def _image_record(
 
 
 class _FileNames:
-    """One file name per image: its id made safe, with ``-2``, ``-3`` where two ids make the same name."""
+    """One file name per image: its id without its image extension (``scan.png`` -> ``scan``, so that the overlay
+    is ``scan.png``, not ``scan.png.png``) made safe, with ``-2``, ``-3`` where two ids make the same name."""
 
     def __init__(self) -> None:
         self.used: set[str] = set()
 
-    def unique(self, image_id: str) -> str:
-        base = _safe(image_id)
+    def unique(self, image_id: str, target: str | None = None) -> str:
+        stem, suffix = os.path.splitext(image_id)
+        base = _safe((stem if suffix.lower() in IMAGE_EXTENSIONS else image_id) + (f"-{target}" if target else ""))
         name, number = base, 1
         while name.lower() in self.used:  # case-insensitive: macOS and Windows file systems
             number += 1

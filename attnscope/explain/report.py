@@ -347,11 +347,20 @@ def supervision_text(run: Run) -> str:
     return "; ".join(parts) or "none: the maps are learned from the labels alone"
 
 
+def data_text(source: str, options: dict) -> str:
+    """``csv: csv_path=train.csv, layout=chexpert``: the source and its options as a reader would write them."""
+    shown = ", ".join(
+        f"{key}=[{', '.join(map(str, v))}]" if isinstance(v, (list, tuple)) else f"{key}={v}"
+        for key, v in options.items()
+    )
+    return f"{source}: {shown}" if shown else source
+
+
 def _config_rows(run: Run) -> list[list]:
     config, best, counts = run.config, run.best, run.summary["counts"]
     return [
         ["model", config.model.name],
-        ["data", f"{config.data.source} {config.data.source_options}"],
+        ["data", data_text(config.data.source, config.data.source_options)],
         ["classes", ", ".join(run.classes)],
         ["image size", config.data.image_size],
         ["images (train / val / test)", " / ".join(str(counts[s]["rows"]) for s in ("train", "val", "test"))],

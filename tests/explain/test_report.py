@@ -110,3 +110,10 @@ def test_the_report_renders_in_chromium_without_errors(report, tmp_path):
         assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_the_reports_data_row_reads_as_options_not_as_a_python_dict():
+    from attnscope.explain.report import data_text
+
+    assert data_text("csv", {"csv_path": "a.csv", "classes": ["A", "B"]}) == "csv: csv_path=a.csv, classes=[A, B]"
+    assert data_text("synthetic_lesions", {}) == "synthetic_lesions"

@@ -43,8 +43,8 @@ def test_two_images_with_one_name_in_two_folders_are_explained_apart(trained_run
     out = tmp_path / "explained"
     options = ["--method", "gradcam", "--steps", "2", "--no-progress"]
     assert cli.main(["explain", str(trained_run), str(first), str(second), *options, "--out", str(out)]) == 0
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p1_scan.png.png", "p2_scan.png.png"]
-    assert sorted(p.name for p in (out / "maps").iterdir()) == ["p1_scan.png.npz", "p2_scan.png.npz"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["p1_scan.png", "p2_scan.png"]
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["p1_scan.npz", "p2_scan.npz"]
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert [(row["id"], row["path"]) for row in rows] == [("p1/scan.png", str(first)), ("p2/scan.png", str(second))]
     # ids that make the same file name get their own, numbered
@@ -54,7 +54,7 @@ def test_two_images_with_one_name_in_two_folders_are_explained_apart(trained_run
         cli.main(["explain", str(trained_run), str(first), str(second), str(third), *options, "--out", str(again)]) == 0
     )
     names = sorted(p.name for p in (again / "overlays").iterdir())
-    assert names == ["p1_scan.png-2.png", "p1_scan.png.png", "p2_scan.png.png"]
+    assert names == ["p1_scan-2.png", "p1_scan.png", "p2_scan.png"]
 
 
 def test_the_same_image_given_twice_is_refused(trained_run, tmp_path, capsys):
