@@ -96,6 +96,7 @@ def test_the_served_model_card_carries_each_findings_operating_point(generated_r
     assert card["kind"] == "multilabel" and len(tested["threshold_per_class"]) == 4
     low, high = tested["intervals"]["auc"]  # the interval of the test AUC travels with it
     assert low <= tested["auc"] <= high and tested["interval_method"]["resamples"] == 50
+    assert all(f"auc ({finding})" in tested["intervals"] for finding in FINDINGS)  # each finding's, for the page
     assert (
         tested["auc_per_class"]
         == json.loads((generated_run / "run" / "evaluation" / "metrics.json").read_text())["metrics"]["auc_per_class"]

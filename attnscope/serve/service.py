@@ -239,8 +239,10 @@ class ModelService:
         wanted = (*HEADLINE_METRICS, "rows", *FINDING_METRICS)
         found = {name: metrics[name] for name in wanted if metrics.get(name) is not None}
         drawn = metrics.get("intervals", {})
-        if drawn.get("intervals"):  # each headline metric's interval, and how it was drawn
-            found["intervals"] = {name: drawn["intervals"][name] for name in drawn["intervals"] if name in found}
+        if drawn.get("intervals"):  # each headline metric's and each finding's AUC interval, and how they were drawn
+            found["intervals"] = {
+                name: values for name, values in drawn["intervals"].items() if name in found or name.startswith("auc (")
+            }
             found["interval_method"] = {key: drawn[key] for key in ("method", "level", "resamples", "unit", "units")}
         return found
 
