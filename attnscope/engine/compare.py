@@ -22,18 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from attnscope.engine.intervals import BootstrapOptions, bootstrap_intervals, rank_auc
+from attnscope.engine.intervals import BootstrapOptions, bootstrap_intervals, rank_auc, rates_at, structural_components
 from attnscope.errors import ConfigError, DataError
-
-
-def _components(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong's structural components: each positive's share of negatives scored below it (ties half), and each
-    negative's share of positives scored above it."""
-    positive, negative = scores[targets], scores[~targets]
-    ranks = stats.rankdata(np.concatenate([positive, negative]))
-    v10 = (ranks[: len(positive)] - stats.rankdata(positive)) / len(negative)
-    v01 = 1.0 - (ranks[len(positive) :] - stats.rankdata(negative)) / len(positive)
-    return v10, v01
 
 
 def paired_delong(scores_a: np.ndarray, scores_b: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -41,8 +31,8 @@ def paired_delong(scores_a: np.ndarray, scores_b: np.ndarray, targets: np.ndarra
     truth = np.asarray(targets).astype(bool)
     if truth.all() or not truth.any():
         return {"auc_a": math.nan, "auc_b": math.nan, "difference": math.nan, "se": math.nan, "p": math.nan}
-    a10, a01 = _components(np.asarray(scores_a, np.float64), truth)
-    b10, b01 = _components(np.asarray(scores_b, np.float64), truth)
+    a10, a01 = structural_components(np.asarray(scores_a, np.float64), truth)
+    b10, b01 = structural_components(np.asarray(scores_b, np.float64), truth)
     s10 = np.cov(np.vstack([a10, b10])) if len(a10) > 1 else np.zeros((2, 2))
     s01 = np.cov(np.vstack([a01, b01])) if len(a01) > 1 else np.zeros((2, 2))
     contrast = np.array([1.0, -1.0])
@@ -80,10 +70,8 @@ class ColumnComparison:
 
 
 def _rates(scores: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float, np.ndarray]:
-    decided = scores >= threshold
-    sensitivity = float(decided[truth].mean()) if truth.any() else math.nan
-    specificity = float((~decided[~truth]).mean()) if (~truth).any() else math.nan
-    return sensitivity, specificity, decided == truth
+    """Sensitivity, specificity, and which images are decided right, at ``threshold``."""
+    return (*rates_at(scores, truth, threshold), (scores >= threshold) == truth)
 
 
 def compare_column(

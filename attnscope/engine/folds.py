@@ -31,9 +31,15 @@ class FoldsEvaluation:
     folds: list[dict]
     mean: dict[str, float]
     sd: dict[str, float]
-    ensemble: dict
-    out: Path
-    evaluation: Evaluation
+    evaluation: Evaluation  # the ensemble's, as any run's
+
+    @property
+    def ensemble(self) -> dict:
+        return self.evaluation.metrics
+
+    @property
+    def out(self) -> Path:
+        return self.evaluation.out
 
 
 def evaluate_folds(root: str | Path, options: EvaluateOptions | None = None, progress: bool = True) -> FoldsEvaluation:
@@ -59,4 +65,4 @@ def evaluate_folds(root: str | Path, options: EvaluateOptions | None = None, pro
     sd = {name: float(np.nanstd([f[name] for f in folds], ddof=1)) if len(folds) > 1 else math.nan for name in names}
     headline = [{name: f.get(name) for name in names} for f in folds]
     write_json(ensemble.out / "folds.json", {"folds": headline, "mean": mean, "sd": sd, "data": options.describe()})
-    return FoldsEvaluation(Path(root), headline, mean, sd, ensemble.metrics, ensemble.out, ensemble)
+    return FoldsEvaluation(Path(root), headline, mean, sd, ensemble)

@@ -263,19 +263,27 @@ def _referral(
     """The referral band chosen on the validation split, applied to ``found`` (:mod:`attnscope.engine.referral`)."""
     from attnscope.engine.referral import referral_metrics
 
-    validation = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
     names = [run.classes[1]] if run.kind == "binary" else list(run.classes)
-    if run.kind == "binary":
-        limits = [float(threshold) if isinstance(threshold, (int, float)) else run.binary_threshold]
-    else:
-        limits = list(threshold) if isinstance(threshold, list) else run.label_thresholds
     return {
         "target_sensitivity": sensitivity,
         "findings": referral_metrics(
-            (validation.probs.numpy(), validation.labels.numpy()), (found.probs.numpy(), found.labels.numpy()),
-            names, limits, sensitivity,
+            _validation_arrays(run, views), (found.probs.numpy(), found.labels.numpy()), names,
+            _limits(run, threshold), sensitivity,
         ),
     }  # fmt: skip
+
+
+def _limits(run: Run, threshold: float | list[float] | None) -> list[float]:
+    """The operating threshold of each finding (one for a binary run)."""
+    if run.kind == "binary":
+        return [float(threshold) if isinstance(threshold, (int, float)) else run.binary_threshold]
+    return list(threshold) if isinstance(threshold, list) else run.label_thresholds
+
+
+def _validation_arrays(run: Run, views: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split's probabilities and labels, as the referral band is chosen on them."""
+    validation = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
+    return validation.probs.numpy(), validation.labels.numpy()
 
 
 def _evaluated_probabilities(run: Run, loader: BatchLoader, data: str, views: tuple[str, ...]) -> _Evaluated:
@@ -386,20 +394,17 @@ def _referred(
     run: Run, probs: torch.Tensor, threshold: float | list[float] | None, views: tuple[str, ...], sensitivity: float
 ) -> list[str]:
     """``yes``/``no`` per image (per finding, joined by ``|``): inside the referral band chosen on validation."""
-    from attnscope.engine.referral import choose_band, margins
+    from attnscope.engine.referral import choose_bands, margins
 
     if run.kind == "multiclass":
         raise ConfigError("a referral band needs a threshold: binary and multi-label runs only")
-    validation = _evaluated_probabilities(run, run.loader(DataSelection(split="val")), "val split", views)
-    limits = [float(threshold)] if isinstance(threshold, (int, float)) else list(threshold or run.label_thresholds)
-    val_probs = validation.probs.reshape(len(validation.probs), -1).numpy()
-    val_labels = validation.labels.reshape(len(validation.labels), -1).numpy().astype(float)
+    limits = _limits(run, threshold)
+    bands = choose_bands(_validation_arrays(run, views), limits, sensitivity)
     columns = probs.reshape(len(probs), -1).numpy()
-    flags = []
-    for c, limit in enumerate(limits):
-        known = ~np.isnan(val_labels[:, c])
-        band = choose_band(val_probs[known, c], val_labels[known, c], limit, sensitivity)
-        flags.append(margins(columns[:, c], limit) < band["margin"])
+    flags = [
+        margins(columns[:, c], limit) < band["margin"]
+        for c, (limit, band) in enumerate(zip(limits, bands, strict=True))
+    ]
     return ["|".join("yes" if flag[i] else "no" for flag in flags) for i in range(len(columns))]
 
 

@@ -41,16 +41,32 @@ def rank_auc(scores: np.ndarray, targets: np.ndarray) -> float:
     return float((ranks[targets == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def structural_components(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components, the means of psi(x, y) (1 if x > y, 1/2 if equal) over the other class:
+    each positive's share of negatives scored below it, and each negative's share of positives scored above it.
+    ``truth``: booleans, both classes present."""
+    positive, negative = scores[truth], scores[~truth]
+    ranks = stats.rankdata(np.concatenate([positive, negative]))
+    v10 = (ranks[: len(positive)] - stats.rankdata(positive)) / len(negative)
+    v01 = 1.0 - (ranks[len(positive) :] - stats.rankdata(negative)) / len(positive)
+    return v10, v01
+
+
+def rates_at(scores: np.ndarray, targets: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of ``scores >= threshold`` against 0/1 (or boolean) targets; NaN where a class is
+    absent."""
+    predicted, truth = scores >= threshold, targets == 1
+    sensitivity = float(predicted[truth].mean()) if truth.any() else math.nan
+    specificity = float((~predicted[~truth]).mean()) if (~truth).any() else math.nan
+    return sensitivity, specificity
+
+
 def delong_interval(scores: np.ndarray, targets: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(AUC, low, high): DeLong's variance of the AUC and the normal interval at ``level``, clipped to [0, 1]."""
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
-    positive, negative = scores[targets], scores[~targets]
-    if len(positive) == 0 or len(negative) == 0:
+    scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
+    if truth.all() or not truth.any():
         return math.nan, math.nan, math.nan
-    # psi(x, y) = 1 if x > y, 1/2 if equal: its means over the other class are the structural components
-    all_ranks = stats.rankdata(np.concatenate([positive, negative]))
-    v10 = (all_ranks[: len(positive)] - stats.rankdata(positive)) / len(negative)
-    v01 = 1.0 - (all_ranks[len(positive) :] - stats.rankdata(negative)) / len(positive)
+    v10, v01 = structural_components(scores, truth)
     auc = float(v10.mean())
     variance = (np.var(v10, ddof=1) if len(v10) > 1 else 0.0) / len(v10) + (
         np.var(v01, ddof=1) if len(v01) > 1 else 0.0
@@ -121,25 +137,17 @@ def bootstrap_intervals(
     return described | {"intervals": intervals}
 
 
-def _at_threshold(scores: np.ndarray, targets: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(sensitivity, specificity) of ``scores >= threshold``; NaN where a class is absent."""
-    predicted, truth = scores >= threshold, targets == 1
-    sensitivity = float(predicted[truth].mean()) if truth.any() else math.nan
-    specificity = float((~predicted[~truth]).mean()) if (~truth).any() else math.nan
-    return sensitivity, specificity
-
-
 def _nanmean(values: list[float]) -> float:
     present = [v for v in values if not math.isnan(v)]
     return float(np.mean(present)) if present else math.nan
 
 
-def _binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, Metric]:
+def _binary_metrics(threshold: float) -> dict[str, Metric]:
     return {
         "auc": lambda s, t: rank_auc(s, t),
         "accuracy": lambda s, t: float(((s >= 0.5) == (t == 1)).mean()),
-        "sensitivity_at_threshold": lambda s, t: _at_threshold(s, t, threshold)[0],
-        "specificity_at_threshold": lambda s, t: _at_threshold(s, t, threshold)[1],
+        "sensitivity_at_threshold": lambda s, t: rates_at(s, t, threshold)[0],
+        "specificity_at_threshold": lambda s, t: rates_at(s, t, threshold)[1],
     }
 
 
@@ -192,17 +200,17 @@ def metric_intervals(
     if kind == "binary":
         scores = probs.reshape(-1)
         limit = 0.5 if threshold is None else float(threshold)  # type: ignore[arg-type]
-        for name, metric in _binary_metrics(scores, labels, limit).items():
+        for name, metric in _binary_metrics(limit).items():
             functions[name] = partial(_on_rows, metric, scores, labels)
         delong["auc"] = list(delong_interval(scores, labels, level)[1:])
     elif kind == "multilabel":
         limits = list(threshold) if isinstance(threshold, list) else [0.5] * len(classes)
         functions["auc"] = _columns_metric(probs, labels, _known(lambda s, t, c: rank_auc(s, t)))
         functions["sensitivity_at_threshold"] = _columns_metric(
-            probs, labels, _known(lambda s, t, c: _at_threshold(s, t, limits[c])[0])
+            probs, labels, _known(lambda s, t, c: rates_at(s, t, limits[c])[0])
         )
         functions["specificity_at_threshold"] = _columns_metric(
-            probs, labels, _known(lambda s, t, c: _at_threshold(s, t, limits[c])[1])
+            probs, labels, _known(lambda s, t, c: rates_at(s, t, limits[c])[1])
         )
         for c, name in enumerate(classes):
             known = ~np.isnan(labels[:, c])

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from attnscope.engine.intervals import rates_at
+
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
@@ -28,13 +30,6 @@ def _logit(values: np.ndarray | float) -> np.ndarray:
 def margins(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Each image's distance to the threshold in logits: how sure the decision is."""
     return np.abs(_logit(probs) - _logit(threshold))
-
-
-def _rates(probs: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
-    decided = probs >= threshold
-    sensitivity = float(decided[truth].mean()) if truth.any() else math.nan
-    specificity = float((~decided[~truth]).mean()) if (~truth).any() else math.nan
-    return sensitivity, specificity
 
 
 def choose_band(probs: np.ndarray, targets: np.ndarray, threshold: float, sensitivity: float = 0.95) -> dict:
@@ -49,7 +44,7 @@ def choose_band(probs: np.ndarray, targets: np.ndarray, threshold: float, sensit
         kept = distance >= margin
         if not kept.any():
             break
-        if _rates(probs[kept], truth[kept], threshold)[0] >= sensitivity:
+        if rates_at(probs[kept], truth[kept], threshold)[0] >= sensitivity:
             chosen, met = float(margin), True
             break
     centre = float(_logit(threshold))
@@ -62,7 +57,7 @@ def apply_band(probs: np.ndarray, targets: np.ndarray, threshold: float, margin:
     """On these (test) data: the share referred by the band, and the sensitivity and specificity among the rest."""
     probs, truth = np.asarray(probs, np.float64), np.asarray(targets).astype(bool)
     kept = margins(probs, threshold) >= margin
-    sensitivity, specificity = _rates(probs[kept], truth[kept], threshold) if kept.any() else (math.nan, math.nan)
+    sensitivity, specificity = rates_at(probs[kept], truth[kept], threshold) if kept.any() else (math.nan, math.nan)
     return {"referred": float(1 - kept.mean()), "sensitivity": sensitivity, "specificity": specificity}
 
 
@@ -74,7 +69,7 @@ def coverage_curve(probs: np.ndarray, targets: np.ndarray, threshold: float) -> 
     curve = []
     for coverage in COVERAGES:
         kept = order[: max(1, round(coverage * len(probs)))]
-        sensitivity, specificity = _rates(probs[kept], truth[kept], threshold)
+        sensitivity, specificity = rates_at(probs[kept], truth[kept], threshold)
         curve.append({"coverage": coverage, "sensitivity": sensitivity, "specificity": specificity})
     return curve
 
@@ -90,13 +85,21 @@ def referral_metrics(
     ``tested`` the share it refers, the sensitivity and specificity among the rest, and the coverage curve. Labels
     left out (NaN) are left out of their finding."""
     found = {}
-    for column, (name, threshold) in enumerate(zip(names, thresholds, strict=True)):
-        parts = []
-        for probs, labels in (validation, tested):
-            p, t = probs.reshape(len(probs), -1)[:, column], labels.reshape(len(labels), -1)[:, column].astype(float)
-            known = ~np.isnan(t)
-            parts.append((p[known], t[known]))
-        band = choose_band(*parts[0], threshold, sensitivity)
-        found[name] = {"band": band, "test": apply_band(*parts[1], threshold, band["margin"]),
-                       "curve": coverage_curve(*parts[1], threshold)}  # fmt: skip
+    bands = choose_bands(validation, thresholds, sensitivity)
+    for column, (name, threshold, band) in enumerate(zip(names, thresholds, bands, strict=True)):
+        probs, labels = known_column(*tested, column)
+        found[name] = {"band": band, "test": apply_band(probs, labels, threshold, band["margin"]),
+                       "curve": coverage_curve(probs, labels, threshold)}  # fmt: skip
     return found
+
+
+def known_column(probs: np.ndarray, labels: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
+    """One finding's probabilities and labels (one column for a binary run) on the rows where its label is known."""
+    p, t = probs.reshape(len(probs), -1)[:, column], labels.reshape(len(labels), -1)[:, column].astype(float)
+    known = ~np.isnan(t)
+    return p[known], t[known]
+
+
+def choose_bands(validation: tuple[np.ndarray, np.ndarray], thresholds: list[float], sensitivity: float) -> list[dict]:
+    """Each finding's band (:func:`choose_band`) on the validation probabilities and labels."""
+    return [choose_band(*known_column(*validation, c), limit, sensitivity) for c, limit in enumerate(thresholds)]

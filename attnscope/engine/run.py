@@ -124,6 +124,7 @@ class Run:
         self.multilabel = bool(summary["multilabel"])
         self.kind = task_kind(len(self.classes), self.multilabel)
         self._models: dict[Path, nn.Module] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self._loaders: dict[str, BatchLoader] = {}
         self._data: dict[bool, DataModule] = {}
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
@@ -227,8 +228,14 @@ class Run:
         return self.paths.weights(weights or self.weights)
 
     def weights_sha256(self, weights: str | None = None) -> str:
-        """SHA-256 of a weights file: what an index or a served prediction names its model by."""
-        return file_sha256(self.weights_path(weights))
+        """SHA-256 of a weights file: what an index or a served prediction names its model by. Read once per file
+        as it stands (its size and time of change): the calibration, an evaluation and the server all ask."""
+        path = self.weights_path(weights)
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(path)
+        return self._hashes[key]
 
     def model(self, weights: str | None = None) -> nn.Module:
         """The model with ``weights`` (default: those chosen at opening), in eval mode; built once."""

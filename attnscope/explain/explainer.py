@@ -141,10 +141,9 @@ def run_sanity(run: Run, images_u8: torch.Tensor, methods: list[str], target: in
     trained = explain_batch(run, images_u8, methods, target=target)
     steps = []
     for randomised in randomised_cascade(run.model()):
-        targets = trained.targets
-        step = explain_batch(run, images_u8, methods, target=None if target is None else target, model=randomised)
-        if target is None and not torch.equal(step.targets, targets):  # the trained model's classes, not the new
-            step = _per_image_targets(run, images_u8, methods, targets, randomised)
+        step = explain_batch(run, images_u8, methods, target=target, model=randomised)
+        if not torch.equal(step.targets, trained.targets):  # the trained model's classes, not the random one's
+            step = _per_image_targets(run, images_u8, methods, trained.targets, randomised)
         steps.append(step.maps)
     return sanity_checks(trained.maps, steps)
 

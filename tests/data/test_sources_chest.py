@@ -9,8 +9,8 @@ from PIL import Image
 
 from attnscope.data.boxes import read_boxes_csv
 from attnscope.data.sources.chest import (
+    FINDING_DRAWERS,
     FINDINGS,
-    LESION_DRAWERS,
     MAX_VALUE,
     _anatomy,
     chest_xray_items,
@@ -46,13 +46,13 @@ def test_boxes_lie_where_the_findings_change_the_film():
         np.testing.assert_array_equal(item.mask(), expected)
 
 
-@pytest.mark.parametrize("name", sorted(LESION_DRAWERS))
+@pytest.mark.parametrize("name", sorted(FINDING_DRAWERS))
 def test_what_a_finding_adds_to_the_film_lies_in_its_box(name):
     size = 96
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        added, (x, y, width, height) = LESION_DRAWERS[name](rng, yy, xx, _anatomy(rng, 0.0), 1.0, size)
+        added, (x, y, width, height) = FINDING_DRAWERS[name](rng, yy, xx, _anatomy(rng, 0.0), 1.0, size)
         inside = added[int(y) : int(np.ceil(y + height)), int(x) : int(np.ceil(x + width))].sum()
         assert added.min() >= 0 and inside >= 0.85 * added.sum(), f"{name}, seed {seed}"
 

@@ -134,7 +134,7 @@ def _consolidation(rng, yy, xx, anatomy: _Anatomy, strength: float, size: int):
     return 0.22 * strength * patch, _box(centre, (axes[0] * 1.3, axes[1] * 1.3), size)
 
 
-LESION_DRAWERS = {"Effusion": _effusion, "Nodule": _nodule, "Consolidation": _consolidation}
+FINDING_DRAWERS = {"Effusion": _effusion, "Nodule": _nodule, "Consolidation": _consolidation}
 
 
 def _variants(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, anatomy: _Anatomy) -> np.ndarray:
@@ -171,7 +171,7 @@ def render_chest_xray(rng: np.random.Generator, size: int, uncertain_fraction: f
         boxes[FINDINGS[0]] = _box(anatomy.heart, anatomy.heart_axes, size)
     for index, name in enumerate(FINDINGS[1:], start=1):
         if present[index]:
-            added, boxes[name] = LESION_DRAWERS[name](rng, yy, xx, anatomy, strength[index], size)
+            added, boxes[name] = FINDING_DRAWERS[name](rng, yy, xx, anatomy, strength[index], size)
             image += added
     exposure = rng.uniform(0.75, 1.15)
     image = image * exposure + rng.normal(0, 0.012, image.shape) + rng.uniform(-0.03, 0.05)
