@@ -24,7 +24,14 @@ from attnscope.explain.overlay import write_run_attention_grid
 from attnscope.explain.report import Report, write_report
 from attnscope.fileio import MARKER, read_marker, write_marker
 from attnscope.retrieval.page import write_search_page
-from attnscope.retrieval.service import IndexOptions, IndexSummary, build_index, open_index, search_loader
+from attnscope.retrieval.service import (
+    IndexOptions,
+    IndexSummary,
+    SearchOptions,
+    build_index,
+    open_index,
+    search_loader,
+)
 from attnscope.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,14 @@ def demo_config(options: DemoOptions) -> RunConfig:
 
 
 def run_demo(options: DemoOptions | None = None) -> DemoResult:
-    """Train, evaluate, draw, report and index the demo run; see the module docstring."""
+    """Train, evaluate, draw, report and index the demo run (``make demo``); see the module docstring.
+
+    Args:
+        options: where (default ``runs/demo``; an earlier demo run there is replaced, nothing else is), the
+            epochs, settings over the shipped ``demo`` config.
+
+    Returns:
+        The run directory, its training, evaluation, report and index, and the seconds it took."""
     options = options or DemoOptions()
     started = time.perf_counter()
     config = demo_config(options)
@@ -117,5 +131,5 @@ def _similar_page(run: Run, index_dir: Path, out: Path) -> Path:
     """The first test images beside their most similar indexed training images, truth shown."""
     index, _ = open_index(index_dir, run=run)
     queries = run.loader(DataSelection(split="test")).head(QUERIES)
-    similar = search_loader(index, run, queries, k=NEIGHBOURS, with_labels=True)
+    similar = search_loader(index, run, queries, SearchOptions(k=NEIGHBOURS, with_labels=True))
     return write_search_page(index, similar, out, index_dir)

@@ -6,6 +6,7 @@ from attnscope.retrieval.metrics import average_precision, recall_at_k
 from attnscope.retrieval.service import (
     IndexOptions,
     IndexSummary,
+    SearchOptions,
     build_index,
     open_index,
     result_rows,
@@ -20,6 +21,7 @@ __all__ = [
     "Embeddings",
     "IndexOptions",
     "IndexSummary",
+    "SearchOptions",
     "SimilarityIndex",
     "average_precision",
     "build_index",

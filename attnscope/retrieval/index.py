@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from attnscope.errors import ConfigError, RetrievalError
 from attnscope.fileio import atomic_directory, file_sha256, read_marker, write_marker
 from attnscope.names import FRACTION_INDEX_PARAMS, INDEX_KINDS, INDEX_PARAMS
 from attnscope.registry import Registry
+from attnscope.retrieval.apart import Apart, RowKeys
 from attnscope.retrieval.embed import PCA, EmbeddingConfig
 from attnscope.retrieval.lsh import BucketLSH
 from attnscope.retrieval.rerank import CrossAttentionReRanker
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 # FAISS warns above 256 training points per k-means cell; 64 keep the cells sound and the build quick
 TRAIN_POINTS_PER_CELL = 64
-ROW_FIELDS = ("id", "label", "path", "source")
+ROW_FIELDS = ("id", "label", "path", "source", "group", "digest")
 
 
 def _faiss():
@@ -185,6 +186,7 @@ class SimilarityIndex:
     thumbs: np.ndarray | None = None
     tokens: np.ndarray | None = None  # (N, T, C) float16, with a re-ranker
     reranker: CrossAttentionReRanker | None = None
+    _keys: RowKeys | None = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -255,13 +257,24 @@ class SimilarityIndex:
         self.faiss_index.add(_as_float32(vectors))
         self.vectors = np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)])
         self.rows.extend(rows)
+        self._keys = None
         if thumbs is not None and self.thumbs is not None:
             self.thumbs = np.concatenate([self.thumbs, thumbs])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def row_keys(self) -> RowKeys:
+        """The rows' digests and groups, counted once (until rows are added)."""
+        if self._keys is None:
+            self._keys = RowKeys(self.rows)
+        return self._keys
+
+    def search(
+        self, queries: np.ndarray, k: int, apart: Sequence[Apart] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(positions (Q, k), cosine similarities (Q, k)) of each query's nearest rows, best first.
 
         Fewer than ``k`` rows in the index: the missing places hold position -1 and similarity NaN.
+        ``apart``, one per query: rows that are that query's image or of its patient are left out
+        (:mod:`attnscope.retrieval.apart`).
         """
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise RetrievalError(
@@ -270,11 +283,16 @@ class SimilarityIndex:
             )
         if k < 1:
             raise ConfigError(f"k={k} must be at least 1")
-        candidates = min(len(self), k * (self.params["rerank"] if KINDS.get(self.kind).reranked else 1))
+        if apart is not None:
+            apart = [self.row_keys().resolve(one) for one in apart]
+        wanted = k + (self.row_keys().extra(apart) if apart else 0)
+        candidates = min(len(self), wanted * (self.params["rerank"] if KINDS.get(self.kind).reranked else 1))
         if self.kind == "lsh_buckets":
             found = self.faiss_index.search_vectors(_as_float32(queries), self.vectors, candidates)
         else:
             _, found = self.faiss_index.search(_as_float32(queries), candidates)
+        if apart:
+            found = self.row_keys().set_apart(found, apart)
         return rerank(queries, self.vectors, found, k)
 
     def attach_reranker(self, reranker: CrossAttentionReRanker, tokens: np.ndarray, meta: dict) -> None:

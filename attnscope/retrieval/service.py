@@ -24,6 +24,7 @@ from attnscope.engine.rundir import RunLock
 from attnscope.errors import RetrievalError
 from attnscope.fileio import atomic_write, csv_text
 from attnscope.outputs import NEIGHBOUR_COLUMNS, NEIGHBOURS, check_output_file
+from attnscope.retrieval.apart import Apart, pixel_digest
 from attnscope.retrieval.embed import EmbeddingConfig, Embeddings, embed, fit_pca
 from attnscope.retrieval.index import SimilarityIndex
 from attnscope.retrieval.rerank import ReRankerOptions, rerank, token_stage, train_reranker
@@ -50,7 +51,7 @@ def thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
 
 
 def loader_rows(loader: BatchLoader, positions: np.ndarray, classes: list[str]) -> list[dict]:
-    """The index rows (id, label, path, source) of manifest ``positions``."""
+    """The index rows (id, label, path, source, group, pixel digest) of manifest ``positions``."""
     manifest = loader.decoded.manifest
     labels = label_names(manifest.labels[positions], classes)
     return [
@@ -59,9 +60,17 @@ def loader_rows(loader: BatchLoader, positions: np.ndarray, classes: list[str]) 
             "label": label,
             "path": manifest.paths[p] if manifest.paths else "",
             "source": manifest.source,
+            **loader_apart(loader, p).__dict__,
         }
         for p, label in zip(positions.tolist(), labels, strict=True)
     ]
+
+
+def loader_apart(loader: BatchLoader, position: int) -> Apart:
+    """The pixel digest and group (patient) of manifest row ``position``: what sets it apart in a search."""
+    manifest = loader.decoded.manifest
+    group = manifest.groups[position] if manifest.groups else None
+    return Apart(pixel_digest(loader_images(loader, np.array([position]))[0]), group or "")
 
 
 def loader_images(loader: BatchLoader, positions: np.ndarray) -> np.ndarray:
@@ -151,9 +160,22 @@ def check_same_model(index: SimilarityIndex, run: Run, index_path: Path) -> None
 
 
 def build_index(run: Run, options: IndexOptions | None = None) -> IndexSummary:
-    """Index the selected images at ``options.out``; with ``add``, extend the index there. The index's lock
-    (``.NAME.lock`` beside it) is held throughout, so two processes adding to one index never lose one's
-    images to the other's rename."""
+    """Embed the selected images with the run's model and save them as a similarity index.
+
+    The index's lock (``.NAME.lock`` beside it) is held throughout, so two processes adding to one index never
+    lose one's images to the other's rename.
+
+    Args:
+        run: the opened run.
+        options: which images (default: the training split), where (default ``RUN/index``), the FAISS kind
+            and its parameters, the embedding; ``add`` extends the index there.
+
+    Returns:
+        Where the index is, how many images it holds and how many were added or skipped.
+
+    Raises:
+        RetrievalError: ``add`` to an index of other weights or embedding, or images already in it.
+    """
     options = options or IndexOptions()
     out = Path(options.out) if options.out is not None else run.root / "index"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,28 +291,39 @@ def open_index(
     return index, run
 
 
-def search_loader(
-    index: SimilarityIndex, run: Run, loader: BatchLoader, k: int = 10, with_labels: bool = False, rerank_k: int = 0
-) -> SearchResult:
-    """The ``k`` nearest indexed images of every image of ``loader`` (``with_labels``: its rows' labels are
-    known, and shown beside each query). ``rerank_k``: the index's re-ranker reorders that many candidates
-    of each query, and the first ``k`` are kept."""
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: ``k`` neighbours; ``rerank_k``: the index's re-ranker reorders that many candidates of
+    each query and the first ``k`` are kept; ``with_labels``: the queries' labels are known and shown;
+    ``include_same``: keep neighbours that are the query itself or another image of its patient (set apart
+    by default: :mod:`attnscope.retrieval.apart`)."""
+
+    k: int = 10
+    rerank_k: int = 0
+    with_labels: bool = False
+    include_same: bool = False
+
+
+def search_loader(index: SimilarityIndex, run: Run, loader: BatchLoader, options: SearchOptions) -> SearchResult:
+    """The nearest indexed images of every image of ``loader``."""
+    k, rerank_k = options.k, options.rerank_k
     if rerank_k and (index.reranker is None or index.tokens is None):
         raise RetrievalError("this index has no re-ranker; build it with attnscope index --train-reranker")
     embedded = embed(run, loader, index.embedding, with_tokens=bool(rerank_k))
+    apart = None if options.include_same else [loader_apart(loader, p) for p in embedded.rows.tolist()]
     scores = None
     if rerank_k:
         assert index.reranker is not None and index.tokens is not None and embedded.tokens is not None
-        positions, similarities = index.search(index.reduce(embedded.vectors), max(k, rerank_k))
+        positions, similarities = index.search(index.reduce(embedded.vectors), max(k, rerank_k), apart)
         positions, similarities, scores = rerank(index.reranker, embedded.tokens, index.tokens, positions, similarities)
         positions, similarities, scores = positions[:, :k], similarities[:, :k], scores[:, :k]
     else:
-        positions, similarities = index.search(index.reduce(embedded.vectors), k)
+        positions, similarities = index.search(index.reduce(embedded.vectors), k, apart)
     manifest = loader.decoded.manifest
     queries = [
         {"id": manifest.ids[p], "path": manifest.paths[p] if manifest.paths else ""} for p in embedded.rows.tolist()
     ]
-    if with_labels:
+    if options.with_labels:
         for query, label in zip(queries, label_names(manifest.labels[embedded.rows], run.classes), strict=True):
             query["label"] = label
     if manifest.rejected:
@@ -305,18 +338,32 @@ def search_loader(
 def search_images(
     index_path: str | Path,
     images: Sequence[str | Path],
-    k: int = 10,
+    options: SearchOptions | None = None,
     run_dir: str | Path | None = None,
     skip_bad: bool = False,
     progress: bool = True,
-    rerank_k: int = 0,
 ) -> tuple[SimilarityIndex, SearchResult]:
-    """The ``k`` nearest indexed images of each image file (or folder of them); ``rerank_k``: see
-    :func:`search_loader`."""
+    """The nearest indexed images of each image file (or folder of them).
+
+    Args:
+        index_path: the index folder ``build_index`` wrote.
+        images: image files or folders.
+        options: neighbours per query, the re-ranker, whether to keep the query itself and its patient's
+            other images (default: 10 neighbours, both set apart).
+        run_dir: the run the index was built from, where it moved since.
+        skip_bad: leave out unreadable images instead of stopping.
+        progress: show progress bars.
+
+    Returns:
+        The index and each query's neighbours (positions into the index's rows, cosine similarities).
+
+    Raises:
+        RetrievalError: the folder holds no index, or the run's weights are not those it was built with.
+    """
     index, run = open_index(index_path, run_dir=run_dir, progress=progress)
     with run:
         loader = run.loader(DataSelection(images=tuple(images), skip_bad=skip_bad))
-        return index, search_loader(index, run, loader, k, rerank_k=rerank_k)
+        return index, search_loader(index, run, loader, options or SearchOptions())
 
 
 def result_rows(index: SimilarityIndex, result: SearchResult) -> list[dict]:

@@ -32,6 +32,7 @@ from attnscope.explain.overlay import overlay
 from attnscope.htmlpage import png_array_uri
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.names import CAM_METHODS, HEADLINE_METRICS, PIXEL_METHODS
+from attnscope.retrieval.apart import Apart, pixel_digest
 from attnscope.retrieval.embed import embed_images
 from attnscope.retrieval.index import SimilarityIndex
 from attnscope.retrieval.service import check_same_model
@@ -167,7 +168,8 @@ class ModelService:
         index = self.require_index()
         inputs, _ = self.run.transform(self._inputs(images))
         vectors = embed_images(self.model, inputs, index.embedding).numpy()
-        positions, similarities = index.search(index.reduce(vectors), k)
+        apart = [Apart(pixel_digest(image)) for image in images]  # an indexed image does not find itself
+        positions, similarities = index.search(index.reduce(vectors), k, apart)
         results = []
         for found, scores in zip(positions.tolist(), similarities.tolist(), strict=True):
             neighbours = []

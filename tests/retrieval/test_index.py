@@ -8,7 +8,7 @@ import torch
 
 from attnscope.errors import ConfigError, DataError, RetrievalError
 from attnscope.retrieval.embed import EmbeddingConfig, fit_pca
-from attnscope.retrieval.index import SimilarityIndex, resolve_params
+from attnscope.retrieval.index import ROW_FIELDS, SimilarityIndex, resolve_params
 
 META = {"model": "m", "weights_sha256": "abc"}
 
@@ -27,7 +27,13 @@ def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
 
 def rows_for(count: int, start: int = 0) -> list[dict]:
     return [
-        {"id": f"img{start + i}", "label": str(i % 3), "path": f"/x/{start + i}.png", "source": "s"}
+        {
+            "id": f"img{start + i}",
+            "label": str(i % 3),
+            "path": f"/x/{start + i}.png",
+            "source": "s",
+            "group": f"p{i % 7}",
+        }
         for i in range(count)
     ]
 
@@ -80,7 +86,7 @@ def test_save_load_round_trip_keeps_results_rows_pca_and_thumbnails(tmp_path):
     after = loaded.search(queries, 5)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_allclose(before[1], after[1])
-    assert loaded.rows == [{k: str(v) for k, v in row.items()} for row in rows_for(300)]
+    assert loaded.rows == [{k: str(row.get(k, "")) for k in ROW_FIELDS} for row in rows_for(300)]
     assert loaded.params == {"M": 8, "ef_search": 64, "ef_construction": 80}
     assert loaded.embedding == EmbeddingConfig(pca_dim=8) and loaded.meta["model"] == "m"
     np.testing.assert_array_equal(loaded.pca.components, pca.components)

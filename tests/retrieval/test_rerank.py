@@ -10,7 +10,7 @@ from attnscope.errors import ConfigError, RetrievalError
 from attnscope.retrieval import SimilarityIndex, build_index, result_rows, search_images
 from attnscope.retrieval.embed import EmbeddingConfig
 from attnscope.retrieval.rerank import CrossAttentionReRanker, ReRankerOptions, rerank, train_reranker, training_pairs
-from attnscope.retrieval.service import IndexOptions
+from attnscope.retrieval.service import IndexOptions, SearchOptions
 from tests.retrieval.test_index import META, rows_for, unit_vectors, without_checksums
 from tests.retrieval.test_service import write_queries
 
@@ -89,11 +89,13 @@ def test_index_trains_saves_and_searches_with_its_reranker(trained_run, tmp_path
     assert index.reranker is not None and index.tokens.shape[0] == len(index) and index.tokens.dtype == np.float16
     assert index.meta["reranker"]["pairs"] > 0 and index.meta["reranker"]["dim"] == 16
     ids = write_queries(trained_run, tmp_path / "queries")
-    index, found = search_images(tmp_path / "idx", [tmp_path / "queries"], k=4, progress=False, rerank_k=12)
+    index, found = search_images(
+        tmp_path / "idx", [tmp_path / "queries"], SearchOptions(k=4, rerank_k=12), progress=False
+    )
     assert found.positions.shape == (len(ids), 4) and (np.diff(found.scores, axis=1) <= 1e-9).all()
     lines = result_rows(index, found)
     assert all(0 <= line["rerank_score"] <= 1 for line in lines)
-    _, plain = search_images(tmp_path / "idx", [tmp_path / "queries"], k=12, progress=False)
+    _, plain = search_images(tmp_path / "idx", [tmp_path / "queries"], SearchOptions(k=12), progress=False)
     for row in range(len(ids)):  # the re-ranked first four come from the cosine search's first twelve
         assert set(found.positions[row]) <= set(plain.positions[row])
     (tmp_path / "idx" / "reranker.safetensors").write_bytes(b"broken")
@@ -104,7 +106,7 @@ def test_index_trains_saves_and_searches_with_its_reranker(trained_run, tmp_path
         SimilarityIndex.load(tmp_path / "idx")
     build_index(run, IndexOptions(out=tmp_path / "plain"))
     with pytest.raises(RetrievalError, match="no re-ranker; build it with attnscope index --train-reranker"):
-        search_images(tmp_path / "plain", [tmp_path / "queries"], k=2, progress=False, rerank_k=5)
+        search_images(tmp_path / "plain", [tmp_path / "queries"], SearchOptions(k=2, rerank_k=5), progress=False)
 
 
 def test_an_index_with_a_reranker_adds_rows_only_with_their_tokens():

@@ -12,7 +12,7 @@ from attnscope.engine.run import DataSelection, Run
 from attnscope.errors import RetrievalError
 from attnscope.retrieval import SimilarityIndex, build_index, result_rows, search_images
 from attnscope.retrieval.page import write_search_page
-from attnscope.retrieval.service import IndexOptions, loader_images
+from attnscope.retrieval.service import IndexOptions, SearchOptions, loader_images
 
 
 def split_rows(run_dir, split):
@@ -47,13 +47,19 @@ def test_index_holds_each_training_image_once_and_finds_a_copy_of_it_first(train
     assert index.thumbs.shape[0] == len(train) and index.thumbs.dtype == np.uint8
 
     ids = write_queries(trained_run, tmp_path / "queries")
-    index, found = search_images(tmp_path / "idx", [tmp_path / "queries"], k=4, progress=False)
+    asked = SearchOptions(k=4, include_same=True)
+    index, found = search_images(tmp_path / "idx", [tmp_path / "queries"], asked, progress=False)
     lines = result_rows(index, found)
     firsts = {line["query"]: line for line in lines if line["rank"] == 1}
     for name in ids:
-        assert firsts[f"{name}.png"]["id"] == name  # its own copy ranks first
+        assert firsts[f"{name}.png"]["id"] == name  # asked for, its own copy ranks first
         assert firsts[f"{name}.png"]["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert len(lines) == 4 * len(ids)
+    _, apart = search_images(tmp_path / "idx", [tmp_path / "queries"], SearchOptions(k=4), progress=False)
+    for query, positions in zip(apart.queries, apart.positions, strict=True):
+        assert query["id"].removesuffix(".png") not in [index.rows[p]["id"] for p in positions]  # by default: set apart
+        assert (positions >= 0).all()  # and still four neighbours
+    np.testing.assert_array_equal(apart.positions[:, :3], found.positions[:, 1:])  # the rest, in the same order
 
     page = write_search_page(index, found, tmp_path / "page.html", tmp_path / "idx")
     text = page.read_text()

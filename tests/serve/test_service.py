@@ -20,7 +20,7 @@ from attnscope.explain.methods import create_cam
 from attnscope.explain.overlay import upsample
 from attnscope.layers.tap import capture_attention, native_maps
 from attnscope.retrieval.index import SimilarityIndex
-from attnscope.retrieval.service import search_loader
+from attnscope.retrieval.service import SearchOptions, search_loader
 from attnscope.serve import ModelService, Upload
 
 
@@ -87,7 +87,9 @@ def test_an_unknown_cam_method_is_refused_with_the_known_ones(service, image_fil
 def test_similar_cases_equal_attnscope_search_on_the_same_files(service, image_files):
     answers = service.similar(decoded(service, image_files), k=4)
     with Run.open(service.run.root, progress=False) as run:
-        found = search_loader(service.index, run, run.loader(DataSelection(images=tuple(image_files))), k=4)
+        found = search_loader(
+            service.index, run, run.loader(DataSelection(images=tuple(image_files))), SearchOptions(k=4)
+        )
     for answer, positions, similarities in zip(answers, found.positions, found.similarities, strict=True):
         assert [n["id"] for n in answer["neighbours"]] == [service.index.rows[p]["id"] for p in positions]
         np.testing.assert_allclose([n["similarity"] for n in answer["neighbours"]], similarities, atol=1e-6)
