@@ -38,6 +38,16 @@ class AugmentConfig:
     RGB, saturation and a quarter of it as hue). ``p`` is each transform's chance per image;
     ``rotation_p`` the rotation's where it differs (torchvision's ``RandomRotation``, as the
     tutorial uses it, rotates every image: ``rotation_p: 1``).
+
+    Attributes:
+        rotation: the largest rotation in degrees (0 for none).
+        hflip: flip left-right.
+        vflip: flip upside down.
+        rot90: turn by multiples of 90 degrees (AttnMel).
+        crop_scale: a random resized crop over this range of the image's area, e.g. ``[0.6, 1.0]``; null for none.
+        color_jitter: the strength of brightness/contrast (and saturation/hue for RGB) jitter; 0 for none.
+        p: each transform's chance per image.
+        rotation_p: the rotation's chance where it differs from ``p`` (1: every image, as the tutorial).
     """
 
     rotation: float = 10.0

@@ -50,7 +50,37 @@ MAX_IMAGE_SIZE = 4096  # one 4096 x 4096 RGB image is 50 MB decoded and far more
 
 @dataclass
 class DataConfig:
-    """Everything that decides which pixels and labels training sees."""
+    """Everything that decides which pixels and labels training sees.
+
+    Attributes:
+        source: a data source of the registry: ``folder``, ``csv``, ``idx``, ``medmnist``, or a generated set.
+        source_options: the source's options (its reference lists them), e.g. ``{root: /data/skin}``.
+        image_size: the side in pixels every image is resized and centre-cropped to.
+        mode: ``RGB`` or ``L`` (grey).
+        batch_size: training images per batch.
+        eval_batch_size: images per batch when evaluating; null uses ``batch_size``.
+        val_fraction: the share of rows (of patients, where groups are known) in the validation split.
+        test_fraction: the share in the test split (ignored where the source names its test rows).
+        seed: the seed of the split and of sampling.
+        folds: k-fold cross-validation: the non-test rows in this many parts (``train --folds``).
+        fold: which part (1..folds) is this run's validation split.
+        undersample: class -> share of its training rows kept (e.g. ``{benign: 0.3}``).
+        undersample_before_split: undersample the whole set before splitting (the AttnVGG melanoma
+            tutorial's order; its test split is then not the data's).
+        oversample: class -> how many times its training rows are repeated.
+        class_weights: weigh the loss by inverse class frequency.
+        mask_fraction: the seeded share of training images that keep their masks (semi-supervised attention).
+        augment: the training augmentation (``data.augment.*``).
+        normalize: ``dataset`` (the training split's mean and deviation) or ``imagenet``.
+        cache_dir: where decoded images are cached; null: ``$XDG_CACHE_HOME/attnscope``.
+        workers: loader processes; null picks by the cores.
+        skip_bad: leave out unreadable or malformed rows (listed in the run's ``bad_rows.csv``) instead of
+            stopping at the first.
+        pixel_limit: the most pixels a decoded image may have (a guard against decompression bombs).
+        window: how DICOM and 16-bit pixels become 8 bits: ``auto``, ``lut``, ``window``, ``range``,
+            ``minmax``, ``percentile`` or ``divide``.
+        progress: show progress bars while decoding.
+    """
 
     source: str = "synthetic_lesions"
     source_options: dict = field(default_factory=dict)
@@ -61,8 +91,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    folds: int | None = None  # k-fold cross-validation: the non-test rows in this many parts (train --folds)
-    fold: int | None = None  # which part (1..folds) is this run's validation split
+    folds: int | None = None
+    fold: int | None = None
     undersample: dict | None = None
     undersample_before_split: bool = False
     oversample: dict | None = None

@@ -37,7 +37,19 @@ def _predicted(run: Run, selection: DataSelection) -> tuple[np.ndarray, np.ndarr
 
 
 def compare_runs(run_a: Run, run_b: Run, options: CompareOptions | None = None) -> Comparison:
-    """Both runs on the same images (the first run's test split, or ``options.source``), compared per finding."""
+    """Two runs on the same images, compared per finding with paired tests.
+
+    Args:
+        run_a: the first run (its test split is the default set of images).
+        run_b: the second run; its classes must be the first's.
+        options: the images (``source`` for another data set), the bootstrap, where to write.
+
+    Returns:
+        Per finding: both AUCs, their paired difference with its interval and DeLong's test, and McNemar's
+        test of the decisions at each run's own threshold.
+
+    Raises:
+        ConfigError: the runs' classes or tasks differ."""
     options = options or CompareOptions()
     check_comparable(run_a.classes, run_b.classes, run_a.kind, run_b.kind)
     selection = DataSelection(options.split, options.source, dict(options.source_options), (), options.skip_bad)

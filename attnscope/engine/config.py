@@ -35,7 +35,15 @@ from attnscope.names import (
 
 @dataclass
 class ModelSection:
-    """Which registered model, with which builder options and initial weights."""
+    """Which registered model, with which builder options and initial weights.
+
+    Attributes:
+        name: a model of the registry (``attnscope models`` lists them).
+        options: the model builder's keyword options (``attnscope models --options``), e.g. ``{dropout: 0.2}``.
+        pretrained: ``true`` for torchvision's published ImageNet weights of the backbone (fetched once and
+            hash-checked by torch.hub, or found in its cache), or the path of a local weights file; ``false``
+            starts from random weights.
+    """
 
     name: str = "attn_vgg_tiny"
     options: dict = field(default_factory=dict)
@@ -44,27 +52,44 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    """``focal`` (Lin 2017) or ``ce`` (cross-entropy; BCE for binary and multi-label)."""
+    """The classification loss.
+
+    Attributes:
+        name: ``focal`` (Lin et al. 2017) or ``ce`` (cross-entropy; BCE for binary and multi-label data).
+        alpha: the focal loss's class weight: one number, a list (one per class), or null for none.
+        alpha_mode: ``class`` (Lin et al. 2017: positives weighed by alpha, negatives by 1 - alpha) or ``scale``
+            (the AttnVGG melanoma tutorial's: every sample's loss times alpha).
+        gamma: the focal loss's focusing exponent; 0 with a null alpha is plain cross-entropy.
+        label_smoothing: the share of each target spread over the other classes (0 for none).
+    """
 
     name: str = "focal"
     alpha: float | list[float] | None = 0.25
-    alpha_mode: str = "class"  # Lin et al. 2017's meaning; "scale": the AttnVGG melanoma tutorial's
+    alpha_mode: str = "class"
     gamma: float = 2.0
     label_smoothing: float = 0.0
 
 
 @dataclass
 class SupervisionSection:
-    """Attention supervision. Mask supervision is off while ``weights`` is empty (e.g. {pool3: 0.001,
-    pool4: 0.01}; with ``kind: self_focal`` the maps are their own targets and no mask is read);
-    ``consistency`` (tap -> weight) asks each tap's map to follow the training
-    augmentation's geometry (Guo et al. 2019) and needs no masks."""
+    """Attention supervision: each tap's map pulled towards the lesion masks, towards itself, or towards
+    the augmentation's geometry.
+
+    Attributes:
+        kind: ``dice`` (soft Dice against the mask), ``energy`` (the map's mass outside the mask), or
+            ``self_focal`` (the maps are their own targets; no mask is read).
+        weights: tap -> weight of the mask (or self-focal) loss, e.g. ``{pool3: 0.001, pool4: 0.01}``;
+            empty turns it off.
+        consistency: tap -> weight of attention consistency (Guo et al. 2019): each map follows the
+            training augmentation's geometry; needs no masks.
+        threshold: ``self_focal``: the positives are the cells reaching this share of the map's peak.
+        ignore_th: ``self_focal``: a map whose peak is below this has no focus yet and is left out.
+        gamma: ``self_focal``: the focal exponent of its loss.
+    """
 
     kind: str = "dice"
     weights: dict = field(default_factory=dict)
     consistency: dict = field(default_factory=dict)
-    # kind self_focal: positives reach threshold x the map's peak; maps whose peak is below ignore_th
-    # are left out (losses.self_focal_error)
     threshold: float = 0.5
     ignore_th: float = 0.1
     gamma: float = 2.0
@@ -72,10 +97,20 @@ class SupervisionSection:
 
 @dataclass
 class OptimSection:
-    """Adam (the AttnVGG melanoma tutorial: lr 1e-4) or SGD with Nesterov momentum (AttnMel: 0.01, 0.9, wd 1e-4)."""
+    """The optimiser: Adam (the AttnVGG melanoma tutorial: lr 1e-4), AdamW, or SGD with Nesterov momentum
+    (AttnMel: 0.01, 0.9, weight decay 1e-4).
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd``.
+        lr: the learning rate, or ``auto`` for the one a learning-rate range test suggests
+            (``train --lr auto``; its curve is saved in the run).
+        weight_decay: L2 penalty (decoupled for AdamW).
+        momentum: SGD's momentum.
+        nesterov: SGD's Nesterov momentum.
+    """
 
     name: str = "adam"
-    lr: float = 1e-4
+    lr: float | str = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = True
@@ -83,8 +118,17 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    """Learning-rate schedule: ``step`` (x gamma every step_size epochs), ``cosine`` with linear
-    warm-up, ``onecycle``, or ``none``."""
+    """The learning-rate schedule.
+
+    Attributes:
+        name: ``step`` (times gamma every step_size epochs), ``cosine`` (with linear warm-up, per step),
+            ``onecycle``, or ``none``.
+        step_size: ``step``: epochs between two decays.
+        gamma: ``step``: the factor of each decay.
+        warmup_epochs: ``cosine``: epochs of linear warm-up (fractions allowed).
+        min_lr_ratio: ``cosine``: the last learning rate as a share of the first.
+        pct_start: ``onecycle``: the share of steps spent rising.
+    """
 
     name: str = "none"
     step_size: int = 10
@@ -96,15 +140,40 @@ class ScheduleSection:
 
 @dataclass
 class TrainerSection:
-    """How the loop runs: length, devices, precision, speed options, what is kept as best."""
+    """How the loop runs: length, devices, precision, speed options, what is kept as best.
 
-    epochs: int = 10  # with time_budget_s, the most epochs
-    time_budget_s: float | None = None  # wall seconds for the whole run: the epochs that fit are planned by a probe
+    Attributes:
+        epochs: the epochs to train (with ``time_budget_s``, the most).
+        time_budget_s: wall seconds for the whole run: a probe times a few batches and the epochs that fit
+            are planned; null trains ``epochs``.
+        accelerator: Lightning's accelerator: ``auto``, ``cpu``, ``gpu``.
+        devices: how many devices (or which), as Lightning reads it.
+        num_nodes: machines taking part.
+        strategy: Lightning's strategy (``auto``, ``ddp``, ...).
+        precision: ``32-true``, ``bf16-mixed``, ``16-mixed``, or ``auto`` (bf16-mixed where the device has
+            native bf16, else 32-true).
+        channels_last: train in the channels-last memory format.
+        compile: run the model through ``torch.compile``.
+        grad_clip: clip the gradients' norm to this; null for no clipping.
+        ema_decay: keep an exponential moving average of the weights with this decay (evaluated and saved
+            in their place); null for none.
+        monitor: the validation metric that picks the best weights.
+        mode: ``max`` or ``min``: which way ``monitor`` is better.
+        seed: the seed of weights, shuffling and augmentation.
+        threads: torch's CPU threads; null leaves torch's default.
+        progress: show Lightning's progress bar.
+        calibration: ``temperature`` (temperature scaling fitted on validation after training) or ``none``.
+        threshold: the operating point chosen on validation: ``youden``, ``sensitivity>=X``,
+            ``specificity>=X`` or ``fixed:X``.
+    """
+
+    epochs: int = 10
+    time_budget_s: float | None = None
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # or auto: bf16-mixed where the device has native bf16, else 32-true
+    precision: str = "32-true"
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
@@ -114,15 +183,24 @@ class TrainerSection:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
-    calibration: str = "temperature"  # or none: temperature scaling fitted on validation after training
-    threshold: str = (
-        "youden"  # the operating point chosen on validation: youden, sensitivity>=X, specificity>=X, fixed:X
-    )
+    calibration: str = "temperature"
+    threshold: str = "youden"
 
 
 @dataclass
 class RunConfig:
-    """Everything a training run needs; ``run_dir`` None picks ``runs/<model>-<time>``."""
+    """Everything a training run needs.
+
+    Attributes:
+        model: which model (``model.*``).
+        data: which images and how they are read, split and augmented (``data.*``).
+        loss: the classification loss (``loss.*``).
+        supervision: attention supervision (``supervision.*``).
+        optim: the optimiser (``optim.*``).
+        schedule: the learning-rate schedule (``schedule.*``).
+        trainer: how the loop runs (``trainer.*``).
+        run_dir: the run's folder; null picks ``runs/<model>-<time>``.
+    """
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,7 +256,7 @@ class RunConfig:
                 raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
         positive: tuple[tuple[str, object], ...] = (
             ("trainer.epochs", self.trainer.epochs),
-            ("optim.lr", self.optim.lr),
+            *((("optim.lr", self.optim.lr),) if self.optim.lr != "auto" else ()),
         )
         for key, number in positive:
             check_option(key, number, _number(0, low_open=True), "must be a positive number")
@@ -382,7 +460,20 @@ def apply_settings(values: dict, settings: list[str]) -> dict:
 
 
 def load_config(config: str | Path | None = None, settings: list[str] | None = None) -> RunConfig:
-    """The run config from a file or shipped name (or the defaults), with ``settings`` applied."""
+    """The run config from a file or shipped name (or the defaults), with ``settings`` applied.
+
+    Args:
+        config: a YAML file, the name of a shipped config (``demo``, ``melanoma``, ``chest_xray``, ...), or
+            None for the defaults.
+        settings: dotted ``section.key=value`` settings applied in order (the value is read as YAML), as
+            ``attnscope train --set`` takes them.
+
+    Returns:
+        The checked config; every key is listed in the config reference.
+
+    Raises:
+        ConfigError: an unknown file or name, an unknown key (the known ones are listed), or a value no
+            run could use (the key and the rule are named)."""
     values = read_config_file(config) if config is not None else {}
     return RunConfig.from_dict(apply_settings(values, settings or []))
 

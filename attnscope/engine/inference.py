@@ -152,7 +152,22 @@ class Evaluation:
 
 
 def evaluate(run: Run, options: EvaluateOptions | None = None) -> Evaluation:
-    """Metrics of the run on its test split (or another source): ``metrics.json`` and ROC/PR/confusion plots."""
+    """Metrics of the run on its test split (or another source), with their intervals.
+
+    Thresholds and calibration come from the validation split, never from the images evaluated.
+
+    Args:
+        run: the opened run.
+        options: which images (default: the test split), the bootstrap, subgroups, the referral band, where
+            to write (default ``RUN/evaluation``: ``metrics.json`` and ROC, PR and confusion plots).
+
+    Returns:
+        The metrics (AUC, sensitivity and specificity at the threshold, ...), their intervals and the files.
+
+    Raises:
+        ConfigError: options no evaluation could use, named.
+        DataError: unreadable images (with ``skip_bad`` they are listed and left out instead).
+    """
     from attnscope.engine.plots import write_evaluation_plots
 
     options = options or EvaluateOptions()
@@ -351,7 +366,19 @@ class Predictions:
 
 
 def predict(run: Run, options: PredictOptions) -> Predictions:
-    """Per-class probabilities of ``options.images`` as a CSV (id, path, prob_<class>..., predicted)."""
+    """Calibrated per-class probabilities and decisions of new images, as a CSV.
+
+    Args:
+        run: the opened run.
+        options: the images (files, folders or a CSV), test-time augmentation, per-image uncertainty, the
+            referral band and where to write.
+
+    Returns:
+        The rows written (id, path, ``prob_<class>``..., predicted) and the CSV's path.
+
+    Raises:
+        DataError: an unreadable image (with ``skip_bad`` it is listed and left out instead).
+    """
     default = run.root / ("predictions-tta.csv" if options.tta else "predictions.csv")
     out = check_output_file(options.out if options.out is not None else default, PREDICTIONS, options.force)
     bad_rows_out = check_output_file(out.with_name(out.stem + ".bad_rows.csv"), BAD_ROWS, options.force)

@@ -48,9 +48,14 @@ def _carried(threshold: Any, temperature: float | list[float]) -> Any:
 
 
 def calibrate_run(run: Run) -> dict[str, Any]:
-    """Fit the temperature of ``run``'s weights on its validation split and write ``calibration.json``: the
-    temperature, the validation threshold carried to the calibrated scale, and the validation split's calibration
-    before and after (ECE, MCE, Brier score)."""
+    """Fit the temperature of ``run``'s weights on its validation split and write ``calibration.json``.
+
+    Args:
+        run: the opened run (its weights as opened).
+
+    Returns:
+        What ``calibration.json`` holds: the temperature, the validation threshold carried to the calibrated
+        scale, and the validation split's calibration before and after (ECE, MCE, Brier score)."""
     logits, labels = split_logits(run, "val")
     temperature = fit_temperature(logits, labels, run.kind)
     before = calibration_scores(probabilities(logits, run.kind), labels, run.kind)

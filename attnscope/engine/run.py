@@ -131,8 +131,22 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, weights: str = "best", progress: bool = True) -> Run:
-        """The run at ``path``; ``weights`` is ``best``, ``last`` or a ``.safetensors`` file of the same model.
-        A staged training folder opens as its last stage."""
+        """Open a trained run: its config, classes, validation threshold, calibration and data record.
+
+        A staged training folder opens as its last stage; a cross-validation folder (``train --folds``) as the
+        ensemble of its folds. The model and loaders are built on first use and kept.
+
+        Args:
+            path: the run directory ``train`` printed.
+            weights: ``best``, ``last``, or a ``.safetensors`` file of the same model.
+            progress: show progress bars while reading images.
+
+        Returns:
+            The run; use it as a context manager so that its loaders are closed.
+
+        Raises:
+            CheckpointError: ``path`` holds no run, or its weights are missing or belong to another model.
+        """
         folds = fold_runs(Path(path))
         if folds:  # a cross-validation folder: its folds' ensemble
             from attnscope.engine.ensemble import FoldEnsembleRun

@@ -297,7 +297,20 @@ class Explanation:
 
 
 def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
-    """Overlays (``overlays/``), raw maps (``maps/*.npz``) and ``scores.csv`` for the selected images."""
+    """Draw and score the maps of the run's attention and of the chosen CAM methods over the selected images.
+
+    Args:
+        run: the opened run.
+        options: which images (default: the first 16 of the test split), the methods, the target class, the
+            sanity checks, where to write (default ``RUN/explain``).
+
+    Returns:
+        The summary of every score per method (localisation against masks where there are some, else
+        faithfulness), the overlays written, and the sanity checks where asked for.
+
+    Raises:
+        ConfigError: an unknown method or target class, named with the known ones.
+    """
     options = options or ExplainOptions()
     options.check()
     explicit_attention = "attention" in options.methods  # asked for by name, not as part of a group

@@ -174,11 +174,17 @@ class Report:
 
 
 def write_report(run: Run, options: ReportOptions | None = None, evaluation: Evaluation | None = None) -> Report:
-    """``RUN/report.html``: config, test metrics, plots, training curves, scores, gallery.
+    """Write one self-contained HTML page about the run: config, test metrics, plots, training curves, map
+    scores and sanity checks, a gallery.
 
-    ``evaluation``: the run's test-split evaluation when it has just been computed
-    (``attnscope evaluate``); else it is computed here. The test split is read once
-    for everything (the run caches its loader).
+    Args:
+        run: the opened run.
+        options: where to write (default ``RUN/report.html``), images per gallery group, images scored.
+        evaluation: the run's test-split evaluation when it has just been computed; else it is computed
+            here. The test split is read once for everything (the run caches its loader).
+
+    Returns:
+        The page's path and what it shows.
     """
     options = options or ReportOptions()
     out = check_output_file(options.out if options.out is not None else run.root / "report.html", PAGE, options.force)

@@ -53,8 +53,16 @@ def attn_options(name: str) -> list[str]:
 def create_attn(name: str, channels: int, **options: object) -> nn.Module:
     """Build the attention layer ``name`` for ``channels`` input channels.
 
-    ``options`` go to the layer's constructor; one it does not take raises a
-    ConfigError that names it and lists the ones it takes.
+    Args:
+        name: a registered layer (:func:`list_attn`), in any case.
+        channels: the input channels.
+        **options: the layer's constructor options (``attnscope layers --options``).
+
+    Returns:
+        The layer, a plain ``torch.nn.Module`` whose map passes through its tap.
+
+    Raises:
+        ConfigError: an unknown name or option, named with the known ones.
     """
     cls = attn_class(name)
     LAYERS.check_options(name.lower(), options)

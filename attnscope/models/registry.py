@@ -116,10 +116,20 @@ def create_model(
 ) -> AttnClassifier:
     """Build the registered model ``name``.
 
-    ``pretrained``: ``False``; ``True`` for torchvision's published ImageNet file of
-    the backbone (downloaded once, hash checked, cached by torch.hub); or a path to
-    a local torchvision-format ``.pth``/``.safetensors`` file. ``options`` go to the
-    model's builder; one it does not take is refused by name.
+    Args:
+        name: a registered model (:func:`list_models`).
+        num_classes: the classifier's outputs.
+        in_chans: input channels (1 for grey images: pretrained first filters are summed).
+        pretrained: ``False``; ``True`` for torchvision's published ImageNet file of the backbone (fetched
+            once, hash checked, cached by torch.hub); or a local torchvision-format ``.pth``/``.safetensors``.
+        **options: the model builder's options.
+
+    Returns:
+        The model: logits out, attention maps captured by its taps.
+
+    Raises:
+        ConfigError: an unknown name or an option the builder does not take, named.
+        CheckpointError: a weights file that does not fit the model.
     """
     entry = model_entry(name)
     check_positive("num_classes", num_classes)
