@@ -205,11 +205,15 @@ def _parser_train(verbs: Any) -> None:
         ("--batch-size", int),
         ("--cache-dir", str),
         ("--epochs", int),
-        ("--lr", float),
         ("--num-nodes", int),
         ("--seed", int),
     ):
         parser.add_argument(flag, type=kind)
+    parser.add_argument(
+        "--lr",
+        type=_learning_rate,
+        help="learning rate, or auto: the rate a range test suggests before training (its curve: RUN/lr_find.png)",
+    )
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help=TIME_BUDGET_HELP)
     parser.add_argument("--optimizer", choices=names.OPTIMIZERS)
     parser.add_argument("--schedule", choices=names.SCHEDULES)
@@ -239,6 +243,16 @@ def _add_several_runs(parser: argparse.ArgumentParser) -> None:
         help="k-fold cross-validation: one run per fold under --run-dir, each validated on its part of the non-test "
         "images (stratified, patients whole), the test split held out from all; evaluate the folder afterwards",
     )
+
+
+def _learning_rate(value: str) -> float | str:
+    """--lr: a number, or auto."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor auto") from None
 
 
 def _train_settings(args: argparse.Namespace) -> list[str]:
@@ -906,6 +920,12 @@ def _parser_search(verbs: Any) -> None:
         metavar="CANDIDATES",
         help="reorder each query's first CANDIDATES (default 50) with the index's re-ranker (index --train-reranker)",
     )
+    parser.add_argument(
+        "--include-same",
+        action="store_true",
+        help="keep neighbours that are the query image itself or another image of its patient "
+        "(left out by default: they are no second opinion)",
+    )
     _add_common(parser)
     parser.set_defaults(handler=lambda args: _cmd_search(args))
 
@@ -914,13 +934,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from attnscope.outputs import NEIGHBOURS, PAGE, check_output_file
     from attnscope.retrieval import result_rows, search_images, write_results_csv
     from attnscope.retrieval.page import write_search_page
+    from attnscope.retrieval.service import SearchOptions
 
     for out, output in ((args.out, NEIGHBOURS), (args.html, PAGE)):
         if out:
             check_output_file(out, output, args.force)  # before the search, not after it
-    index, result = search_images(
-        args.index, args.images, args.k, args.run, args.skip_bad, progress=not args.no_progress, rerank_k=args.rerank
-    )
+    options = SearchOptions(k=args.k, rerank_k=args.rerank, include_same=args.include_same)
+    index, result = search_images(args.index, args.images, options, args.run, args.skip_bad, not args.no_progress)
     lines = result_rows(index, result)
     for query in result.queries:
         print(f"{query['id']}:")

@@ -765,3 +765,30 @@ def test_explain_takes_every_method_and_the_smoothing_flags(cli_run, tmp_path, c
     assert (
         "unknown explanation method(s) ['saliency']; known: all, default, attention, gradcam" in capsys.readouterr().err
     )
+
+
+def test_search_sets_the_query_itself_apart_unless_asked_to_keep_it(cli_run, tmp_path, capsys):
+    from tests.retrieval.test_service import write_queries
+
+    index = tmp_path / "gallery"
+    assert cli.main(["index", str(cli_run), "--out", str(index), "--no-progress"]) == 0
+    ids = write_queries(cli_run, tmp_path / "queries", count=2)  # training images, so indexed ones
+    capsys.readouterr()
+    for extra, expected_first in (([], False), (["--include-same"], True)):
+        out = tmp_path / f"found{len(extra)}.csv"
+        search = ["search", str(index), str(tmp_path / "queries"), "-k", "3", "--out", str(out), "--no-progress"]
+        assert cli.main([*search, *extra]) == 0
+        rows = list(csv.DictReader(out.open()))
+        for name in ids:
+            neighbours = [r["id"] for r in rows if r["query"] == f"{name}.png"]
+            assert len(neighbours) == 3
+            assert (neighbours[0] == name) is expected_first and (name in neighbours) is expected_first
+
+
+def test_train_lr_takes_a_number_or_auto_and_names_anything_else(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--lr", "auto"]).lr == "auto"
+    assert parser.parse_args(["train", "--lr", "3e-4"]).lr == pytest.approx(3e-4)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--lr", "fast"])
+    assert "'fast' is neither a number nor auto" in capsys.readouterr().err

@@ -259,20 +259,23 @@ class ClassifierTask(L.LightningModule):
 
     def configure_optimizers(self):
         optim, schedule = self.config.optim, self.config.schedule
+        if not isinstance(optim.lr, int | float):  # "auto" is resolved by train() before any optimiser is built
+            raise TrainingError(f"optim.lr={optim.lr!r} reached the optimiser unresolved")
+        lr = float(optim.lr)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
         if optim.name == "sgd":
             optimizer = torch.optim.SGD(
                 parameters,
-                lr=optim.lr,
+                lr=lr,
                 momentum=optim.momentum,
                 nesterov=optim.nesterov,
                 weight_decay=optim.weight_decay,
             )
         elif optim.name == "adamw":
-            optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+            optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=optim.weight_decay)
         else:
-            optimizer = torch.optim.Adam(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+            optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=optim.weight_decay)
         if schedule.name == "none":
             return optimizer
         if schedule.name == "step":
@@ -282,7 +285,7 @@ class ClassifierTask(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if schedule.name == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=optim.lr, total_steps=total, pct_start=schedule.pct_start
+                optimizer, max_lr=lr, total_steps=total, pct_start=schedule.pct_start
             )
         else:
             steps_per_epoch = total / self.config.trainer.epochs

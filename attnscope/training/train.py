@@ -45,8 +45,10 @@ from attnscope.errors import ConfigError, DataError
 from attnscope.fileio import atomic_write, write_marker
 from attnscope.training.budget import BudgetGuard, plan_epochs, quiet_fit_warnings
 from attnscope.training.checkpoint_io import AtomicCheckpointIO
+from attnscope.training.lr_find import AUTO_LR, default_rate_note, find_learning_rate
 from attnscope.training.precision import AUTO, FLOAT32, resolve_precision
 from attnscope.training.task import ClassifierTask, seed_all
+from attnscope.training.trainer_options import shared_trainer_options
 
 log = logging.getLogger(__name__)
 
@@ -217,30 +219,36 @@ def make_trainer(config: RunConfig, paths: RunPaths, callbacks: list[Callback], 
 
 
 def _trainer(section, paths: RunPaths, callbacks: list[Callback], steps_per_epoch: int) -> L.Trainer:
-    precision: Any = resolve_precision(section.precision, section.accelerator)  # Lightning checks the name
     return L.Trainer(
+        **shared_trainer_options(section),
         default_root_dir=paths.root,
         max_epochs=section.epochs,
-        accelerator=section.accelerator,
         devices=section.devices,
         num_nodes=section.num_nodes,
         strategy=section.strategy,
-        precision=precision,
-        gradient_clip_val=section.grad_clip,
         logger=TensorBoardLogger(paths.root, name="tensorboard", version=""),
         callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=section.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
 
 
 def train(config: RunConfig, resume: bool = False) -> TrainResult:
-    """Train ``config`` into its run directory; ``resume`` continues it from ``last.ckpt``."""
+    """Train ``config`` into its run directory, then calibrate its best weights on validation.
+
+    Args:
+        config: the run config (:func:`~attnscope.engine.config.load_config`); ``optim.lr: auto`` is
+            replaced by the rate a range test chooses, and the resolved config is written to the run.
+        resume: continue the run directory from its last finished epoch (``last.ckpt``).
+
+    Returns:
+        The run directory and its best epoch.
+
+    Raises:
+        ConfigError: options Lightning refuses, or a run directory attnscope did not make.
+        DataError: unreadable data (with ``data.skip_bad`` the bad rows are listed instead).
+        TrainingError: training cannot go on (a non-finite loss, a range test without a suggestion).
+    """
     started = time.perf_counter()  # trainer.time_budget_s counts from here
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
@@ -276,6 +284,10 @@ def _train(config: RunConfig, paths: RunPaths, resume: bool, rank_zero: bool, st
         def make_task(net: torch.nn.Module) -> ClassifierTask:
             return ClassifierTask(config, net, data.transform(), kind, list(manifest.classes), weights)
 
+        if config.optim.lr == AUTO_LR:
+            find_learning_rate(config, make_task, model, LoaderModule(data), paths.root)
+        elif note := default_rate_note(config):
+            log.warning(note)
         task = make_task(model)
         recorder = RunRecorder(paths, config.trainer.monitor, config.trainer.mode, config.model.name)
         journal: dict = {}
