@@ -15,7 +15,7 @@ PIP_FLAGS := --disable-pip-version-check -c constraints.txt $(if $(WHEELS),--fin
 # elsewhere a note says how, and the tests that need it are skipped.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: test check demo bench lint format clean fashion-mnist chromium
+.PHONY: test check demo docs bench lint format clean fashion-mnist chromium
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -63,17 +63,24 @@ check: $(STAMP) fashion-mnist
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/attnscope demo --out runs/demo
 
+# The documentation site, from docs/ into site/ (open site/index.html): strict, so a broken link, a page left out
+# of the navigation or a failing tutorial cell stops it; the reference pages are generated from the code and
+# the tutorial notebook runs (about a minute). The suite builds it too (tests/docs/test_site.py).
+MKDOCS_QUIET := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+docs: $(STAMP)
+	$(MKDOCS_QUIET) $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # Lint and types: ruff (rules and format, pyproject.toml's [tool.ruff]) over the package, the
 # benchmarks and the tests; mypy over the package at the strictness stated in [tool.mypy].
 # CI runs it before the tests; `make format` applies ruff's fixes and formatting.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check attnscope benchmarks tests
-	$(VENV)/bin/ruff format --check attnscope benchmarks tests
+	$(VENV)/bin/ruff check attnscope benchmarks tests docs
+	$(VENV)/bin/ruff format --check attnscope benchmarks tests docs
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix attnscope benchmarks tests
-	$(VENV)/bin/ruff format attnscope benchmarks tests
+	$(VENV)/bin/ruff check --fix attnscope benchmarks tests docs
+	$(VENV)/bin/ruff format attnscope benchmarks tests docs
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.layers

@@ -193,11 +193,11 @@ def render_table(records: list[dict]) -> str:
     }
     lines = [
         "| network | precision | layout | local attention, `auto` (img/s) | local attention, `reference` (img/s) "
-        "| 3x3 convolutions (img/s) | ratio auto / conv | goal >= 0.5 |",
+        "| 3x3 convolutions (img/s) | ratio auto / conv | at least 0.5 |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for (_, _, layout), r in networks.items():
-        met = "met" if r["goal_met"] else "not met"
+        met = "yes" if r["goal_met"] else "no"
         lines.append(
             f"| {r['network']} | {r['precision']} | {layout} | {r['local_img_per_s']:.1f} "
             f"| {r.get('local_reference_img_per_s', float('nan')):.1f} | {r['conv3x3_img_per_s']:.1f} "

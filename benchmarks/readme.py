@@ -1,6 +1,6 @@
-"""Regenerate the README's result tables from the JSON lines under benchmarks/results/.
+"""Regenerate the result tables of the README and the documentation from the JSON lines under benchmarks/results/.
 
-    python -m benchmarks.readme            # rewrite every generated block of README.md
+    python -m benchmarks.readme            # rewrite every generated block of README.md and docs/*.md
     python -m benchmarks.readme --check    # exit 1 if a block differs from what its results give
 
 A generated block sits between two markers; the first names the command that
@@ -61,25 +61,35 @@ def regenerate(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), changed
 
 
+def pages() -> list[Path]:
+    """Every markdown file of the README and the documentation that holds a generated block."""
+    found = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [path for path in found if BLOCK.search(path.read_text(encoding="utf-8"))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, help="only this file (default: the README and every page of docs/)")
     parser.add_argument("--check", action="store_true", help="change nothing; fail if a block is out of date")
     args = parser.parse_args()
-    text = args.readme.read_text(encoding="utf-8")
-    if not BLOCK.search(text):
-        print(f"{args.readme}: no generated blocks", file=sys.stderr)
+    files = [args.readme] if args.readme else pages()
+    if not files or not any(BLOCK.search(path.read_text(encoding="utf-8")) for path in files):
+        print(f"{', '.join(map(str, files)) or 'docs/'}: no generated blocks", file=sys.stderr)
         return 1
-    updated, changed = regenerate(text)
-    if args.check:
-        for command in changed:
-            print(f"out of date: {command} (run python -m benchmarks.readme)", file=sys.stderr)
-        return 1 if changed else 0
-    if changed:
-        from attnscope.fileio import atomic_write
+    stale = 0
+    for path in files:
+        updated, changed = regenerate(path.read_text(encoding="utf-8"))
+        stale += len(changed)
+        if args.check:
+            for command in changed:
+                print(f"out of date in {path.name}: {command} (run python -m benchmarks.readme)", file=sys.stderr)
+        elif changed:
+            from attnscope.fileio import atomic_write
 
-        atomic_write(args.readme, updated)
-    print(f"{len(changed)} block(s) rewritten" if changed else "every block is up to date")
+            atomic_write(path, updated)
+    if args.check:
+        return 1 if stale else 0
+    print(f"{stale} block(s) rewritten" if stale else "every block is up to date")
     return 0
 
 

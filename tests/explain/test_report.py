@@ -3,13 +3,13 @@
 import base64
 import html
 import re
-import shutil
 
 import pytest
 
 from attnscope.engine.run import Run
 from attnscope.explain.report import ReportOptions, write_report
 from attnscope.htmlpage import RESEARCH_USE
+from tests.browser import browser
 
 SECTIONS = ("config", "metrics", "plots", "calibration", "referral", "curves", "scores", "gallery")
 
@@ -62,32 +62,6 @@ def test_the_report_says_which_masks_supervised_the_attention():
     assert supervision_text(run) == (
         "self-guided focal attention loss on pool4 (weight 0.5) (no masks; threshold 0.5, ignore_th 0.1, gamma 2.0)"
     )
-
-
-def browser():
-    """A headless Chromium, or a skip that says what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install .[test])")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip(
-            "Chromium or chromedriver is not installed (apt-get install chromium chromium-driver; "
-            "make test installs them when it runs as root with apt)"
-        )
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--window-size=1280,2000",
-    ):
-        options.add_argument(argument)
-    options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
 @pytest.mark.e2e
