@@ -61,7 +61,9 @@ CAM_METHODS = (
 # maps of the input's pixels: one forward pass per window (occlusion), per step or sample (the next two), or
 # one backward pass (fullgrad, guided_backprop)
 PIXEL_METHODS = ("occlusion", "integrated_gradients", "smoothgrad", "fullgrad", "guided_backprop")
-EXPLAIN_METHODS = ("attention", *CAM_METHODS, *PIXEL_METHODS)
+# maps of a vision transformer read from its attention matrices: no backward pass (rollout), one (attribution)
+TRANSFORMER_METHODS = ("attention_rollout", "transformer_attribution")
+EXPLAIN_METHODS = ("attention", *CAM_METHODS, *PIXEL_METHODS, *TRANSFORMER_METHODS)
 # what explain and the report compute unless told otherwise: the maps that cost one pass each
 DEFAULT_EXPLAIN_METHODS = ("attention", "gradcam", "gradcam++", "xgradcam", "layercam")
 

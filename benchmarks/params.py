@@ -34,6 +34,10 @@ PUBLISHED = {
     "local_resnet50": (18.0e6, "Ramachandran et al. 2019, Table 1"),
     "densenet121": (7.98e6, "Huang et al. 2017 / torchvision (7,978,856)"),
     "densenet169": (14.15e6, "Huang et al. 2017 / torchvision (14,149,480)"),
+    "vit_tiny_patch16_224": (5.72e6, "Touvron et al. 2021, Table 1 (5M) / timm (5,717,416)"),
+    "vit_small_patch16_224": (22.05e6, "Touvron et al. 2021, Table 1 (22M) / timm (22,050,664)"),
+    "deit_tiny_patch16_224": (5.72e6, "Touvron et al. 2021, Table 1 (5M) / timm (5,717,416)"),
+    "deit_small_patch16_224": (22.05e6, "Touvron et al. 2021, Table 1 (22M) / timm (22,050,664)"),
 }
 TORCHVISION_DENSE_HEAD = ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))
 

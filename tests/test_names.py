@@ -22,8 +22,8 @@ def test_every_closed_registry_holds_exactly_the_names_listed():
     for registry in closed:
         registry.check_listed()
     assert SOURCES.names() == list(names.DATA_SOURCES)
-    assert MAP_METHODS.names() == [*names.CAM_METHODS, *names.PIXEL_METHODS]
-    assert METHODS == ("attention", *names.CAM_METHODS, *names.PIXEL_METHODS)
+    assert MAP_METHODS.names() == [*names.CAM_METHODS, *names.PIXEL_METHODS, *names.TRANSFORMER_METHODS]
+    assert METHODS == ("attention", *names.CAM_METHODS, *names.PIXEL_METHODS, *names.TRANSFORMER_METHODS)
     assert set(names.DEFAULT_EXPLAIN_METHODS) <= set(METHODS)
     assert KINDS.names() == list(names.INDEX_KINDS)
     assert {name: kind.defaults for name, kind in KINDS.items()} == names.INDEX_PARAMS

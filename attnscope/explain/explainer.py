@@ -39,7 +39,8 @@ from attnscope.explain.sanity import Sanity, randomised_cascade, sanity_checks
 from attnscope.explain.scores import deletion_insertion, localisation_scores
 from attnscope.fileio import atomic_write, csv_text, sweep_temporaries
 from attnscope.layers.tap import capture_attention, native_maps
-from attnscope.names import DEFAULT_EXPLAIN_METHODS, EXPLAIN_METHODS
+from attnscope.models.vit import attention_modules
+from attnscope.names import DEFAULT_EXPLAIN_METHODS, EXPLAIN_METHODS, TRANSFORMER_METHODS
 from attnscope.outputs import EXPLANATION, prepare_output_folder
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,20 @@ def resolve_methods(methods: list[str] | str) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown explanation method(s) {unknown}; known: all, default, {', '.join(METHODS)}")
     return list(dict.fromkeys(expanded))
+
+
+def applicable_methods(methods: list[str], asked: list[str], model: torch.nn.Module) -> list[str]:
+    """``methods`` without the transformer methods where ``model`` is no transformer and they came from a group
+    (``all``); named on such a model, they are refused with what to use instead."""
+    if attention_modules(model):
+        return methods
+    named = [method for method in asked if method in TRANSFORMER_METHODS]
+    if named:
+        raise ConfigError(
+            f"{', '.join(named)} read a vision transformer's attention; {type(model).__name__} has none "
+            "(use a vit_* or deit_* model, or a CAM method)"
+        )
+    return [method for method in methods if method not in TRANSFORMER_METHODS]
 
 
 @dataclass
@@ -314,7 +329,7 @@ def explain(run: Run, options: ExplainOptions | None = None) -> Explanation:
     options = options or ExplainOptions()
     options.check()
     explicit_attention = "attention" in options.methods  # asked for by name, not as part of a group
-    methods = resolve_methods(list(options.methods))
+    methods = applicable_methods(resolve_methods(list(options.methods)), list(options.methods), run.model())
     out = prepare_output_folder(
         options.out if options.out is not None else run.root / options.folder_name("explain"), EXPLANATION
     )

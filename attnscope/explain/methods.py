@@ -33,6 +33,7 @@ from attnscope.explain.cam import (
 )
 from attnscope.explain.perturbation import AblationCAM, Occlusion, ScoreCAM
 from attnscope.explain.pixel import FullGrad, GuidedBackprop, GuidedGradCAM, IntegratedGradients, SmoothGrad
+from attnscope.explain.transformer import AttentionRollout, TransformerAttribution
 from attnscope.registry import Registry, parameter_names
 
 # a layer CAM takes ``target_layers`` and ``eigen_smooth``; a pixel method maps the input's pixels
@@ -57,9 +58,11 @@ MAP_METHODS = Registry[type](
         "smoothgrad": SmoothGrad,
         "fullgrad": FullGrad,
         "guided_backprop": GuidedBackprop,
+        "attention_rollout": AttentionRollout,
+        "transformer_attribution": TransformerAttribution,
     },
     options=lambda cls: [name for name in parameter_names(cls) if name not in ("model", "target_layers")],
-    listed=(*CAM_METHODS, *PIXEL_METHODS),
+    listed=(*CAM_METHODS, *PIXEL_METHODS, *names.TRANSFORMER_METHODS),
 )
 # options for the methods that batch extra passes; the others take them and leave them
 SHARED_OPTIONS = ("batch_size", "progress")
@@ -108,13 +111,14 @@ def create_cam(
     MAP_METHODS.check_options(
         method,
         [name for name, value in options.items() if name not in SHARED_OPTIONS and value not in (None, False)],
-        hint="" if method in CAM_METHODS else "(it maps pixels, not a layer: no eigen_smooth)",
+        hint="" if method in CAM_METHODS else "(it maps pixels or attention, not a layer: no eigen_smooth)",
     )
     given = {name: value for name, value in options.items() if name in accepted and value is not None}
     if method in CAM_METHODS:
         built = kind(model, target_layers, **given)
     elif target_layers:
-        raise ConfigError(f"{method} maps the input's pixels; it takes no target layers")
+        what = "a transformer's attention" if method in names.TRANSFORMER_METHODS else "the input's pixels"
+        raise ConfigError(f"{method} maps {what}; it takes no target layers")
     else:
         built = kind(model, **given)
     return AugSmooth(built) if aug_smooth else built

@@ -3,7 +3,7 @@
 Importing this package registers every model.
 """
 
-from attnscope.models import agcnn, densenet, resnet, vgg  # noqa: F401  (importing registers the models)
+from attnscope.models import agcnn, densenet, resnet, vgg, vit  # noqa: F401  (importing registers the models)
 from attnscope.models.base import AttnClassifier, ModelConfig
 from attnscope.models.registry import (
     create_model,

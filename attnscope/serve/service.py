@@ -31,7 +31,8 @@ from attnscope.explain.explainer import explain_batch
 from attnscope.explain.overlay import overlay
 from attnscope.htmlpage import png_array_uri
 from attnscope.layers.tap import capture_attention, native_maps
-from attnscope.names import CAM_METHODS, HEADLINE_METRICS, PIXEL_METHODS
+from attnscope.models.vit import attention_modules
+from attnscope.names import CAM_METHODS, HEADLINE_METRICS, PIXEL_METHODS, TRANSFORMER_METHODS
 from attnscope.retrieval.apart import Apart, pixel_digest
 from attnscope.retrieval.embed import embed_images
 from attnscope.retrieval.index import SimilarityIndex
@@ -126,6 +127,11 @@ class ModelService:
                 result["uncertainty"] = spread[position].tolist()
             results.append(result)
         return results
+
+    def map_methods(self) -> list[str]:
+        """The map methods this run's model takes: the CAMs and pixel methods, and a transformer's own two."""
+        transformer = TRANSFORMER_METHODS if attention_modules(self.model) else ()
+        return [*CAM_METHODS, *PIXEL_METHODS, *transformer]
 
     def explain(self, images: list[np.ndarray], method: str, target: int | None = None) -> list[dict[str, Any]]:
         """Per image: the explained class (``target``, a class index; None: the predicted one), the input as a
@@ -274,7 +280,7 @@ class ModelService:
             "image_size": self.run.image_size,
             "mode": config.data.mode,
             "attention_taps": self.taps,
-            "cam_methods": [*CAM_METHODS, *PIXEL_METHODS],
+            "cam_methods": self.map_methods(),
             "test_metrics": self.tested,
             "sanity": self.sanity,  # method -> "this map barely depends on ..." or "" (passed)
             "operating_point": self.operating_point(),
@@ -294,6 +300,6 @@ FINDING_METRICS = (
 
 
 def check_cam_method(method: str) -> None:
-    known = (*CAM_METHODS, *PIXEL_METHODS)
+    known = (*CAM_METHODS, *PIXEL_METHODS, *TRANSFORMER_METHODS)
     if method not in known:
-        raise ConfigError(f"method={method!r} is not a CAM or pixel method; use one of {', '.join(known)}")
+        raise ConfigError(f"method={method!r} is not a CAM, pixel or transformer method; use one of {', '.join(known)}")

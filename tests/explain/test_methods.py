@@ -4,7 +4,10 @@ import torch
 
 from attnscope.explain.cam import normalise
 from attnscope.explain.methods import MAP_METHODS, PIXEL_METHODS, create_cam
+from attnscope.names import TRANSFORMER_METHODS
 from tests.explain.test_cam import Tiny, all_hooks
+
+CNN_METHODS = [name for name in MAP_METHODS if name not in TRANSFORMER_METHODS]  # test_transformer.py: the rest
 
 
 def test_aug_smooth_averages_the_flipped_and_brightened_views_of_the_same_class():
@@ -29,7 +32,7 @@ def test_every_method_with_aug_smooth_leaves_no_hooks_and_gives_maps_in_range():
     model = TinyModules().eval()  # nn.ReLU modules, for the guided methods
     x = torch.randn(1, 3, 16, 16)
     quick = {"integrated_gradients": {"steps": 2}, "smoothgrad": {"samples": 2}}
-    for name in MAP_METHODS:
+    for name in CNN_METHODS:
         layers = None if name in PIXEL_METHODS else "conv2"
         maps = create_cam(name, model, layers, aug_smooth=True, **quick.get(name, {}))(x)
         assert maps.shape == (1, 16, 16) and 0 <= float(maps.min()) and float(maps.max()) <= 1, name

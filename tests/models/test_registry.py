@@ -39,12 +39,17 @@ EXPECTED = {
     "cbam_densenet121",
     "attn_densenet121",
     "agcnn_densenet121",
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
 }
 # Forward and backward of every model is run at this size; big models at a small one.
 SIZE = 32
 # the deeper ResNets repeat the blocks of resnet50 and local_resnet50: one input shape is enough for them
 DEEPER = {"resnet101", "se_resnet101", "cbam_resnet101", "attn_resnet101", "local_resnet38"}
 DEEPER |= {"densenet169", "se_densenet121", "cbam_densenet121", "attn_densenet121", "agcnn_densenet121"}
+DEEPER |= {"vit_small_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224"}  # vit_tiny's blocks again
 SHAPES = [(1, 14), (3, 1), (3, 2)]
 
 
@@ -130,6 +135,17 @@ FAMILY_OPTIONS = {
     "agcnn": {"backbone", "tau", "stage", "backbone_options"},
     "densenet": {"bn_size", "attn", "attn_kwargs", "dropout", "head"},
     "attn_densenet": {"bn_size", "attn", "attn_kwargs", "dropout", "head", "normalize", "attn_channels"},
+    "vit": {
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "patch_size",
+        "mlp_ratio",
+        "qkv_bias",
+        "attention_taps",
+        "dropout",
+        "pos_grid",
+    },
 }
 
 
@@ -140,6 +156,8 @@ def family(name: str) -> str:
         return "attn_resnet"
     if name.startswith("attn_vgg"):
         return "attn_vgg"
+    if name.startswith(("vit_", "deit_")):
+        return "vit"
     if "densenet" in name:
         return "attn_densenet" if name.startswith("attn_") else "densenet"
     return "vgg" if name.startswith("vgg") else "resnet"

@@ -80,7 +80,9 @@ def test_explanations_hold_every_tap_and_the_cam_as_the_model_computes_them(serv
 
 
 def test_an_unknown_cam_method_is_refused_with_the_known_ones(service, image_files):
-    with pytest.raises(ConfigError, match="method='gradcam-9' is not a CAM or pixel method; use one of gradcam"):
+    with pytest.raises(
+        ConfigError, match="method='gradcam-9' is not a CAM, pixel or transformer method; use one of gradcam"
+    ):
         service.explain(decoded(service, image_files[:1]), "gradcam-9")
 
 
