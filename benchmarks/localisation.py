@@ -22,13 +22,18 @@ and pool-4) on
 - ``lesions_supervised_10pct``: the same supervision with the masks of 10% of the
   training images only (``data.mask_fraction``; the rest train by the
   classification loss alone),
+- ``lesions_anywhere`` and ``lesions_anywhere_consistency``: lesions anywhere in the frame among
+  distractors (``placement: anywhere``: hairs, ruler marks, dark corners, moles), without masks, plain and
+  with attention consistency: where a map of the centre no longer scores;
 - ``cluttered_vit``: the cluttered set with a small vision transformer in place of the attention VGG
   (vit_tiny's width, 6 blocks, 8-pixel patches): its class-token attention, the CAMs on its tokens, and
   attention rollout and transformer attribution (``--methods default,attention_rollout,transformer_attribution``),
 
 then scores every attention tap and every CAM and pixel method (``--methods``) on test images: pointing game,
-energy, Jaccard (map >= 0.5), deletion and insertion AUC. Prints one JSON object
-per (setting, method), then a summary object with the goals.
+energy, Jaccard (map >= 0.5), deletion and insertion AUC, beside two maps that know nothing of the image: a
+Gaussian at the centre and uniform noise. ``--seeds N`` trains each setting N times (training seeds 0..N-1,
+the same data) and the table shows each score's mean and standard deviation over them. Prints one JSON
+object per (setting, seed, method), then a summary object.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ CONSISTENCY_WEIGHT = 0.03
 SELF_FOCAL_WEIGHT = 0.1
 
 
-def settings_for(name: str, quick: bool) -> list[str]:
-    """The run config of one setting, as dotted settings over the defaults."""
+def settings_for(name: str, quick: bool, seed: int = 0) -> list[str]:
+    """The run config of one setting, as dotted settings over the defaults; ``seed`` seeds the training (the
+    weights, the batches, the augmentation), the data and its split stay the same."""
     shared = [
         "model.name=attn_vgg_tiny",
         "trainer.progress=false",
@@ -64,7 +70,7 @@ def settings_for(name: str, quick: bool) -> list[str]:
         "optim.lr=0.001",
         "schedule.name=cosine",
         "schedule.warmup_epochs=1",
-        "trainer.seed=0",
+        f"trainer.seed={seed}",
     ]
     consistency = f"supervision.consistency={{pool3: {CONSISTENCY_WEIGHT}, pool4: {CONSISTENCY_WEIGHT}}}"
     self_focal = [
@@ -96,15 +102,16 @@ def settings_for(name: str, quick: bool) -> list[str]:
             ]
         )
     count = 300 if quick else 4000
+    placement = ", placement: anywhere" if name.startswith("lesions_anywhere") else ""
     lesion = shared + [
         "data.source=synthetic_lesions",
-        f"data.source_options={{count: {count}, size: 80, seed: 0}}",
+        f"data.source_options={{count: {count}, size: 80, seed: 0{placement}}}",
         "data.image_size=64",
         "data.batch_size=32",
         "model.options={normalize: sigmoid}",
         f"trainer.epochs={1 if quick else 15}",
     ]
-    if name == "lesions_consistency":
+    if name in ("lesions_consistency", "lesions_anywhere_consistency"):
         # Guo et al. 2019: the map of a moved image must equal the moved map; quarter turns added to the
         # default flips and rotation (a resized crop was tried too: it also blurs the lesion-size cue)
         lesion += [consistency, "data.augment={rotation: 10, hflip: true, vflip: true, rot90: true}"]
@@ -127,6 +134,8 @@ SETTINGS = (
     "lesions_supervised",
     "lesions_supervised_10pct",
     "cluttered_vit",
+    "lesions_anywhere",
+    "lesions_anywhere_consistency",
 )
 
 
@@ -135,6 +144,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sets and one epoch: checks the script runs")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
     parser.add_argument("--images", type=int, default=500, help="test images scored per setting (default 500)")
+    parser.add_argument("--seeds", type=int, default=1, help="trainings per setting, seeds 0..N-1 (default 1)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the deletion/insertion curves")
     parser.add_argument(
         "--workdir",
@@ -158,9 +168,9 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory(prefix="attnscope-localisation-") as scratch:
         root = Path(args.workdir or scratch)
-        for name in chosen:
-            run_dir = root / name
-            seconds = train_setting(name, run_dir, args.quick)
+        for name, seed in ((name, seed) for name in chosen for seed in range(args.seeds)):
+            run_dir = root / (name if seed == 0 else f"{name}-seed{seed}")
+            seconds = train_setting(name, run_dir, args.quick, seed)
             best = read_json(RunPaths(run_dir).best)
             count = min(args.images, 40) if args.quick else args.images
             options = ExplainOptions(
@@ -172,10 +182,11 @@ def main() -> None:
             )
             run = Run.open(run_dir, progress=False)
             result = explain(run, options)
-            prior = [(CENTRE_PRIOR, centre_prior(run, count))] if with_attention(args.methods) else []
-            for method, scores in [*result.summary.items(), *prior]:
+            baselines = baseline_maps(run, count) if with_attention(args.methods) else []
+            for method, scores in [*result.summary.items(), *baselines]:
                 record = {
                     "setting": name,
+                    "seed": seed,
                     "method": method,
                     "train_s": seconds,
                     "val_auc": best["metrics"].get("val/auc"),
@@ -190,27 +201,44 @@ def main() -> None:
 
 
 CENTRE_PRIOR = "centre prior (no model)"
+RANDOM_MAP = "random map (no model)"
 
 
-def centre_prior(run: Run, count: int) -> dict[str, float]:
-    """Localisation scores of one fixed map for every image: a Gaussian at the centre of the frame
-    (sigma a sixth of the side). What a map that ignores the image scores: generated lesions sit
-    near the centre, so a map must beat this to show that it finds them."""
-    sums = {"pointing_game": 0.0, "energy": 0.0, "jaccard": 0.0}
+def centre_map(side: int, count: int) -> torch.Tensor:
+    """A Gaussian at the centre of the frame (sigma a sixth of the side), the same for every image."""
+    position = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
+    gaussian = torch.exp(-(position[:, None] ** 2 + position[None, :] ** 2) / (2 * (side / 6) ** 2))
+    return gaussian.expand(count, side, side)
+
+
+def random_maps(side: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise, a new map for every image (seeded): where a map that knows nothing lands on average."""
+    return torch.rand(count, side, side, generator=generator)
+
+
+def baseline_maps(run: Run, count: int) -> list[tuple[str, dict[str, float]]]:
+    """Localisation scores of the two maps that ignore the image, on the same test images as the methods: a
+    map must beat both to show that it finds what matters (generated lesions sit near the centre)."""
+    generator = torch.Generator().manual_seed(0)
+    sums = {name: {"pointing_game": 0.0, "energy": 0.0, "jaccard": 0.0} for name in (CENTRE_PRIOR, RANDOM_MAP)}
     done = scored = 0
     for batch in run.loader(DataSelection(split="test")):
         masks = batch["mask"][: count - done].float()
         side = masks.shape[-1]
-        position = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
-        gaussian = torch.exp(-(position[:, None] ** 2 + position[None, :] ** 2) / (2 * (side / 6) ** 2))
-        scores = localisation_scores(gaussian.expand(len(masks), side, side), masks.reshape(len(masks), side, side))
-        for name in sums:
-            sums[name] += float(scores[name].nansum())
+        masks = masks.reshape(len(masks), side, side)
+        maps = {CENTRE_PRIOR: centre_map(side, len(masks)), RANDOM_MAP: random_maps(side, len(masks), generator)}
+        for name, baseline in maps.items():
+            scores = localisation_scores(baseline, masks)
+            for metric in sums[name]:
+                sums[name][metric] += float(scores[metric].nansum())
         scored += int(scores["pointing_game"].isfinite().sum())  # an image without a mask has no score
         done += len(masks)
         if done >= count:
             break
-    return {"images": done, **{name: round(total / max(scored, 1), 4) for name, total in sums.items()}}
+    return [
+        (name, {"images": done, **{metric: round(total / max(scored, 1), 4) for metric, total in totals.items()}})
+        for name, totals in sums.items()
+    ]
 
 
 def with_attention(methods: str) -> bool:
@@ -219,37 +247,50 @@ def with_attention(methods: str) -> bool:
     return bool({"all", "default", "attention"} & set(methods.split(",")))
 
 
-def train_setting(name: str, run_dir: Path, quick: bool) -> float | None:
+def train_setting(name: str, run_dir: Path, quick: bool, seed: int = 0) -> float | None:
     """Train one setting into ``run_dir`` and return the seconds it took; None when it was trained before."""
     if RunPaths(run_dir).best.is_file():
         return None
     started = time.perf_counter()
-    train(load_config(None, settings_for(name, quick) + [f"run_dir={run_dir}"]))
+    train(load_config(None, settings_for(name, quick, seed) + [f"run_dir={run_dir}"]))
     return round(time.perf_counter() - started, 1)
 
 
-def latest(records: list[dict]) -> dict[tuple[str, str], dict]:
-    """The last record of each (setting, method): a later run replaces an earlier one."""
-    seen: dict[tuple[str, str], dict] = {}
+def latest(records: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """The last record of each (setting, method, seed): a later run replaces an earlier one."""
+    seen: dict[tuple[str, str, int], dict] = {}
     for record in records:
         if "setting" in record:
-            seen[(record["setting"], record["method"])] = record
+            seen[(record["setting"], record["method"], record.get("seed", 0))] = record
     return seen
 
 
+def spread(values: list[float]) -> str:
+    """One value as it is; several as mean ± sample standard deviation."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
 def render_table(records: list[dict]) -> str:
-    """One row per (setting, method) of the last run in ``records``: classification, then map scores."""
-    seen = latest(records)
+    """One row per (setting, method) of the last run of each seed in ``records``: classification, then map
+    scores, as mean ± sd where several seeds were trained."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for (setting, method, _), record in latest(records).items():
+        grouped.setdefault((setting, method), []).append(record)
     lines = [
-        "| setting | val AUC / acc. | map | images | pointing game | energy | Jaccard | deletion AUC (lower better) "
-        "| insertion AUC |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | seeds | val AUC / acc. | map | images | pointing game | energy | Jaccard "
+        "| deletion AUC (lower better) | insertion AUC |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     names = ("pointing_game", "energy", "jaccard", "deletion_auc", "insertion_auc")
-    for (setting, method), r in seen.items():
-        quality = f"{r['val_accuracy']:.3f} acc." if setting.startswith("cluttered") else f"{r['val_auc']:.3f} AUC"
-        cells = " | ".join(f"{r[name]:.3f}" if name in r else "-" for name in names)
-        lines.append(f"| {setting} | {quality} | {method} | {r['images']} | {cells} |")
+    for (setting, method), rows in grouped.items():
+        key = "val_accuracy" if setting.startswith("cluttered") else "val_auc"
+        quality = f"{spread([r[key] for r in rows])} {'acc.' if key == 'val_accuracy' else 'AUC'}"
+        cells = " | ".join(spread([r[name] for r in rows]) if name in rows[0] else "-" for name in names)
+        lines.append(f"| {setting} | {len(rows)} | {quality} | {method} | {rows[0]['images']} | {cells} |")
     return "\n".join(lines)
 
 

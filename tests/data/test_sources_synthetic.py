@@ -65,3 +65,37 @@ def test_cluttered_places_each_item_whole_inside_its_box():
 def test_cluttered_needs_small_gray_items_in_memory():
     with pytest.raises(DataError, match="small gray images in memory"):
         cluttered(Manifest("files", ["a"], np.zeros(1, dtype=np.int64), ["x"], paths=["a.png"]))
+
+
+def centre_prior_pointing(masks: np.ndarray) -> float:
+    """The share of images whose mask holds the frame's central pixel: what a map of the centre scores."""
+    side = masks.shape[-1]
+    return float(masks[:, side // 2, side // 2].mean())
+
+
+def test_lesions_anywhere_spread_over_the_frame_whole_and_defeat_a_centre_prior():
+    centred = synthetic_lesions(150, 48, seed=4)
+    anywhere = synthetic_lesions(150, 48, seed=4, placement="anywhere")
+    rows = [np.nonzero(mask)[0].mean() / 48 for mask in anywhere.masks]
+    centred_rows = [np.nonzero(mask)[0].mean() / 48 for mask in centred.masks]
+    assert np.std(rows) > 0.12 > 0.08 > np.std(centred_rows)
+    assert centre_prior_pointing(centred.masks) > 0.95 and centre_prior_pointing(anywhere.masks) < 0.4
+    assert all(mask.any() for mask in anywhere.masks)  # every lesion is in its frame
+    edges = np.concatenate(
+        [anywhere.masks[:, 0], anywhere.masks[:, -1], anywhere.masks[:, :, 0], anywhere.masks[:, :, -1]]
+    )
+    touching = edges.reshape(4, 150, 48).any(axis=(0, 2))
+    assert touching.mean() < 0.05  # and nearly always whole
+    assert anywhere.labels.tolist() == centred.labels.tolist()  # the same classes, drawn before the image
+    assert "placement=anywhere" in anywhere.source and "placement" not in centred.source
+
+
+def test_distractors_darken_outside_the_lesion_and_an_unknown_placement_is_named():
+    plain = synthetic_lesions(60, 64, seed=5)
+    busy = synthetic_lesions(60, 64, seed=5, placement="anywhere")
+    corner = (slice(0, 3), slice(0, 3))
+    assert busy.images[:, corner[0], corner[1]].mean() < 0.6 * plain.images[:, corner[0], corner[1]].mean()
+    dark_outside = ((busy.images.mean(-1) < 90) & (busy.masks == 0)).reshape(60, -1).mean(1)
+    assert np.median(dark_outside) > 0.02  # rulers, corners and moles: dark things that are not the lesion
+    with pytest.raises(DataError, match="placement='edge': use one of centre, anywhere"):
+        synthetic_lesions(2, 32, placement="edge")

@@ -9,6 +9,12 @@ default 2.2, so a small CNN lands between 0.85 and 0.97, not at 1.0.
 
 Every item is drawn from a generator seeded by (seed, index): item i is the same
 whatever the count.
+
+``placement="anywhere"`` makes localisation hard to fake: the lesion sits anywhere in the frame (its centre
+uniform over the places where it fits whole) at a wider range of sizes, among distractors a dermoscope
+also sees: hairs, a ruler's marks along an edge, the dark corners of the round field of view, and small
+dark moles that are not the lesion. A map that only looks at the centre, or at anything dark, no longer
+scores well; the default ``centre`` keeps the images of earlier versions bit for bit.
 """
 
 from __future__ import annotations
@@ -56,7 +62,57 @@ def _hairs(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
                 image[rows, cols] = colour
 
 
-def render_lesion(rng: np.random.Generator, severity: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+PLACEMENTS = ("centre", "anywhere")
+
+
+def _ruler(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
+    """A ruler's dark tick marks along one edge of the image, in place."""
+    edge, step = rng.integers(4), max(2, round(size * rng.uniform(0.04, 0.07)))
+    depth = max(2, round(size * 0.06))
+    colour = rng.uniform(30, 70)
+    for position in range(int(rng.integers(step)), size, step):
+        length = depth * (2 if (position // step) % 5 == 0 else 1)
+        rows, cols = slice(0, length), slice(position, position + 1)
+        view = {
+            0: image[rows, cols],
+            1: image[size - length :, cols],
+            2: image[cols, rows],
+            3: image[cols, size - length :],
+        }
+        view[int(edge)][...] = colour
+
+
+def _dark_corners(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
+    """The dark corners of a dermoscope's round field of view, in place."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    radius = rng.uniform(0.56, 0.66)
+    outside = np.clip((np.hypot(yy - 0.5, xx - 0.5) - radius) / 0.04, 0, 1)
+    image *= (1 - 0.85 * outside)[..., None]
+
+
+def _moles(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int) -> None:
+    """Small dark benign-looking moles away from the lesion (they are not in its mask), in place."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    for _ in range(rng.poisson(1.5)):
+        centre, radius = rng.uniform(0.08, 0.92, 2), rng.uniform(0.02, 0.045)
+        spot = np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * radius**2))
+        spot = np.where(mask > 0, 0.0, spot)[..., None] * rng.uniform(0.6, 0.9)
+        image[...] = image * (1 - spot) + DARK_BROWN * spot
+
+
+def _lesion_place(rng: np.random.Generator, t: float, placement: str) -> tuple[np.ndarray, float]:
+    """The lesion's centre (fractions of the side) and radius: near the centre, or anywhere it fits whole."""
+    if placement == "centre":
+        centre = 0.5 + rng.normal(0, 0.05, 2)
+        return centre, float(np.clip(0.12 + 0.09 * t + rng.normal(0, 0.025), 0.06, 0.33))
+    radius = float(rng.uniform(0.05, 0.14) + 0.05 * t)
+    margin = 1.6 * radius + 0.04  # its border and elongation reach past the radius
+    return rng.uniform(margin, 1 - margin, 2), radius
+
+
+def render_lesion(
+    rng: np.random.Generator, severity: float, size: int, placement: str = "centre"
+) -> tuple[np.ndarray, np.ndarray]:
     """One dermoscopy-like image (size, size, 3) uint8 and its lesion mask (size, size) 0/1."""
     t = float(np.clip((severity + 1.0) / (SEPARATION + 2.0), 0.0, 1.0))  # ~0 benign-looking, ~1 malignant-looking
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
@@ -65,8 +121,7 @@ def render_lesion(rng: np.random.Generator, severity: float, size: int) -> tuple
     vignette = 1 - rng.uniform(0.2, 0.5) * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) * 2
     image = skin * (light * vignette)[..., None]
 
-    centre = 0.5 + rng.normal(0, 0.05, 2)
-    radius = float(np.clip(0.12 + 0.09 * t + rng.normal(0, 0.025), 0.06, 0.33))
+    centre, radius = _lesion_place(rng, t, placement)
     elongation = 1 + abs(rng.normal(0, 0.05 + 0.25 * t))
     tilt = rng.uniform(0, np.pi)
     dy, dx = yy - centre[0], xx - centre[1]
@@ -93,20 +148,32 @@ def render_lesion(rng: np.random.Generator, severity: float, size: int) -> tuple
     texture = 1 + rng.normal(0, 0.04 + 0.04 * t, (size, size, 1))
     image = image * (1 - alpha[..., None]) + pigment * texture * alpha[..., None]
 
+    if placement == "anywhere":
+        _moles(rng, image, mask, size)
+        _ruler(rng, image, size)
+        _dark_corners(rng, image, size)
     _hairs(rng, image, size)
     image += rng.normal(0, 4.0, image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
 def synthetic_lesions(
-    count: int = 1000, size: int = 128, seed: int = 0, malignant_fraction: float = 0.5, separation: float = SEPARATION
+    count: int = 1000,
+    size: int = 128,
+    seed: int = 0,
+    malignant_fraction: float = 0.5,
+    separation: float = SEPARATION,
+    placement: str = "centre",
 ) -> Manifest:
     """``count`` dermoscopy-like images with lesion masks; labels 0 benign, 1 malignant.
 
-    The latent severities are kept as ``manifest.severity`` (the best any model can do).
+    The latent severities are kept as ``manifest.severity`` (the best any model can do). ``placement``:
+    ``centre`` (near the middle) or ``anywhere`` (anywhere in the frame, among distractors: see the module).
     """
     if count < 1 or size < 16:
         raise DataError(f"synthetic_lesions needs count >= 1 and size >= 16, got count={count}, size={size}")
+    if placement not in PLACEMENTS:
+        raise DataError(f"placement={placement!r}: use one of {', '.join(PLACEMENTS)}")
     if not 0 < malignant_fraction < 1:
         raise DataError(f"malignant_fraction={malignant_fraction} must lie strictly between 0 and 1")
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -117,9 +184,10 @@ def synthetic_lesions(
         rng = np.random.default_rng((seed, index))
         labels[index] = int(rng.random() < malignant_fraction)
         severity[index] = rng.normal(labels[index] * separation, 1.0)
-        images[index], masks[index] = render_lesion(rng, severity[index], size)
+        images[index], masks[index] = render_lesion(rng, severity[index], size, placement)
     manifest = Manifest(
-        f"synthetic_lesions(count={count}, size={size}, seed={seed})",
+        f"synthetic_lesions(count={count}, size={size}, seed={seed}"
+        + (f", placement={placement})" if placement != "centre" else ")"),
         [f"lesion_{i:05d}" for i in range(count)],
         labels,
         list(LESION_CLASSES),
