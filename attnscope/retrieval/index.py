@@ -14,8 +14,10 @@ Kinds (cosine similarity: embeddings are L2-normalised, so inner product):
 
 With ``fp16`` the flat, IVF and HNSW indexes keep their vectors as float16
 (scalar quantiser), half the memory. Whatever the kind, the returned neighbours
-are ranked and scored by their exact cosine similarity with the stored vectors;
-both LSH kinds first gather ``rerank`` times more candidates than asked for.
+are ranked and scored by their exact cosine similarity with the stored vectors: flat, IVF and HNSW
+compute it themselves, and ``lsh_buckets`` scores every row sharing a probed bucket, so their scores are
+returned as they are, with no second pass; ``lsh``, whose Hamming ranking is coarse, first gathers
+``rerank`` times more candidates, then scores them exactly.
 
 A saved index is a folder: ``index.json`` (kind, sizes, embedding settings, the
 run and the fingerprint of its weights), ``index.faiss``, ``vectors.npy``,
@@ -39,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -286,14 +287,17 @@ class SimilarityIndex:
         if apart is not None:
             apart = [self.row_keys().resolve(one) for one in apart]
         wanted = k + (self.row_keys().extra(apart) if apart else 0)
-        candidates = min(len(self), wanted * (self.params["rerank"] if KINDS.get(self.kind).reranked else 1))
-        if self.kind == "lsh_buckets":
-            found = self.faiss_index.search_vectors(_as_float32(queries), self.vectors, candidates)
+        coarse = KINDS.get(self.kind).reranked
+        candidates = min(len(self), wanted * (self.params["rerank"] if coarse else 1))
+        if self.kind == "lsh_buckets":  # its candidates come scored exactly, best first
+            scores, found = self.faiss_index.search_vectors(_as_float32(queries), self.vectors, candidates)
         else:
-            _, found = self.faiss_index.search(_as_float32(queries), candidates)
+            scores, found = self.faiss_index.search(_as_float32(queries), candidates)
         if apart:
             found = self.row_keys().set_apart(found, apart)
-        return rerank(queries, self.vectors, found, k)
+        if self.kind == "lsh":  # Hamming ranking is coarse: the candidates are scored exactly
+            return rerank(queries, self.vectors, found, k)
+        return first_k(found, scores, k)  # flat, IVF, HNSW and the bucket hash scored the stored vectors
 
     def attach_reranker(self, reranker: CrossAttentionReRanker, tokens: np.ndarray, meta: dict) -> None:
         """Keep ``reranker`` and the tokens (N, T, C) of every indexed row with the index."""
@@ -490,20 +494,29 @@ def _read_header(folder: Path) -> dict:
     return dict(header)
 
 
+def first_k(found: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of each row's ranked candidates that are still there (position >= 0), in their order;
+    places left over hold position -1 and similarity NaN.
+
+    ``found`` as wide as ``k`` holds no set-apart row (none is fetched beyond ``k`` only when none matches), so
+    its missing places can only be a search's, at the end: the last column tells whether any is missing."""
+    tail = found[:, -1]
+    if found.shape[1] == k and (bool(tail[0] >= 0) if len(tail) == 1 else bool((tail >= 0).all())):
+        return found, scores
+    valid = found >= 0
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # kept candidates first, in rank order
+    found, scores, valid = (np.take_along_axis(a, order, axis=1) for a in (found, scores, valid))
+    if found.shape[1] < k:
+        pad = ((0, 0), (0, k - found.shape[1]))
+        found, scores, valid = np.pad(found, pad, constant_values=-1), np.pad(scores, pad), np.pad(valid, pad)
+    return np.where(valid, found, -1), np.where(valid, scores, np.nan).astype(np.float32)
+
+
 def rerank(queries: np.ndarray, vectors: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score each query's candidate positions exactly (inner product) and keep the best ``k``."""
-    queries_t = torch.from_numpy(_as_float32(queries))
-    found_t = torch.from_numpy(found.astype(np.int64))
-    valid = found_t >= 0
-    gathered = torch.from_numpy(_as_float32(vectors[np.clip(found, 0, None)]))  # (Q, C, D); converts only these
-    scores = torch.einsum("qd,qcd->qc", queries_t, gathered).masked_fill(~valid, float("-inf"))
-    keep = min(k, found.shape[1])
-    best, order = scores.topk(keep, dim=1)
-    positions = found_t.gather(1, order)
-    similarity = best.clone()
-    positions[~torch.isfinite(best)] = -1
-    similarity[~torch.isfinite(best)] = float("nan")
-    if keep < k:
-        positions = torch.cat([positions, torch.full((len(found), k - keep), -1)], dim=1)
-        similarity = torch.cat([similarity, torch.full((len(found), k - keep), float("nan"))], dim=1)
-    return positions.numpy(), similarity.numpy()
+    """Score each query's candidate positions exactly (inner product) and keep the best ``k``, best first."""
+    valid = found >= 0
+    gathered = vectors[np.where(valid, found, 0)].astype(np.float32, copy=False)  # (Q, C, D): only these
+    scores = np.where(valid, np.matmul(gathered, _as_float32(queries)[:, :, None])[..., 0], -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    found, scores = np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    return first_k(np.where(np.isfinite(scores), found, -1), scores, k)

@@ -104,17 +104,21 @@ class BucketLSH:
             found += [self.ids[table][s:e] for s, e in zip(starts, ends, strict=True) if e > s]
         return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
-    def search_vectors(self, queries: np.ndarray, vectors: np.ndarray, count: int) -> np.ndarray:
-        """(Q, count) the best ``count`` candidates of each query by inner product with ``vectors``
-        (the stored rows), -1 where a query has fewer candidates."""
+    def search_vectors(self, queries: np.ndarray, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, count): the best ``count`` candidates of each query by their exact inner
+        product with ``vectors`` (the stored rows), best first, as FAISS's ``search`` answers; a query with
+        fewer candidates has rows -1 and scores -inf in the places left."""
         found = np.full((len(queries), count), -1, dtype=np.int64)
+        best = np.full((len(queries), count), -np.inf, dtype=np.float32)
         for i, (query, position) in enumerate(zip(queries, self._positions(queries), strict=True)):
             rows = self.candidates(position)
+            scores = vectors[rows].astype(np.float32, copy=False) @ query
             if len(rows) > count:
-                scores = vectors[rows].astype(np.float32) @ query
-                rows = rows[np.argpartition(-scores, count - 1)[:count]]
-            found[i, : len(rows)] = rows
-        return found
+                kept = np.argpartition(-scores, count - 1)[:count]
+                rows, scores = rows[kept], scores[kept]
+            order = np.argsort(-scores, kind="stable")
+            found[i, : len(rows)], best[i, : len(rows)] = rows[order], scores[order]
+        return best, found
 
     def to_bytes(self) -> bytes:
         """The whole index as one ``.npz`` blob."""
