@@ -42,10 +42,12 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
+from attnscope.data.module import DataModule
 from attnscope.engine.config import load_config
 from attnscope.engine.run import DataSelection, Run
 from attnscope.engine.rundir import RunPaths, read_json
@@ -155,6 +157,12 @@ def main() -> None:
         "--methods", default="all", help="comma-separated map methods to score, or all / default (default: all)"
     )
     parser.add_argument("--road", action="store_true", help="also score ROAD (slow: eight imputed images a map)")
+    parser.add_argument(
+        "--baselines-only",
+        metavar="JSONL",
+        help="score only the two model-free maps of each setting's test split (no training), next to the "
+        "classification figures of its latest records in this results file",
+    )
     add_result_arguments(parser)
     parser.add_argument("--goals", metavar="JSONL", help="print the goals checked on a results file's latest rows")
     args = parser.parse_args()
@@ -165,6 +173,12 @@ def main() -> None:
         print(json.dumps(goals(list(latest(records).values())), indent=1))
         return
     chosen = choose(parser, args.settings, SETTINGS, "setting")
+    if args.baselines_only:
+        records = baselines_only(
+            chosen, Path(args.baselines_only), min(args.images, 40) if args.quick else args.images, args.quick
+        )
+        append_records(args.out, records)
+        return
     records = []
     with tempfile.TemporaryDirectory(prefix="attnscope-localisation-") as scratch:
         root = Path(args.workdir or scratch)
@@ -182,7 +196,8 @@ def main() -> None:
             )
             run = Run.open(run_dir, progress=False)
             result = explain(run, options)
-            baselines = baseline_maps(run, count) if with_attention(args.methods) else []
+            test_split = run.loader(DataSelection(split="test"))
+            baselines = baseline_maps(test_split, count) if with_attention(args.methods) else []
             for method, scores in [*result.summary.items(), *baselines]:
                 record = {
                     "setting": name,
@@ -216,13 +231,13 @@ def random_maps(side: int, count: int, generator: torch.Generator) -> torch.Tens
     return torch.rand(count, side, side, generator=generator)
 
 
-def baseline_maps(run: Run, count: int) -> list[tuple[str, dict[str, float]]]:
+def baseline_maps(batches: Iterable[dict], count: int) -> list[tuple[str, dict[str, float]]]:
     """Localisation scores of the two maps that ignore the image, on the same test images as the methods: a
     map must beat both to show that it finds what matters (generated lesions sit near the centre)."""
     generator = torch.Generator().manual_seed(0)
     sums = {name: {"pointing_game": 0.0, "energy": 0.0, "jaccard": 0.0} for name in (CENTRE_PRIOR, RANDOM_MAP)}
     done = scored = 0
-    for batch in run.loader(DataSelection(split="test")):
+    for batch in batches:
         masks = batch["mask"][: count - done].float()
         side = masks.shape[-1]
         masks = masks.reshape(len(masks), side, side)
@@ -239,6 +254,25 @@ def baseline_maps(run: Run, count: int) -> list[tuple[str, dict[str, float]]]:
         (name, {"images": done, **{metric: round(total / max(scored, 1), 4) for metric, total in totals.items()}})
         for name, totals in sums.items()
     ]
+
+
+def baselines_only(settings: Sequence[str], results: Path, count: int, quick: bool = False) -> list[dict]:
+    """The model-free maps of each setting's test split, the data and split built as its training built them
+    (no model is needed); the classification figures come from the setting's latest records in ``results``."""
+    previous = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    records = []
+    for name in settings:
+        trained = [r for (setting, _, seed), r in latest(previous).items() if setting == name and seed == 0]
+        if not trained:
+            raise SystemExit(f"{results} holds no record of {name}: train it first")
+        config = load_config(None, settings_for(name, quick))
+        test_split = DataModule(config.data).setup().test_loader()
+        for method, scores in baseline_maps(test_split, count):
+            quality = {key: trained[0][key] for key in ("val_auc", "val_accuracy")}
+            record = {"setting": name, "seed": 0, "method": method, "train_s": None, **quality, **scores}
+            records.append(record)
+            print(json.dumps(record), flush=True)
+    return records
 
 
 def with_attention(methods: str) -> bool:

@@ -54,6 +54,19 @@ def test_scores_every_method_and_checks_the_goals(tmp_path):
     assert all(r["train_s"] is None and r["images"] == 4 for r in rescored)  # scored again, not retrained
     assert rescored[0]["val_auc"] == records[0]["val_auc"]
 
+    # the model-free maps alone, from the data as training split it: the same scores as beside the model
+    alone = run_in_root(
+        [*BENCH, "--quick", "--settings", "lesions_supervised", "--images", "6", "--baselines-only", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert alone.returncode == 0, alone.stderr
+    baselines = {r["method"]: r for r in map(json.loads, alone.stdout.strip().splitlines())}
+    for record in records:
+        if record["method"].endswith("(no model)"):
+            assert baselines[record["method"]] == {**record, "train_s": None}
+
 
 def test_several_seeds_show_as_mean_and_standard_deviation_and_a_later_run_replaces_an_earlier_one():
     import statistics
