@@ -55,7 +55,7 @@ from attnscope.retrieval.rerank import ReRankerOptions, rerank, train_reranker
 from attnscope.training.train import train
 from benchmarks.common import add_result_arguments, append_records, choose, print_table, provenance, run_facts
 
-PARTS = ("fashion_mnist", "fashion_mnist_indexes", "fashion_mnist_rerank", "vectors")
+PARTS = ("fashion_mnist", "fashion_mnist_indexes", "fashion_mnist_rerank", "vectors", "overhead")
 RERANK_CANDIDATES = 100
 KS = (1, 5, 10)
 STAGES = ("layer3", "layer4")
@@ -178,10 +178,13 @@ def unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
-def vectors(count: int, dim: int, queries_count: int, kinds: tuple[str, ...] = KINDS) -> list[dict]:
-    """Build time, size, latency and recall@10 of each index kind on random unit vectors."""
+def vectors(
+    count: int, dim: int, queries_count: int, kinds: tuple[str, ...] = KINDS, part: str = "vectors"
+) -> list[dict]:
+    """Build time, size, latency (through attnscope and through the index alone) and recall@10 of each index
+    kind on random unit vectors."""
     rng = np.random.default_rng(0)
-    return compare_indexes(unit_rows(rng, count, dim), unit_rows(rng, queries_count, dim), {"part": "vectors"}, kinds)
+    return compare_indexes(unit_rows(rng, count, dim), unit_rows(rng, queries_count, dim), {"part": part}, kinds)
 
 
 def compare_indexes(data: np.ndarray, queries: np.ndarray, facts: dict, kinds: tuple[str, ...] = KINDS) -> list[dict]:
@@ -383,7 +386,31 @@ def render_tables(records: list[dict]) -> str:
                 f"| {r['kind']} | {params} | {r['build_s']:.1f} | {r['index_mb']:,.0f} | "
                 f"{r['batch_ms_per_query']:.3f} | {r['single_query_ms']:.2f} | {overhead} | {r['recall@10']:.3f} |"
             )
+    lines += overhead_table([r for r in records if r["part"] == "overhead"])
     return "\n".join([*lines, "", provenance(records)]).strip()
+
+
+def overhead_table(chosen: list[dict]) -> list[str]:
+    """One query through attnscope's search against the same call on the search structure alone."""
+    if not chosen:
+        return []
+    first = chosen[0]
+    lines = [
+        "",
+        f"One query at a time through `SimilarityIndex.search` and through the search structure alone (FAISS's "
+        f"`search`, or the bucket hash's, asked for the same candidates), in turn, query by query, median of "
+        f"{min(first['queries'], 200)}; {first['count']:,} random {first['dim']}-d vectors:",
+        "",
+        "| index | parameters | attnscope ms | index alone ms | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in chosen:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        lines.append(
+            f"| {r['kind']} | {params} | {r['single_query_ms']:.3f} | {r['faiss_alone_single_query_ms']:.3f} "
+            f"| {r['single_query_overhead']:.2f} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -393,6 +420,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the trained run (default: the recipe's)")
     parser.add_argument("--fashion-mnist", metavar="DIR", help="your copy of the IDX files (default: Debian's)")
     parser.add_argument("--vectors", type=int, default=1_000_000, help="random vectors indexed (default 1,000,000)")
+    parser.add_argument(
+        "--overhead-vectors", type=int, default=100_000, help="random vectors of the overhead part (default 100,000)"
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--reranker-epochs", type=int, default=3, help="epochs of the re-ranker (default 3)")
@@ -421,6 +451,8 @@ def main() -> None:
             records += fashion_mnist_rerank(run_dir, args.fashion_mnist, args.reranker_epochs, args.quick)
     if "vectors" in parts:
         records += vectors(args.vectors, args.dim, args.queries, kinds)
+    if "overhead" in parts:
+        records += vectors(args.overhead_vectors, args.dim, args.queries, kinds, part="overhead")
     append_records(args.out, records)
 
 

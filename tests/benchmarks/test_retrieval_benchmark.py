@@ -35,6 +35,8 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
             str(tmp_path),
             "--vectors",
             "2000",
+            "--overhead-vectors",
+            "1000",
             "--queries",
             "50",
             "--reranker-epochs",
@@ -80,7 +82,15 @@ def test_reports_sound_retrieval_and_index_figures(tmp_path):
     assert f"| {fashion[0]['map']:.4f} |" in table.stdout and "| flat | - |" in table.stdout
     assert f"| + cross-attention re-ranker | {reranked['map_reranked']:.4f} |" in table.stdout
     assert "Measured " in table.stdout and "by `python -m benchmarks.retrieval --quick" in table.stdout
-    rerun = dict(records[-1], build_s=123.4)  # a later run of one setting replaces its row, keeps the others
+    overhead = [r for r in records if r["part"] == "overhead"]
+    assert [r["kind"] for r in overhead] == [r["kind"] for r in vectors.values()] and overhead[0]["count"] == 1000
+    for r in overhead:  # one query through attnscope against the index alone, the ratio of the two medians
+        rounding = 0.001 * (1 + r["single_query_overhead"]) / r["faiss_alone_single_query_ms"]  # ms kept to 3 places
+        assert abs(r["single_query_overhead"] - r["single_query_ms"] / r["faiss_alone_single_query_ms"]) <= rounding
+    row = f"| {overhead[0]['single_query_ms']:.3f} | {overhead[0]['faiss_alone_single_query_ms']:.3f} |"
+    assert "through the search structure alone" in table.stdout and row in table.stdout
+    rerun = dict(next(r for r in reversed(records) if r["part"] == "vectors"), build_s=123.4)  # a later run of one
+    # setting replaces its row, keeps the others
     out.write_text(out.read_text() + json.dumps(rerun) + "\n")
     again = run_in_root([*BENCH, "--table", str(out)], capture_output=True, text=True).stdout
     assert again.count(f"| {rerun['kind']} |") == table.stdout.count(f"| {rerun['kind']} |") and "| 123.4 |" in again
