@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -207,8 +208,6 @@ class VisionTransformer(AttnClassifier):
 
     def resolve_config(self, config: ModelConfig) -> ModelConfig:
         """The CAM layer is the input of the last block, whatever the depth."""
-        from dataclasses import replace
-
         return replace(config, cam_target_layer=f"token_grids.{len(self.blocks) - 1}")
 
     def position_embedding(self, grid: Grid) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ def loader_rows(loader: BatchLoader, positions: np.ndarray, classes: list[str]) 
             "label": label,
             "path": manifest.paths[p] if manifest.paths else "",
             "source": manifest.source,
-            **loader_apart(loader, p).__dict__,
+            **asdict(loader_apart(loader, p)),
         }
         for p, label in zip(positions.tolist(), labels, strict=True)
     ]

@@ -67,19 +67,14 @@ PLACEMENTS = ("centre", "anywhere")
 
 def _ruler(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
     """A ruler's dark tick marks along one edge of the image, in place."""
-    edge, step = rng.integers(4), max(2, round(size * rng.uniform(0.04, 0.07)))
+    edge, step = int(rng.integers(4)), max(2, round(size * rng.uniform(0.04, 0.07)))
     depth = max(2, round(size * 0.06))
     colour = rng.uniform(30, 70)
     for position in range(int(rng.integers(step)), size, step):
         length = depth * (2 if (position // step) % 5 == 0 else 1)
-        rows, cols = slice(0, length), slice(position, position + 1)
-        view = {
-            0: image[rows, cols],
-            1: image[size - length :, cols],
-            2: image[cols, rows],
-            3: image[cols, size - length :],
-        }
-        view[int(edge)][...] = colour
+        along = slice(position, position + 1)
+        across = slice(0, length) if edge in (0, 2) else slice(size - length, size)  # top/left or bottom/right
+        image[(across, along) if edge < 2 else (along, across)] = colour
 
 
 def _dark_corners(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
